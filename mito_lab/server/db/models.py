@@ -1,0 +1,208 @@
+"""SQLAlchemy models of the coordinator's state (reference section 3).
+
+One deliberate change from the reference: active and archived tasks live in **one** ``tasks``
+table with an ``archived_at`` column. It answers the same queries, lets listings page across both
+with one ORDER BY, and a commit is an UPDATE instead of a row move.
+
+Tags and labels are kept twice on purpose: a JSON list on the row (read whole, in order) and one
+row per value in ``task_tags`` / ``task_labels`` (so "task tags are a subset of the worker's tags"
+and "contains all these labels" are plain, indexed SQL on SQLite and PostgreSQL alike). Only
+``services.tasks.set_task_marks`` writes them, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from mito_lab.wire import (
+    ArtifactContentType,
+    Role,
+    TaskResultMessage,
+    TaskState,
+    UserState,
+    WorkerState,
+)
+
+DEFAULT_STORAGE_QUOTA = 16_000_000_000  # 16 GB, decimal, as the reference
+DEFAULT_GROUP_QUOTA = 8
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def _enum(enum_class: type, name: str) -> sa.Enum:
+    return sa.Enum(
+        enum_class,
+        name=name,
+        native_enum=False,
+        length=32,
+        values_callable=lambda members: [member.value for member in members],
+        validate_strings=True,
+    )
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON, list[str]: sa.JSON}
+
+
+class Timestamps:
+    """An integer surrogate key (BIGINT; INTEGER on SQLite so it autoincrements) and row times."""
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class User(Timestamps, Base):
+    __tablename__ = "users"
+
+    username: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    encrypted_password: Mapped[str] = mapped_column(sa.Text)
+    auth_signature: Mapped[int | None] = mapped_column(sa.BigInteger)
+    current_sign_in_at: Mapped[datetime | None]
+    last_sign_in_at: Mapped[datetime | None]
+    current_sign_in_ip: Mapped[str | None] = mapped_column(sa.String(64))
+    last_sign_in_ip: Mapped[str | None] = mapped_column(sa.String(64))
+    admin: Mapped[bool] = mapped_column(default=False)
+    state: Mapped[UserState] = mapped_column(_enum(UserState, "user_state"), default=UserState.Active)
+    group_quota: Mapped[int] = mapped_column(default=DEFAULT_GROUP_QUOTA)
+    group_count: Mapped[int] = mapped_column(default=0)
+
+
+class Group(Timestamps, Base):
+    __tablename__ = "groups"
+
+    group_name: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    creator_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    state: Mapped[UserState] = mapped_column(_enum(UserState, "group_state"), default=UserState.Active)
+    task_count: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    storage_quota: Mapped[int] = mapped_column(sa.BigInteger, default=DEFAULT_STORAGE_QUOTA)
+    storage_used: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+
+
+class UserGroup(Base):
+    __tablename__ = "user_group"
+    __table_args__ = (sa.UniqueConstraint("user_id", "group_id"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id", ondelete="CASCADE"), index=True)
+    role: Mapped[Role] = mapped_column(_enum(Role, "role"))
+
+
+class Worker(Timestamps, Base):
+    __tablename__ = "workers"
+    __table_args__ = (sa.Index("ix_workers_state_heartbeat", "state", "last_heartbeat"),)
+
+    worker_id: Mapped[uuid_module.UUID] = mapped_column(sa.Uuid, unique=True, default=uuid_module.uuid4)
+    creator_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    labels: Mapped[list[str]] = mapped_column(default=list)
+    state: Mapped[WorkerState] = mapped_column(_enum(WorkerState, "worker_state"), default=WorkerState.Normal)
+    last_heartbeat: Mapped[datetime] = mapped_column(default=utcnow)
+    # A worker's current task is the unarchived task whose assigned_worker_id is this worker.
+
+
+class GroupWorker(Base):
+    __tablename__ = "group_worker"
+    __table_args__ = (
+        sa.UniqueConstraint("group_id", "worker_id"),
+        sa.Index("ix_group_worker_group_role", "group_id", "role"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id", ondelete="RESTRICT"))
+    worker_id: Mapped[int] = mapped_column(sa.ForeignKey("workers.id", ondelete="CASCADE"), index=True)
+    role: Mapped[Role] = mapped_column(_enum(Role, "role"))
+
+
+class Task(Timestamps, Base):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        sa.UniqueConstraint("group_id", "task_id"),
+        # dispatch: the best Ready task of a group, FIFO within a priority
+        sa.Index("ix_tasks_dispatch", "state", "group_id", "priority", "id"),
+        sa.Index("ix_tasks_group_listing", "group_id", "id"),
+    )
+
+    uuid: Mapped[uuid_module.UUID] = mapped_column(sa.Uuid, unique=True, default=uuid_module.uuid4)
+    creator_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id"))
+    task_id: Mapped[int] = mapped_column(sa.BigInteger)
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    labels: Mapped[list[str]] = mapped_column(default=list)
+    state: Mapped[TaskState] = mapped_column(_enum(TaskState, "task_state"))
+    assigned_worker_id: Mapped[int | None] = mapped_column(
+        sa.ForeignKey("workers.id", ondelete="SET NULL"), index=True
+    )
+    timeout: Mapped[int] = mapped_column(comment="seconds")
+    priority: Mapped[int] = mapped_column(default=0)
+    spec: Mapped[dict[str, Any]]
+    exit_status: Mapped[int | None]
+    result_msg: Mapped[TaskResultMessage | None] = mapped_column(_enum(TaskResultMessage, "task_result_msg"))
+    archived_at: Mapped[datetime | None] = mapped_column(index=True)
+    reporter_uuid: Mapped[uuid_module.UUID | None] = mapped_column(sa.Uuid)
+    upstream_task_uuid: Mapped[uuid_module.UUID | None] = mapped_column(sa.Uuid)
+    downstream_task_uuid: Mapped[uuid_module.UUID | None] = mapped_column(sa.Uuid)
+
+
+class TaskTag(Base):
+    __tablename__ = "task_tags"
+    __table_args__ = (sa.Index("ix_task_tags_tag", "tag"),)
+
+    task_id: Mapped[int] = mapped_column(sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+
+
+class TaskLabel(Base):
+    __tablename__ = "task_labels"
+    __table_args__ = (sa.Index("ix_task_labels_label", "label"),)
+
+    task_id: Mapped[int] = mapped_column(sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+
+
+class Artifact(Timestamps, Base):
+    __tablename__ = "artifacts"
+    __table_args__ = (sa.UniqueConstraint("task_uuid", "content_type"),)
+
+    task_uuid: Mapped[uuid_module.UUID] = mapped_column(sa.Uuid)
+    content_type: Mapped[ArtifactContentType] = mapped_column(_enum(ArtifactContentType, "artifact_type"))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class Attachment(Timestamps, Base):
+    __tablename__ = "attachments"
+    __table_args__ = (sa.UniqueConstraint("group_id", "key"),)
+
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id"))
+    key: Mapped[str] = mapped_column(sa.String(1024))
+    size: Mapped[int] = mapped_column(sa.BigInteger)

@@ -1,0 +1,728 @@
+"""Every request and response body of the HTTP API: the one contract that the coordinator, the
+worker and the client import. Shapes follow the reference (``mitosis-0.6.md`` section 2); where
+SPEC.md differs (ISO datetimes, plain ``password`` at login, optional fields with defaults) it says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import uuid as uuid_module
+from datetime import datetime, timedelta, timezone
+from enum import Enum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+    field_validator,
+)
+
+from mito_lab.config import format_duration, parse_duration
+
+UUID = uuid_module.UUID
+
+# --- scalar types -------------------------------------------------------------------------------
+
+_REFERENCE_TIMESTAMP = re.compile(
+    r"^(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2}(?:\.\d+)?) ([+-]\d{2}):(\d{2}):(\d{2})$"
+)
+
+
+def parse_timestamp(value: Any) -> Any:
+    """Accept ISO 8601 and the reference's ``2024-01-15 10:30:00.123456 +00:00:00`` form."""
+    if isinstance(value, str):
+        match = _REFERENCE_TIMESTAMP.match(value.strip())
+        if match:
+            day, clock, hours, minutes, seconds = match.groups()
+            offset = f"{hours}:{minutes}" + (f":{seconds}" if seconds != "00" else "")
+            value = f"{day}T{clock}{offset}"
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _iso(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat()
+
+
+Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp), PlainSerializer(_iso, return_type=str)]
+WireDuration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
+]
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,255}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-255 characters of A-Z a-z 0-9 _ -")]
+Md5Password = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=16, max_length=16)]
+
+
+def md5_password(password: str) -> list[int]:
+    """The client-side password digest the reference sends instead of the password."""
+    return list(hashlib.md5(password.encode("utf-8")).digest())
+
+
+def _dedupe(values: Any) -> Any:
+    """Sets travel as JSON arrays; duplicates collapse, order is kept."""
+    if isinstance(values, (list, tuple)):
+        return list(dict.fromkeys(values))
+    return values
+
+
+StrSet = Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]], BeforeValidator(_dedupe)]
+
+# --- enums --------------------------------------------------------------------------------------
+
+
+class _LenientEnum(str, Enum):
+    """Enums read case-insensitively and through the aliases the reference accepts."""
+
+    @classmethod
+    def _aliases(cls) -> dict[str, str]:
+        return {}
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if isinstance(value, str):
+            lowered = value.lower()
+            for member in cls:
+                if member.value.lower() == lowered:
+                    return member
+            alias = cls._aliases().get(lowered)
+            if alias is not None:
+                return cls(alias)
+        return None
+
+
+class TaskState(_LenientEnum):
+    Pending = "Pending"
+    Ready = "Ready"
+    Running = "Running"
+    Finished = "Finished"
+    Cancelled = "Cancelled"
+    Unknown = "Unknown"
+
+
+class Role(_LenientEnum):
+    """A user's role in a group, or a group's role on a worker. Read < Write < Admin."""
+
+    Read = "Read"
+    Write = "Write"
+    Admin = "Admin"
+
+    @property
+    def rank(self) -> int:
+        return ("Read", "Write", "Admin").index(self.value)
+
+
+class UserState(_LenientEnum):
+    Active = "Active"
+    Locked = "Locked"
+    Deleted = "Deleted"
+
+
+GroupState = UserState
+
+
+class WorkerState(_LenientEnum):
+    Normal = "Normal"
+    GracefulShutdown = "GracefulShutdown"
+
+
+class WorkerShutdownOp(_LenientEnum):
+    Graceful = "Graceful"
+    Force = "Force"
+
+
+class ArtifactContentType(_LenientEnum):
+    result = "result"
+    exec_log = "exec-log"
+    std_log = "std-log"
+
+    @classmethod
+    def _aliases(cls) -> dict[str, str]:
+        return {
+            "exec": "exec-log", "execlog": "exec-log",
+            "std": "std-log", "stdlog": "std-log", "terminal": "std-log",
+        }
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.value}.tar.gz"
+
+
+class AttachmentContentType(_LenientEnum):
+    NoSet = "NoSet"
+
+
+class TaskResultMessage(_LenientEnum):
+    FetchResourceTimeout = "FetchResourceTimeout"
+    ExecTimeout = "ExecTimeout"
+    UploadResultTimeout = "UploadResultTimeout"
+    ResourceNotFound = "ResourceNotFound"
+    ResourceForbidden = "ResourceForbidden"
+    WatchTimeout = "WatchTimeout"
+    UserCancellation = "UserCancellation"
+    SubmitNewTaskFailed = "SubmitNewTaskFailed"
+
+
+class TaskExecState(_LenientEnum):
+    """The worker-side fine state of a running task (reference 3.4); ``code`` is the Redis integer."""
+
+    WorkerExited = "WorkerExited"
+    FetchResource = "FetchResource"
+    FetchResourceFinished = "FetchResourceFinished"
+    FetchResourceError = "FetchResourceError"
+    FetchResourceTimeout = "FetchResourceTimeout"
+    FetchResourceNotFound = "FetchResourceNotFound"
+    FetchResourceForbidden = "FetchResourceForbidden"
+    Watch = "Watch"
+    WatchFinished = "WatchFinished"
+    WatchTimeout = "WatchTimeout"
+    ExecPending = "ExecPending"
+    ExecSpawned = "ExecSpawned"
+    ExecFinished = "ExecFinished"
+    ExecTimeout = "ExecTimeout"
+    UploadResult = "UploadResult"
+    UploadFinishedResult = "UploadFinishedResult"
+    UploadCancelledResult = "UploadCancelledResult"
+    UploadResultFinished = "UploadResultFinished"
+    UploadResultTimeout = "UploadResultTimeout"
+    TaskCommitted = "TaskCommitted"
+    Unknown = "Unknown"
+
+    @property
+    def code(self) -> int:
+        return _EXEC_STATE_CODES[self]
+
+
+_EXEC_STATE_CODES = {
+    member: code
+    for code, member in zip([-1, *range(1, 20), -99], TaskExecState, strict=True)
+}
+
+# --- bases --------------------------------------------------------------------------------------
+
+
+class Request(BaseModel):
+    """Request bodies reject unknown fields, so a typo gets a clear 400 instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Response(BaseModel):
+    """Response bodies ignore unknown fields, so an older client keeps working with a newer server."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorMsg(Response):
+    msg: str
+
+
+class Empty(Response):
+    """Documents an empty 200 body."""
+
+
+# --- misc, login, users -------------------------------------------------------------------------
+
+
+class HealthResp(Response):
+    status: str = "ok"
+
+
+class _PasswordReq(Request):
+    """Passwords come as the reference's MD5 byte array, or (mito_lab) as plain text."""
+
+    md5_password: Md5Password | None = None
+    password: str | None = Field(default=None, max_length=255)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> "_PasswordReq":
+        if (self.md5_password is None) == (self.password is None):
+            raise ValueError("give exactly one of md5_password and password")
+        return self
+
+    def digest(self) -> bytes:
+        if self.md5_password is not None:
+            return bytes(self.md5_password)
+        return bytes(md5_password(self.password or ""))
+
+
+class LoginReq(_PasswordReq):
+    username: str = Field(max_length=255)
+    retain: bool = False
+
+
+class LoginResp(Response):
+    token: str
+
+
+class CreateUserReq(_PasswordReq):
+    username: Name
+    admin: bool = False
+
+
+class ChangePasswordReq(Request):
+    old_md5_password: Md5Password
+    new_md5_password: Md5Password
+
+
+class AdminChangePasswordReq(Request):
+    new_md5_password: Md5Password
+
+
+class ChangeUserStateReq(Request):
+    state: UserState
+
+
+class UserStateResp(Response):
+    state: UserState
+
+
+class GroupQuotaReq(Request):
+    group_quota: str = Field(pattern=r"^[+=-]?\d+$")
+
+
+class GroupQuotaResp(Response):
+    group_quota: int
+
+
+class StorageQuotaReq(Request):
+    storage_quota: str
+
+
+class StorageQuotaResp(Response):
+    storage_quota: int
+
+
+class ShutdownReq(Request):
+    secret: str
+
+
+class UserGroupsResp(Response):
+    groups: dict[str, Role]
+
+
+class RedisConnectionInfo(Response):
+    url: str | None
+
+
+# --- groups and attachments ---------------------------------------------------------------------
+
+
+class CreateGroupReq(Request):
+    group_name: Name
+
+
+class GroupQueryInfo(Response):
+    group_name: str
+    creator_username: str
+    created_at: Timestamp
+    updated_at: Timestamp
+    state: GroupState
+    task_count: int
+    storage_quota: int
+    storage_used: int
+    worker_count: int
+    users_in_group: dict[str, Role] | None = None
+
+
+class UpdateGroupMembersReq(Request):
+    relations: dict[str, Role] = Field(min_length=1)
+
+
+class RemoveGroupMembersReq(Request):
+    users: StrSet = Field(min_length=1)
+
+
+class UploadAttachmentReq(Request):
+    key: str = Field(min_length=1, max_length=1023)
+    content_length: int = Field(ge=0)
+
+
+class UploadResp(Response):
+    exist: bool
+    url: str
+
+
+class AttachmentMetadata(Response):
+    content_type: AttachmentContentType = AttachmentContentType.NoSet
+    size: int
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class AttachmentsQueryReq(Request):
+    key: str | None = None
+    limit: int | None = Field(default=None, ge=0)
+    offset: int | None = Field(default=None, ge=0)
+    count: bool = False
+
+
+class AttachmentQueryInfo(AttachmentMetadata):
+    key: str
+
+
+class AttachmentsQueryResp(Response):
+    count: int
+    attachments: list[AttachmentQueryInfo]
+    group_name: str
+
+
+class DownloadResp(Response):
+    """``RemoteResourceDownloadResp``: a signed GET URL and the object's size."""
+
+    url: str
+    size: int
+
+
+class AttachmentDownloadItem(DownloadResp):
+    key: str
+
+
+class AttachmentsDownloadResp(Response):
+    downloads: list[AttachmentDownloadItem]
+    group_name: str
+
+
+class AttachmentKeysReq(Request):
+    keys: StrSet = Field(min_length=1)
+
+
+class DeleteAttachmentsResp(Response):
+    deleted_count: int
+    group_name: str
+
+
+class DeleteAttachmentsListResp(DeleteAttachmentsResp):
+    failed_keys: list[str]
+
+
+# --- tasks --------------------------------------------------------------------------------------
+
+
+def check_relative_path(path: str) -> str:
+    """Resource paths and attachment keys must stay inside their directory."""
+    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        raise ValueError("Resource local path is absolute or contains `..`")
+    if ".." in posixpath.normpath(path).split("/") or ".." in path.split("/"):
+        raise ValueError("Resource local path is absolute or contains `..`")
+    return path
+
+
+class ArtifactRef(Request):
+    uuid: UUID
+    content_type: ArtifactContentType
+
+
+class AttachmentRef(Request):
+    key: str = Field(min_length=1, max_length=1023)
+
+
+class ArtifactSource(Request):
+    Artifact: ArtifactRef
+
+
+class AttachmentSource(Request):
+    Attachment: AttachmentRef
+
+
+class RemoteResourceDownload(Request):
+    remote_file: ArtifactSource | AttachmentSource
+    local_path: Annotated[str, BeforeValidator(check_relative_path)]
+
+
+class TaskSpec(Request):
+    args: list[str] = Field(min_length=1)
+    envs: dict[str, str] = {}
+    resources: list[RemoteResourceDownload] = []
+    terminal_output: bool = False
+    watch: tuple[UUID, TaskExecState] | None = None
+
+    @field_validator("args")
+    @classmethod
+    def _program_given(cls, args: list[str]) -> list[str]:
+        if not args[0]:
+            raise ValueError("the program (args[0]) must not be empty")
+        return args
+
+
+TaskTimeout = Annotated[WireDuration, Field(gt=timedelta(0))]
+
+
+class SubmitTaskReq(Request):
+    group_name: Name | None = Field(default=None, description="defaults to the caller's own group")
+    tags: StrSet = []
+    labels: StrSet = []
+    timeout: TaskTimeout = timedelta(minutes=10)
+    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
+    task_spec: TaskSpec
+
+
+class SubmitTaskResp(Response):
+    task_id: int
+    uuid: UUID
+
+
+class ChangeTaskReq(Request):
+    tags: StrSet | None = None
+    timeout: TaskTimeout | None = None
+    priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    task_spec: TaskSpec | None = None
+
+
+class UpdateLabelsReq(Request):
+    labels: StrSet
+
+
+class UpdateTagsReq(Request):
+    tags: StrSet
+
+
+class TaskResultSpec(Request):
+    exit_status: int
+    msg: TaskResultMessage | None = None
+
+
+_COMPARISON = r"^\s*(=|!=|<=|>=|<|>)?\s*-?\d+\s*$"
+
+
+class TaskFilter(Request):
+    creator_usernames: StrSet | None = None
+    group_name: str | None = None
+    tags: StrSet | None = None
+    labels: StrSet | None = None
+    states: list[TaskState] | None = None
+    exit_status: str | None = Field(default=None, pattern=_COMPARISON)
+    priority: str | None = Field(default=None, pattern=_COMPARISON)
+    reporter_uuid: UUID | None = None
+
+    @model_validator(mode="after")
+    def _no_empty_filters(self) -> "TaskFilter":
+        for name in ("creator_usernames", "tags", "labels", "states"):
+            value = getattr(self, name)
+            if value is not None and not value:
+                raise ValueError(f"{name} cannot be empty if specified")
+        return self
+
+
+class TasksQueryReq(TaskFilter):
+    limit: int | None = Field(default=None, ge=0)
+    offset: int | None = Field(default=None, ge=0)
+    count: bool = False
+
+
+class TaskInfo(Response):
+    """``TaskQueryInfo`` / ``ParsedTaskQueryInfo``: one task, active or archived."""
+
+    uuid: UUID
+    creator_username: str
+    group_name: str
+    task_id: int
+    tags: list[str]
+    labels: list[str]
+    created_at: Timestamp
+    updated_at: Timestamp
+    state: TaskState
+    timeout: int = Field(description="seconds")
+    priority: int
+    spec: TaskSpec
+    result: TaskResultSpec | None = None
+    upstream_task_uuid: UUID | None = None
+    downstream_task_uuid: UUID | None = None
+    reporter_uuid: UUID | None = None
+
+
+class ArtifactInfo(Response):
+    content_type: ArtifactContentType
+    size: int
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class TaskQueryResp(Response):
+    info: TaskInfo
+    artifacts: list[ArtifactInfo]
+
+
+class TasksQueryResp(Response):
+    count: int
+    tasks: list[TaskInfo]
+    group_name: str
+
+
+class TasksCancelReq(TaskFilter):
+    pass
+
+
+class TasksCancelResp(Response):
+    cancelled_count: int
+    group_name: str
+
+
+class UuidsReq(Request):
+    uuids: Annotated[list[UUID], BeforeValidator(_dedupe)] = Field(min_length=1)
+
+
+class CancelListResp(Response):
+    cancelled_count: int
+    failed_uuids: list[UUID]
+
+
+class BatchSubmitReq(Request):
+    tasks: list[SubmitTaskReq] = Field(min_length=1)
+
+
+class BatchSubmitItem(Response):
+    Ok: SubmitTaskResp | None = None
+    Err: ErrorMsg | None = None
+
+
+class BatchSubmitResp(Response):
+    results: list[BatchSubmitItem]
+
+
+class UploadArtifactReq(Request):
+    content_type: ArtifactContentType
+    content_length: int = Field(ge=0)
+
+
+class ArtifactsFilterReq(TaskFilter):
+    content_type: ArtifactContentType
+
+
+class ArtifactsListReq(UuidsReq):
+    content_type: ArtifactContentType
+
+
+class ArtifactDownloadItem(DownloadResp):
+    uuid: UUID
+
+
+class ArtifactsDownloadResp(Response):
+    downloads: list[ArtifactDownloadItem]
+
+
+class DeleteArtifactsResp(Response):
+    deleted_count: int
+
+
+class DeleteArtifactsListResp(DeleteArtifactsResp):
+    failed_uuids: list[UUID]
+
+
+# --- workers ------------------------------------------------------------------------------------
+
+
+class RegisterWorkerReq(Request):
+    tags: StrSet = []
+    labels: StrSet = []
+    groups: list[str] = Field(default=[], description='"name" or "name:role"; role defaults to Write')
+    lifetime: WireDuration | None = None
+
+
+class RegisterWorkerResp(Response):
+    worker_id: UUID
+    token: str
+    redis_url: str | None = None
+
+
+class WorkerInfo(Response):
+    """``WorkerQueryInfo``."""
+
+    worker_id: UUID
+    creator_username: str
+    tags: list[str]
+    labels: list[str]
+    created_at: Timestamp
+    updated_at: Timestamp
+    state: WorkerState
+    last_heartbeat: Timestamp
+    assigned_task_id: UUID | None = None
+
+
+class WorkerQueryResp(Response):
+    info: WorkerInfo
+    groups: dict[str, Role]
+
+
+class WorkerFilter(Request):
+    group_name: str | None = None
+    role: list[Role] | None = None
+    tags: StrSet | None = None
+    labels: StrSet | None = None
+    creator_username: str | None = None
+
+
+class WorkersQueryReq(WorkerFilter):
+    count: bool = False
+
+
+class WorkersQueryResp(Response):
+    count: int
+    workers: list[WorkerInfo]
+    group_name: str
+
+
+class UpdateWorkerGroupsReq(Request):
+    relations: dict[str, Role] = Field(min_length=1)
+
+
+class RemoveWorkerGroupsReq(Request):
+    groups: StrSet = Field(min_length=1)
+
+
+class WorkersShutdownReq(WorkerFilter):
+    op: WorkerShutdownOp
+
+
+class WorkersShutdownResp(Response):
+    shutdown_count: int
+    group_name: str
+
+
+class WorkersShutdownListReq(UuidsReq):
+    op: WorkerShutdownOp
+
+
+class WorkersShutdownListResp(Response):
+    shutdown_count: int
+    failed_uuids: list[UUID]
+
+
+class WorkerTaskResp(Response):
+    id: int
+    uuid: UUID
+    timeout: WireDuration
+    upstream_task_uuid: UUID | None = None
+    spec: TaskSpec
+
+
+class SubmitOp(Request):
+    Submit: SubmitTaskReq
+
+
+class CommitOp(Request):
+    Commit: TaskResultSpec
+
+
+class UploadOp(Request):
+    Upload: UploadArtifactReq
+
+
+ReportOp = Union[Literal["Finish", "Cancel"], SubmitOp, CommitOp, UploadOp]
+
+
+class ReportTaskReq(Request):
+    id: int
+    op: ReportOp
+
+
+class ReportTaskResp(Response):
+    url: str | None = None
