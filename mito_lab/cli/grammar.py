@@ -1,0 +1,257 @@
+"""The client command grammar, shared by ``mito client <cmd>``, the interactive prompt and the
+``%mito`` magic. Parsing never exits the process: errors raise ``GrammarError`` and ``--help``
+raises ``HelpShown`` with the text, so every front end decides how to show them."""
+
+from __future__ import annotations
+
+import argparse
+import uuid as uuid_module
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from mito_lab.client.api import AsyncClient, task_request
+from mito_lab.config import parse_duration
+from mito_lab.wire import (
+    ArtifactContentType,
+    ArtifactRef,
+    ArtifactSource,
+    AttachmentRef,
+    AttachmentSource,
+    RemoteResourceDownload,
+    TaskExecState,
+    TasksQueryReq,
+    TaskState,
+)
+
+Command = Callable[[AsyncClient, argparse.Namespace], Awaitable[Any]]
+
+
+class GrammarError(Exception):
+    """A command line that does not parse; the message says what is wrong and shows the usage."""
+
+
+class HelpShown(Exception):
+    """``--help`` was asked for; the message is the help text."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise GrammarError(f"{self.format_usage().strip()}\n{self.prog}: error: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise HelpShown(message or "")
+
+    def print_help(self, file: Any = None) -> None:
+        raise HelpShown(self.format_help())
+
+
+class CommaList(argparse.Action):
+    """``-t a,b c`` -> ``["a", "b", "c"]``; repeated flags accumulate."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])
+        for value in values if isinstance(values, list) else [values]:
+            items.extend(part.strip() for part in value.split(",") if part.strip())
+        setattr(namespace, self.dest, items)
+
+
+def _argument_type(convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: {exc}") from None
+
+    parse.__name__ = what
+    return parse
+
+
+def _content_type(text: str) -> ArtifactContentType:
+    return ArtifactContentType(text)
+
+
+def _task_state(text: str) -> TaskState:
+    return TaskState(text)
+
+
+def _env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError("use KEY=VALUE")
+    return key, value
+
+
+def _watch(text: str) -> tuple[uuid_module.UUID, TaskExecState]:
+    target, sep, state = text.partition(",")
+    if not sep:
+        raise ValueError("use UUID,STATE, e.g. 123e4567-e89b-12d3-a456-426614174000,ExecSpawned")
+    return uuid_module.UUID(target.strip()), TaskExecState(state.strip())
+
+
+def _resource(text: str) -> RemoteResourceDownload:
+    """``artifact=UUID:TYPE:LOCAL_PATH`` or ``attachment=KEY:LOCAL_PATH``."""
+    kind, sep, rest = text.partition("=")
+    kind = kind.strip().lower()
+    if kind == "artifact" and sep:
+        task, _, rest = rest.partition(":")
+        content_type, _, local = rest.partition(":")
+        source: Any = ArtifactSource(Artifact=ArtifactRef(uuid=uuid_module.UUID(task), content_type=ArtifactContentType(content_type)))
+    elif kind == "attachment" and sep:
+        key, _, local = rest.rpartition(":")
+        source = AttachmentSource(Attachment=AttachmentRef(key=key))
+    else:
+        raise ValueError("use artifact=UUID:TYPE:PATH or attachment=KEY:PATH")
+    return RemoteResourceDownload(remote_file=source, local_path=local)
+
+
+UUID_ARG = _argument_type(uuid_module.UUID, "UUID")
+TYPE_ARG = _argument_type(_content_type, "artifact type (result, exec-log, std-log)")
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+async def cmd_auth(client: AsyncClient, args: argparse.Namespace) -> str:
+    return await client.whoami()
+
+
+async def cmd_create_user(client: AsyncClient, args: argparse.Namespace) -> str:
+    await client.create_user(args.username, args.password, args.admin)
+    return f"Created user {args.username}"
+
+
+async def cmd_create_group(client: AsyncClient, args: argparse.Namespace) -> str:
+    await client.create_group(args.name)
+    return f"Created group {args.name}"
+
+
+async def cmd_submit(client: AsyncClient, args: argparse.Namespace) -> Any:
+    if not args.command:
+        raise GrammarError("submit: give the command to run after --, e.g. submit -- echo hello")
+    request = task_request(
+        args.command,
+        group=args.group_name,
+        tags=args.tags or [],
+        labels=args.labels or [],
+        timeout=args.timeout,
+        priority=args.priority,
+        envs=dict(args.envs or []),
+        terminal=args.terminal,
+        resources=args.resources or [],
+        watch=args.watch,
+    )
+    return await client.submit(request)
+
+
+async def cmd_get_task(client: AsyncClient, args: argparse.Namespace) -> Any:
+    return await client.get_task(args.uuid)
+
+
+async def cmd_get_tasks(client: AsyncClient, args: argparse.Namespace) -> Any:
+    request = TasksQueryReq(
+        creator_usernames=args.creators,
+        group_name=args.group,
+        tags=args.tags,
+        labels=args.labels,
+        states=args.states,
+        exit_status=args.exit_status,
+        priority=args.priority,
+        reporter_uuid=args.reporter_uuid,
+        limit=args.limit,
+        offset=args.offset,
+        count=args.count,
+    )
+    return await client.query_tasks(request)
+
+
+async def cmd_get_artifact(client: AsyncClient, args: argparse.Namespace) -> Any:
+    if args.no_download:
+        return await client.artifact_url(args.uuid, args.content_type)
+    target = Path(args.output) if args.output else Path(args.content_type.file_name)
+    path = await client.download_artifact(args.uuid, args.content_type, target)
+    return f"Downloaded {args.content_type.value} of task {args.uuid} to {path}"
+
+
+# --- the tree -------------------------------------------------------------------------------------
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    commands = parser.add_subparsers(title="commands", metavar="<COMMAND>", parser_class=Parser)
+    commands.required = True
+    return commands
+
+
+def _add_task_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--creators", nargs="*", action=CommaList, help="creators' usernames")
+    parser.add_argument("-g", "--group", help="group to query (default: your own)")
+    parser.add_argument("-t", "--tags", nargs="*", action=CommaList, help="tasks having all these tags")
+    parser.add_argument("-l", "--labels", nargs="*", action=CommaList, help="tasks having all these labels")
+    parser.add_argument("-s", "--states", nargs="*", type=_argument_type(_task_state, "state"),
+                        help="pending, ready, running, finished, cancelled")
+    parser.add_argument("-e", "--exit-status", help="exit status comparison: =N, !=N, <N, <=N, >N, >=N")
+    parser.add_argument("-p", "--priority", help="priority comparison: =N, !=N, <N, <=N, >N, >=N")
+    parser.add_argument("--reporter-uuid", type=UUID_ARG, help="tasks committed by this worker")
+
+
+def build_parser(prog: str = "mito client") -> Parser:
+    parser = Parser(prog=prog, description="Run a mitosis client command")
+    commands = _subcommands(parser)
+
+    auth = commands.add_parser("auth", help="Authenticate the user")
+    auth.set_defaults(func=cmd_auth)
+
+    create = commands.add_parser("create", help="Create a new user or group")
+    create_commands = _subcommands(create)
+    user = create_commands.add_parser("user", help="Create a new user")
+    user.add_argument("-u", "--username", required=True, help="The username of the user")
+    user.add_argument("-p", "--password", required=True, help="The password of the user")
+    user.add_argument("--admin", action="store_true", help="Whether the user is an admin")
+    user.set_defaults(func=cmd_create_user)
+    group = create_commands.add_parser("group", help="Create a new group")
+    group.add_argument("name", metavar="GROUP_NAME", help="The name of the group")
+    group.set_defaults(func=cmd_create_group)
+
+    submit = commands.add_parser("submit", help="Submit a task", usage="submit [OPTIONS] [-- <COMMAND>...]")
+    submit.add_argument("-g", "--group", dest="group_name", help="The name of the group this task is submitted to")
+    submit.add_argument("-t", "--tags", nargs="*", action=CommaList, help="The tags of the task, used to filter workers to execute the task")
+    submit.add_argument("-l", "--labels", nargs="*", action=CommaList, help="The labels of the task, used for querying tasks")
+    submit.add_argument("--timeout", default="10min", type=_argument_type(parse_duration, "duration"),
+                        help="The timeout of the task [default: 10min]")
+    submit.add_argument("-p", "--priority", type=int, default=0, help="The priority of the task [default: 0]")
+    submit.add_argument("-e", "--envs", nargs="*", default=[], type=_argument_type(_env, "environment variable"),
+                        action="extend", help="The environment variables to set, KEY=VALUE")
+    submit.add_argument("--terminal", action="store_true",
+                        help="Whether to collect the terminal standard output and error of the executed task")
+    submit.add_argument("-r", "--resources", nargs="*", default=[], action="extend", type=_argument_type(_resource, "resource"),
+                        help="Files to download before the task runs: artifact=UUID:TYPE:PATH or attachment=KEY:PATH")
+    submit.add_argument("--watch", type=_argument_type(_watch, "watch"),
+                        help="The UUID and the state of the task to watch before triggering this task, as UUID,STATE")
+    submit.add_argument("command", nargs="*", metavar="COMMAND", help="The command to run")
+    submit.set_defaults(func=cmd_submit)
+
+    get = commands.add_parser("get", help="Get the info of a task, artifact, or a list of tasks subject to the filters")
+    get_commands = _subcommands(get)
+    task = get_commands.add_parser("task", help="Get the info of a task")
+    task.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    task.set_defaults(func=cmd_get_task)
+    tasks = get_commands.add_parser("tasks", help="Query a list of tasks subject to the filter")
+    _add_task_filters(tasks)
+    tasks.add_argument("--limit", type=int, help="at most this many tasks (newest first)")
+    tasks.add_argument("--offset", type=int, help="skip this many tasks")
+    tasks.add_argument("-v", "--verbose", action="store_true", help="show every field")
+    tasks.add_argument("--count", action="store_true", help="only count the matching tasks")
+    tasks.set_defaults(func=cmd_get_tasks)
+    artifact = get_commands.add_parser("artifact", help="Download an artifact of a task")
+    artifact.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    artifact.add_argument("content_type", type=TYPE_ARG, metavar="TYPE", help="result, exec-log or std-log")
+    artifact.add_argument("-o", "--output", help="where to save it [default: ./<TYPE>.tar.gz]")
+    artifact.add_argument("--no-download", action="store_true", help="only print the download URL")
+    artifact.set_defaults(func=cmd_get_artifact)
+    return parser
+
+
+def parse(argv: list[str], prog: str = "mito client") -> argparse.Namespace:
+    """Parse one client command line (without the ``mito client`` prefix)."""
+    return build_parser(prog).parse_args(argv)
+

@@ -1,0 +1,230 @@
+"""``mito``: the coordinator, worker, client and local-platform modes.
+
+Flags default to ``None`` so that only the flags actually given override the lower configuration
+layers (a false boolean flag never overrides a ``true`` from a file, as in reference 0.5.3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from mito_lab.client.http import MitoError
+from mito_lab.config import (
+    ClientConfig,
+    ConfigError,
+    CoordinatorConfig,
+    WorkerConfig,
+    load_config,
+)
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _flags(namespace: argparse.Namespace, model: type) -> dict[str, Any]:
+    return {key: value for key, value in vars(namespace).items() if key in model.model_fields}
+
+
+def _load(mode: str, model: type, namespace: argparse.Namespace) -> Any:
+    return load_config(mode, model, namespace.config, _flags(namespace, model))
+
+
+def _flag(parser: argparse.ArgumentParser, *names: str, **options: Any) -> None:
+    if options.get("action") == "store_true":
+        options["default"] = None
+    parser.add_argument(*names, **options)
+
+
+# --- coordinator ----------------------------------------------------------------------------------
+
+
+def _coordinator_parser(modes: argparse._SubParsersAction) -> None:
+    parser = modes.add_parser("coordinator", help="Run the mitosis coordinator", description="Run the mitosis coordinator")
+    _flag(parser, "-b", "--bind", help="The address to bind to")
+    _flag(parser, "--config", type=Path, help="The path of the config file")
+    _flag(parser, "--data-dir", type=Path, help="Where the embedded database, objects and keys live [default: ~/.local/share/mitosis]")
+    _flag(parser, "--db", dest="db_url", metavar="DB_URL", help="The database URL (postgres://... or sqlite:///...) [default: embedded SQLite]")
+    _flag(parser, "--s3", dest="s3_url", metavar="S3_URL", help="The S3 URL [default: local object store in the data dir]")
+    _flag(parser, "--s3-access-key", help="The S3 access key")
+    _flag(parser, "--s3-secret-key", help="The S3 secret key")
+    _flag(parser, "--s3-region", help="The S3 region [default: mitosis]")
+    _flag(parser, "--s3-force-path-style", action="store_true", help="Use path-style S3 addressing")
+    _flag(parser, "--artifacts-bucket", help="The bucket for task artifacts [default: mitosis-artifacts]")
+    _flag(parser, "--attachments-bucket", help="The bucket for group attachments [default: mitosis-attachments]")
+    _flag(parser, "--redis", dest="redis_url", metavar="REDIS_URL", help="The Redis URL")
+    _flag(parser, "--redis-worker-password", help="The Redis worker password")
+    _flag(parser, "--redis-client-password", help="The Redis client password")
+    _flag(parser, "--redis-skip-acl-rules", action="store_true", help="Do not create the Redis ACL users")
+    _flag(parser, "--admin-user", help="The admin username")
+    _flag(parser, "--admin-password", help="The admin password")
+    _flag(parser, "--access-token-private-path", type=Path, help="The path to the private key [default: generated in the data dir]")
+    _flag(parser, "--access-token-public-path", type=Path, help="The path to the public key [default: generated in the data dir]")
+    _flag(parser, "--access-token-expires-in", help="The access token expiration time, default to 7 days")
+    _flag(parser, "--heartbeat-timeout", help="The heartbeat timeout, default to 600 seconds")
+    _flag(parser, "--log-path", type=Path, help="The log file path. If specified, the log file is exactly at this path")
+    _flag(parser, "--file-log", action="store_true", help="Enable logging to file")
+    parser.set_defaults(run=run_coordinator)
+
+
+def run_coordinator(namespace: argparse.Namespace) -> int:
+    from mito_lab.logs import setup_logging
+    from mito_lab.server.app import serve
+
+    config: CoordinatorConfig = _load("coordinator", CoordinatorConfig, namespace)
+    setup_logging("coordinator", config.bind.replace(":", "_"), config.file_log, config.log_path)
+    asyncio.run(serve(config))
+    return 0
+
+
+# --- worker -------------------------------------------------------------------------------------
+
+
+def _worker_parser(modes: argparse._SubParsersAction) -> None:
+    parser = modes.add_parser("worker", help="Run a mitosis worker", description="Run a mitosis worker")
+    _flag(parser, "--config", type=Path, help="The path of the config file")
+    _flag(parser, "-c", "--coordinator", dest="coordinator_addr", metavar="COORDINATOR_ADDR", help="The address of the coordinator")
+    _flag(parser, "--polling-interval", help="The interval to poll tasks or resources")
+    _flag(parser, "--heartbeat-interval", help="The interval to send heartbeat")
+    _flag(parser, "--credential-path", type=Path, help="The path of the user credential file")
+    _flag(parser, "-u", "--user", help="The username of the user")
+    _flag(parser, "-p", "--password", help="The password of the user")
+    _flag(parser, "-g", "--groups", nargs="*", help="The groups allowed to submit tasks to this worker (NAME or NAME:ROLE)")
+    _flag(parser, "-t", "--tags", nargs="*", help="The tags of this worker")
+    _flag(parser, "-l", "--labels", nargs="*", help="The labels of this worker")
+    _flag(parser, "--log-path", type=Path, help="The log file path. If specified, the log file is exactly at this path")
+    _flag(parser, "--file-log", action="store_true", help="Enable logging to file")
+    _flag(parser, "--shared-log", action="store_true", help="Log to one shared rolling file for all workers")
+    _flag(parser, "--lifetime", help="The lifetime of the worker to alive (e.g., 7d, 1year)")
+    _flag(parser, "--retain", action="store_true", help="Keep the user's other sessions valid when logging in")
+    _flag(parser, "--skip-redis", action="store_true", help="Ignore the Redis URL given at registration")
+    parser.set_defaults(run=run_worker)
+
+
+def run_worker(namespace: argparse.Namespace) -> int:
+    from mito_lab.worker.agent import run
+
+    config: WorkerConfig = _load("worker", WorkerConfig, namespace)
+    return asyncio.run(run(config))
+
+
+# --- client -------------------------------------------------------------------------------------
+
+
+def _client_parser(modes: argparse._SubParsersAction) -> None:
+    parser = modes.add_parser(
+        "client",
+        help="Run a mitosis client",
+        description="Run a mitosis client",
+        usage="mito client [OPTIONS] [COMMAND]",
+        epilog="Commands: auth, create, get, submit. Run `mito client <COMMAND> --help` for each.",
+    )
+    _flag(parser, "--config", type=Path, help="The path of the config file")
+    _flag(parser, "-c", "--coordinator", dest="coordinator_addr", metavar="COORDINATOR_ADDR", help="The address of the coordinator")
+    _flag(parser, "--credential-path", type=Path, help="The path of the user credential file")
+    _flag(parser, "-u", "--user", help="The username of the user")
+    _flag(parser, "-p", "--password", help="The password of the user")
+    _flag(parser, "--retain", action="store_true", help="Keep your other sessions valid when logging in")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="The command to run")
+    parser.set_defaults(run=run_client)
+
+
+def ask_credentials(user: str | None) -> tuple[str, str]:
+    """Prompt on the terminal; without one, explain what to pass instead of hanging."""
+    if not sys.stdin.isatty():
+        raise MitoError(401, "not logged in and no terminal to ask on: pass -u USER -p PASSWORD")
+    if not user:
+        user = input("Username: ").strip()
+    return user, getpass.getpass(f"Password for {user}: ")
+
+
+def run_client(namespace: argparse.Namespace) -> int:
+    from mito_lab.cli.grammar import GrammarError, HelpShown, build_parser
+    from mito_lab.cli.render import render
+    from mito_lab.client.api import AsyncClient
+
+    config: ClientConfig = _load("client", ClientConfig, namespace)
+    try:
+        args = build_parser().parse_args(namespace.command)
+    except HelpShown as shown:
+        print(str(shown).rstrip())
+        return 0
+    except GrammarError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+
+    async def execute() -> Any:
+        client = await AsyncClient.connect(
+            config.coordinator_addr, config.user, config.password, config.credential_path, config.retain, ask_credentials
+        )
+        async with client:
+            return await args.func(client, args)
+
+    try:
+        text = render(asyncio.run(execute()), getattr(args, "verbose", False))
+    except GrammarError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except MitoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return EXIT_ERROR
+    if text:
+        print(text)
+    return 0
+
+
+# --- up -----------------------------------------------------------------------------------------
+
+
+def _up_parser(modes: argparse._SubParsersAction) -> None:
+    parser = modes.add_parser("up", help="Start a local platform: a coordinator and workers", description="Start a coordinator on the embedded database and object store, plus N workers, in one process tree. Ctrl-C stops everything.")
+    parser.add_argument("--workers", type=int, default=2, help="How many workers to start [default: 2]")
+    parser.add_argument("-b", "--bind", default="127.0.0.1:5000", help="The coordinator's address [default: 127.0.0.1:5000]")
+    parser.add_argument("--data-dir", type=Path, help="Where the platform keeps its state [default: ~/.local/share/mitosis]")
+    parser.set_defaults(run=run_up)
+
+
+def run_up(namespace: argparse.Namespace) -> int:
+    from mito_lab.cli.up import up
+
+    if namespace.workers < 0:
+        print("error: --workers must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
+    return up(namespace.bind, namespace.workers, namespace.data_dir)
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mito", description="mito_lab: run experiment fleets from a notebook or a shell")
+    parser.add_argument("-V", "--version", action="version", version=f"mito {version('mito-lab')}")
+    modes = parser.add_subparsers(title="modes", metavar="<MODE>", required=True)
+    _coordinator_parser(modes)
+    _worker_parser(modes)
+    _client_parser(modes)
+    _up_parser(modes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    namespace = build_parser().parse_args(argv)
+    try:
+        return namespace.run(namespace)
+    except ConfigError as exc:
+        print(f"mito: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""``mito up``: a whole local platform in one process tree (coordinator + N workers).
+
+Children run in their own sessions so that Ctrl-C reaches only this process, which then stops the
+workers first (they hand back their tasks) and the coordinator last."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mito_lab.config import CoordinatorConfig, load_config
+
+STARTUP_SECONDS = 60.0
+STOP_SECONDS = 20.0
+
+
+def _mito(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mito_lab", *args]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_SECONDS
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def up(bind: str, workers: int, data_dir: Path | None) -> int:
+    flags = {"bind": bind, "data_dir": data_dir}
+    config = load_config("coordinator", CoordinatorConfig, None, flags)
+    url = f"http://{config.bind}"
+    coordinator = subprocess.Popen(
+        _mito("coordinator", "--bind", config.bind, "--data-dir", str(config.data_dir)), start_new_session=True
+    )
+    interrupted = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while not _healthy(url):
+        if coordinator.poll() is not None or interrupted or time.monotonic() > deadline:
+            _stop([coordinator])
+            print(f"error: the coordinator did not start on {url} (see its log above)", file=sys.stderr)
+            return 1
+        time.sleep(0.2)
+
+    environment = dict(os.environ, MITO_PASSWORD=config.admin_password)
+    credentials = config.data_dir / "up-credentials"
+    fleet = [
+        subprocess.Popen(
+            _mito("worker", "-c", url, "-u", config.admin_user, "--credential-path", str(credentials),
+                  "--polling-interval", "60s", "--heartbeat-interval", "30s"),
+            env=environment,
+            start_new_session=True,
+        )
+        for _ in range(workers)
+    ]
+    print(
+        f"\nmito_lab is up at {url}\n"
+        f"  admin login: {config.admin_user} / {config.admin_password}\n"
+        f"  workers:     {workers}\n"
+        f"  data dir:    {config.data_dir}\n"
+        f"  try:         mito client -c {url} -u {config.admin_user} -p {config.admin_password} submit -- echo hello\n"
+        "Press Ctrl-C to stop.\n",
+        flush=True,
+    )
+    code = 0
+    while not interrupted:
+        if coordinator.poll() is not None:
+            print("error: the coordinator stopped", file=sys.stderr)
+            code = 1
+            break
+        for process in fleet:
+            if process.poll() is not None and process.returncode != 0:
+                print(f"warning: worker {process.pid} exited with status {process.returncode}", file=sys.stderr)
+                fleet.remove(process)
+        time.sleep(0.5)
+    print("stopping workers and coordinator...", flush=True)
+    _stop(fleet)
+    _stop([coordinator])
+    return code

@@ -1,0 +1,196 @@
+"""The asynchronous SDK: one typed method per API operation; the CLI, the worker's login and (later)
+the notebook front end all call these rather than speaking HTTP themselves."""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from pathlib import Path
+
+from mito_lab.client.credentials import Credentials
+from mito_lab.client.http import HttpSession, MitoError, Progress
+from mito_lab.config import parse_duration
+from mito_lab.wire import (
+    ArtifactContentType,
+    CreateGroupReq,
+    CreateUserReq,
+    DownloadResp,
+    LoginReq,
+    LoginResp,
+    RemoteResourceDownload,
+    SubmitTaskReq,
+    SubmitTaskResp,
+    TaskExecState,
+    TaskQueryResp,
+    TaskSpec,
+    TasksQueryReq,
+    TasksQueryResp,
+    UploadArtifactReq,
+    UploadResp,
+)
+
+DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
+AskCredentials = Callable[[str | None], tuple[str, str]]
+
+
+class NoCredentials(MitoError):
+    def __init__(self) -> None:
+        super().__init__(401, "not logged in: give a username and password (-u/-p)")
+
+
+async def login_token(
+    session: HttpSession,
+    credentials: Credentials,
+    user: str | None = None,
+    password: str | None = None,
+    retain: bool = False,
+    ask: AskCredentials | None = None,
+) -> tuple[str, str]:
+    """A valid user token, as the reference client finds one (6.4): the saved line of ``user`` (or the
+    first line) if ``GET /auth`` accepts it; otherwise log in with the given or asked-for password
+    and save the new token. Returns ``(username, token)``."""
+    saved = credentials.find(user)
+    if saved is not None:
+        probe = HttpSession(session.base_url, saved[1], timeout=session.timeout)
+        try:
+            if await probe.call("GET", "auth") == saved[0]:
+                return saved
+        except MitoError as exc:
+            if exc.status == 0 or exc.status >= 500:
+                raise
+        finally:
+            probe.close()
+    if password is None:
+        if ask is None:
+            raise NoCredentials()
+        user, password = ask(user)
+    if not user:
+        raise NoCredentials()
+    answer: LoginResp = await session.call(
+        "POST", "login", LoginReq(username=user, password=password, retain=retain), LoginResp
+    )
+    credentials.save(user, answer.token)
+    return user, answer.token
+
+
+def task_request(
+    command: list[str] | TaskSpec,
+    *,
+    group: str | None = None,
+    tags: Iterable[str] = (),
+    labels: Iterable[str] = (),
+    timeout: str | timedelta = "10min",
+    priority: int = 0,
+    envs: Mapping[str, str] | None = None,
+    terminal: bool = False,
+    resources: Iterable[RemoteResourceDownload] = (),
+    watch: tuple[uuid_module.UUID, TaskExecState] | None = None,
+) -> SubmitTaskReq:
+    """Build a submit request from friendly arguments (validated like any request)."""
+    spec = command if isinstance(command, TaskSpec) else TaskSpec(
+        args=list(command), envs=dict(envs or {}), resources=list(resources), terminal_output=terminal, watch=watch
+    )
+    return SubmitTaskReq(
+        group_name=group,
+        tags=list(tags),
+        labels=list(labels),
+        timeout=parse_duration(timeout),
+        priority=priority,
+        task_spec=spec,
+    )
+
+
+class AsyncClient:
+    """A logged-in connection to a coordinator."""
+
+    def __init__(self, coordinator: str = DEFAULT_COORDINATOR, token: str | None = None, username: str | None = None) -> None:
+        self.session = HttpSession(coordinator, token)
+        self.username = username
+
+    @classmethod
+    async def connect(
+        cls,
+        coordinator: str = DEFAULT_COORDINATOR,
+        user: str | None = None,
+        password: str | None = None,
+        credential_path: Path | None = None,
+        retain: bool = False,
+        ask: AskCredentials | None = None,
+    ) -> "AsyncClient":
+        client = cls(coordinator)
+        try:
+            client.username, client.session.token = await login_token(
+                client.session, Credentials(credential_path), user, password, retain, ask
+            )
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def close(self) -> None:
+        self.session.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- users and groups -----------------------------------------------------------------------
+
+    async def whoami(self) -> str:
+        return await self.session.call("GET", "auth")
+
+    async def create_user(self, username: str, password: str, admin: bool = False) -> None:
+        await self.session.call("POST", "admin/users", CreateUserReq(username=username, password=password, admin=admin))
+
+    async def create_group(self, name: str) -> None:
+        await self.session.call("POST", "groups", CreateGroupReq(group_name=name))
+
+    # --- tasks ----------------------------------------------------------------------------------
+
+    async def submit(self, request: SubmitTaskReq) -> SubmitTaskResp:
+        return await self.session.call("POST", "tasks", request, SubmitTaskResp)
+
+    async def get_task(self, task_uuid: uuid_module.UUID | str) -> TaskQueryResp:
+        return await self.session.call("GET", f"tasks/{task_uuid}", None, TaskQueryResp)
+
+    async def query_tasks(self, request: TasksQueryReq) -> TasksQueryResp:
+        return await self.session.call("POST", "tasks/query", request, TasksQueryResp)
+
+    async def cancel_task(self, task_uuid: uuid_module.UUID | str) -> None:
+        await self.session.call("DELETE", f"tasks/{task_uuid}")
+
+    # --- artifacts ------------------------------------------------------------------------------
+
+    async def artifact_url(self, task_uuid: uuid_module.UUID | str, content_type: ArtifactContentType) -> DownloadResp:
+        return await self.session.call("GET", f"tasks/{task_uuid}/download/artifacts/{content_type.value}", None, DownloadResp)
+
+    async def download_artifact(
+        self,
+        task_uuid: uuid_module.UUID | str,
+        content_type: ArtifactContentType,
+        path: Path,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Download an artifact (a ``.tar.gz``) to ``path``; a directory gets ``<type>.tar.gz`` inside."""
+        if path.is_dir():
+            path = path / content_type.file_name
+        link = await self.artifact_url(task_uuid, content_type)
+        await self.session.download_file(link.url, path, progress)
+        return path
+
+    async def upload_artifact(
+        self,
+        task_uuid: uuid_module.UUID | str,
+        content_type: ArtifactContentType,
+        path: Path,
+        progress: Progress | None = None,
+    ) -> UploadResp:
+        if path.is_dir():
+            raise MitoError(400, f"{path} is a directory: upload a file (pack it with tar first)")
+        request = UploadArtifactReq(content_type=content_type, content_length=path.stat().st_size)
+        upload: UploadResp = await self.session.call("POST", f"tasks/{task_uuid}/artifacts", request, UploadResp)
+        await self.session.upload_file(upload.url, path, progress)
+        return upload

@@ -1,0 +1,165 @@
+"""One HTTP session for the SDK and the worker: JSON through the wire models, errors as exceptions,
+and file transfers to and from signed URLs streamed in chunks (never whole in memory)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urljoin
+
+from pydantic import BaseModel, ValidationError
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+CHUNK = 1 << 20
+Progress = Callable[[int], None]
+
+
+class MitoError(Exception):
+    """An error answer from the coordinator or the object store; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+
+    def __str__(self) -> str:
+        return self.msg
+
+
+class MitoConnectionError(MitoError):
+    """The server could not be reached at all (refused, unreachable, timed out)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(0, f"cannot reach {url}: {reason}")
+
+
+def _error_message(raw: bytes | None, fallback: str) -> str:
+    if not raw:
+        return fallback
+    body = raw.decode("utf-8", "replace")
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict) and isinstance(data.get("msg"), str):
+            return data["msg"]
+    except json.JSONDecodeError:
+        pass
+    if "<Message>" in body:  # S3 error documents are XML
+        return body.split("<Message>", 1)[1].split("</Message>", 1)[0]
+    return body.strip()[:500] or fallback
+
+
+class HttpSession:
+    """Talks to one coordinator with an optional bearer token."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        self.token = token
+        self.timeout = timeout
+        self._http = AsyncHTTPClient(force_instance=True, max_body_size=256 * 1024 * 1024)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def url(self, path: str) -> str:
+        return urljoin(self.base_url, path.lstrip("/"))
+
+    async def _fetch(self, request: HTTPRequest) -> HTTPResponse:
+        try:
+            return await self._http.fetch(request)
+        except HTTPClientError as exc:
+            if exc.code == 599:
+                raise MitoConnectionError(request.url, str(exc.message or "timeout")) from None
+            raw = exc.response.body if exc.response is not None else None
+            raise MitoError(exc.code, _error_message(raw, f"HTTP {exc.code}")) from None
+        except OSError as exc:
+            raise MitoConnectionError(request.url, exc.strerror or str(exc)) from None
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None = None,
+        response: type[ModelT] | None = None,
+        *,
+        timeout: float | None = None,
+        query: str = "",
+    ) -> Any:
+        """Send ``body`` as JSON; parse the answer into ``response`` (``None`` for an empty or null body)."""
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        payload = body.model_dump_json(exclude_none=False).encode() if body is not None else None
+        if payload is None and method in ("POST", "PUT"):
+            payload = b""
+        request = HTTPRequest(
+            self.url(path) + query,
+            method=method,
+            headers=headers,
+            body=payload,
+            request_timeout=timeout or self.timeout,
+            allow_nonstandard_methods=True,
+        )
+        answer = await self._fetch(request)
+        text = answer.body.decode("utf-8") if answer.body else ""
+        if response is None:
+            return text
+        if not text or text == "null":
+            return None
+        try:
+            return response.model_validate_json(text)
+        except ValidationError as exc:
+            raise MitoError(answer.code, f"unexpected answer from {path}: {exc.errors()[0]['msg']}") from None
+
+    async def upload_file(self, url: str, path: Path, progress: Progress | None = None) -> None:
+        """PUT a file to a signed URL, streamed, as ``application/octet-stream``."""
+        size = path.stat().st_size
+
+        async def produce(write: Callable[[bytes], Any]) -> None:
+            with path.open("rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    await write(chunk)
+                    if progress:
+                        progress(len(chunk))
+
+        request = HTTPRequest(
+            self.url(url),
+            method="PUT",
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+            body_producer=produce if size else None,
+            body=b"" if not size else None,
+            request_timeout=max(self.timeout, size / 5_000_000 + 60),
+        )
+        await self._fetch(request)
+
+    async def download_file(self, url: str, path: Path, progress: Progress | None = None) -> int:
+        """GET a signed URL into ``path`` (written to a temporary file, then renamed)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.part")
+        received = 0
+        with partial.open("wb") as handle:
+
+            def consume(chunk: bytes) -> None:
+                nonlocal received
+                handle.write(chunk)
+                received += len(chunk)
+                if progress:
+                    progress(len(chunk))
+
+            request = HTTPRequest(self.url(url), streaming_callback=consume, request_timeout=24 * 3600)
+            try:
+                await self._fetch(request)
+            except MitoError as exc:
+                handle.close()
+                if exc.status:  # an error body went to the streaming callback: read its message
+                    exc.msg = _error_message(partial.read_bytes()[:65536], exc.msg)
+                partial.unlink(missing_ok=True)
+                raise
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+        os.replace(partial, path)
+        return received

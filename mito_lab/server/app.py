@@ -1,0 +1,103 @@
+"""The coordinator: builds the services once, assembles the routes, serves until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from importlib import import_module
+
+from tornado.httpserver import HTTPServer
+from tornado.web import Application
+
+from mito_lab.config import CoordinatorConfig
+from mito_lab.server.db.engine import Database
+from mito_lab.server.handlers.base import NotFoundHandler
+from mito_lab.server.services.auth import Tokens, load_or_create_keys
+from mito_lab.server.services.context import Context
+from mito_lab.server.services.groups import GroupService
+from mito_lab.server.services.tasks import TaskService
+from mito_lab.server.services.users import UserService
+from mito_lab.server.services.workers import WorkerService
+from mito_lab.server.storage import LocalStore, ObjectStore, S3Store
+
+log = logging.getLogger(__name__)
+
+HANDLER_MODULES = ("misc", "admin", "groups", "tasks", "workers", "blobs")
+MAX_JSON_BODY = 16 * 1024 * 1024  # blob uploads raise their own limit to the signed size
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
+    try:
+        return host.strip("[]") or "0.0.0.0", int(port)
+    except ValueError:
+        raise ValueError(f"invalid bind address {bind!r}: use HOST:PORT, e.g. 127.0.0.1:5000") from None
+
+
+def make_store(config: CoordinatorConfig) -> ObjectStore:
+    buckets = [config.artifacts_bucket, config.attachments_bucket]
+    if config.s3_url:
+        return S3Store(config.s3_url, config.s3_access_key, config.s3_secret_key, config.s3_region, buckets)
+    return LocalStore(config.data_dir / "objects", buckets)
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        db_url = config.db_url or f"sqlite:///{config.data_dir / 'mitosis.db'}"
+        private_key, public_key = load_or_create_keys(
+            config.data_dir, config.access_token_private_path, config.access_token_public_path
+        )
+        self.context = Context(config=config, db=Database(db_url), store=make_store(config), tokens=Tokens(private_key, public_key))
+        self.users = UserService(self.context)
+        self.groups = GroupService(self.context)
+        self.workers = WorkerService(self.context)
+        self.tasks = TaskService(self.context, on_ready=self.workers.notify_ready)
+        self._server: HTTPServer | None = None
+        self._background: list[asyncio.Task[None]] = []
+
+    def make_app(self) -> Application:
+        handlers = []
+        for name in HANDLER_MODULES:
+            handlers.extend(import_module(f"mito_lab.server.handlers.{name}").default_handlers)
+        return Application(handlers, default_handler_class=NotFoundHandler, mito=self, compress_response=False)
+
+    async def start(self) -> None:
+        await self.context.store.start()
+        await self.context.db.migrate()
+        await self.users.ensure_admin()
+        host, port = parse_bind(self.config.bind)
+        self._server = HTTPServer(self.make_app(), max_body_size=MAX_JSON_BODY, idle_connection_timeout=3600)
+        self._server.listen(port, host)
+        self._background.append(asyncio.create_task(self.workers.reap_forever()))
+        log.info("coordinator listening on http://%s:%d (database: %s)", host, port, self.context.db.engine.url.render_as_string(hide_password=True))
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self.workers.close()
+            await asyncio.sleep(0.1)  # let the answered long-polls flush
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.close_all_connections(), 5)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.context.db.close()
+
+
+async def serve(config: CoordinatorConfig) -> None:
+    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    coordinator = Coordinator(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await coordinator.start()
+    try:
+        await stop.wait()
+    finally:
+        log.info("coordinator shutting down")
+        await coordinator.stop()

@@ -1,0 +1,64 @@
+"""API errors: each becomes ``{"msg": ...}`` with the reference's status code and wording."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 500
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self.msg = msg
+
+
+class InvalidRequest(ApiError):
+    status = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"Process request error: {detail}")
+
+
+class InvalidToken(ApiError):
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("Authentication error: Invalid token")
+
+
+class WrongCredentials(ApiError):
+    status = 401
+
+    def __init__(self) -> None:
+        super().__init__("Authentication error: Wrong credentials")
+
+
+class PermissionDenied(ApiError):
+    status = 403
+
+    def __init__(self, why: str | None = None) -> None:
+        super().__init__("Authentication error: Permission denied" + (f": {why}" if why else ""))
+
+
+class QuotaExceeded(ApiError):
+    status = 403
+
+    def __init__(self) -> None:
+        super().__init__("Resource quota exceeded")
+
+
+class NotFound(ApiError):
+    status = 404
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} not found")
+
+
+class AlreadyExists(ApiError):
+    status = 409
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"User or group with same name {name} already exists")
+
+
+class PayloadTooLarge(ApiError):
+    status = 413

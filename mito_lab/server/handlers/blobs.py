@@ -1,0 +1,100 @@
+"""The local object store's URLs: signed, expiring, streamed both ways (never whole in memory)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from tornado.iostream import StreamClosedError
+from tornado.web import stream_request_body
+
+from mito_lab.server.errors import InvalidRequest, NotFound, PermissionDenied
+from mito_lab.server.handlers.base import ApiHandler
+from mito_lab.server.storage import LocalStore
+
+CHUNK = 1 << 20
+
+
+@stream_request_body
+class BlobHandler(ApiHandler):
+    _temp: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
+    _received = 0
+    _declared = 0
+
+    @property
+    def store(self) -> LocalStore:
+        store = self.context.store
+        if not isinstance(store, LocalStore):
+            raise NotFound("Route")
+        return store
+
+    def prepare(self) -> None:
+        bucket, key = self.path_args
+        method = self.request.method or ""
+        if method not in ("GET", "PUT"):
+            return  # tornado answers 405
+        size = self.get_query_argument("size", None)
+        refusal = self.store.verify(
+            method, bucket, key, self.get_query_argument("expires", ""), self.get_query_argument("sig", ""), size
+        )
+        if refusal:
+            raise PermissionDenied(refusal)
+        try:
+            self._target = self.store.path(bucket, key)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        if method == "PUT":
+            self._declared = int(size or 0)
+            if int(self.request.headers.get("Content-Length", -1)) != self._declared:
+                raise InvalidRequest(f"Content-Length must be the signed size, {self._declared} bytes")
+            self.request.connection.set_max_body_size(self._declared)  # type: ignore[union-attr]
+            self._target.parent.mkdir(parents=True, exist_ok=True)
+            self._temp = tempfile.NamedTemporaryFile(dir=self._target.parent, prefix=".upload-", delete=False)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._temp is not None:
+            self._received += len(chunk)
+            self._temp.write(chunk)
+
+    async def put(self, bucket: str, key: str) -> None:
+        assert self._temp is not None
+        self._temp.close()
+        if self._received != self._declared:
+            raise InvalidRequest(f"received {self._received} bytes, expected {self._declared}")
+        os.replace(self._temp.name, self._target)
+        self._temp = None
+        self.finish(b"")
+
+    async def get(self, bucket: str, key: str) -> None:
+        path: Path = self._target
+        if not path.is_file():
+            raise NotFound(f"Object {bucket}/{key}")
+        self.set_header("Content-Type", "application/octet-stream")
+        self.set_header("Content-Length", str(path.stat().st_size))
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                self.write(chunk)
+                try:
+                    await self.flush()
+                except StreamClosedError:
+                    return
+        self.finish()
+
+    def on_finish(self) -> None:
+        self._discard()
+
+    def on_connection_close(self) -> None:
+        self._discard()
+
+    def _discard(self) -> None:
+        if self._temp is not None:
+            self._temp.close()
+            Path(self._temp.name).unlink(missing_ok=True)
+            self._temp = None
+
+
+default_handlers = [
+    (r"/blobs/([^/]+)/(.+)", BlobHandler),
+]
+

@@ -1,0 +1,68 @@
+"""Users: the initial admin, creation, login and token checks."""
+
+from __future__ import annotations
+
+from datetime import timezone, datetime
+
+import sqlalchemy as sa
+
+from mito_lab.server.db.models import User
+from mito_lab.server.errors import AlreadyExists, PermissionDenied, WrongCredentials
+from mito_lab.server.services.auth import hash_password, new_signature, verify_password
+from mito_lab.server.services.context import Context
+from mito_lab.server.services.groups import add_group, name_taken
+from mito_lab.wire import UserState, md5_password
+
+
+class UserService:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    async def ensure_admin(self) -> None:
+        """Create the configured admin on first start; later config changes do not touch it."""
+        config = self.context.config
+        async with self.context.db.write() as session:
+            exists = await session.scalar(sa.select(User.id).where(User.username == config.admin_user))
+        if exists is None:
+            await self.create(config.admin_user, bytes(md5_password(config.admin_password)), admin=True)
+
+    async def create(self, username: str, md5_digest: bytes, admin: bool) -> None:
+        encrypted = await hash_password(md5_digest)
+        async with self.context.db.write() as session:
+            if await name_taken(session, username):
+                raise AlreadyExists(username)
+            user = User(username=username, encrypted_password=encrypted, admin=admin, group_count=0)
+            session.add(user)
+            await session.flush()
+            await add_group(session, user, username)
+
+    async def login(self, username: str, md5_digest: bytes, retain: bool, ip: str | None) -> str:
+        async with self.context.db.read() as session:
+            user = await session.scalar(sa.select(User).where(User.username == username))
+        if user is None or not await verify_password(user.encrypted_password, md5_digest):
+            raise WrongCredentials()
+        if user.state != UserState.Active:
+            raise PermissionDenied(f"user {username} is {user.state.value}")
+        async with self.context.db.write() as session:
+            user = await session.get_one(User, user.id)
+            if not retain or user.auth_signature is None:
+                user.auth_signature = new_signature()
+            user.last_sign_in_at, user.last_sign_in_ip = user.current_sign_in_at, user.current_sign_in_ip
+            user.current_sign_in_at, user.current_sign_in_ip = datetime.now(timezone.utc), ip
+            signature = user.auth_signature
+        return self.context.tokens.issue(
+            username, "user", self.context.config.access_token_expires_in, sign=signature
+        )
+
+    async def authenticate(self, bearer: str) -> User:
+        """The user behind a bearer token (reference 6.1: token, existence, state, signature)."""
+        claims = self.context.tokens.verify(bearer, "user")
+        async with self.context.db.read() as session:
+            user = await session.scalar(sa.select(User).where(User.username == claims.sub))
+        if user is None:
+            raise WrongCredentials()
+        if user.state != UserState.Active:
+            raise PermissionDenied(f"user {user.username} is {user.state.value}")
+        if user.auth_signature != claims.sign:
+            raise WrongCredentials()
+        return user

@@ -1,0 +1,367 @@
+"""Workers: registration, the worker protocol (fetch, report, heartbeat, unregister) and liveness.
+
+Dispatch is a conditional claim in the database, so any number of coordinators can serve one
+PostgreSQL database (``FOR UPDATE SKIP LOCKED``) without handing a task to two workers. Fetches
+long-poll: a waiting fetch is woken the moment a task becomes Ready in this process, and re-checks
+the database every few seconds for tasks made Ready elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid as uuid_module
+from collections.abc import Callable
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mito_lab.server.db.models import Attachment, Group, GroupWorker, Task, TaskTag, User, Worker
+from mito_lab.server.errors import InvalidRequest, NotFound, PermissionDenied, WrongCredentials
+from mito_lab.server.services.context import Context
+from mito_lab.server.services.groups import group_by_name, require_role
+from mito_lab.server.services.tasks import (
+    artifact_download,
+    insert_task,
+    load_task,
+    now,
+    reserve_artifact,
+    task_response,
+)
+from mito_lab.server.storage import download_url_lifetime
+from mito_lab.wire import (
+    ArtifactContentType,
+    CommitOp,
+    DownloadResp,
+    RegisterWorkerReq,
+    RegisterWorkerResp,
+    ReportTaskReq,
+    ReportTaskResp,
+    Role,
+    SubmitOp,
+    TaskQueryResp,
+    TaskSpec,
+    TaskState,
+    UploadOp,
+    UserState,
+    WorkerState,
+    WorkerTaskResp,
+)
+
+log = logging.getLogger(__name__)
+
+# How often a waiting fetch looks at the database even without a local wake-up.
+RECHECK_SECONDS = 2.0
+SERVING_ROLES = (Role.Write, Role.Admin)
+
+
+def parse_group_spec(spec: str) -> tuple[str, Role]:
+    """``"name"`` or ``"name:role"``; the role defaults to Write."""
+    name, _, role = spec.partition(":")
+    if not name or ":" in role:
+        raise InvalidRequest(f"invalid group {spec!r}: use NAME or NAME:read|write|admin")
+    if not role:
+        return name, Role.Write
+    try:
+        return name, Role(role)
+    except ValueError:
+        raise InvalidRequest(f"invalid role {role!r} in {spec!r}: use read, write or admin") from None
+
+
+class WorkerService:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self._ready = asyncio.Event()
+        self._closing = False
+
+    # --- wake-ups -------------------------------------------------------------------------------
+
+    def notify_ready(self) -> None:
+        """Wake every waiting fetch: some task became Ready."""
+        self._ready.set()
+        self._ready = asyncio.Event()
+
+    # --- registration and authentication --------------------------------------------------------
+
+    async def register(self, user: User, request: RegisterWorkerReq) -> RegisterWorkerResp:
+        roles: dict[str, Role] = {}
+        for spec in request.groups:
+            name, role = parse_group_spec(spec)
+            roles[name] = role
+        roles[user.username] = Role.Admin  # the creator's personal group always administers it
+        async with self.context.db.write() as session:
+            groups = []
+            for name, role in roles.items():
+                group = await group_by_name(session, name)
+                # attaching a worker hands it the group's tasks: it needs Write (Admin to grant Admin)
+                await require_role(session, user, group, Role.Admin if role is Role.Admin else Role.Write)
+                groups.append((group, role))
+            worker = Worker(creator_id=user.id, tags=request.tags, labels=request.labels)
+            session.add(worker)
+            await session.flush()
+            session.add_all(GroupWorker(group_id=g.id, worker_id=worker.id, role=r) for g, r in groups)
+            worker_uuid = worker.worker_id
+        lifetime = request.lifetime or self.context.config.access_token_expires_in
+        token = self.context.tokens.issue(str(worker_uuid), "worker", lifetime)
+        log.info("worker %s registered by %s for %s", worker_uuid, user.username, sorted(roles))
+        self.notify_ready()  # it may match tasks that are already waiting
+        return RegisterWorkerResp(worker_id=worker_uuid, token=token, redis_url=None)
+
+    async def authenticate(self, bearer: str) -> Worker:
+        claims = self.context.tokens.verify(bearer, "worker")
+        try:
+            worker_uuid = uuid_module.UUID(claims.sub)
+        except ValueError:
+            raise WrongCredentials() from None
+        async with self.context.db.read() as session:
+            worker = await session.scalar(sa.select(Worker).where(Worker.worker_id == worker_uuid))
+        if worker is None:
+            raise WrongCredentials()
+        return worker
+
+    # --- dispatch -------------------------------------------------------------------------------
+
+    def _claimable(self, worker: Worker) -> sa.Select:
+        """The best task this worker may run: group role Write/Admin, task tags within the worker's."""
+        serving = sa.select(GroupWorker.group_id).where(
+            GroupWorker.worker_id == worker.id, GroupWorker.role.in_(SERVING_ROLES)
+        )
+        foreign_tag = sa.exists().where(TaskTag.task_id == Task.id, TaskTag.tag.not_in(worker.tags))
+        return (
+            sa.select(Task)
+            .where(Task.state == TaskState.Ready, Task.group_id.in_(serving), ~foreign_tag)
+            .order_by(Task.priority.desc(), Task.id)
+            .limit(1)
+        )
+
+    async def claim(self, worker_pk: int) -> WorkerTaskResp | None:
+        """Assign the best eligible Ready task to the worker, or ``None`` if there is none.
+
+        The worker row is read afresh each time, so tag and role changes apply at once and a
+        worker removed while it waited gets a 401 instead of a task."""
+        async with self.context.db.read() as session:  # cheap check first: writers are serialised
+            worker = await session.get(Worker, worker_pk)
+            if worker is None:
+                raise WrongCredentials()
+            if worker.state != WorkerState.Normal:
+                return None
+            query = self._claimable(worker)
+            if await session.scalar(query.with_only_columns(Task.id)) is None:
+                return None
+        async with self.context.db.write() as session:
+            if not self.context.db.is_sqlite:
+                query = query.with_for_update(skip_locked=True, of=Task)
+            if await session.get(Worker, worker_pk, with_for_update=not self.context.db.is_sqlite) is None:
+                raise WrongCredentials()
+            task = await session.scalar(query)
+            if task is None:
+                return None
+            task.state = TaskState.Running
+            task.assigned_worker_id = worker.id
+            task.updated_at = now()
+            return WorkerTaskResp(
+                id=task.id,
+                uuid=task.uuid,
+                timeout=timedelta(seconds=task.timeout),
+                upstream_task_uuid=task.upstream_task_uuid,
+                spec=TaskSpec.model_validate(task.spec),
+            )
+
+    async def fetch(self, worker: Worker, wait: float, gone: Callable[[], bool]) -> WorkerTaskResp | None:
+        """Claim a task, waiting up to ``wait`` seconds for one; ``gone()`` tells if the caller left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while not self._closing:
+            wake_up = self._ready  # taken before the check, so a task made Ready meanwhile is not missed
+            task = await self.claim(worker.id)
+            if task is not None:
+                if gone():  # the worker hung up while we claimed: put the task back
+                    await self.release(worker, task.id)
+                    return None
+                return task
+            remaining = deadline - loop.time()
+            if remaining <= 0 or gone():
+                return None
+            try:
+                await asyncio.wait_for(wake_up.wait(), min(remaining, RECHECK_SECONDS))
+            except TimeoutError:
+                pass
+            if gone():
+                return None
+        return None
+
+    def close(self) -> None:
+        """Answer every waiting fetch with ``null`` now: the coordinator is stopping."""
+        self._closing = True
+        self.notify_ready()
+
+    async def release(self, worker: Worker, task_pk: int) -> None:
+        async with self.context.db.write() as session:
+            await session.execute(
+                sa.update(Task)
+                .where(Task.id == task_pk, Task.assigned_worker_id == worker.id, Task.state == TaskState.Running)
+                .values(state=TaskState.Ready, assigned_worker_id=None, updated_at=now())
+            )
+        self.notify_ready()
+
+    # --- the worker protocol --------------------------------------------------------------------
+
+    async def heartbeat(self, worker: Worker) -> None:
+        async with self.context.db.write() as session:
+            await session.execute(sa.update(Worker).where(Worker.id == worker.id).values(last_heartbeat=now()))
+
+    async def report(self, worker: Worker, request: ReportTaskReq) -> ReportTaskResp:
+        ready = False
+        async with self.context.db.write() as session:
+            task = await session.scalar(
+                sa.select(Task).where(
+                    Task.id == request.id, Task.assigned_worker_id == worker.id, Task.archived_at.is_(None)
+                )
+            )
+            if task is None:
+                raise NotFound(f"Task {request.id}")
+            op = request.op
+            if op == "Finish" or op == "Cancel":
+                if task.state == TaskState.Running:
+                    task.state = TaskState.Finished if op == "Finish" else TaskState.Cancelled
+                    task.updated_at = now()
+            elif isinstance(op, UploadOp):
+                upload = await reserve_artifact(self.context, session, task, op.Upload.content_type, op.Upload.content_length)
+                task.updated_at = now()
+                return ReportTaskResp(url=upload.url)
+            elif isinstance(op, SubmitOp):
+                await self._submit_downstream(session, worker, task, op)
+            elif isinstance(op, CommitOp):
+                ready = await self._commit(session, worker, task, op)
+        if ready:
+            self.notify_ready()
+        return ReportTaskResp(url=None)
+
+    async def _submit_downstream(self, session: AsyncSession, worker: Worker, task: Task, op: SubmitOp) -> None:
+        """A task chains one Pending task into its own group; it becomes Ready when this one commits."""
+        if task.state not in (TaskState.Finished, TaskState.Cancelled):
+            raise InvalidRequest("Task can not spawn new tasks")
+        if task.downstream_task_uuid is not None:
+            raise InvalidRequest("Task already has a downstream task")
+        creator = await session.get_one(User, task.creator_id)
+        if creator.state != UserState.Active:
+            raise PermissionDenied(f"user {creator.username} is {creator.state.value}")
+        group = await session.get_one(Group, task.group_id)
+        request = op.Submit
+        if request.group_name not in (None, group.group_name):
+            raise InvalidRequest(f"Group name mismatch: a downstream task must go to group {group.group_name}")
+        role = await session.scalar(
+            sa.select(GroupWorker.role).where(GroupWorker.group_id == group.id, GroupWorker.worker_id == worker.id)
+        )
+        if role not in SERVING_ROLES:
+            raise PermissionDenied(f"the worker cannot submit to group {group.group_name}")
+        downstream = await insert_task(session, creator.id, group, request, TaskState.Pending, task.uuid)
+        task.downstream_task_uuid = downstream.uuid
+
+    async def _commit(self, session: AsyncSession, worker: Worker, task: Task, op: CommitOp) -> bool:
+        """Archive a finished task; returns whether a downstream task became Ready."""
+        if task.state not in (TaskState.Finished, TaskState.Cancelled):
+            raise InvalidRequest("Task can not be marked as done")
+        task.exit_status = op.Commit.exit_status
+        task.result_msg = op.Commit.msg
+        task.reporter_uuid = worker.worker_id
+        task.archived_at = task.updated_at = now()
+        ready = False
+        if task.downstream_task_uuid is not None:
+            released = await session.execute(
+                sa.update(Task)
+                .where(Task.uuid == task.downstream_task_uuid, Task.state == TaskState.Pending)
+                .values(state=TaskState.Ready, updated_at=now())
+            )
+            ready = released.rowcount > 0
+        current = await session.get_one(Worker, worker.id)
+        if current.state == WorkerState.GracefulShutdown:
+            ready = await self._remove(session, current) or ready
+        return ready
+
+    async def unregister(self, worker: Worker) -> None:
+        async with self.context.db.write() as session:
+            current = await session.get(Worker, worker.id)
+            requeued = current is not None and await self._remove(session, current)
+        log.info("worker %s unregistered", worker.worker_id)
+        if requeued:
+            self.notify_ready()
+
+    async def _remove(self, session: AsyncSession, worker: Worker) -> bool:
+        """Delete a worker; its running task goes back to Ready. Returns whether one did."""
+        task = await session.scalar(
+            sa.select(Task).where(Task.assigned_worker_id == worker.id, Task.archived_at.is_(None))
+        )
+        requeued = False
+        if task is not None:
+            if task.state == TaskState.Running:
+                task.state, task.assigned_worker_id = TaskState.Ready, None
+                requeued = True
+            else:  # it reported its outcome but never committed: keep the outcome, never re-run it
+                task.archived_at = now()
+            task.updated_at = now()
+        await session.execute(sa.delete(GroupWorker).where(GroupWorker.worker_id == worker.id))
+        await session.delete(worker)
+        return requeued
+
+    async def reap(self) -> int:
+        """Remove workers whose last heartbeat is older than the heartbeat timeout."""
+        cutoff = now() - self.context.config.heartbeat_timeout
+        removed = requeued = 0
+        async with self.context.db.write() as session:
+            for worker in (await session.scalars(sa.select(Worker).where(Worker.last_heartbeat < cutoff))).all():
+                log.warning("worker %s missed its heartbeats: removing it", worker.worker_id)
+                requeued += await self._remove(session, worker)
+                removed += 1
+        if requeued:
+            self.notify_ready()
+        return removed
+
+    async def reap_forever(self) -> None:
+        period = max(1.0, min(self.context.config.heartbeat_timeout.total_seconds() / 4, 30.0))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.reap()
+            except Exception:  # a failed round is retried next period; it must not stop the loop
+                log.exception("heartbeat check failed")
+
+    # --- what a worker may read -----------------------------------------------------------------
+
+    async def _serves_group_of(self, session: AsyncSession, worker: Worker, task_uuid: uuid_module.UUID) -> tuple[Task, str, str]:
+        task, creator, group_name = await load_task(session, task_uuid)
+        linked = await session.scalar(
+            sa.select(GroupWorker.id).where(GroupWorker.worker_id == worker.id, GroupWorker.group_id == task.group_id)
+        )
+        if linked is None:
+            raise PermissionDenied(f"the worker is not attached to group {group_name}")
+        return task, creator, group_name
+
+    async def get_task(self, worker: Worker, task_uuid: uuid_module.UUID) -> TaskQueryResp:
+        async with self.context.db.read() as session:
+            task, creator, group_name = await self._serves_group_of(session, worker, task_uuid)
+            return await task_response(session, task, creator, group_name)
+
+    async def download_artifact(
+        self, worker: Worker, task_uuid: uuid_module.UUID, content_type: ArtifactContentType
+    ) -> DownloadResp:
+        async with self.context.db.read() as session:
+            await self._serves_group_of(session, worker, task_uuid)
+            return await artifact_download(self.context, session, task_uuid, content_type)
+
+    async def download_attachment(self, worker: Worker, task_uuid: uuid_module.UUID, key: str) -> DownloadResp:
+        """An attachment of the group of the task this worker is running."""
+        async with self.context.db.read() as session:
+            task, _, group_name = await load_task(session, task_uuid)
+            if task.assigned_worker_id != worker.id or task.archived_at is not None:
+                raise PermissionDenied("the worker is not running this task")
+            attachment = await session.scalar(
+                sa.select(Attachment).where(Attachment.group_id == task.group_id, Attachment.key == key)
+            )
+            if attachment is None:
+                raise NotFound(f"Attachment {key} of group {group_name}")
+            url = self.context.store.download_url(
+                self.context.attachments_bucket, f"{group_name}/{key}", download_url_lifetime(attachment.size)
+            )
+            return DownloadResp(url=url, size=attachment.size)

@@ -1,0 +1,143 @@
+"""The object store behind artifacts and attachments, with two backends that hand out URLs.
+
+Clients and workers cannot tell them apart: they ask the coordinator for a URL and PUT or GET it.
+- ``LocalStore`` (embedded default): a directory in the data dir, served by the coordinator itself
+  (``server/handlers/blobs.py``) through HMAC-signed, expiring, streamed URLs.
+- ``S3Store``: any S3 endpoint through the ``minio`` client's presigned URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote, urlencode, urlsplit
+
+from minio import Minio
+from minio.error import S3Error
+
+UPLOAD_URL_LIFETIME = timedelta(hours=1)
+BATCH_DOWNLOAD_URL_LIFETIME = timedelta(hours=24)
+
+
+def download_url_lifetime(size: int) -> timedelta:
+    """As the reference: one second per MB, at least an hour, at most a day."""
+    return timedelta(seconds=min(max(size // 1_000_000, 3600), 86400))
+
+
+class ObjectStore(Protocol):
+    async def start(self) -> None:
+        """Create the buckets (or directories) if they are missing."""
+
+    def upload_url(self, bucket: str, key: str, size: int, lifetime: timedelta = UPLOAD_URL_LIFETIME) -> str:
+        """A URL that accepts one PUT of exactly ``size`` bytes."""
+
+    def download_url(self, bucket: str, key: str, lifetime: timedelta) -> str:
+        """A URL that serves the object to a GET."""
+
+    async def delete(self, bucket: str, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+
+
+class LocalStore:
+    """Objects as files under ``root/<bucket>/<key>``; URLs are relative to the coordinator."""
+
+    ROUTE = "/blobs/"
+
+    def __init__(self, root: Path, buckets: list[str]) -> None:
+        self.root = root
+        self.buckets = buckets
+        secret_file = root / ".url-secret"
+        root.mkdir(parents=True, exist_ok=True)
+        if not secret_file.exists():
+            secret_file.write_bytes(secrets.token_bytes(32))
+            secret_file.chmod(0o600)
+        self._secret = secret_file.read_bytes()
+
+    async def start(self) -> None:
+        for bucket in self.buckets:
+            (self.root / bucket).mkdir(parents=True, exist_ok=True)
+
+    def path(self, bucket: str, key: str) -> Path:
+        """The file of an object; keys that would leave the bucket directory are refused."""
+        base = (self.root / bucket).resolve()
+        target = (base / key).resolve()
+        if bucket not in self.buckets or base not in target.parents:
+            raise ValueError(f"object key {key!r} is outside its bucket")
+        return target
+
+    def _signature(self, method: str, bucket: str, key: str, expires: int, size: int | None) -> str:
+        message = f"{method}\n{bucket}\n{key}\n{expires}\n{'' if size is None else size}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def _url(self, method: str, bucket: str, key: str, lifetime: timedelta, size: int | None) -> str:
+        self.path(bucket, key)
+        expires = int(time.time() + lifetime.total_seconds())
+        query = {"expires": expires, "sig": self._signature(method, bucket, key, expires, size)}
+        if size is not None:
+            query["size"] = size
+        return f"{self.ROUTE}{quote(bucket)}/{quote(key)}?{urlencode(query)}"
+
+    def upload_url(self, bucket: str, key: str, size: int, lifetime: timedelta = UPLOAD_URL_LIFETIME) -> str:
+        return self._url("PUT", bucket, key, lifetime, size)
+
+    def download_url(self, bucket: str, key: str, lifetime: timedelta) -> str:
+        return self._url("GET", bucket, key, lifetime, None)
+
+    def verify(self, method: str, bucket: str, key: str, expires: str, sig: str, size: str | None) -> str | None:
+        """Why a signed request is refused, or ``None`` when it is good."""
+        try:
+            expires_at = int(expires)
+            declared = None if size is None else int(size)
+        except ValueError:
+            return "malformed signed URL"
+        expected = self._signature(method, bucket, key, expires_at, declared)
+        if not hmac.compare_digest(expected, sig):
+            return "signature does not match"
+        if expires_at < time.time():
+            return "signed URL has expired"
+        return None
+
+    async def delete(self, bucket: str, key: str) -> None:
+        self.path(bucket, key).unlink(missing_ok=True)
+
+
+class S3Store:
+    """S3 through minio; presigning is a local computation, bucket calls run in a thread."""
+
+    def __init__(self, url: str, access_key: str, secret_key: str, region: str, buckets: list[str]) -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        self.client = Minio(
+            parts.netloc,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=parts.scheme == "https",
+            region=region,
+        )
+        self.buckets = buckets
+
+    async def start(self) -> None:
+        def ensure() -> None:
+            for bucket in self.buckets:
+                if not self.client.bucket_exists(bucket):
+                    try:
+                        self.client.make_bucket(bucket)
+                    except S3Error as exc:  # another coordinator created it meanwhile
+                        if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                            raise
+
+        await asyncio.to_thread(ensure)
+
+    def upload_url(self, bucket: str, key: str, size: int, lifetime: timedelta = UPLOAD_URL_LIFETIME) -> str:
+        return self.client.presigned_put_object(bucket, key, expires=lifetime)
+
+    def download_url(self, bucket: str, key: str, lifetime: timedelta) -> str:
+        return self.client.presigned_get_object(bucket, key, expires=lifetime)
+
+    async def delete(self, bucket: str, key: str) -> None:
+        await asyncio.to_thread(self.client.remove_object, bucket, key)

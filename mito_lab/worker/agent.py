@@ -1,0 +1,341 @@
+"""The worker: registers, heartbeats on its own timer, long-polls for tasks and runs them one at a
+time (reference 4.12, with SPEC's improvements: long-poll dispatch, retries with backoff instead of
+exiting on a coordinator hiccup, process-group kills, outputs streamed to files)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from mito_lab.client.api import login_token
+from mito_lab.client.credentials import Credentials
+from mito_lab.client.http import HttpSession, MitoError
+from mito_lab.config import WorkerConfig, cache_dir
+from mito_lab.logs import setup_logging
+from mito_lab.wire import (
+    ArtifactContentType,
+    ArtifactSource,
+    CommitOp,
+    DownloadResp,
+    RegisterWorkerReq,
+    RegisterWorkerResp,
+    ReportTaskReq,
+    ReportTaskResp,
+    SubmitOp,
+    SubmitTaskReq,
+    TaskResultMessage,
+    TaskResultSpec,
+    UploadArtifactReq,
+    UploadOp,
+    WorkerTaskResp,
+)
+from mito_lab.worker import packing, runner
+
+log = logging.getLogger("mito_lab.worker")
+T = TypeVar("T")
+MAX_BACKOFF_SECONDS = 30.0
+LONG_POLL_SLACK_SECONDS = 30.0
+# Variables of the worker's own configuration that a task must not inherit.
+PRIVATE_ENVIRONMENT = ("MITO_PASSWORD", "MITO_USER")
+
+
+class Evicted(Exception):
+    """The coordinator rejected this worker's token: it was removed, shut down or expired."""
+
+
+class TaskGone(Exception):
+    """The coordinator no longer has this task assigned to us (re-queued or cancelled)."""
+
+
+class WorkerClient:
+    """The worker protocol. Connection errors and 5xx are retried with capped exponential backoff;
+    401 means eviction; 404 on a report means the task is no longer ours."""
+
+    def __init__(self, session: HttpSession, stopping: asyncio.Event) -> None:
+        self.session = session
+        self.stopping = stopping
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        delay = 1.0
+        while True:
+            try:
+                return await attempt()
+            except MitoError as exc:
+                if exc.status == 401:
+                    raise Evicted(exc.msg) from None
+                if exc.status and exc.status < 500:
+                    raise
+                log.warning("%s failed (%s); retrying in %.0fs", what, exc, delay)
+            if self.stopping.is_set():
+                raise asyncio.CancelledError()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+    async def call(self, method: str, path: str, body: BaseModel | None = None, response: type[Any] | None = None, **options: Any) -> Any:
+        return await self._retrying(lambda: self.session.call(method, path, body, response, **options), f"{method} /{path}")
+
+    async def heartbeat(self) -> None:
+        await self.call("POST", "workers/heartbeat")
+
+    async def fetch(self, wait: float) -> WorkerTaskResp | None:
+        return await self.call(
+            "GET", "workers/tasks", None, WorkerTaskResp, query=f"?wait={wait:g}", timeout=wait + LONG_POLL_SLACK_SECONDS
+        )
+
+    async def report(self, task: WorkerTaskResp, op: Any) -> ReportTaskResp:
+        try:
+            return await self.call("POST", "workers/tasks", ReportTaskReq(id=task.id, op=op), ReportTaskResp)
+        except MitoError as exc:
+            if exc.status == 404:
+                raise TaskGone(exc.msg) from None
+            raise
+
+    async def resource_url(self, task: WorkerTaskResp, source: Any) -> DownloadResp:
+        if isinstance(source, ArtifactSource):
+            ref = source.Artifact
+            return await self.call("GET", f"workers/tasks/{ref.uuid}/artifacts/{ref.content_type.value}", None, DownloadResp)
+        return await self.call("GET", f"workers/tasks/{task.uuid}/attachments/{source.Attachment.key}", None, DownloadResp)
+
+    async def transfer(self, upload: bool, url: str, path: Path) -> None:
+        if upload:
+            await self._retrying(lambda: self.session.upload_file(url, path), "upload")
+        else:
+            await self._retrying(lambda: self.session.download_file(url, path), "download")
+
+    async def unregister(self) -> None:
+        with contextlib.suppress(MitoError):
+            await self.session.call("DELETE", "workers", timeout=3)
+
+
+class TaskDirectories:
+    """A fresh scratch tree per task under the worker's cache directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.result, self.exec, self.resource, self.work = (root / n for n in ("result", "exec", "resource", "work"))
+        self.std_log = root / "std-log"
+        self.archives = root / "archives"
+        self.new_task = root / "new_task.json"
+
+    def reset(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        for directory in (self.result, self.exec, self.resource, self.work, self.std_log, self.archives):
+            directory.mkdir(parents=True)
+
+
+class Agent:
+    def __init__(self, config: WorkerConfig, client: WorkerClient, root: Path) -> None:
+        self.config = config
+        self.client = client
+        self.root = root
+        self.stopping = client.stopping
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def heartbeats(self) -> None:
+        interval = self.config.heartbeat_interval.total_seconds()
+        while True:
+            await asyncio.sleep(interval)
+            await self.client.heartbeat()
+
+    async def serve(self) -> None:
+        """Fetch and run tasks until stopped or evicted."""
+        wait = self.config.polling_interval.total_seconds()
+        while not self.stopping.is_set():
+            task = await self.client.fetch(wait)
+            if task is not None:
+                await self.execute(task)
+
+    async def execute(self, task: WorkerTaskResp) -> None:
+        log.info("task %s: %s", task.uuid, " ".join(task.spec.args))
+        dirs = TaskDirectories(self.root / "task")
+        dirs.reset()
+        try:
+            result = await self._fetch_resources(task, dirs)
+            if result is None:
+                result = await self._run(task, dirs)
+            await self.client.report(task, CommitOp(Commit=result))
+            log.info("task %s committed: exit status %s%s", task.uuid, result.exit_status, f" ({result.msg.value})" if result.msg else "")
+        except TaskGone:
+            log.warning("task %s is no longer assigned to this worker; dropping it", task.uuid)
+        finally:
+            shutil.rmtree(dirs.root, ignore_errors=True)
+
+    async def _fetch_resources(self, task: WorkerTaskResp, dirs: TaskDirectories) -> TaskResultSpec | None:
+        """Download the inputs; a failure cancels the task with the reference's message."""
+        for resource in task.spec.resources:
+            target = (dirs.resource / resource.local_path).resolve()
+            if dirs.resource.resolve() not in target.parents:
+                return await self._cancel(task, TaskResultMessage.ResourceForbidden)
+            try:
+                link = await self.client.resource_url(task, resource.remote_file)
+                await self.client.transfer(False, link.url, target)
+            except MitoError as exc:
+                log.warning("task %s: resource %s: %s", task.uuid, resource.local_path, exc)
+                missing = exc.status == 404
+                return await self._cancel(task, TaskResultMessage.ResourceNotFound if missing else TaskResultMessage.ResourceForbidden)
+        return None
+
+    async def _cancel(self, task: WorkerTaskResp, message: TaskResultMessage) -> TaskResultSpec:
+        await self.client.report(task, "Cancel")
+        return TaskResultSpec(exit_status=0, msg=message)
+
+    def _environment(self, task: WorkerTaskResp, dirs: TaskDirectories) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
+        env.update(task.spec.envs)
+        env.update(
+            MITO_TASK_UUID=str(task.uuid),
+            MITO_RESULT_DIR=str(dirs.result),
+            MITO_EXEC_DIR=str(dirs.exec),
+            MITO_RESOURCE_DIR=str(dirs.resource),
+            MITO_NEW_TASK=str(dirs.new_task),
+        )
+        if task.upstream_task_uuid:
+            env["MITO_UPSTREAM_TASK_UUID"] = str(task.upstream_task_uuid)
+        return env
+
+    async def _run(self, task: WorkerTaskResp, dirs: TaskDirectories) -> TaskResultSpec:
+        terminal = task.spec.terminal_output
+        stdout, stderr = dirs.std_log / "stdout.log", dirs.std_log / "stderr.log"
+        try:
+            self.process = await runner.spawn(
+                task.spec.args, self._environment(task, dirs), dirs.work, stdout if terminal else None, stderr if terminal else None
+            )
+        except OSError as exc:  # the program does not exist or cannot be executed
+            log.warning("task %s: cannot start %s: %s", task.uuid, task.spec.args[0], exc)
+            if terminal:
+                stderr.write_text(f"mito worker: cannot start {task.spec.args[0]!r}: {exc.strerror or exc}\n")
+            outcome = runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False)
+        else:
+            try:
+                outcome = await runner.wait(self.process, task.timeout.total_seconds())
+            finally:
+                self.process = None
+        if self.stopping.is_set():  # killed by our own shutdown: unregistering re-queues it
+            raise asyncio.CancelledError()
+        await self.client.report(task, "Cancel" if outcome.timed_out else "Finish")
+        await self._upload_outputs(task, dirs, terminal)
+        message = TaskResultMessage.ExecTimeout if outcome.timed_out else None
+        if not await self._submit_downstream(task, dirs) and message is None:
+            message = TaskResultMessage.SubmitNewTaskFailed
+        return TaskResultSpec(exit_status=outcome.exit_status, msg=message)
+
+    async def _upload_outputs(self, task: WorkerTaskResp, dirs: TaskDirectories, terminal: bool) -> None:
+        packs: list[tuple[ArtifactContentType, Callable[[], Path]]] = []
+        if packing.has_files(dirs.result):
+            packs.append((ArtifactContentType.result, lambda: packing.pack_directory(dirs.result, "result", dirs.archives / "result.tar.gz")))
+        if packing.has_files(dirs.exec):
+            packs.append((ArtifactContentType.exec_log, lambda: packing.pack_directory(dirs.exec, "exec-log", dirs.archives / "exec-log.tar.gz")))
+        if terminal:
+            packs.append((ArtifactContentType.std_log, lambda: packing.pack_std_logs(dirs.std_log / "stdout.log", dirs.std_log / "stderr.log", dirs.archives / "std-log.tar.gz")))
+        for content_type, pack in packs:
+            archive = await asyncio.to_thread(pack)  # packing must not starve the event loop
+            try:
+                answer = await self.client.report(
+                    task, UploadOp(Upload=UploadArtifactReq(content_type=content_type, content_length=archive.stat().st_size))
+                )
+            except MitoError as exc:
+                if exc.status == 403:  # over quota: the other outputs may still fit
+                    log.warning("task %s: %s not uploaded: %s", task.uuid, content_type.value, exc)
+                    continue
+                raise
+            if answer.url:
+                await self.client.transfer(True, answer.url, archive)
+
+    async def _submit_downstream(self, task: WorkerTaskResp, dirs: TaskDirectories) -> bool:
+        """Submit the task the command wrote to ``$MITO_NEW_TASK``, if any. False if it was invalid."""
+        try:
+            text = dirs.new_task.read_text()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if not text.strip():
+            return True
+        try:
+            request = SubmitTaskReq.model_validate(json.loads(text))
+        except (json.JSONDecodeError, ValidationError) as exc:
+            log.warning("task %s: invalid downstream task in MITO_NEW_TASK: %s", task.uuid, exc)
+            return False
+        try:
+            await self.client.report(task, SubmitOp(Submit=request))
+        except MitoError as exc:
+            if exc.status >= 500 or exc.status == 0:
+                raise
+            log.warning("task %s: downstream task refused: %s", task.uuid, exc)
+            return False
+        return True
+
+    async def kill_current(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            await runner.stop_group(self.process, grace=runner.KILL_GRACE_SECONDS)
+
+
+async def register(config: WorkerConfig) -> tuple[HttpSession, RegisterWorkerResp]:
+    session = HttpSession(config.coordinator_addr)
+    user, token = await login_token(session, Credentials(config.credential_path), config.user, config.password, config.retain)
+    session.token = token
+    request = RegisterWorkerReq(tags=config.tags, labels=config.labels, groups=config.groups, lifetime=config.lifetime)
+    registration: RegisterWorkerResp = await session.call("POST", "workers", request, RegisterWorkerResp)
+    session.token = registration.token
+    log.info("registered as worker %s (user %s)", registration.worker_id, user)
+    return session, registration
+
+
+async def run(config: WorkerConfig) -> int:
+    """The ``mito worker`` process: returns its exit code."""
+    setup_logging("worker", "workers" if config.shared_log else f"worker-{os.getpid()}", config.file_log or config.shared_log, config.log_path)
+    try:
+        session, registration = await register(config)
+    except MitoError as exc:
+        log.error("cannot register with %s: %s", config.coordinator_addr, exc)
+        return 1
+    stopping = asyncio.Event()
+    client = WorkerClient(session, stopping)
+    root = cache_dir() / str(registration.worker_id)
+    agent = Agent(config, client, root)
+    loop = asyncio.get_running_loop()
+    work = asyncio.create_task(agent.serve())
+    beats = asyncio.create_task(agent.heartbeats())
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            log.warning("second signal: exiting at once")
+            os._exit(1)
+        log.info("stopping: the current task (if any) is killed and handed back")
+        stopping.set()
+        asyncio.ensure_future(agent.kill_current())
+        work.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    code = 0
+    try:
+        done, _ = await asyncio.wait({work, beats}, return_when=asyncio.FIRST_COMPLETED)
+        for finished in done:
+            if not finished.cancelled() and isinstance(finished.exception(), Evicted):
+                log.warning("the coordinator ended this worker: %s", finished.exception())
+            elif not finished.cancelled() and finished.exception() is not None:
+                log.error("worker failed: %s", finished.exception(), exc_info=finished.exception())
+                code = 1
+    finally:
+        for task in (work, beats):
+            task.cancel()
+        await asyncio.gather(work, beats, return_exceptions=True)
+        await agent.kill_current()
+        await client.unregister()
+        session.close()
+        shutil.rmtree(root, ignore_errors=True)
+    return code
