@@ -183,7 +183,6 @@ class WorkerConfig(_Settings):
     file_log: bool = False
     shared_log: bool = False
     lifetime: Duration | None = None
-    retain: bool = False
     skip_redis: bool = False
 
 
@@ -192,7 +191,9 @@ class ClientConfig(_Settings):
     credential_path: Path | None = None
     user: str | None = None
     password: str | None = None
-    retain: bool = False
+    # Unlike the reference, logging in keeps the user's other sessions (notebook, workers, shells)
+    # valid by default; `retain = false` restores the reference's one-session-per-user behaviour.
+    retain: bool = True
 
 
 class ConfigError(Exception):

@@ -47,12 +47,23 @@ class Parser(argparse.ArgumentParser):
 
 
 class CommaList(argparse.Action):
-    """``-t a,b c`` -> ``["a", "b", "c"]``; repeated flags accumulate."""
+    """``-t a,b c`` -> ``["a", "b", "c"]`` (as the reference's comma delimiter); repeated flags
+    accumulate; ``convert`` turns each item into its value."""
+
+    def __init__(self, *args: Any, convert: Callable[[str], Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.convert = convert
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
         items = list(getattr(namespace, self.dest, None) or [])
         for value in values if isinstance(values, list) else [values]:
-            items.extend(part.strip() for part in value.split(",") if part.strip())
+            for part in (part.strip() for part in value.split(",")):
+                if not part:
+                    continue
+                try:
+                    items.append(self.convert(part) if self.convert else part)
+                except ValueError as exc:
+                    parser.error(f"argument {option}: invalid value {part!r}: {exc}")
         setattr(namespace, self.dest, items)
 
 
@@ -187,7 +198,7 @@ def _add_task_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-g", "--group", help="group to query (default: your own)")
     parser.add_argument("-t", "--tags", nargs="*", action=CommaList, help="tasks having all these tags")
     parser.add_argument("-l", "--labels", nargs="*", action=CommaList, help="tasks having all these labels")
-    parser.add_argument("-s", "--states", nargs="*", type=_argument_type(_task_state, "state"),
+    parser.add_argument("-s", "--states", nargs="*", action=CommaList, convert=_task_state,
                         help="pending, ready, running, finished, cancelled")
     parser.add_argument("-e", "--exit-status", help="exit status comparison: =N, !=N, <N, <=N, >N, >=N")
     parser.add_argument("-p", "--priority", help="priority comparison: =N, !=N, <N, <=N, >N, >=N")
@@ -219,11 +230,11 @@ def build_parser(prog: str = "mito client") -> Parser:
     submit.add_argument("--timeout", default="10min", type=_argument_type(parse_duration, "duration"),
                         help="The timeout of the task [default: 10min]")
     submit.add_argument("-p", "--priority", type=int, default=0, help="The priority of the task [default: 0]")
-    submit.add_argument("-e", "--envs", nargs="*", default=[], type=_argument_type(_env, "environment variable"),
-                        action="extend", help="The environment variables to set, KEY=VALUE")
+    submit.add_argument("-e", "--envs", nargs="*", default=[], action=CommaList, convert=_env,
+                        help="The environment variables to set, KEY=VALUE[,KEY=VALUE...]")
     submit.add_argument("--terminal", action="store_true",
                         help="Whether to collect the terminal standard output and error of the executed task")
-    submit.add_argument("-r", "--resources", nargs="*", default=[], action="extend", type=_argument_type(_resource, "resource"),
+    submit.add_argument("-r", "--resources", nargs="*", default=[], action=CommaList, convert=_resource,
                         help="Files to download before the task runs: artifact=UUID:TYPE:PATH or attachment=KEY:PATH")
     submit.add_argument("--watch", type=_argument_type(_watch, "watch"),
                         help="The UUID and the state of the task to watch before triggering this task, as UUID,STATE")

@@ -101,7 +101,6 @@ def _worker_parser(modes: argparse._SubParsersAction) -> None:
     _flag(parser, "--file-log", action="store_true", help="Enable logging to file")
     _flag(parser, "--shared-log", action="store_true", help="Log to one shared rolling file for all workers")
     _flag(parser, "--lifetime", help="The lifetime of the worker to alive (e.g., 7d, 1year)")
-    _flag(parser, "--retain", action="store_true", help="Keep the user's other sessions valid when logging in")
     _flag(parser, "--skip-redis", action="store_true", help="Ignore the Redis URL given at registration")
     parser.set_defaults(run=run_worker)
 
@@ -129,7 +128,7 @@ def _client_parser(modes: argparse._SubParsersAction) -> None:
     _flag(parser, "--credential-path", type=Path, help="The path of the user credential file")
     _flag(parser, "-u", "--user", help="The username of the user")
     _flag(parser, "-p", "--password", help="The password of the user")
-    _flag(parser, "--retain", action="store_true", help="Keep your other sessions valid when logging in")
+    _flag(parser, "--retain", action="store_true", help="Keep your other sessions valid when logging in [default; set retain = false in the config for one session per user]")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="The command to run")
     parser.set_defaults(run=run_client)
 

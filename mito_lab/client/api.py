@@ -44,7 +44,7 @@ async def login_token(
     credentials: Credentials,
     user: str | None = None,
     password: str | None = None,
-    retain: bool = False,
+    retain: bool = True,
     ask: AskCredentials | None = None,
 ) -> tuple[str, str]:
     """A valid user token, as the reference client finds one (6.4): the saved line of ``user`` (or the
@@ -115,7 +115,7 @@ class AsyncClient:
         user: str | None = None,
         password: str | None = None,
         credential_path: Path | None = None,
-        retain: bool = False,
+        retain: bool = True,
         ask: AskCredentials | None = None,
     ) -> "AsyncClient":
         client = cls(coordinator)

@@ -282,7 +282,8 @@ class Agent:
 
 async def register(config: WorkerConfig) -> tuple[HttpSession, RegisterWorkerResp]:
     session = HttpSession(config.coordinator_addr)
-    user, token = await login_token(session, Credentials(config.credential_path), config.user, config.password, config.retain)
+    # retain: registering a worker must not log its user out of their other sessions (the reference does)
+    user, token = await login_token(session, Credentials(config.credential_path), config.user, config.password, retain=True)
     session.token = token
     request = RegisterWorkerReq(tags=config.tags, labels=config.labels, groups=config.groups, lifetime=config.lifetime)
     registration: RegisterWorkerResp = await session.call("POST", "workers", request, RegisterWorkerResp)

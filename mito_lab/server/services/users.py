@@ -31,7 +31,8 @@ class UserService:
         async with self.context.db.write() as session:
             if await name_taken(session, username):
                 raise AlreadyExists(username)
-            user = User(username=username, encrypted_password=encrypted, admin=admin, group_count=0)
+            # a signature from the start: concurrent first logins with retain then share it
+            user = User(username=username, encrypted_password=encrypted, admin=admin, group_count=0, auth_signature=new_signature())
             session.add(user)
             await session.flush()
             await add_group(session, user, username)
