@@ -13,6 +13,7 @@ from tornado.web import Application
 
 from mito_lab.config import CoordinatorConfig
 from mito_lab.server.db.engine import Database
+from mito_lab.server.events import RedisEvents, access_url, create_acl_users, make_events
 from mito_lab.server.handlers.base import NotFoundHandler
 from mito_lab.server.services.auth import Tokens, load_or_create_keys
 from mito_lab.server.services.context import Context
@@ -51,7 +52,13 @@ class Coordinator:
         private_key, public_key = load_or_create_keys(
             config.data_dir, config.access_token_private_path, config.access_token_public_path
         )
-        self.context = Context(config=config, db=Database(db_url), store=make_store(config), tokens=Tokens(private_key, public_key))
+        self.context = Context(
+            config=config,
+            db=Database(db_url),
+            store=make_store(config),
+            tokens=Tokens(private_key, public_key),
+            events=make_events(config.redis_url),
+        )
         self.users = UserService(self.context)
         self.groups = GroupService(self.context)
         self.workers = WorkerService(self.context)
@@ -66,6 +73,7 @@ class Coordinator:
         return Application(handlers, default_handler_class=NotFoundHandler, mito=self, compress_response=False)
 
     async def start(self) -> None:
+        await self._start_events()
         await self.context.store.start()
         await self.context.db.migrate()
         await self.users.ensure_admin()
@@ -74,6 +82,22 @@ class Coordinator:
         self._server.listen(port, host)
         self._background.append(asyncio.create_task(self.workers.reap_forever()))
         log.info("coordinator listening on http://%s:%d (database: %s)", host, port, self.context.db.engine.url.render_as_string(hide_password=True))
+
+    async def _start_events(self) -> None:
+        events, config = self.context.events, self.config
+        await events.start()
+        if not isinstance(events, RedisEvents) or config.redis_url is None:
+            return
+        if config.redis_skip_acl_rules:
+            worker_password, client_password = config.redis_worker_password, config.redis_client_password
+        else:
+            worker_password, client_password = await create_acl_users(
+                events, config.redis_worker_password, config.redis_client_password
+            )
+        if worker_password:
+            self.context.redis_worker_url = access_url(config.redis_url, "mitosis_worker", worker_password)
+        if client_password:
+            self.context.redis_client_url = access_url(config.redis_url, "mitosis_client", client_password)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -85,6 +109,7 @@ class Coordinator:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.context.events.close()
         await self.context.db.close()
 
 

@@ -294,12 +294,16 @@ async def register(config: WorkerConfig) -> tuple[HttpSession, RegisterWorkerRes
 
 async def run(config: WorkerConfig) -> int:
     """The ``mito worker`` process: returns its exit code."""
-    setup_logging("worker", "workers" if config.shared_log else f"worker-{os.getpid()}", config.file_log or config.shared_log, config.log_path)
+    setup_logging("worker", "", file_log=False, log_path=None)  # the log file is named after the worker's UUID
     try:
         session, registration = await register(config)
     except MitoError as exc:
         log.error("cannot register with %s: %s", config.coordinator_addr, exc)
         return 1
+    if config.shared_log:  # one file for all the workers of a host, each line tagged with its worker
+        setup_logging("worker", "workers", True, config.log_path, prefix=f"[worker:{registration.worker_id}] ")
+    else:
+        setup_logging("worker", str(registration.worker_id), config.file_log, config.log_path)
     stopping = asyncio.Event()
     client = WorkerClient(session, stopping)
     root = cache_dir() / str(registration.worker_id)

@@ -1,7 +1,7 @@
 """Health, login and token check."""
 
 from mito_lab.server.handlers.base import ApiHandler
-from mito_lab.wire import HealthResp, LoginReq, LoginResp
+from mito_lab.wire import HealthResp, LoginReq, LoginResp, RedisConnectionInfo
 
 
 class HealthHandler(ApiHandler):
@@ -23,8 +23,16 @@ class AuthHandler(ApiHandler):
         self.finish(user.username)
 
 
+class RedisHandler(ApiHandler):
+    async def get(self) -> None:
+        """The read-only Redis URL for clients, or null when the coordinator runs without Redis."""
+        await self.user()
+        self.send(RedisConnectionInfo(url=self.context.redis_client_url))
+
+
 default_handlers = [
     (r"/health", HealthHandler),
     (r"/login", LoginHandler),
     (r"/auth", AuthHandler),
+    (r"/redis", RedisHandler),
 ]

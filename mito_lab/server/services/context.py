@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from mito_lab.config import CoordinatorConfig
 from mito_lab.server.db.engine import Database
+from mito_lab.server.events import InProcessEvents
 from mito_lab.server.services.auth import Tokens
 from mito_lab.server.storage import ObjectStore
 
@@ -16,6 +17,10 @@ class Context:
     db: Database
     store: ObjectStore
     tokens: Tokens
+    events: InProcessEvents
+    # Redis URLs with the reference's ACL users, handed to workers and clients (None without Redis)
+    redis_worker_url: str | None = None
+    redis_client_url: str | None = None
 
     @property
     def artifacts_bucket(self) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import timezone, datetime
 
+import logging
+
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from mito_lab.server.db.models import User
 from mito_lab.server.errors import AlreadyExists, PermissionDenied, WrongCredentials
@@ -12,6 +15,8 @@ from mito_lab.server.services.auth import hash_password, new_signature, verify_p
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import add_group, name_taken
 from mito_lab.wire import UserState, md5_password
+
+log = logging.getLogger(__name__)
 
 
 class UserService:
@@ -21,10 +26,13 @@ class UserService:
     async def ensure_admin(self) -> None:
         """Create the configured admin on first start; later config changes do not touch it."""
         config = self.context.config
-        async with self.context.db.write() as session:
+        async with self.context.db.read() as session:
             exists = await session.scalar(sa.select(User.id).where(User.username == config.admin_user))
         if exists is None:
-            await self.create(config.admin_user, bytes(md5_password(config.admin_password)), admin=True)
+            try:
+                await self.create(config.admin_user, bytes(md5_password(config.admin_password)), admin=True)
+            except (AlreadyExists, IntegrityError):  # another coordinator starting at once created it
+                log.info("admin user %s was created by another coordinator", config.admin_user)
 
     async def create(self, username: str, md5_digest: bytes, admin: bool) -> None:
         encrypted = await hash_password(md5_digest)

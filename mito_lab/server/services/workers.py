@@ -51,8 +51,10 @@ from mito_lab.wire import (
 
 log = logging.getLogger(__name__)
 
-# How often a waiting fetch looks at the database even without a local wake-up.
+# How often a waiting fetch looks at the database even without a wake-up (covers other
+# coordinators when there is no Redis to tell us).
 RECHECK_SECONDS = 2.0
+TASKS_READY = "mito:tasks-ready"
 SERVING_ROLES = (Role.Write, Role.Admin)
 
 
@@ -74,11 +76,15 @@ class WorkerService:
         self.context = context
         self._ready = asyncio.Event()
         self._closing = False
+        context.events.listen(TASKS_READY, self._wake_waiting_fetches)
 
     # --- wake-ups -------------------------------------------------------------------------------
 
     def notify_ready(self) -> None:
-        """Wake every waiting fetch: some task became Ready."""
+        """Some task became Ready: wake the waiting fetches of every coordinator."""
+        self.context.events.publish(TASKS_READY)
+
+    def _wake_waiting_fetches(self, _data: object = None) -> None:
         self._ready.set()
         self._ready = asyncio.Event()
 
@@ -106,7 +112,7 @@ class WorkerService:
         token = self.context.tokens.issue(str(worker_uuid), "worker", lifetime)
         log.info("worker %s registered by %s for %s", worker_uuid, user.username, sorted(roles))
         self.notify_ready()  # it may match tasks that are already waiting
-        return RegisterWorkerResp(worker_id=worker_uuid, token=token, redis_url=None)
+        return RegisterWorkerResp(worker_id=worker_uuid, token=token, redis_url=self.context.redis_worker_url)
 
     async def authenticate(self, bearer: str) -> Worker:
         claims = self.context.tokens.verify(bearer, "worker")
@@ -194,7 +200,7 @@ class WorkerService:
     def close(self) -> None:
         """Answer every waiting fetch with ``null`` now: the coordinator is stopping."""
         self._closing = True
-        self.notify_ready()
+        self._wake_waiting_fetches()
 
     async def release(self, worker: Worker, task_pk: int) -> None:
         async with self.context.db.write() as session:

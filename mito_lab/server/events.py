@@ -1,0 +1,168 @@
+"""The coordinator's event stream: publish/subscribe by channel name.
+
+- ``InProcessEvents`` (default): delivery inside this coordinator process.
+- ``RedisEvents`` (``--redis``): also through Redis pub/sub, so every coordinator on the same
+  database sees every event (e.g. "a task became Ready" wakes long-polls on all of them). Local
+  subscribers are served at once, never through the Redis round trip, so a Redis outage slows
+  nothing down locally; messages that come back from Redis carry their origin and are not
+  delivered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+Listener = Callable[[Any], None]
+
+
+class InProcessEvents:
+    def __init__(self) -> None:
+        self._listeners: dict[str, set[Listener]] = defaultdict(set)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._listeners.clear()
+
+    def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(data)`` for every event on ``channel``; returns the function that stops it."""
+        self._listeners[channel].add(listener)
+        return lambda: self._listeners[channel].discard(listener)
+
+    def publish(self, channel: str, data: Any = None) -> None:
+        self._deliver(channel, data)
+
+    def _deliver(self, channel: str, data: Any) -> None:
+        for listener in list(self._listeners.get(channel, ())):
+            try:
+                listener(data)
+            except Exception:  # one broken listener must not starve the others
+                log.exception("event listener for %s failed", channel)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[asyncio.Queue[Any]]:
+        """A queue that receives the events of ``channel`` while the context is open."""
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = self.listen(channel, queue.put_nowait)
+        try:
+            yield queue
+        finally:
+            stop()
+
+
+class RedisEvents(InProcessEvents):
+    RETRY_SECONDS = 2.0
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.redis = aioredis.from_url(url)
+        self._origin = secrets.token_hex(8)
+        self._pubsub = self.redis.pubsub()
+        self._channels: set[str] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.redis.ping()  # fail at start, with a clear error, if Redis is not there
+        self._reader = asyncio.create_task(self._read())
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._pubsub.aclose()
+        await self.redis.aclose()
+        await super().close()
+
+    def listen(self, channel: str, listener: Listener) -> Callable[[], None]:
+        self._channels.add(channel)  # the reader subscribes to it within a second
+        return super().listen(channel, listener)
+
+    def publish(self, channel: str, data: Any = None) -> None:
+        self._deliver(channel, data)
+        message = json.dumps({"origin": self._origin, "data": data})
+        self._spawn(self.redis.publish(channel, message))
+
+    def _spawn(self, operation: Any) -> None:
+        async def run() -> None:
+            try:
+                await operation
+            except RedisError as exc:
+                log.warning("redis: %s", exc)
+
+        task = asyncio.create_task(run())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _read(self) -> None:
+        """Deliver messages published by other coordinators; resubscribe after a Redis outage."""
+        subscribed: set[str] = set()
+        while True:
+            try:
+                while True:
+                    if self._channels - subscribed:  # only this task touches the pub/sub connection
+                        await self._pubsub.subscribe(*(self._channels - subscribed))
+                        subscribed |= self._channels
+                    if not subscribed:
+                        await asyncio.sleep(1.0)
+                        continue
+                    message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    body = json.loads(message["data"])
+                    if body.get("origin") != self._origin:
+                        channel = message["channel"]
+                        self._deliver(channel.decode() if isinstance(channel, bytes) else channel, body.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, json.JSONDecodeError) as exc:
+                log.warning("redis pub/sub interrupted (%s); reconnecting in %.0fs", exc, self.RETRY_SECONDS)
+                await asyncio.sleep(self.RETRY_SECONDS)
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.aclose()
+                self._pubsub = self.redis.pubsub()
+                subscribed = set()
+
+
+def make_events(redis_url: str | None) -> InProcessEvents:
+    return RedisEvents(redis_url) if redis_url else InProcessEvents()
+
+
+# --- the reference's Redis ACL users (section 7) ---------------------------------------------
+
+
+def access_url(redis_url: str, user: str, password: str) -> str:
+    """The coordinator's Redis URL with another user's credentials, as handed to workers and clients."""
+    parts = urlsplit(redis_url)
+    host = parts.hostname or "localhost"
+    netloc = f"{user}:{password}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", "protocol=resp3", ""))
+
+
+async def create_acl_users(events: RedisEvents, worker_password: str | None, client_password: str | None) -> tuple[str, str]:
+    """(Re)create ``mitosis_worker`` (read/write ``task:*``) and ``mitosis_client`` (read-only);
+    returns their passwords, generated by Redis when not configured."""
+    passwords = []
+    rules = {
+        "mitosis_worker": ["+@read", "+@write", "+@connection", "+@pubsub", "-@dangerous"],
+        "mitosis_client": ["+@read", "+@pubsub", "+@connection", "-@dangerous"],
+    }
+    for (user, categories), configured in zip(rules.items(), (worker_password, client_password)):
+        password = configured or (await events.redis.execute_command("ACL", "GENPASS")).decode()
+        await events.redis.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", "~task:*", "&task:*", *categories)
+        passwords.append(password)
+    return passwords[0], passwords[1]
