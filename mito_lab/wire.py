@@ -696,6 +696,10 @@ class WorkersShutdownListResp(Response):
     failed_uuids: list[UUID]
 
 
+MAX_FETCH_WAIT_SECONDS = 600
+"""The longest long-poll ``GET /workers/tasks?wait=SECONDS`` the coordinator accepts."""
+
+
 class WorkerTaskResp(Response):
     id: int
     uuid: UUID

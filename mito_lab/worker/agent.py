@@ -23,6 +23,7 @@ from mito_lab.client.http import HttpSession, MitoError
 from mito_lab.config import WorkerConfig, cache_dir
 from mito_lab.logs import setup_logging
 from mito_lab.wire import (
+    MAX_FETCH_WAIT_SECONDS,
     ArtifactContentType,
     ArtifactSource,
     CommitOp,
@@ -149,7 +150,7 @@ class Agent:
 
     async def serve(self) -> None:
         """Fetch and run tasks until stopped or evicted."""
-        wait = self.config.polling_interval.total_seconds()
+        wait = min(self.config.polling_interval.total_seconds(), MAX_FETCH_WAIT_SECONDS)
         while not self.stopping.is_set():
             task = await self.client.fetch(wait)
             if task is not None:

@@ -5,9 +5,7 @@ import uuid
 from mito_lab.server.errors import InvalidRequest
 from mito_lab.server.handlers.base import UUID_PATTERN, ApiHandler
 from mito_lab.server.handlers.tasks import content_type
-from mito_lab.wire import RegisterWorkerReq, ReportTaskReq
-
-MAX_WAIT_SECONDS = 600.0
+from mito_lab.wire import MAX_FETCH_WAIT_SECONDS, RegisterWorkerReq, ReportTaskReq
 
 
 class WorkersHandler(ApiHandler):
@@ -43,8 +41,8 @@ class WorkerTasksHandler(ApiHandler):
             wait = float(self.get_query_argument("wait", "0"))
         except ValueError:
             raise InvalidRequest("wait must be a number of seconds") from None
-        if not 0 <= wait <= MAX_WAIT_SECONDS:
-            raise InvalidRequest(f"wait must be between 0 and {MAX_WAIT_SECONDS:.0f} seconds")
+        if not 0 <= wait <= MAX_FETCH_WAIT_SECONDS:
+            raise InvalidRequest(f"wait must be between 0 and {MAX_FETCH_WAIT_SECONDS} seconds")
         task = await self.mito.workers.fetch(worker, wait, lambda: self._gone)
         if not self._gone:
             self.send(task, null=True)
