@@ -15,6 +15,7 @@ from mito_lab.config import CoordinatorConfig
 from mito_lab.server.db.engine import Database
 from mito_lab.server.events import RedisEvents, access_url, create_acl_users, make_events
 from mito_lab.server.handlers.base import NotFoundHandler
+from mito_lab.server.services.attachments import AttachmentService
 from mito_lab.server.services.auth import Tokens, load_or_create_keys
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import GroupService
@@ -25,7 +26,7 @@ from mito_lab.server.storage import LocalStore, ObjectStore, S3Store
 
 log = logging.getLogger(__name__)
 
-HANDLER_MODULES = ("misc", "admin", "groups", "tasks", "workers", "blobs")
+HANDLER_MODULES = ("misc", "users", "admin", "groups", "attachments", "tasks", "workers", "blobs")
 MAX_JSON_BODY = 16 * 1024 * 1024  # blob uploads raise their own limit to the signed size
 
 
@@ -61,6 +62,7 @@ class Coordinator:
         )
         self.users = UserService(self.context)
         self.groups = GroupService(self.context)
+        self.attachments = AttachmentService(self.context)
         self.workers = WorkerService(self.context)
         self.tasks = TaskService(self.context, on_ready=self.workers.notify_ready)
         self._server: HTTPServer | None = None

@@ -1,12 +1,26 @@
 """System administration (``users.admin``)."""
 
+from mito_lab.server.db.models import User
 from mito_lab.server.errors import PermissionDenied
 from mito_lab.server.handlers.base import ApiHandler
-from mito_lab.wire import CreateUserReq
+from mito_lab.server.handlers.groups import GROUP
+from mito_lab.wire import (
+    AdminChangePasswordReq,
+    ChangeUserStateReq,
+    CreateUserReq,
+    GroupQuotaReq,
+    GroupQuotaResp,
+    StorageQuotaReq,
+    StorageQuotaResp,
+    UserState,
+    UserStateResp,
+)
+
+USER = r"(?P<username>[^/]+)"
 
 
 class AdminHandler(ApiHandler):
-    async def admin(self):  # type: ignore[no-untyped-def]
+    async def admin(self) -> User:
         user = await self.user()
         if not user.admin:
             raise PermissionDenied("this needs a system administrator")
@@ -21,6 +35,54 @@ class AdminUsersHandler(AdminHandler):
         self.send(None)
 
 
+class AdminUserHandler(AdminHandler):
+    async def delete(self, username: str) -> None:
+        """Soft delete: the user can no longer log in; their data stays."""
+        await self.admin()
+        self.send(UserStateResp(state=await self.mito.users.set_state(username, UserState.Deleted)))
+
+
+class AdminUserPasswordHandler(AdminHandler):
+    async def post(self, username: str) -> None:
+        await self.admin()
+        await self.mito.users.set_password(username, bytes(self.body(AdminChangePasswordReq).new_md5_password))
+        self.send(None)
+
+
+class AdminUserStateHandler(AdminHandler):
+    async def post(self, username: str) -> None:
+        await self.admin()
+        self.send(UserStateResp(state=await self.mito.users.set_state(username, self.body(ChangeUserStateReq).state)))
+
+
+class AdminGroupQuotaHandler(AdminHandler):
+    async def post(self, username: str) -> None:
+        await self.admin()
+        quota = await self.mito.users.adjust_group_quota(username, self.body(GroupQuotaReq).group_quota)
+        self.send(GroupQuotaResp(group_quota=quota))
+
+
+class AdminStorageQuotaHandler(AdminHandler):
+    async def post(self, group: str) -> None:
+        await self.admin()
+        quota = await self.mito.groups.adjust_storage_quota(group, self.body(StorageQuotaReq).storage_quota)
+        self.send(StorageQuotaResp(storage_quota=quota))
+
+
+class AdminAttachmentHandler(AdminHandler):
+    async def delete(self, group: str, key: str) -> None:
+        """Delete any attachment at once (no one-hour guard)."""
+        admin = await self.admin()
+        await self.mito.attachments.delete(admin, group, key, guarded=False)
+        self.send(None)
+
+
 default_handlers = [
     (r"/admin/users", AdminUsersHandler),
+    (rf"/admin/users/{USER}", AdminUserHandler),
+    (rf"/admin/users/{USER}/password", AdminUserPasswordHandler),
+    (rf"/admin/users/{USER}/state", AdminUserStateHandler),
+    (rf"/admin/users/{USER}/group-quota", AdminGroupQuotaHandler),
+    (rf"/admin/groups/{GROUP}/storage-quota", AdminStorageQuotaHandler),
+    (rf"/admin/groups/{GROUP}/attachments/(?P<key>.+)", AdminAttachmentHandler),
 ]

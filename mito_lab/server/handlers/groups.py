@@ -1,7 +1,10 @@
-"""Groups."""
+"""Groups and their members."""
 
 from mito_lab.server.handlers.base import ApiHandler
-from mito_lab.wire import CreateGroupReq
+from mito_lab.server.errors import InvalidRequest
+from mito_lab.wire import CreateGroupReq, RemoveGroupMembersReq, UpdateGroupMembersReq
+
+GROUP = r"(?P<group>[^/]+)"
 
 
 class GroupsHandler(ApiHandler):
@@ -12,6 +15,40 @@ class GroupsHandler(ApiHandler):
         self.send(None)
 
 
+class GroupHandler(ApiHandler):
+    async def get(self, group: str) -> None:
+        user = await self.user()
+        self.send(await self.mito.groups.info(user, group))
+
+
+class GroupMembersHandler(ApiHandler):
+    async def put(self, group: str) -> None:
+        user = await self.user()
+        request = self.body(UpdateGroupMembersReq)
+        await self.mito.groups.set_members(user, group, request.relations)
+        self.send(None)
+
+    async def delete(self, group: str) -> None:
+        """``DELETE /groups/{g}/users?users=a&users=b``."""
+        user = await self.user()
+        usernames = self.get_query_arguments("users")
+        if not usernames:
+            raise InvalidRequest("give the users to remove as ?users=a&users=b")
+        await self.mito.groups.remove_members(user, group, usernames)
+        self.send(None)
+
+
+class GroupMembersRemoveHandler(ApiHandler):
+    async def post(self, group: str) -> None:
+        """The same as the DELETE, with a JSON body ``{"users": [...]}``."""
+        user = await self.user()
+        await self.mito.groups.remove_members(user, group, self.body(RemoveGroupMembersReq).users)
+        self.send(None)
+
+
 default_handlers = [
     (r"/groups", GroupsHandler),
+    (rf"/groups/{GROUP}", GroupHandler),
+    (rf"/groups/{GROUP}/users", GroupMembersHandler),
+    (rf"/groups/{GROUP}/users/remove", GroupMembersRemoveHandler),
 ]

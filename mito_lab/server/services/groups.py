@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.models import Group, User, UserGroup
-from mito_lab.server.errors import AlreadyExists, NotFound, PermissionDenied, QuotaExceeded
+from mito_lab.server.db.models import Group, GroupWorker, User, UserGroup
+from mito_lab.server.errors import AlreadyExists, InvalidRequest, NotFound, PermissionDenied, QuotaExceeded
 from mito_lab.server.services.context import Context
-from mito_lab.wire import Role
+from mito_lab.config import parse_size
+from mito_lab.wire import GroupQueryInfo, GroupState, Role
+
+
+def apply_adjustment(current: int, expression: str, parse: Callable[[str], int] = int) -> int:
+    """``"N"``/``"=N"`` sets, ``"+N"`` adds, ``"-N"`` subtracts (N read by ``parse``); never below 0."""
+    text = expression.strip()
+    sign, amount = (text[0], text[1:]) if text[:1] in "+-=" else ("=", text)
+    try:
+        value = parse(amount.strip())
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid adjustment {expression!r}: use N, =N, +N or -N ({exc})") from None
+    if value < 0:
+        raise InvalidRequest(f"invalid adjustment {expression!r}: use N, =N, +N or -N")
+    return max(0, {"=": value, "+": current + value, "-": current - value}[sign])
 
 
 async def group_by_name(session: AsyncSession, name: str) -> Group:
@@ -56,6 +72,30 @@ async def add_group(session: AsyncSession, creator: User, name: str) -> Group:
     return group
 
 
+async def charge_storage(session: AsyncSession, group: Group, old_size: int, new_size: int) -> None:
+    """Account an object of ``group`` going from ``old_size`` to ``new_size`` bytes (0 = absent).
+    Growth must fit in the storage quota (403); shrinking gives space back."""
+    if new_size and group.state != GroupState.Active:  # deleting is always allowed
+        raise InvalidRequest(f"group {group.group_name} is {group.state.value}")
+    growth = new_size - old_size
+    if growth > 0 and group.storage_used + growth > group.storage_quota:
+        raise QuotaExceeded()
+    group.storage_used = max(0, group.storage_used + growth)
+
+
+async def locked_group(context: Context, session: AsyncSession, group_id: int) -> Group:
+    """The group row, locked on PostgreSQL so that concurrent uploads account correctly."""
+    return await session.get_one(Group, group_id, with_for_update=not context.db.is_sqlite)
+
+
+async def _users_by_name(session: AsyncSession, names: list[str]) -> dict[str, User]:
+    users = {u.username: u for u in (await session.scalars(sa.select(User).where(User.username.in_(names)))).all()}
+    if len(users) != len(set(names)):
+        missing = sorted(set(names) - set(users))
+        raise InvalidRequest(f"Some users do not exist: {', '.join(missing)}")
+    return users
+
+
 class GroupService:
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -66,3 +106,89 @@ class GroupService:
                 raise AlreadyExists(name)
             creator = await session.get_one(User, user.id)
             await add_group(session, creator, name)
+
+    async def my_groups(self, user: User) -> dict[str, Role]:
+        async with self.context.db.read() as session:
+            rows = await session.execute(
+                sa.select(Group.group_name, UserGroup.role)
+                .join(UserGroup, UserGroup.group_id == Group.id)
+                .where(UserGroup.user_id == user.id)
+                .order_by(Group.group_name)
+            )
+            return {name: role for name, role in rows.all()}
+
+    async def info(self, user: User, name: str) -> GroupQueryInfo:
+        async with self.context.db.read() as session:
+            group = await group_by_name(session, name)
+            role = await require_role(session, user, group, Role.Read)
+            creator = await session.get_one(User, group.creator_id)
+            workers = await session.scalar(sa.select(sa.func.count()).where(GroupWorker.group_id == group.id))
+            members = None
+            if role == Role.Admin:  # only administrators see who is in the group
+                rows = await session.execute(
+                    sa.select(User.username, UserGroup.role)
+                    .join(UserGroup, UserGroup.user_id == User.id)
+                    .where(UserGroup.group_id == group.id)
+                    .order_by(User.username)
+                )
+                members = {username: member_role for username, member_role in rows.all()}
+            return GroupQueryInfo(
+                group_name=group.group_name,
+                creator_username=creator.username,
+                created_at=group.created_at,
+                updated_at=group.updated_at,
+                state=group.state,
+                task_count=group.task_count,
+                storage_quota=group.storage_quota,
+                storage_used=group.storage_used,
+                worker_count=workers or 0,
+                users_in_group=members,
+            )
+
+    async def set_members(self, user: User, name: str, relations: dict[str, Role]) -> None:
+        """Add members or change their roles (group Admins only)."""
+        async with self.context.db.write() as session:
+            group = await group_by_name(session, name)
+            await require_role(session, user, group, Role.Admin)
+            users = await _users_by_name(session, list(relations))
+            current = {
+                m.user_id: m for m in (await session.scalars(sa.select(UserGroup).where(UserGroup.group_id == group.id))).all()
+            }
+            for username, role in relations.items():
+                member = current.get(users[username].id)
+                if member is None:
+                    session.add(UserGroup(user_id=users[username].id, group_id=group.id, role=role))
+                else:
+                    member.role = role
+            await self._keep_an_admin(session, group)
+
+    async def remove_members(self, user: User, name: str, usernames: list[str]) -> None:
+        async with self.context.db.write() as session:
+            group = await group_by_name(session, name)
+            await require_role(session, user, group, Role.Admin)
+            users = await _users_by_name(session, usernames)
+            await session.execute(
+                sa.delete(UserGroup).where(
+                    UserGroup.group_id == group.id, UserGroup.user_id.in_([u.id for u in users.values()])
+                )
+            )
+            await self._keep_an_admin(session, group)
+
+    @staticmethod
+    async def _keep_an_admin(session: AsyncSession, group: Group) -> None:
+        """A group without an Admin could never be managed again: refuse the change that causes it."""
+        await session.flush()
+        admins = await session.scalar(
+            sa.select(sa.func.count()).where(UserGroup.group_id == group.id, UserGroup.role == Role.Admin)
+        )
+        if not admins:
+            raise InvalidRequest(f"group {group.group_name} must keep at least one Admin")
+
+    async def adjust_storage_quota(self, name: str, expression: str) -> int:
+        """Administrators set or change a group's storage quota (sizes like ``+1GB``, ``=500MB``)."""
+        async with self.context.db.write() as session:
+            group = await session.scalar(sa.select(Group).where(Group.group_name == name))
+            if group is None:
+                raise NotFound(f"Group {name}")
+            group.storage_quota = apply_adjustment(group.storage_quota, expression, parse_size)
+            return group.storage_quota

@@ -11,15 +11,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mito_lab.server.db.models import Artifact, Group, Task, TaskLabel, TaskTag, User
-from mito_lab.server.errors import InvalidRequest, NotFound, PermissionDenied, QuotaExceeded
+from mito_lab.server.errors import InvalidRequest, NotFound
 from mito_lab.server.services.context import Context
-from mito_lab.server.services.groups import group_by_name, require_role
+from mito_lab.server.services.groups import charge_storage, group_by_name, locked_group, require_role
 from mito_lab.server.storage import download_url_lifetime
 from mito_lab.wire import (
     ArtifactContentType,
     ArtifactInfo,
     DownloadResp,
-    GroupState,
     Role,
     SubmitTaskReq,
     SubmitTaskResp,
@@ -140,19 +139,15 @@ async def reserve_artifact(
     context: Context, session: AsyncSession, task: Task, content_type: ArtifactContentType, size: int
 ) -> UploadResp:
     """Record an artifact and charge its group's storage (reference 5.4), then sign the upload."""
-    group = await session.get_one(Group, task.group_id, with_for_update=not context.db.is_sqlite)
+    group = await locked_group(context, session, task.group_id)
     existing = await session.scalar(
         sa.select(Artifact).where(Artifact.task_uuid == task.uuid, Artifact.content_type == content_type)
     )
-    old_size = existing.size if existing else 0
-    growth = max(size, old_size) - old_size
-    if group.storage_used + growth > group.storage_quota:
-        raise QuotaExceeded()
-    group.storage_used += growth
+    await charge_storage(session, group, existing.size if existing else 0, size)
     if existing is None:
         session.add(Artifact(task_uuid=task.uuid, content_type=content_type, size=size))
     else:
-        existing.size = max(size, old_size)
+        existing.size = size
         existing.updated_at = now()
     url = context.store.upload_url(context.artifacts_bucket, artifact_key(task.uuid, content_type), size)
     return UploadResp(exist=existing is not None, url=url)
@@ -279,10 +274,7 @@ class TaskService:
     ) -> UploadResp:
         async with self.context.db.write() as session:
             task, _, _ = await load_task(session, task_uuid)
-            group = await session.get_one(Group, task.group_id)
-            await require_role(session, user, group, Role.Write)
-            if group.state != GroupState.Active:
-                raise InvalidRequest(f"group {group.group_name} is {group.state.value}")
+            await require_role(session, user, await session.get_one(Group, task.group_id), Role.Write)
             return await reserve_artifact(self.context, session, task, content_type, size)
 
     async def download_artifact(

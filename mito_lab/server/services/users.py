@@ -10,11 +10,12 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from mito_lab.server.db.models import User
-from mito_lab.server.errors import AlreadyExists, PermissionDenied, WrongCredentials
+from mito_lab.server.errors import AlreadyExists, InvalidRequest, NotFound, PermissionDenied, WrongCredentials
 from mito_lab.server.services.auth import hash_password, new_signature, verify_password
 from mito_lab.server.services.context import Context
-from mito_lab.server.services.groups import add_group, name_taken
+from mito_lab.server.services.groups import add_group, apply_adjustment, name_taken
 from mito_lab.wire import UserState, md5_password
+
 
 log = logging.getLogger(__name__)
 
@@ -75,3 +76,42 @@ class UserService:
         if user.auth_signature != claims.sign:
             raise WrongCredentials()
         return user
+
+    async def _token(self, username: str, signature: int) -> str:
+        return self.context.tokens.issue(username, "user", self.context.config.access_token_expires_in, sign=signature)
+
+    async def change_password(self, user: User, username: str, old_digest: bytes, new_digest: bytes) -> str:
+        """Change one's own password; every other session of the user ends, the new token is returned."""
+        if username != user.username or not await verify_password(user.encrypted_password, old_digest):
+            raise WrongCredentials()
+        encrypted = await hash_password(new_digest)
+        async with self.context.db.write() as session:
+            current = await session.get_one(User, user.id)
+            current.encrypted_password, current.auth_signature = encrypted, new_signature()
+            signature = current.auth_signature
+        return await self._token(username, signature)
+
+    async def _by_name(self, session, username: str) -> User:  # type: ignore[no-untyped-def]
+        user = await session.scalar(sa.select(User).where(User.username == username))
+        if user is None:
+            raise NotFound(f"User {username}")
+        return user
+
+    async def set_password(self, username: str, new_digest: bytes) -> None:
+        """An administrator resets a password; the user's sessions end."""
+        encrypted = await hash_password(new_digest)
+        async with self.context.db.write() as session:
+            user = await self._by_name(session, username)
+            user.encrypted_password, user.auth_signature = encrypted, new_signature()
+
+    async def set_state(self, username: str, state: UserState) -> UserState:
+        async with self.context.db.write() as session:
+            user = await self._by_name(session, username)
+            user.state = state
+            return state
+
+    async def adjust_group_quota(self, username: str, expression: str) -> int:
+        async with self.context.db.write() as session:
+            user = await self._by_name(session, username)
+            user.group_quota = apply_adjustment(user.group_quota, expression)
+            return user.group_quota
