@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from conftest import Platform, http, start_platform
+from conftest import http, start_platform
 from mito_lab.server.events import InProcessEvents, RedisEvents, access_url
 
 

@@ -129,7 +129,8 @@ def test_admin_user_management_and_quotas(platform: Platform) -> None:
     assert platform.api("POST", "/admin/groups/fred/storage-quota", {"storage_quota": "+1KB"}).json == {"storage_quota": 1010}
     assert platform.api("POST", "/admin/groups/fred/storage-quota", {"storage_quota": "lots"}).status == 400
     assert platform.api("POST", "/admin/groups/ghost/storage-quota", {"storage_quota": "1"}).status == 404
-    over = platform.api("POST", "/groups/fred/attachments", {"key": "big", "content_length": 2000})
+    over = platform.api("POST", "/groups/fred/attachments", {"key": "big", "content_length": 2000}, token=http(
+        "POST", f"{platform.url}/login", {"username": "fred", "password": "reset", "retain": True}).json["token"])
     assert over.status == 403 and over.json["msg"] == "Resource quota exceeded"
     assert platform.api("DELETE", "/admin/users/fred").json == {"state": "Deleted"}
     assert http("POST", f"{platform.url}/login", {"username": "fred", "password": "reset"}).status == 403

@@ -1,9 +1,12 @@
 """System administration (``users.admin``)."""
 
+import uuid
+
 from mito_lab.server.db.models import User
 from mito_lab.server.errors import PermissionDenied
 from mito_lab.server.handlers.base import ApiHandler
 from mito_lab.server.handlers.groups import GROUP
+from mito_lab.server.handlers.tasks import TASK, content_type
 from mito_lab.wire import (
     AdminChangePasswordReq,
     ChangeUserStateReq,
@@ -72,8 +75,16 @@ class AdminStorageQuotaHandler(AdminHandler):
 class AdminAttachmentHandler(AdminHandler):
     async def delete(self, group: str, key: str) -> None:
         """Delete any attachment at once (no one-hour guard)."""
-        admin = await self.admin()
-        await self.mito.attachments.delete(admin, group, key, guarded=False)
+        await self.admin()
+        await self.mito.attachments.delete(None, group, key)
+        self.send(None)
+
+
+class AdminArtifactHandler(AdminHandler):
+    async def delete(self, task_uuid: str, kind: str) -> None:
+        """Delete any artifact at once (no one-hour guard)."""
+        await self.admin()
+        await self.mito.tasks.delete_artifact(None, uuid.UUID(task_uuid), content_type(kind))
         self.send(None)
 
 
@@ -85,4 +96,5 @@ default_handlers = [
     (rf"/admin/users/{USER}/group-quota", AdminGroupQuotaHandler),
     (rf"/admin/groups/{GROUP}/storage-quota", AdminStorageQuotaHandler),
     (rf"/admin/groups/{GROUP}/attachments/(?P<key>.+)", AdminAttachmentHandler),
+    (rf"/admin/tasks/{TASK}/artifacts/(?P<kind>[^/]+)", AdminArtifactHandler),
 ]

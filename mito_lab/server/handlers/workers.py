@@ -3,8 +3,8 @@
 import uuid
 
 from mito_lab.server.errors import InvalidRequest
-from mito_lab.server.handlers.base import UUID_PATTERN, ApiHandler
-from mito_lab.server.handlers.tasks import content_type
+from mito_lab.server.handlers.base import ApiHandler
+from mito_lab.server.handlers.tasks import TASK, content_type
 from mito_lab.wire import MAX_FETCH_WAIT_SECONDS, RegisterWorkerReq, ReportTaskReq
 
 
@@ -75,7 +75,7 @@ default_handlers = [
     (r"/workers", WorkersHandler),
     (r"/workers/heartbeat", HeartbeatHandler),
     (r"/workers/tasks", WorkerTasksHandler),
-    (rf"/workers/tasks/(?P<task_uuid>{UUID_PATTERN})", WorkerTaskHandler),
-    (rf"/workers/tasks/(?P<task_uuid>{UUID_PATTERN})/artifacts/(?P<kind>[^/]+)", WorkerArtifactHandler),
-    (rf"/workers/tasks/(?P<task_uuid>{UUID_PATTERN})/attachments/(?P<key>.+)", WorkerAttachmentHandler),
+    (rf"/workers/tasks/{TASK}", WorkerTaskHandler),
+    (rf"/workers/tasks/{TASK}/artifacts/(?P<kind>[^/]+)", WorkerArtifactHandler),
+    (rf"/workers/tasks/{TASK}/attachments/(?P<key>.+)", WorkerAttachmentHandler),
 ]

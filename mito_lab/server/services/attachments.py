@@ -11,7 +11,7 @@ from mito_lab.server.db.models import Attachment, Group, User
 from mito_lab.server.errors import InvalidRequest, NotFound
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import charge_storage, group_by_name, locked_group, require_role
-from mito_lab.server.services.tasks import now
+from mito_lab.server.services.tasks import DELETE_GUARD, now
 from mito_lab.server.storage import BATCH_DOWNLOAD_URL_LIFETIME, download_url_lifetime
 from mito_lab.wire import (
     AttachmentDownloadItem,
@@ -27,8 +27,6 @@ from mito_lab.wire import (
     UploadResp,
 )
 
-# Objects younger than this cannot be deleted by non-administrators (reference 2.3).
-DELETE_GUARD = timedelta(hours=1)
 MAX_OBJECT_KEY = 1024
 
 
@@ -134,9 +132,9 @@ class AttachmentService:
             ]
             return AttachmentsDownloadResp(downloads=downloads, group_name=group.group_name)
 
-    async def delete(self, user: User, group_name: str, key: str, guarded: bool = True) -> None:
-        """Delete one attachment; ``guarded=False`` (administrators) skips the one-hour guard."""
-        await self._delete(user, group_name, [key], None, guarded, strict=True)
+    async def delete(self, user: User | None, group_name: str, key: str) -> None:
+        """Delete one attachment. ``user=None`` is the administrators' route: any group, no one-hour guard."""
+        await self._delete(user, group_name, [key], None, guarded=user is not None, strict=True)
 
     async def delete_many(
         self, user: User, group_name: str, key: str | None = None, limit: int | None = None, offset: int | None = None
@@ -151,7 +149,7 @@ class AttachmentService:
         return DeleteAttachmentsListResp(deleted_count=len(deleted), failed_keys=failed, group_name=group)
 
     async def _delete(
-        self, user: User, group_name: str, keys: list[str] | None, window: tuple[str | None, int | None, int | None] | None,
+        self, user: User | None, group_name: str, keys: list[str] | None, window: tuple[str | None, int | None, int | None] | None,
         guarded: bool, strict: bool,
     ) -> tuple[list[str], str]:
         """Delete rows first (and give the space back), then the objects: a failed object deletion

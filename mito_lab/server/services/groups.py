@@ -40,9 +40,12 @@ async def role_in_group(session: AsyncSession, user: User, group_id: int) -> Rol
     )
 
 
-async def require_role(session: AsyncSession, user: User, group: Group, minimum: Role) -> Role:
-    """The caller's role in ``group`` if it is at least ``minimum``; system admins pass as Admin."""
-    if user.admin:
+async def require_role(session: AsyncSession, user: User | None, group: Group, minimum: Role) -> Role:
+    """The caller's role in ``group`` if it is at least ``minimum``.
+
+    System administrators get no pass here: their powers come only through the ``/admin`` routes,
+    which call services with ``user=None`` (already authorised, acting on any group)."""
+    if user is None:
         return Role.Admin
     role = await role_in_group(session, user, group.id)
     if role is None:

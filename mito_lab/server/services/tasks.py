@@ -4,21 +4,34 @@ from __future__ import annotations
 
 import re
 import uuid as uuid_module
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.models import Artifact, Group, Task, TaskLabel, TaskTag, User
-from mito_lab.server.errors import InvalidRequest, NotFound
+from mito_lab.server.db.models import Artifact, Group, Task, TaskLabel, TaskTag, User, UserGroup
+from mito_lab.server.errors import ApiError, InvalidRequest, NotFound
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import charge_storage, group_by_name, locked_group, require_role
-from mito_lab.server.storage import download_url_lifetime
+from mito_lab.server.storage import BATCH_DOWNLOAD_URL_LIFETIME, download_url_lifetime
 from mito_lab.wire import (
     ArtifactContentType,
+    ArtifactDownloadItem,
     ArtifactInfo,
+    ArtifactsDownloadResp,
+    ArtifactsFilterReq,
+    ArtifactsListReq,
+    BatchSubmitItem,
+    BatchSubmitReq,
+    BatchSubmitResp,
+    CancelListResp,
+    ChangeTaskReq,
+    DeleteArtifactsListResp,
+    DeleteArtifactsResp,
     DownloadResp,
+    ErrorMsg,
     Role,
     SubmitTaskReq,
     SubmitTaskResp,
@@ -26,12 +39,19 @@ from mito_lab.wire import (
     TaskQueryResp,
     TaskResultMessage,
     TaskResultSpec,
+    TaskFilter,
     TaskSpec,
+    TasksCancelReq,
+    TasksCancelResp,
     TasksQueryReq,
     TasksQueryResp,
     TaskState,
     UploadResp,
 )
+
+
+# Objects younger than this cannot be deleted by non-administrators (reference 2.3, 2.4).
+DELETE_GUARD = timedelta(hours=1)
 
 
 def now() -> datetime:
@@ -46,11 +66,13 @@ async def set_task_marks(
         task.tags = list(tags)
     if labels is not None:
         task.labels = list(labels)
+    fresh = task.id is None
     await session.flush()  # the task needs its id
     for values, model, column in ((tags, TaskTag, "tag"), (labels, TaskLabel, "label")):
         if values is None:
             continue
-        await session.execute(sa.delete(model).where(model.task_id == task.id))
+        if not fresh:
+            await session.execute(sa.delete(model).where(model.task_id == task.id))
         if values:
             await session.execute(sa.insert(model), [{"task_id": task.id, column: value} for value in values])
 
@@ -202,19 +224,111 @@ async def insert_task(
     return task
 
 
+def task_conditions(request: TaskFilter, group: Group) -> list[sa.ColumnElement[bool]]:
+    """The SQL of a task filter (query, cancel and artifact batches share it); all filters AND."""
+    conditions: list[sa.ColumnElement[bool]] = [Task.group_id == group.id]
+    if request.creator_usernames:
+        conditions.append(Task.creator_id.in_(sa.select(User.id).where(User.username.in_(request.creator_usernames))))
+    if request.states:
+        conditions.append(Task.state.in_(request.states))
+    if request.tags:
+        conditions.append(contains_all(TaskTag, request.tags))
+    if request.labels:
+        conditions.append(contains_all(TaskLabel, request.labels))
+    if request.exit_status is not None:
+        conditions.append(compare(Task.exit_status, request.exit_status))
+    if request.priority is not None:
+        conditions.append(compare(Task.priority, request.priority))
+    if request.reporter_uuid is not None:
+        conditions.append(Task.reporter_uuid == request.reporter_uuid)
+    return conditions
+
+
+def user_cancellation() -> dict[str, object]:
+    """The columns of a task archived because a user cancelled it."""
+    moment = now()
+    return {
+        "state": TaskState.Cancelled,
+        "exit_status": 0,
+        "result_msg": TaskResultMessage.UserCancellation,
+        "archived_at": moment,
+        "updated_at": moment,
+    }
+
+
+CANCELLABLE = (TaskState.Ready, TaskState.Pending)
+
+
 class TaskService:
     def __init__(self, context: Context, on_ready: Callable[[], None]) -> None:
         self.context = context
         self._on_ready = on_ready  # wakes long-polling workers
 
+    async def _group_with_role(self, session: AsyncSession, user: User, name: str | None, role: Role) -> Group:
+        group = await personal_group(session, user, name)
+        await require_role(session, user, group, role)
+        return group
+
+    async def _task_with_role(self, session: AsyncSession, user: User | None, task_uuid: uuid_module.UUID, role: Role) -> Task:
+        task, _, _ = await load_task(session, task_uuid)
+        await require_role(session, user, await session.get_one(Group, task.group_id), role)
+        return task
+
+    # --- submitting and changing ----------------------------------------------------------------
+
     async def submit(self, user: User, request: SubmitTaskReq) -> SubmitTaskResp:
         async with self.context.db.write() as session:
-            group = await personal_group(session, user, request.group_name)
-            await require_role(session, user, group, Role.Write)
+            group = await self._group_with_role(session, user, request.group_name, Role.Write)
             task = await insert_task(session, user.id, group, request, TaskState.Ready)
             response = SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)
         self._on_ready()
         return response
+
+    async def submit_many(self, user: User, request: BatchSubmitReq) -> BatchSubmitResp:
+        """Submit in order in one transaction; an item refused (group, role) does not stop the rest."""
+        results: list[BatchSubmitItem] = []
+        async with self.context.db.write() as session:
+            groups: dict[str | None, Group | ApiError] = {}
+            for item in request.tasks:
+                if item.group_name not in groups:
+                    try:
+                        groups[item.group_name] = await self._group_with_role(session, user, item.group_name, Role.Write)
+                    except ApiError as exc:
+                        groups[item.group_name] = exc
+                group = groups[item.group_name]
+                if isinstance(group, ApiError):
+                    results.append(BatchSubmitItem(Err=ErrorMsg(msg=group.msg)))
+                    continue
+                task = await insert_task(session, user.id, group, item, TaskState.Ready)
+                results.append(BatchSubmitItem(Ok=SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)))
+        self._on_ready()
+        return BatchSubmitResp(results=results)
+
+    async def change(self, user: User, task_uuid: uuid_module.UUID, request: ChangeTaskReq) -> None:
+        """Change a task that no worker holds yet; it is matched anew at the next fetch."""
+        if request.model_dump(exclude_none=True) == {}:
+            raise InvalidRequest("No change specified")
+        async with self.context.db.write() as session:
+            task = await self._task_with_role(session, user, task_uuid, Role.Write)
+            if task.state not in CANCELLABLE:
+                raise NotFound(f"Ready task {task_uuid}")
+            if request.timeout is not None:
+                task.timeout = int(request.timeout.total_seconds())
+            if request.priority is not None:
+                task.priority = request.priority
+            if request.task_spec is not None:
+                task.spec = request.task_spec.model_dump(mode="json")
+            task.updated_at = now()
+            await set_task_marks(session, task, tags=request.tags)
+        self._on_ready()
+
+    async def update_labels(self, user: User, task_uuid: uuid_module.UUID, labels: list[str]) -> None:
+        """Labels can be changed at any time, archived tasks included."""
+        async with self.context.db.write() as session:
+            task = await self._task_with_role(session, user, task_uuid, Role.Write)
+            await set_task_marks(session, task, labels=labels)
+
+    # --- reading --------------------------------------------------------------------------------
 
     async def get(self, user: User, task_uuid: uuid_module.UUID) -> TaskQueryResp:
         async with self.context.db.read() as session:
@@ -224,24 +338,8 @@ class TaskService:
 
     async def query(self, user: User, request: TasksQueryReq) -> TasksQueryResp:
         async with self.context.db.read() as session:
-            group = await personal_group(session, user, request.group_name)
-            await require_role(session, user, group, Role.Read)
-            conditions: list[sa.ColumnElement[bool]] = [Task.group_id == group.id]
-            if request.creator_usernames:
-                conditions.append(User.username.in_(request.creator_usernames))
-            if request.states:
-                conditions.append(Task.state.in_(request.states))
-            if request.tags:
-                conditions.append(contains_all(TaskTag, request.tags))
-            if request.labels:
-                conditions.append(contains_all(TaskLabel, request.labels))
-            if request.exit_status is not None:
-                conditions.append(compare(Task.exit_status, request.exit_status))
-            if request.priority is not None:
-                conditions.append(compare(Task.priority, request.priority))
-            if request.reporter_uuid is not None:
-                conditions.append(Task.reporter_uuid == request.reporter_uuid)
-            base = _info_query().where(*conditions)
+            group = await self._group_with_role(session, user, request.group_name, Role.Read)
+            base = _info_query().where(*task_conditions(request, group))
             if request.count:
                 total = await session.scalar(sa.select(sa.func.count()).select_from(base.subquery()))
                 return TasksQueryResp(count=total or 0, tasks=[], group_name=group.group_name)
@@ -250,38 +348,174 @@ class TaskService:
             tasks = [task_info(task, creator, group_name) for task, creator, group_name in rows]
             return TasksQueryResp(count=len(tasks), tasks=tasks, group_name=group.group_name)
 
+    # --- cancelling -----------------------------------------------------------------------------
+
     async def cancel(self, user: User, task_uuid: uuid_module.UUID) -> None:
         """Cancel a task no worker holds yet (Ready), archiving it as UserCancellation."""
         async with self.context.db.write() as session:
-            task, _, _ = await load_task(session, task_uuid)
-            await require_role(session, user, await session.get_one(Group, task.group_id), Role.Write)
+            task = await self._task_with_role(session, user, task_uuid, Role.Write)
             cancelled = await session.execute(
-                sa.update(Task)
-                .where(Task.id == task.id, Task.state == TaskState.Ready)
-                .values(
-                    state=TaskState.Cancelled,
-                    exit_status=0,
-                    result_msg=TaskResultMessage.UserCancellation,
-                    archived_at=now(),
-                    updated_at=now(),
-                )
+                sa.update(Task).where(Task.id == task.id, Task.state == TaskState.Ready).values(**user_cancellation())
             )
             if cancelled.rowcount == 0:
                 raise NotFound(f"Ready task {task_uuid}")
+
+    async def cancel_many(self, user: User, request: TasksCancelReq) -> TasksCancelResp:
+        """Cancel the Ready and Pending tasks of a group that match the filter."""
+        states = [s for s in (request.states or []) if s in CANCELLABLE] or list(CANCELLABLE)
+        async with self.context.db.write() as session:
+            group = await self._group_with_role(session, user, request.group_name, Role.Write)
+            conditions = task_conditions(request.model_copy(update={"states": states}), group)
+            cancelled = await session.execute(sa.update(Task).where(*conditions).values(**user_cancellation()))
+            return TasksCancelResp(cancelled_count=cancelled.rowcount, group_name=group.group_name)
+
+    async def cancel_list(self, user: User, uuids: list[uuid_module.UUID]) -> CancelListResp:
+        writable = await self._groups_at_least(user, Role.Write)
+        async with self.context.db.write() as session:
+            cancelled = set()
+            for chunk in _chunks(uuids):
+                rows = await session.execute(
+                    sa.update(Task)
+                    .where(Task.uuid.in_(chunk), Task.state.in_(CANCELLABLE), Task.group_id.in_(writable))
+                    .values(**user_cancellation())
+                    .returning(Task.uuid)
+                )
+                cancelled.update(rows.scalars().all())
+        return CancelListResp(cancelled_count=len(cancelled), failed_uuids=[u for u in uuids if u not in cancelled])
+
+    async def _groups_at_least(self, user: User, role: Role) -> set[int]:
+        """The ids of the groups where ``user`` has at least ``role``."""
+        allowed = [r for r in Role if r.rank >= role.rank]
+        async with self.context.db.read() as session:
+            rows = await session.scalars(
+                sa.select(UserGroup.group_id).where(UserGroup.user_id == user.id, UserGroup.role.in_(allowed))
+            )
+            return set(rows.all())
+
+
+    # --- artifacts ------------------------------------------------------------------------------
 
     async def upload_artifact(
         self, user: User, task_uuid: uuid_module.UUID, content_type: ArtifactContentType, size: int
     ) -> UploadResp:
         async with self.context.db.write() as session:
-            task, _, _ = await load_task(session, task_uuid)
-            await require_role(session, user, await session.get_one(Group, task.group_id), Role.Write)
+            task = await self._task_with_role(session, user, task_uuid, Role.Write)
             return await reserve_artifact(self.context, session, task, content_type, size)
 
     async def download_artifact(
         self, user: User, task_uuid: uuid_module.UUID, content_type: ArtifactContentType
     ) -> DownloadResp:
         async with self.context.db.read() as session:
-            task, _, _ = await load_task(session, task_uuid)
-            await require_role(session, user, await session.get_one(Group, task.group_id), Role.Read)
+            await self._task_with_role(session, user, task_uuid, Role.Read)
             return await artifact_download(self.context, session, task_uuid, content_type)
 
+    def _artifact_links(self, rows: Sequence[Artifact]) -> ArtifactsDownloadResp:
+        return ArtifactsDownloadResp(
+            downloads=[
+                ArtifactDownloadItem(
+                    uuid=a.task_uuid,
+                    url=self.context.store.download_url(
+                        self.context.artifacts_bucket, artifact_key(a.task_uuid, a.content_type), BATCH_DOWNLOAD_URL_LIFETIME
+                    ),
+                    size=a.size,
+                )
+                for a in rows
+            ]
+        )
+
+    async def download_artifacts(self, user: User, request: ArtifactsFilterReq) -> ArtifactsDownloadResp:
+        """Links (valid a day) to one artifact type of every task matching the filter."""
+        async with self.context.db.read() as session:
+            group = await self._group_with_role(session, user, request.group_name, Role.Read)
+            matching = sa.select(Task.uuid).where(*task_conditions(request, group))
+            rows = await session.scalars(
+                sa.select(Artifact)
+                .where(Artifact.task_uuid.in_(matching), Artifact.content_type == request.content_type)
+                .order_by(Artifact.id)
+            )
+            return self._artifact_links(rows.all())
+
+    async def download_artifacts_list(self, user: User, request: ArtifactsListReq) -> ArtifactsDownloadResp:
+        """Links for the listed tasks; tasks of groups the caller cannot read are left out."""
+        readable = await self._groups_at_least(user, Role.Read)
+        async with self.context.db.read() as session:
+            found: list[Artifact] = []
+            for chunk in _chunks(request.uuids):
+                tasks = sa.select(Task.uuid).where(Task.uuid.in_(chunk), Task.group_id.in_(readable))
+                rows = await session.scalars(
+                    sa.select(Artifact).where(Artifact.task_uuid.in_(tasks), Artifact.content_type == request.content_type)
+                )
+                found.extend(rows.all())
+            return self._artifact_links(found)
+
+    async def delete_artifact(
+        self, user: User | None, task_uuid: uuid_module.UUID, content_type: ArtifactContentType
+    ) -> None:
+        """Delete one artifact. ``user=None`` is the administrators' route: any group, no one-hour guard."""
+        guarded = user is not None
+        async with self.context.db.write() as session:
+            task = await self._task_with_role(session, user, task_uuid, Role.Write)
+            artifact = await session.scalar(
+                sa.select(Artifact).where(Artifact.task_uuid == task.uuid, Artifact.content_type == content_type)
+            )
+            if artifact is None:
+                raise NotFound(f"Artifact {content_type.value} of task {task_uuid}")
+            if guarded and artifact.updated_at > now() - DELETE_GUARD:
+                raise InvalidRequest("the artifact was updated less than an hour ago and cannot be deleted yet")
+            await self._drop_artifacts(session, [(artifact, task.group_id)])
+        await self._delete_objects([artifact])
+
+    async def delete_artifacts(self, user: User, request: ArtifactsFilterReq) -> DeleteArtifactsResp:
+        async with self.context.db.write() as session:
+            group = await self._group_with_role(session, user, request.group_name, Role.Write)
+            matching = sa.select(Task.uuid).where(*task_conditions(request, group))
+            rows = (await session.scalars(
+                sa.select(Artifact).where(
+                    Artifact.task_uuid.in_(matching),
+                    Artifact.content_type == request.content_type,
+                    Artifact.updated_at <= now() - DELETE_GUARD,
+                )
+            )).all()
+            await self._drop_artifacts(session, [(a, group.id) for a in rows])
+        await self._delete_objects(rows)
+        return DeleteArtifactsResp(deleted_count=len(rows))
+
+    async def delete_artifacts_list(self, user: User, request: ArtifactsListReq) -> DeleteArtifactsListResp:
+        writable = await self._groups_at_least(user, Role.Write)
+        deleted: list[Artifact] = []
+        async with self.context.db.write() as session:
+            for chunk in _chunks(request.uuids):
+                rows = await session.execute(
+                    sa.select(Artifact, Task.group_id)
+                    .join(Task, Task.uuid == Artifact.task_uuid)
+                    .where(
+                        Artifact.task_uuid.in_(chunk),
+                        Artifact.content_type == request.content_type,
+                        Artifact.updated_at <= now() - DELETE_GUARD,
+                        Task.group_id.in_(writable),
+                    )
+                )
+                pairs = [(artifact, group_id) for artifact, group_id in rows.all()]
+                await self._drop_artifacts(session, pairs)
+                deleted.extend(artifact for artifact, _ in pairs)
+        await self._delete_objects(deleted)
+        gone = {a.task_uuid for a in deleted}
+        return DeleteArtifactsListResp(deleted_count=len(deleted), failed_uuids=[u for u in request.uuids if u not in gone])
+
+    async def _drop_artifacts(self, session: AsyncSession, pairs: list[tuple[Artifact, int]]) -> None:
+        """Remove artifact rows and give their space back to their groups."""
+        for artifact, group_id in pairs:
+            await charge_storage(session, await locked_group(self.context, session, group_id), artifact.size, 0)
+            await session.delete(artifact)
+
+    async def _delete_objects(self, artifacts: Sequence[Artifact]) -> None:
+        for artifact in artifacts:  # after the rows are gone: a failure leaves an invisible orphan
+            await self.context.store.delete(self.context.artifacts_bucket, artifact_key(artifact.task_uuid, artifact.content_type))
+
+
+# Long UUID lists are processed in chunks to stay under the databases' bind-parameter limits.
+CHUNK = 1024
+
+
+def _chunks(items: list[uuid_module.UUID]) -> list[list[uuid_module.UUID]]:
+    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]

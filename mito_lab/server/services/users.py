@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from mito_lab.server.db.models import User
-from mito_lab.server.errors import AlreadyExists, InvalidRequest, NotFound, PermissionDenied, WrongCredentials
+from mito_lab.server.errors import AlreadyExists, NotFound, PermissionDenied, WrongCredentials
 from mito_lab.server.services.auth import hash_password, new_signature, verify_password
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import add_group, apply_adjustment, name_taken
