@@ -119,6 +119,9 @@ class Role(_LenientEnum):
     def rank(self) -> int:
         return ("Read", "Write", "Admin").index(self.value)
 
+    def and_above(self) -> list["Role"]:
+        return [role for role in Role if role.rank >= self.rank]
+
 
 class UserState(_LenientEnum):
     Active = "Active"

@@ -7,6 +7,7 @@ from mito_lab.server.errors import PermissionDenied
 from mito_lab.server.handlers.base import ApiHandler
 from mito_lab.server.handlers.groups import GROUP
 from mito_lab.server.handlers.tasks import TASK, content_type
+from mito_lab.server.handlers.workers import WORKER, shutdown_op
 from mito_lab.wire import (
     AdminChangePasswordReq,
     ChangeUserStateReq,
@@ -88,6 +89,14 @@ class AdminArtifactHandler(AdminHandler):
         self.send(None)
 
 
+class AdminWorkerHandler(AdminHandler):
+    async def delete(self, worker_uuid: str) -> None:
+        """Shut down any worker (``?op=graceful`` or ``?op=force``)."""
+        await self.admin()
+        await self.mito.workers.shutdown(None, uuid.UUID(worker_uuid), shutdown_op(self))
+        self.send(None)
+
+
 default_handlers = [
     (r"/admin/users", AdminUsersHandler),
     (rf"/admin/users/{USER}", AdminUserHandler),
@@ -97,4 +106,5 @@ default_handlers = [
     (rf"/admin/groups/{GROUP}/storage-quota", AdminStorageQuotaHandler),
     (rf"/admin/groups/{GROUP}/attachments/(?P<key>.+)", AdminAttachmentHandler),
     (rf"/admin/tasks/{TASK}/artifacts/(?P<kind>[^/]+)", AdminArtifactHandler),
+    (rf"/admin/workers/{WORKER}", AdminWorkerHandler),
 ]

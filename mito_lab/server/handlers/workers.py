@@ -5,7 +5,29 @@ import uuid
 from mito_lab.server.errors import InvalidRequest
 from mito_lab.server.handlers.base import ApiHandler
 from mito_lab.server.handlers.tasks import TASK, content_type
-from mito_lab.wire import MAX_FETCH_WAIT_SECONDS, RegisterWorkerReq, ReportTaskReq
+from mito_lab.server.handlers.base import UUID_PATTERN
+from mito_lab.wire import (
+    MAX_FETCH_WAIT_SECONDS,
+    RegisterWorkerReq,
+    RemoveWorkerGroupsReq,
+    ReportTaskReq,
+    UpdateLabelsReq,
+    UpdateTagsReq,
+    UpdateWorkerGroupsReq,
+    WorkersQueryReq,
+    WorkerShutdownOp,
+    WorkersShutdownListReq,
+    WorkersShutdownReq,
+)
+
+WORKER = rf"(?P<worker_uuid>{UUID_PATTERN})"
+
+
+def shutdown_op(handler: ApiHandler) -> WorkerShutdownOp:
+    try:
+        return WorkerShutdownOp(handler.get_query_argument("op", "graceful"))
+    except ValueError:
+        raise InvalidRequest("op must be graceful or force") from None
 
 
 class WorkersHandler(ApiHandler):
@@ -71,6 +93,74 @@ class WorkerAttachmentHandler(ApiHandler):
         self.send(await self.mito.workers.download_attachment(worker, uuid.UUID(task_uuid), key))
 
 
+class WorkerHandler(ApiHandler):
+    async def get(self, worker_uuid: str) -> None:
+        user = await self.user()
+        self.send(await self.mito.workers.describe(user, uuid.UUID(worker_uuid)))
+
+    async def delete(self, worker_uuid: str) -> None:
+        """Shut a worker down: ``?op=graceful`` (default) or ``?op=force``."""
+        user = await self.user()
+        await self.mito.workers.shutdown(user, uuid.UUID(worker_uuid), shutdown_op(self))
+        self.send(None)
+
+
+class WorkerTagsHandler(ApiHandler):
+    async def put(self, worker_uuid: str) -> None:
+        user = await self.user()
+        await self.mito.workers.update_tags(user, uuid.UUID(worker_uuid), tags=self.body(UpdateTagsReq).tags)
+        self.send(None)
+
+
+class WorkerLabelsHandler(ApiHandler):
+    async def put(self, worker_uuid: str) -> None:
+        user = await self.user()
+        await self.mito.workers.update_tags(user, uuid.UUID(worker_uuid), labels=self.body(UpdateLabelsReq).labels)
+        self.send(None)
+
+
+class WorkerGroupsHandler(ApiHandler):
+    async def put(self, worker_uuid: str) -> None:
+        user = await self.user()
+        await self.mito.workers.set_groups(user, uuid.UUID(worker_uuid), self.body(UpdateWorkerGroupsReq).relations)
+        self.send(None)
+
+    async def delete(self, worker_uuid: str) -> None:
+        """``DELETE /workers/{uuid}/groups?groups=a&groups=b``."""
+        user = await self.user()
+        names = self.get_query_arguments("groups")
+        if not names:
+            raise InvalidRequest("give the groups to remove as ?groups=a&groups=b")
+        await self.mito.workers.remove_groups(user, uuid.UUID(worker_uuid), names)
+        self.send(None)
+
+
+class WorkerGroupsRemoveHandler(ApiHandler):
+    async def delete(self, worker_uuid: str) -> None:
+        """The same, with a JSON body ``{"groups": [...]}`` (the reference's variant)."""
+        user = await self.user()
+        await self.mito.workers.remove_groups(user, uuid.UUID(worker_uuid), self.body(RemoveWorkerGroupsReq).groups)
+        self.send(None)
+
+
+class WorkersQueryHandler(ApiHandler):
+    async def post(self) -> None:
+        user = await self.user()
+        self.send(await self.mito.workers.query(user, self.body(WorkersQueryReq)))
+
+
+class WorkersShutdownHandler(ApiHandler):
+    async def post(self) -> None:
+        user = await self.user()
+        self.send(await self.mito.workers.shutdown_many(user, self.body(WorkersShutdownReq)))
+
+
+class WorkersShutdownListHandler(ApiHandler):
+    async def post(self) -> None:
+        user = await self.user()
+        self.send(await self.mito.workers.shutdown_list(user, self.body(WorkersShutdownListReq)))
+
+
 default_handlers = [
     (r"/workers", WorkersHandler),
     (r"/workers/heartbeat", HeartbeatHandler),
@@ -78,4 +168,12 @@ default_handlers = [
     (rf"/workers/tasks/{TASK}", WorkerTaskHandler),
     (rf"/workers/tasks/{TASK}/artifacts/(?P<kind>[^/]+)", WorkerArtifactHandler),
     (rf"/workers/tasks/{TASK}/attachments/(?P<key>.+)", WorkerAttachmentHandler),
+    (r"/workers/query", WorkersQueryHandler),
+    (r"/workers/shutdown", WorkersShutdownHandler),
+    (r"/workers/shutdown/list", WorkersShutdownListHandler),
+    (rf"/workers/{WORKER}", WorkerHandler),
+    (rf"/workers/{WORKER}/tags", WorkerTagsHandler),
+    (rf"/workers/{WORKER}/labels", WorkerLabelsHandler),
+    (rf"/workers/{WORKER}/groups", WorkerGroupsHandler),
+    (rf"/workers/{WORKER}/groups/remove", WorkerGroupsRemoveHandler),
 ]

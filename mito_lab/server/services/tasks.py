@@ -385,10 +385,9 @@ class TaskService:
 
     async def _groups_at_least(self, user: User, role: Role) -> set[int]:
         """The ids of the groups where ``user`` has at least ``role``."""
-        allowed = [r for r in Role if r.rank >= role.rank]
         async with self.context.db.read() as session:
             rows = await session.scalars(
-                sa.select(UserGroup.group_id).where(UserGroup.user_id == user.id, UserGroup.role.in_(allowed))
+                sa.select(UserGroup.group_id).where(UserGroup.user_id == user.id, UserGroup.role.in_(role.and_above()))
             )
             return set(rows.all())
 

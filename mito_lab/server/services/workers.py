@@ -17,7 +17,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.models import Attachment, Group, GroupWorker, Task, TaskTag, User, Worker
+from mito_lab.server.db.models import Attachment, Group, GroupWorker, Task, TaskTag, User, UserGroup, Worker
 from mito_lab.server.errors import InvalidRequest, NotFound, PermissionDenied, WrongCredentials
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import group_by_name, require_role
@@ -45,6 +45,16 @@ from mito_lab.wire import (
     TaskState,
     UploadOp,
     UserState,
+    WorkerFilter,
+    WorkerInfo,
+    WorkerQueryResp,
+    WorkersQueryReq,
+    WorkersQueryResp,
+    WorkerShutdownOp,
+    WorkersShutdownListReq,
+    WorkersShutdownListResp,
+    WorkersShutdownReq,
+    WorkersShutdownResp,
     WorkerState,
     WorkerTaskResp,
 )
@@ -55,7 +65,7 @@ log = logging.getLogger(__name__)
 # coordinators when there is no Redis to tell us).
 RECHECK_SECONDS = 2.0
 TASKS_READY = "mito:tasks-ready"
-SERVING_ROLES = (Role.Write, Role.Admin)
+SERVING_ROLES = Role.Write.and_above()
 
 
 def parse_group_spec(spec: str) -> tuple[str, Role]:
@@ -371,3 +381,176 @@ class WorkerService:
                 self.context.attachments_bucket, f"{group_name}/{key}", download_url_lifetime(attachment.size)
             )
             return DownloadResp(url=url, size=attachment.size)
+
+    # --- management by users ------------------------------------------------------------------
+
+    async def _worker(self, session: AsyncSession, worker_uuid: uuid_module.UUID) -> Worker:
+        worker = await session.scalar(sa.select(Worker).where(Worker.worker_id == worker_uuid))
+        if worker is None:
+            raise NotFound(f"Worker {worker_uuid}")
+        return worker
+
+    async def _require_access(self, session: AsyncSession, user: User | None, worker: Worker, role: Role) -> None:
+        """The caller needs ``role`` in some group that itself has ``role`` on the worker (reference
+        6.5: Read to see it, Write to retag it, Admin to shut it down or change its groups).
+        ``user=None`` is the administrators' route."""
+        if user is None:
+            return
+        allowed = await session.scalar(
+            sa.select(GroupWorker.id)
+            .join(UserGroup, UserGroup.group_id == GroupWorker.group_id)
+            .where(
+                GroupWorker.worker_id == worker.id,
+                GroupWorker.role.in_(role.and_above()),
+                UserGroup.user_id == user.id,
+                UserGroup.role.in_(role.and_above()),
+            )
+            .limit(1)
+        )
+        if allowed is None:
+            raise PermissionDenied(f"this needs role {role.value} in a group with {role.value} on the worker")
+
+    async def _info(self, session: AsyncSession, worker: Worker) -> WorkerInfo:
+        creator = await session.scalar(sa.select(User.username).where(User.id == worker.creator_id))
+        current = await session.scalar(
+            sa.select(Task.uuid).where(Task.assigned_worker_id == worker.id, Task.archived_at.is_(None))
+        )
+        return WorkerInfo(
+            worker_id=worker.worker_id, creator_username=creator or "", tags=worker.tags, labels=worker.labels,
+            created_at=worker.created_at, updated_at=worker.updated_at, state=worker.state,
+            last_heartbeat=worker.last_heartbeat, assigned_task_id=current,
+        )
+
+    async def describe(self, user: User, worker_uuid: uuid_module.UUID) -> WorkerQueryResp:
+        async with self.context.db.read() as session:
+            worker = await self._worker(session, worker_uuid)
+            await self._require_access(session, user, worker, Role.Read)
+            rows = await session.execute(
+                sa.select(Group.group_name, GroupWorker.role)
+                .join(GroupWorker, GroupWorker.group_id == Group.id)
+                .where(GroupWorker.worker_id == worker.id)
+                .order_by(Group.group_name)
+            )
+            return WorkerQueryResp(info=await self._info(session, worker), groups=dict(rows.all()))
+
+    async def _matching(self, session: AsyncSession, group: Group, request: WorkerFilter, roles: list[Role]) -> list[Worker]:
+        query = (
+            sa.select(Worker)
+            .join(GroupWorker, GroupWorker.worker_id == Worker.id)
+            .where(GroupWorker.group_id == group.id, GroupWorker.role.in_(roles))
+            .order_by(Worker.id.desc())
+        )
+        if request.creator_username:
+            query = query.join(User, User.id == Worker.creator_id).where(User.username == request.creator_username)
+        workers = (await session.scalars(query)).all()
+        # tags and labels: "contains all", on the JSON lists (a group has tens of workers, not millions)
+        return [
+            w for w in workers
+            if set(request.tags or ()) <= set(w.tags) and set(request.labels or ()) <= set(w.labels)
+        ]
+
+    async def query(self, user: User, request: WorkersQueryReq) -> WorkersQueryResp:
+        async with self.context.db.read() as session:
+            group = await group_by_name(session, request.group_name or user.username)
+            await require_role(session, user, group, Role.Read)
+            workers = await self._matching(session, group, request, request.role or list(Role))
+            infos = [] if request.count else [await self._info(session, w) for w in workers]
+            return WorkersQueryResp(count=len(workers), workers=infos, group_name=group.group_name)
+
+    async def update_tags(self, user: User, worker_uuid: uuid_module.UUID, tags: list[str] | None = None, labels: list[str] | None = None) -> None:
+        """New tags apply at the worker's next fetch (the queue is the database, not a cache)."""
+        async with self.context.db.write() as session:
+            worker = await self._worker(session, worker_uuid)
+            await self._require_access(session, user, worker, Role.Write)
+            if tags is not None:
+                worker.tags = tags
+            if labels is not None:
+                worker.labels = labels
+        self.notify_ready()
+
+    async def set_groups(self, user: User | None, worker_uuid: uuid_module.UUID, relations: dict[str, Role]) -> None:
+        async with self.context.db.write() as session:
+            worker = await self._worker(session, worker_uuid)
+            await self._require_access(session, user, worker, Role.Admin)
+            groups = await self._groups(session, list(relations))
+            links = {link.group_id: link for link in (await session.scalars(sa.select(GroupWorker).where(GroupWorker.worker_id == worker.id))).all()}
+            for name, role in relations.items():
+                group = groups[name]
+                # handing a worker to a group gives it the group's tasks: Write there (Admin to grant Admin)
+                await require_role(session, user, group, Role.Admin if role is Role.Admin else Role.Write)
+                if group.id in links:
+                    links[group.id].role = role
+                else:
+                    session.add(GroupWorker(group_id=group.id, worker_id=worker.id, role=role))
+        self.notify_ready()
+
+    async def remove_groups(self, user: User | None, worker_uuid: uuid_module.UUID, names: list[str]) -> None:
+        async with self.context.db.write() as session:
+            worker = await self._worker(session, worker_uuid)
+            await self._require_access(session, user, worker, Role.Admin)
+            groups = await self._groups(session, names)
+            await session.execute(
+                sa.delete(GroupWorker).where(
+                    GroupWorker.worker_id == worker.id, GroupWorker.group_id.in_([g.id for g in groups.values()])
+                )
+            )
+
+    @staticmethod
+    async def _groups(session: AsyncSession, names: list[str]) -> dict[str, Group]:
+        groups = {g.group_name: g for g in (await session.scalars(sa.select(Group).where(Group.group_name.in_(names)))).all()}
+        if len(groups) != len(set(names)):
+            raise InvalidRequest(f"Some groups do not exist: {', '.join(sorted(set(names) - set(groups)))}")
+        return groups
+
+    async def _shut_down(self, session: AsyncSession, worker: Worker, op: WorkerShutdownOp) -> bool:
+        """Force: remove now (its task is re-queued). Graceful: an idle worker goes now, a busy one
+        finishes its task and goes at its commit. Returns whether a task was re-queued."""
+        if op is WorkerShutdownOp.Graceful:
+            busy = await session.scalar(
+                sa.select(Task.id).where(Task.assigned_worker_id == worker.id, Task.archived_at.is_(None))
+            )
+            if busy is not None:
+                worker.state = WorkerState.GracefulShutdown
+                return False
+        log.info("worker %s shut down (%s)", worker.worker_id, op.value)
+        return await self._remove(session, worker)
+
+    async def shutdown(self, user: User | None, worker_uuid: uuid_module.UUID, op: WorkerShutdownOp) -> None:
+        async with self.context.db.write() as session:
+            worker = await self._worker(session, worker_uuid)
+            await self._require_access(session, user, worker, Role.Admin)
+            requeued = await self._shut_down(session, worker, op)
+        if requeued:
+            self.notify_ready()
+
+    async def shutdown_many(self, user: User, request: WorkersShutdownReq) -> WorkersShutdownResp:
+        """Shut down the workers on which the group (default: personal) has Admin, matching the filter."""
+        requeued = False
+        async with self.context.db.write() as session:
+            group = await group_by_name(session, request.group_name or user.username)
+            await require_role(session, user, group, Role.Admin)
+            roles = [r for r in (request.role or [Role.Admin]) if r is Role.Admin] or [Role.Admin]
+            workers = await self._matching(session, group, request, roles)
+            for worker in workers:
+                requeued = await self._shut_down(session, worker, request.op) or requeued
+        if requeued:
+            self.notify_ready()
+        return WorkersShutdownResp(shutdown_count=len(workers), group_name=group.group_name)
+
+    async def shutdown_list(self, user: User, request: WorkersShutdownListReq) -> WorkersShutdownListResp:
+        done: list[uuid_module.UUID] = []
+        requeued = False
+        async with self.context.db.write() as session:
+            for worker_uuid in request.uuids:
+                worker = await session.scalar(sa.select(Worker).where(Worker.worker_id == worker_uuid))
+                if worker is None:
+                    continue
+                try:
+                    await self._require_access(session, user, worker, Role.Admin)
+                except PermissionDenied:
+                    continue
+                requeued = await self._shut_down(session, worker, request.op) or requeued
+                done.append(worker_uuid)
+        if requeued:
+            self.notify_ready()
+        return WorkersShutdownListResp(shutdown_count=len(done), failed_uuids=[u for u in request.uuids if u not in done])
