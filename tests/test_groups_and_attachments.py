@@ -136,3 +136,14 @@ def test_admin_user_management_and_quotas(platform: Platform) -> None:
     assert http("POST", f"{platform.url}/login", {"username": "fred", "password": "reset"}).status == 403
     platform.add_user("gina")
     assert platform.api("POST", "/admin/users/fred/state", {"state": "Active"}, user="gina").status == 403
+
+
+def test_admin_shutdown_needs_the_logged_secret(platform: Platform) -> None:
+    platform.add_user("quinn")
+    secret = next(line.split("Set random shutdown secret: ")[1].strip() for line in platform.log.splitlines() if "shutdown secret" in line)
+    assert platform.api("POST", "/admin/shutdown", {"secret": secret}, user="quinn").status == 403
+    assert platform.api("POST", "/admin/shutdown", {"secret": "guess"}).status == 403
+    assert platform.coordinator.poll() is None
+    assert platform.api("POST", "/admin/shutdown", {"secret": secret}).status == 200
+    assert platform.coordinator.wait(30) == 0
+    assert "coordinator shutting down" in platform.log

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 from importlib import import_module
 
@@ -67,6 +68,9 @@ class Coordinator:
         self.tasks = TaskService(self.context, on_ready=self.workers.notify_ready)
         self._server: HTTPServer | None = None
         self._background: list[asyncio.Task[None]] = []
+        # POST /admin/shutdown must present this; it is only ever written to the log (reference 1.3)
+        self.shutdown_secret = secrets.token_urlsafe(24)
+        self.stopping = asyncio.Event()
 
     def make_app(self) -> Application:
         handlers = []
@@ -83,6 +87,7 @@ class Coordinator:
         self._server = HTTPServer(self.make_app(), max_body_size=MAX_JSON_BODY, idle_connection_timeout=3600)
         self._server.listen(port, host)
         self._background.append(asyncio.create_task(self.workers.reap_forever()))
+        log.warning("Set random shutdown secret: %s", self.shutdown_secret)
         log.info("coordinator listening on http://%s:%d (database: %s)", host, port, self.context.db.engine.url.render_as_string(hide_password=True))
 
     async def _start_events(self) -> None:
@@ -118,13 +123,12 @@ class Coordinator:
 async def serve(config: CoordinatorConfig) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly."""
     coordinator = Coordinator(config)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, coordinator.stopping.set)
     await coordinator.start()
     try:
-        await stop.wait()
+        await coordinator.stopping.wait()
     finally:
         log.info("coordinator shutting down")
         await coordinator.stop()

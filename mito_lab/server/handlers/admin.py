@@ -1,5 +1,7 @@
 """System administration (``users.admin``)."""
 
+import asyncio
+import hmac
 import uuid
 
 from mito_lab.server.db.models import User
@@ -14,6 +16,7 @@ from mito_lab.wire import (
     CreateUserReq,
     GroupQuotaReq,
     GroupQuotaResp,
+    ShutdownReq,
     StorageQuotaReq,
     StorageQuotaResp,
     UserState,
@@ -97,7 +100,18 @@ class AdminWorkerHandler(AdminHandler):
         self.send(None)
 
 
+class AdminShutdownHandler(AdminHandler):
+    async def post(self) -> None:
+        """Stop the coordinator gracefully; the secret is the one it logged when it started."""
+        await self.admin()
+        if not hmac.compare_digest(self.body(ShutdownReq).secret, self.mito.shutdown_secret):
+            raise PermissionDenied("wrong shutdown secret")
+        self.send(None)
+        asyncio.get_running_loop().call_later(0.1, self.mito.stopping.set)  # after this answer is out
+
+
 default_handlers = [
+    (r"/admin/shutdown", AdminShutdownHandler),
     (r"/admin/users", AdminUsersHandler),
     (rf"/admin/users/{USER}", AdminUserHandler),
     (rf"/admin/users/{USER}/password", AdminUserPasswordHandler),
