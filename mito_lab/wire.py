@@ -19,8 +19,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    model_validator,
     field_validator,
+    model_validator,
 )
 
 from mito_lab.config import format_duration, parse_duration

@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mito_lab.wire import DownloadResp, SubmitTaskResp, TaskInfo, TaskQueryResp, TasksQueryResp
+from mito_lab.wire import (
+    DownloadResp,
+    SubmitTaskResp,
+    TaskInfo,
+    TaskQueryResp,
+    TasksQueryResp,
+)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

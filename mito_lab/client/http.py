@@ -11,7 +11,12 @@ from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 from pydantic import BaseModel, ValidationError
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.httpclient import (
+    AsyncHTTPClient,
+    HTTPClientError,
+    HTTPRequest,
+    HTTPResponse,
+)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 CHUNK = 1 << 20

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import secrets
 import signal
@@ -13,8 +15,14 @@ from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
 from mito_lab.config import CoordinatorConfig
+from mito_lab.server import openapi
 from mito_lab.server.db.engine import Database
-from mito_lab.server.events import RedisEvents, access_url, create_acl_users, make_events
+from mito_lab.server.events import (
+    RedisEvents,
+    access_url,
+    create_acl_users,
+    make_events,
+)
 from mito_lab.server.handlers.base import NotFoundHandler
 from mito_lab.server.services.attachments import AttachmentService
 from mito_lab.server.services.auth import Tokens, load_or_create_keys
@@ -72,11 +80,19 @@ class Coordinator:
         self.shutdown_secret = secrets.token_urlsafe(24)
         self.stopping = asyncio.Event()
 
-    def make_app(self) -> Application:
+    @staticmethod
+    def routes() -> list[tuple[str, type]]:
         handlers = []
         for name in HANDLER_MODULES:
             handlers.extend(import_module(f"mito_lab.server.handlers.{name}").default_handlers)
-        return Application(handlers, default_handler_class=NotFoundHandler, mito=self, compress_response=False)
+        return handlers
+
+    @functools.cache  # noqa: B019 - one coordinator per process; the document never changes
+    def openapi(self) -> bytes:
+        return json.dumps(openapi.build(self.routes())).encode()
+
+    def make_app(self) -> Application:
+        return Application(self.routes(), default_handler_class=NotFoundHandler, mito=self, compress_response=False)
 
     async def start(self) -> None:
         await self._start_events()

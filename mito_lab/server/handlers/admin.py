@@ -6,7 +6,7 @@ import uuid
 
 from mito_lab.server.db.models import User
 from mito_lab.server.errors import PermissionDenied
-from mito_lab.server.handlers.base import ApiHandler
+from mito_lab.server.handlers.base import ApiHandler, operation
 from mito_lab.server.handlers.groups import GROUP
 from mito_lab.server.handlers.tasks import TASK, content_type
 from mito_lab.server.handlers.workers import WORKER, shutdown_op
@@ -35,14 +35,16 @@ class AdminHandler(ApiHandler):
 
 
 class AdminUsersHandler(AdminHandler):
+    @operation("Create a user (system administrators)", CreateUserReq, auth="admin")
     async def post(self) -> None:
         await self.admin()
-        request = self.body(CreateUserReq)
+        request = self.body()
         await self.mito.users.create(request.username, request.digest(), request.admin)
         self.send(None)
 
 
 class AdminUserHandler(AdminHandler):
+    @operation("Soft-delete a user", response=UserStateResp, auth="admin")
     async def delete(self, username: str) -> None:
         """Soft delete: the user can no longer log in; their data stays."""
         await self.admin()
@@ -50,33 +52,38 @@ class AdminUserHandler(AdminHandler):
 
 
 class AdminUserPasswordHandler(AdminHandler):
+    @operation("Reset a user's password (ends their sessions)", AdminChangePasswordReq, auth="admin")
     async def post(self, username: str) -> None:
         await self.admin()
-        await self.mito.users.set_password(username, bytes(self.body(AdminChangePasswordReq).new_md5_password))
+        await self.mito.users.set_password(username, bytes(self.body().new_md5_password))
         self.send(None)
 
 
 class AdminUserStateHandler(AdminHandler):
+    @operation("Set a user's state", ChangeUserStateReq, UserStateResp, auth="admin")
     async def post(self, username: str) -> None:
         await self.admin()
-        self.send(UserStateResp(state=await self.mito.users.set_state(username, self.body(ChangeUserStateReq).state)))
+        self.send(UserStateResp(state=await self.mito.users.set_state(username, self.body().state)))
 
 
 class AdminGroupQuotaHandler(AdminHandler):
+    @operation("Change how many groups a user may create (N, =N, +N, -N)", GroupQuotaReq, GroupQuotaResp, auth="admin")
     async def post(self, username: str) -> None:
         await self.admin()
-        quota = await self.mito.users.adjust_group_quota(username, self.body(GroupQuotaReq).group_quota)
+        quota = await self.mito.users.adjust_group_quota(username, self.body().group_quota)
         self.send(GroupQuotaResp(group_quota=quota))
 
 
 class AdminStorageQuotaHandler(AdminHandler):
+    @operation("Change a group's storage quota (e.g. +1GB, =500MB)", StorageQuotaReq, StorageQuotaResp, auth="admin")
     async def post(self, group: str) -> None:
         await self.admin()
-        quota = await self.mito.groups.adjust_storage_quota(group, self.body(StorageQuotaReq).storage_quota)
+        quota = await self.mito.groups.adjust_storage_quota(group, self.body().storage_quota)
         self.send(StorageQuotaResp(storage_quota=quota))
 
 
 class AdminAttachmentHandler(AdminHandler):
+    @operation("Delete any attachment at once", auth="admin")
     async def delete(self, group: str, key: str) -> None:
         """Delete any attachment at once (no one-hour guard)."""
         await self.admin()
@@ -85,6 +92,7 @@ class AdminAttachmentHandler(AdminHandler):
 
 
 class AdminArtifactHandler(AdminHandler):
+    @operation("Delete any artifact at once", auth="admin")
     async def delete(self, task_uuid: str, kind: str) -> None:
         """Delete any artifact at once (no one-hour guard)."""
         await self.admin()
@@ -93,6 +101,7 @@ class AdminArtifactHandler(AdminHandler):
 
 
 class AdminWorkerHandler(AdminHandler):
+    @operation("Shut down any worker", auth="admin", query={"op": "graceful (default) or force"})
     async def delete(self, worker_uuid: str) -> None:
         """Shut down any worker (``?op=graceful`` or ``?op=force``)."""
         await self.admin()
@@ -101,10 +110,11 @@ class AdminWorkerHandler(AdminHandler):
 
 
 class AdminShutdownHandler(AdminHandler):
+    @operation("Stop the coordinator (the secret is in its start-up log)", ShutdownReq, auth="admin")
     async def post(self) -> None:
         """Stop the coordinator gracefully; the secret is the one it logged when it started."""
         await self.admin()
-        if not hmac.compare_digest(self.body(ShutdownReq).secret, self.mito.shutdown_secret):
+        if not hmac.compare_digest(self.body().secret, self.mito.shutdown_secret):
             raise PermissionDenied("wrong shutdown secret")
         self.send(None)
         asyncio.get_running_loop().call_later(0.1, self.mito.stopping.set)  # after this answer is out

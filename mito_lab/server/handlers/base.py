@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -16,8 +18,35 @@ from mito_lab.server.services.context import Context
 
 log = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
 
 UUID_PATTERN = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """What a handler method accepts and answers: the source of ``/openapi.json``."""
+
+    summary: str
+    request: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    auth: str = "user"  # "user", "worker", "admin" or "none"
+    answer: str = "json"  # "json", "empty" (empty 200), "null" (JSON null), "text" (plain text)
+    nullable: bool = False  # the JSON answer may be null
+    query: tuple[tuple[str, str], ...] = ()  # (name, description) of query parameters
+
+
+def operation(summary: str, request: type[BaseModel] | None = None, response: type[BaseModel] | None = None, **options: Any) -> Callable[[F], F]:
+    if "query" in options:
+        options["query"] = tuple(options["query"].items())
+    if response is None and "answer" not in options:
+        options["answer"] = "empty"
+
+    def mark(method: F) -> F:
+        method.operation = Operation(summary, request, response, **options)  # type: ignore[attr-defined]
+        return method
+
+    return mark
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -45,7 +74,12 @@ class ApiHandler(RequestHandler):
 
     # --- input ----------------------------------------------------------------------------------
 
-    def body(self, model: type[ModelT]) -> ModelT:
+    def body(self, model: type[ModelT] | None = None) -> Any:
+        """The JSON body parsed into ``model``, by default the request model the method declares."""
+        if model is None:
+            declared = getattr(getattr(self, (self.request.method or "").lower()), "operation", None)
+            model = declared.request if declared else None
+            assert model is not None, "the handler method declares no request model"
         try:
             data = json.loads(self.request.body or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -1,33 +1,42 @@
 """Groups and their members."""
 
-from mito_lab.server.handlers.base import ApiHandler
 from mito_lab.server.errors import InvalidRequest
-from mito_lab.wire import CreateGroupReq, RemoveGroupMembersReq, UpdateGroupMembersReq
+from mito_lab.server.handlers.base import ApiHandler, operation
+from mito_lab.wire import (
+    CreateGroupReq,
+    GroupQueryInfo,
+    RemoveGroupMembersReq,
+    UpdateGroupMembersReq,
+)
 
 GROUP = r"(?P<group>[^/]+)"
 
 
 class GroupsHandler(ApiHandler):
+    @operation("Create a group", CreateGroupReq)
     async def post(self) -> None:
         user = await self.user()
-        request = self.body(CreateGroupReq)
+        request = self.body()
         await self.mito.groups.create(user, request.group_name)
         self.send(None)
 
 
 class GroupHandler(ApiHandler):
+    @operation("A group's information", response=GroupQueryInfo)
     async def get(self, group: str) -> None:
         user = await self.user()
         self.send(await self.mito.groups.info(user, group))
 
 
 class GroupMembersHandler(ApiHandler):
+    @operation("Add members or change their roles", UpdateGroupMembersReq)
     async def put(self, group: str) -> None:
         user = await self.user()
-        request = self.body(UpdateGroupMembersReq)
+        request = self.body()
         await self.mito.groups.set_members(user, group, request.relations)
         self.send(None)
 
+    @operation("Remove members", query={"users": "a username (repeat the parameter for several)"})
     async def delete(self, group: str) -> None:
         """``DELETE /groups/{g}/users?users=a&users=b``."""
         user = await self.user()
@@ -39,10 +48,11 @@ class GroupMembersHandler(ApiHandler):
 
 
 class GroupMembersRemoveHandler(ApiHandler):
+    @operation("Remove members", RemoveGroupMembersReq)
     async def post(self, group: str) -> None:
         """The same as the DELETE, with a JSON body ``{"users": [...]}``."""
         user = await self.user()
-        await self.mito.groups.remove_members(user, group, self.body(RemoveGroupMembersReq).users)
+        await self.mito.groups.remove_members(user, group, self.body().users)
         self.send(None)
 
 

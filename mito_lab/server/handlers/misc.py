@@ -1,22 +1,30 @@
 """Health, login and token check."""
 
-from mito_lab.server.handlers.base import ApiHandler
-from mito_lab.wire import HealthResp, LoginReq, LoginResp, RedisConnectionInfo
+from mito_lab.server.handlers.base import ApiHandler, operation
+from mito_lab.wire import (
+    HealthResp,
+    LoginReq,
+    LoginResp,
+    RedisConnectionInfo,
+)
 
 
 class HealthHandler(ApiHandler):
+    @operation("Liveness", response=HealthResp, auth="none")
     def get(self) -> None:
         self.send(HealthResp())
 
 
 class LoginHandler(ApiHandler):
+    @operation("Log in", LoginReq, LoginResp, auth="none")
     async def post(self) -> None:
-        request = self.body(LoginReq)
+        request = self.body()
         token = await self.mito.users.login(request.username, request.digest(), request.retain, self.request.remote_ip)
         self.send(LoginResp(token=token))
 
 
 class AuthHandler(ApiHandler):
+    @operation("The username behind the token", answer="text")
     async def get(self) -> None:
         user = await self.user()
         self.set_header("Content-Type", "text/plain; charset=utf-8")
@@ -24,10 +32,17 @@ class AuthHandler(ApiHandler):
 
 
 class RedisHandler(ApiHandler):
+    @operation("The read-only Redis URL for clients (null without Redis)", response=RedisConnectionInfo)
     async def get(self) -> None:
         """The read-only Redis URL for clients, or null when the coordinator runs without Redis."""
         await self.user()
         self.send(RedisConnectionInfo(url=self.context.redis_client_url))
+
+
+class OpenApiHandler(ApiHandler):
+    def get(self) -> None:
+        """The API description, generated from the routes and the wire models (built once)."""
+        self.finish(self.mito.openapi())
 
 
 default_handlers = [
@@ -35,4 +50,5 @@ default_handlers = [
     (r"/login", LoginHandler),
     (r"/auth", AuthHandler),
     (r"/redis", RedisHandler),
+    (r"/openapi.json", OpenApiHandler),
 ]

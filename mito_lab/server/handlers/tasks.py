@@ -3,18 +3,29 @@
 import uuid
 
 from mito_lab.server.errors import InvalidRequest
-from mito_lab.server.handlers.base import UUID_PATTERN, ApiHandler
+from mito_lab.server.handlers.base import UUID_PATTERN, ApiHandler, operation
 from mito_lab.wire import (
     ArtifactContentType,
+    ArtifactsDownloadResp,
     ArtifactsFilterReq,
     ArtifactsListReq,
     BatchSubmitReq,
+    BatchSubmitResp,
+    CancelListResp,
     ChangeTaskReq,
+    DeleteArtifactsListResp,
+    DeleteArtifactsResp,
+    DownloadResp,
     SubmitTaskReq,
+    SubmitTaskResp,
+    TaskQueryResp,
     TasksCancelReq,
+    TasksCancelResp,
     TasksQueryReq,
+    TasksQueryResp,
     UpdateLabelsReq,
     UploadArtifactReq,
+    UploadResp,
     UuidsReq,
 )
 
@@ -29,27 +40,32 @@ def content_type(value: str) -> ArtifactContentType:
 
 
 class TasksHandler(ApiHandler):
+    @operation("Submit a task", SubmitTaskReq, SubmitTaskResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.tasks.submit(user, self.body(SubmitTaskReq)))
+        self.send(await self.mito.tasks.submit(user, self.body()))
 
 
 class BatchSubmitHandler(ApiHandler):
+    @operation("Submit several tasks", BatchSubmitReq, BatchSubmitResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.tasks.submit_many(user, self.body(BatchSubmitReq)))
+        self.send(await self.mito.tasks.submit_many(user, self.body()))
 
 
 class TaskHandler(ApiHandler):
+    @operation("A task and its artifacts", response=TaskQueryResp)
     async def get(self, task_uuid: str) -> None:
         user = await self.user()
         self.send(await self.mito.tasks.get(user, uuid.UUID(task_uuid)))
 
+    @operation("Change a task no worker holds yet", ChangeTaskReq)
     async def put(self, task_uuid: str) -> None:
         user = await self.user()
-        await self.mito.tasks.change(user, uuid.UUID(task_uuid), self.body(ChangeTaskReq))
+        await self.mito.tasks.change(user, uuid.UUID(task_uuid), self.body())
         self.send(None)
 
+    @operation("Cancel a task no worker holds yet")
     async def delete(self, task_uuid: str) -> None:
         user = await self.user()
         await self.mito.tasks.cancel(user, uuid.UUID(task_uuid))
@@ -57,40 +73,46 @@ class TaskHandler(ApiHandler):
 
 
 class TaskLabelsHandler(ApiHandler):
+    @operation("Replace a task's labels", UpdateLabelsReq)
     async def put(self, task_uuid: str) -> None:
         user = await self.user()
-        await self.mito.tasks.update_labels(user, uuid.UUID(task_uuid), self.body(UpdateLabelsReq).labels)
+        await self.mito.tasks.update_labels(user, uuid.UUID(task_uuid), self.body().labels)
         self.send(None)
 
 
 class TasksQueryHandler(ApiHandler):
+    @operation("Query a group's tasks, newest first", TasksQueryReq, TasksQueryResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.tasks.query(user, self.body(TasksQueryReq)))
+        self.send(await self.mito.tasks.query(user, self.body()))
 
 
 class TasksCancelHandler(ApiHandler):
+    @operation("Cancel the Ready and Pending tasks matching a filter", TasksCancelReq, TasksCancelResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.tasks.cancel_many(user, self.body(TasksCancelReq)))
+        self.send(await self.mito.tasks.cancel_many(user, self.body()))
 
 
 class TasksCancelListHandler(ApiHandler):
+    @operation("Cancel the listed tasks", UuidsReq, CancelListResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.tasks.cancel_list(user, self.body(UuidsReq).uuids))
+        self.send(await self.mito.tasks.cancel_list(user, self.body().uuids))
 
 
 class TaskArtifactsHandler(ApiHandler):
+    @operation("Ask for an artifact upload URL", UploadArtifactReq, UploadResp)
     async def post(self, task_uuid: str) -> None:
         user = await self.user()
-        request = self.body(UploadArtifactReq)
+        request = self.body()
         self.send(
             await self.mito.tasks.upload_artifact(user, uuid.UUID(task_uuid), request.content_type, request.content_length)
         )
 
 
 class TaskArtifactHandler(ApiHandler):
+    @operation("Delete an artifact (not within an hour of its upload)")
     async def delete(self, task_uuid: str, kind: str) -> None:
         user = await self.user()
         await self.mito.tasks.delete_artifact(user, uuid.UUID(task_uuid), content_type(kind))
@@ -98,33 +120,38 @@ class TaskArtifactHandler(ApiHandler):
 
 
 class TaskArtifactDownloadHandler(ApiHandler):
+    @operation("An artifact's download URL", response=DownloadResp)
     async def get(self, task_uuid: str, kind: str) -> None:
         user = await self.user()
         self.send(await self.mito.tasks.download_artifact(user, uuid.UUID(task_uuid), content_type(kind)))
 
 
 class ArtifactsDownloadHandler(ApiHandler):
+    @operation("Download URLs of one artifact type of the tasks matching a filter", ArtifactsFilterReq, ArtifactsDownloadResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.tasks.download_artifacts(user, self.body(ArtifactsFilterReq)))
+        self.send(await self.mito.tasks.download_artifacts(user, self.body()))
 
 
 class ArtifactsDownloadListHandler(ApiHandler):
+    @operation("Download URLs of one artifact type of the listed tasks", ArtifactsListReq, ArtifactsDownloadResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.tasks.download_artifacts_list(user, self.body(ArtifactsListReq)))
+        self.send(await self.mito.tasks.download_artifacts_list(user, self.body()))
 
 
 class ArtifactsDeleteHandler(ApiHandler):
+    @operation("Delete one artifact type of the tasks matching a filter", ArtifactsFilterReq, DeleteArtifactsResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.tasks.delete_artifacts(user, self.body(ArtifactsFilterReq)))
+        self.send(await self.mito.tasks.delete_artifacts(user, self.body()))
 
 
 class ArtifactsDeleteListHandler(ApiHandler):
+    @operation("Delete one artifact type of the listed tasks", ArtifactsListReq, DeleteArtifactsListResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.tasks.delete_artifacts_list(user, self.body(ArtifactsListReq)))
+        self.send(await self.mito.tasks.delete_artifacts_list(user, self.body()))
 
 
 default_handlers = [

@@ -1,13 +1,18 @@
 """The caller's own account."""
 
-from mito_lab.server.handlers.base import ApiHandler
-from mito_lab.wire import ChangePasswordReq, LoginResp, UserGroupsResp
+from mito_lab.server.handlers.base import ApiHandler, operation
+from mito_lab.wire import (
+    ChangePasswordReq,
+    LoginResp,
+    UserGroupsResp,
+)
 
 
 class PasswordHandler(ApiHandler):
+    @operation("Change your password (your other sessions end)", ChangePasswordReq, LoginResp)
     async def post(self, username: str) -> None:
         user = await self.user()
-        request = self.body(ChangePasswordReq)
+        request = self.body()
         token = await self.mito.users.change_password(
             user, username, bytes(request.old_md5_password), bytes(request.new_md5_password)
         )
@@ -15,6 +20,7 @@ class PasswordHandler(ApiHandler):
 
 
 class MyGroupsHandler(ApiHandler):
+    @operation("Your groups and roles", response=UserGroupsResp)
     async def get(self) -> None:
         user = await self.user()
         self.send(UserGroupsResp(groups=await self.mito.groups.my_groups(user)))

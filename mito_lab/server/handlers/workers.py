@@ -3,21 +3,29 @@
 import uuid
 
 from mito_lab.server.errors import InvalidRequest
-from mito_lab.server.handlers.base import ApiHandler
+from mito_lab.server.handlers.base import UUID_PATTERN, ApiHandler, operation
 from mito_lab.server.handlers.tasks import TASK, content_type
-from mito_lab.server.handlers.base import UUID_PATTERN
 from mito_lab.wire import (
     MAX_FETCH_WAIT_SECONDS,
+    DownloadResp,
     RegisterWorkerReq,
+    RegisterWorkerResp,
     RemoveWorkerGroupsReq,
     ReportTaskReq,
+    ReportTaskResp,
+    TaskQueryResp,
     UpdateLabelsReq,
     UpdateTagsReq,
     UpdateWorkerGroupsReq,
-    WorkersQueryReq,
+    WorkerQueryResp,
     WorkerShutdownOp,
+    WorkersQueryReq,
+    WorkersQueryResp,
     WorkersShutdownListReq,
+    WorkersShutdownListResp,
     WorkersShutdownReq,
+    WorkersShutdownResp,
+    WorkerTaskResp,
 )
 
 WORKER = rf"(?P<worker_uuid>{UUID_PATTERN})"
@@ -31,11 +39,13 @@ def shutdown_op(handler: ApiHandler) -> WorkerShutdownOp:
 
 
 class WorkersHandler(ApiHandler):
+    @operation("Register a worker (user token)", RegisterWorkerReq, RegisterWorkerResp)
     async def post(self) -> None:
         """Register: needs a *user* token."""
         user = await self.user()
-        self.send(await self.mito.workers.register(user, self.body(RegisterWorkerReq)))
+        self.send(await self.mito.workers.register(user, self.body()))
 
+    @operation("Unregister (worker token); its task goes back to Ready", auth="worker", answer="null")
     async def delete(self) -> None:
         """Unregister: needs the worker's own token."""
         worker = await self.worker()
@@ -44,6 +54,7 @@ class WorkersHandler(ApiHandler):
 
 
 class HeartbeatHandler(ApiHandler):
+    @operation("Heartbeat", auth="worker", answer="null")
     async def post(self) -> None:
         worker = await self.worker()
         await self.mito.workers.heartbeat(worker)
@@ -56,6 +67,7 @@ class WorkerTasksHandler(ApiHandler):
     def on_connection_close(self) -> None:
         self._gone = True
 
+    @operation("Fetch a task, or null", response=WorkerTaskResp, auth="worker", nullable=True, query={"wait": "seconds to long-poll for a task (0 to 600)"})
     async def get(self) -> None:
         """Fetch. ``?wait=SECONDS`` long-polls; without it the answer is immediate, as the reference."""
         worker = await self.worker()
@@ -69,35 +81,41 @@ class WorkerTasksHandler(ApiHandler):
         if not self._gone:
             self.send(task, null=True)
 
+    @operation("Report on the worker's task", ReportTaskReq, ReportTaskResp, auth="worker")
     async def post(self) -> None:
         """Report Finish, Cancel, Upload, Submit or Commit for the worker's task."""
         worker = await self.worker()
-        self.send(await self.mito.workers.report(worker, self.body(ReportTaskReq)))
+        self.send(await self.mito.workers.report(worker, self.body()))
 
 
 class WorkerTaskHandler(ApiHandler):
+    @operation("A task of one of the worker's groups", response=TaskQueryResp, auth="worker")
     async def get(self, task_uuid: str) -> None:
         worker = await self.worker()
         self.send(await self.mito.workers.get_task(worker, uuid.UUID(task_uuid)))
 
 
 class WorkerArtifactHandler(ApiHandler):
+    @operation("An artifact download URL (a resource)", response=DownloadResp, auth="worker")
     async def get(self, task_uuid: str, kind: str) -> None:
         worker = await self.worker()
         self.send(await self.mito.workers.download_artifact(worker, uuid.UUID(task_uuid), content_type(kind)))
 
 
 class WorkerAttachmentHandler(ApiHandler):
+    @operation("An attachment of the running task's group (a resource)", response=DownloadResp, auth="worker")
     async def get(self, task_uuid: str, key: str) -> None:
         worker = await self.worker()
         self.send(await self.mito.workers.download_attachment(worker, uuid.UUID(task_uuid), key))
 
 
 class WorkerHandler(ApiHandler):
+    @operation("A worker and its groups", response=WorkerQueryResp)
     async def get(self, worker_uuid: str) -> None:
         user = await self.user()
         self.send(await self.mito.workers.describe(user, uuid.UUID(worker_uuid)))
 
+    @operation("Shut a worker down", query={"op": "graceful (default) or force"})
     async def delete(self, worker_uuid: str) -> None:
         """Shut a worker down: ``?op=graceful`` (default) or ``?op=force``."""
         user = await self.user()
@@ -106,25 +124,29 @@ class WorkerHandler(ApiHandler):
 
 
 class WorkerTagsHandler(ApiHandler):
+    @operation("Replace a worker's tags", UpdateTagsReq)
     async def put(self, worker_uuid: str) -> None:
         user = await self.user()
-        await self.mito.workers.update_tags(user, uuid.UUID(worker_uuid), tags=self.body(UpdateTagsReq).tags)
+        await self.mito.workers.update_tags(user, uuid.UUID(worker_uuid), tags=self.body().tags)
         self.send(None)
 
 
 class WorkerLabelsHandler(ApiHandler):
+    @operation("Replace a worker's labels", UpdateLabelsReq)
     async def put(self, worker_uuid: str) -> None:
         user = await self.user()
-        await self.mito.workers.update_tags(user, uuid.UUID(worker_uuid), labels=self.body(UpdateLabelsReq).labels)
+        await self.mito.workers.update_tags(user, uuid.UUID(worker_uuid), labels=self.body().labels)
         self.send(None)
 
 
 class WorkerGroupsHandler(ApiHandler):
+    @operation("Give groups roles on a worker", UpdateWorkerGroupsReq)
     async def put(self, worker_uuid: str) -> None:
         user = await self.user()
-        await self.mito.workers.set_groups(user, uuid.UUID(worker_uuid), self.body(UpdateWorkerGroupsReq).relations)
+        await self.mito.workers.set_groups(user, uuid.UUID(worker_uuid), self.body().relations)
         self.send(None)
 
+    @operation("Take groups off a worker", query={"groups": "a group name (repeat the parameter for several)"})
     async def delete(self, worker_uuid: str) -> None:
         """``DELETE /workers/{uuid}/groups?groups=a&groups=b``."""
         user = await self.user()
@@ -136,29 +158,33 @@ class WorkerGroupsHandler(ApiHandler):
 
 
 class WorkerGroupsRemoveHandler(ApiHandler):
+    @operation("Take groups off a worker", RemoveWorkerGroupsReq)
     async def delete(self, worker_uuid: str) -> None:
         """The same, with a JSON body ``{"groups": [...]}`` (the reference's variant)."""
         user = await self.user()
-        await self.mito.workers.remove_groups(user, uuid.UUID(worker_uuid), self.body(RemoveWorkerGroupsReq).groups)
+        await self.mito.workers.remove_groups(user, uuid.UUID(worker_uuid), self.body().groups)
         self.send(None)
 
 
 class WorkersQueryHandler(ApiHandler):
+    @operation("Query the workers of a group", WorkersQueryReq, WorkersQueryResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.workers.query(user, self.body(WorkersQueryReq)))
+        self.send(await self.mito.workers.query(user, self.body()))
 
 
 class WorkersShutdownHandler(ApiHandler):
+    @operation("Shut down the workers matching a filter", WorkersShutdownReq, WorkersShutdownResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.workers.shutdown_many(user, self.body(WorkersShutdownReq)))
+        self.send(await self.mito.workers.shutdown_many(user, self.body()))
 
 
 class WorkersShutdownListHandler(ApiHandler):
+    @operation("Shut down the listed workers", WorkersShutdownListReq, WorkersShutdownListResp)
     async def post(self) -> None:
         user = await self.user()
-        self.send(await self.mito.workers.shutdown_list(user, self.body(WorkersShutdownListReq)))
+        self.send(await self.mito.workers.shutdown_list(user, self.body()))
 
 
 default_handlers = [

@@ -10,7 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mito_lab.server.db.models import Attachment, Group, User
 from mito_lab.server.errors import InvalidRequest, NotFound
 from mito_lab.server.services.context import Context
-from mito_lab.server.services.groups import charge_storage, group_by_name, locked_group, require_role
+from mito_lab.server.services.groups import (
+    charge_storage,
+    group_by_name,
+    locked_group,
+    require_role,
+)
 from mito_lab.server.services.tasks import DELETE_GUARD, now
 from mito_lab.server.storage import BATCH_DOWNLOAD_URL_LIFETIME, download_url_lifetime
 from mito_lab.wire import (

@@ -7,10 +7,16 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.models import Group, GroupWorker, User, UserGroup
-from mito_lab.server.errors import AlreadyExists, InvalidRequest, NotFound, PermissionDenied, QuotaExceeded
-from mito_lab.server.services.context import Context
 from mito_lab.config import parse_size
+from mito_lab.server.db.models import Group, GroupWorker, User, UserGroup
+from mito_lab.server.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+)
+from mito_lab.server.services.context import Context
 from mito_lab.wire import GroupQueryInfo, GroupState, Role
 
 

@@ -5,16 +5,28 @@ from __future__ import annotations
 import re
 import uuid as uuid_module
 from collections.abc import Callable, Sequence
-from datetime import timedelta
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.models import Artifact, Group, Task, TaskLabel, TaskTag, User, UserGroup
+from mito_lab.server.db.models import (
+    Artifact,
+    Group,
+    Task,
+    TaskLabel,
+    TaskTag,
+    User,
+    UserGroup,
+)
 from mito_lab.server.errors import ApiError, InvalidRequest, NotFound
 from mito_lab.server.services.context import Context
-from mito_lab.server.services.groups import charge_storage, group_by_name, locked_group, require_role
+from mito_lab.server.services.groups import (
+    charge_storage,
+    group_by_name,
+    locked_group,
+    require_role,
+)
 from mito_lab.server.storage import BATCH_DOWNLOAD_URL_LIFETIME, download_url_lifetime
 from mito_lab.wire import (
     ArtifactContentType,
@@ -35,20 +47,19 @@ from mito_lab.wire import (
     Role,
     SubmitTaskReq,
     SubmitTaskResp,
+    TaskFilter,
     TaskInfo,
     TaskQueryResp,
     TaskResultMessage,
     TaskResultSpec,
-    TaskFilter,
-    TaskSpec,
     TasksCancelReq,
     TasksCancelResp,
+    TaskSpec,
     TasksQueryReq,
     TasksQueryResp,
     TaskState,
     UploadResp,
 )
-
 
 # Objects younger than this cannot be deleted by non-administrators (reference 2.3, 2.4).
 DELETE_GUARD = timedelta(hours=1)

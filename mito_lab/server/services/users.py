@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from datetime import timezone, datetime
-
 import logging
+from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from mito_lab.server.db.models import User
-from mito_lab.server.errors import AlreadyExists, NotFound, PermissionDenied, WrongCredentials
+from mito_lab.server.errors import (
+    AlreadyExists,
+    NotFound,
+    PermissionDenied,
+    WrongCredentials,
+)
 from mito_lab.server.services.auth import hash_password, new_signature, verify_password
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import add_group, apply_adjustment, name_taken
 from mito_lab.wire import UserState, md5_password
-
 
 log = logging.getLogger(__name__)
 

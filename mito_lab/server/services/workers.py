@@ -17,8 +17,22 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.models import Attachment, Group, GroupWorker, Task, TaskTag, User, UserGroup, Worker
-from mito_lab.server.errors import InvalidRequest, NotFound, PermissionDenied, WrongCredentials
+from mito_lab.server.db.models import (
+    Attachment,
+    Group,
+    GroupWorker,
+    Task,
+    TaskTag,
+    User,
+    UserGroup,
+    Worker,
+)
+from mito_lab.server.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    WrongCredentials,
+)
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import group_by_name, require_role
 from mito_lab.server.services.tasks import (
@@ -48,9 +62,9 @@ from mito_lab.wire import (
     WorkerFilter,
     WorkerInfo,
     WorkerQueryResp,
+    WorkerShutdownOp,
     WorkersQueryReq,
     WorkersQueryResp,
-    WorkerShutdownOp,
     WorkersShutdownListReq,
     WorkersShutdownListResp,
     WorkersShutdownReq,

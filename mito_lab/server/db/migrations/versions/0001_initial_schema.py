@@ -5,10 +5,10 @@ Revises:
 Create Date: 2026-11-23 18:04:25.532034
 """
 
-from alembic import op
 import sqlalchemy as sa
-import mito_lab.server.db.models
+from alembic import op
 
+import mito_lab.server.db.models
 
 revision = '0001'
 down_revision = None
