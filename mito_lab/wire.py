@@ -172,6 +172,8 @@ class TaskResultMessage(_LenientEnum):
     WatchTimeout = "WatchTimeout"
     UserCancellation = "UserCancellation"
     SubmitNewTaskFailed = "SubmitNewTaskFailed"
+    # mito_lab: every attempt lost its worker (it was re-queued max_attempts times)
+    AttemptsExhausted = "AttemptsExhausted"
 
 
 class TaskExecState(_LenientEnum):
@@ -466,6 +468,7 @@ class SubmitTaskReq(Request):
     timeout: TaskTimeout = timedelta(minutes=10)
     priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
     task_spec: TaskSpec
+    max_attempts: int = Field(default=3, ge=1, le=100, description="runs allowed when workers are lost")
 
 
 class SubmitTaskResp(Response):
@@ -540,6 +543,10 @@ class TaskInfo(Response):
     upstream_task_uuid: UUID | None = None
     downstream_task_uuid: UUID | None = None
     reporter_uuid: UUID | None = None
+    attempts: int = 0
+    max_attempts: int = 3
+    exec_state: TaskExecState | None = None
+    cancel_requested: bool = False
 
 
 class ArtifactInfo(Response):
@@ -723,7 +730,13 @@ class UploadOp(Request):
     Upload: UploadArtifactReq
 
 
-ReportOp = Union[Literal["Finish", "Cancel"], SubmitOp, CommitOp, UploadOp]
+class ExecStateOp(Request):
+    """mito_lab: the worker reports each TaskExecState; the coordinator records and publishes it."""
+
+    ExecState: TaskExecState
+
+
+ReportOp = Union[Literal["Finish", "Cancel"], SubmitOp, CommitOp, UploadOp, ExecStateOp]
 
 
 class ReportTaskReq(Request):
@@ -733,3 +746,18 @@ class ReportTaskReq(Request):
 
 class ReportTaskResp(Response):
     url: str | None = None
+
+
+class WorkerSignal(Response):
+    """Answer to a long-polling heartbeat (``POST /workers/heartbeat?wait=S``): the tasks of this
+    worker that users cancelled, to be killed now. A plain heartbeat answers ``null``."""
+
+    cancel: list[UUID] = []
+
+
+class WatchResp(Response):
+    """``GET /workers/tasks/{uuid}/reaches/{state}``: has the task reached the state, and can it
+    still (an ended task that has not reached it never will)."""
+
+    reached: bool
+    possible: bool

@@ -35,7 +35,7 @@ from mito_lab.server.storage import LocalStore, ObjectStore, S3Store
 
 log = logging.getLogger(__name__)
 
-HANDLER_MODULES = ("misc", "users", "admin", "groups", "attachments", "tasks", "workers", "blobs")
+HANDLER_MODULES = ("misc", "users", "admin", "groups", "attachments", "tasks", "workers", "events", "blobs")
 MAX_JSON_BODY = 16 * 1024 * 1024  # blob uploads raise their own limit to the signed size
 
 

@@ -97,6 +97,11 @@ class RedisEvents(InProcessEvents):
         message = json.dumps({"origin": self._origin, "data": data})
         self._spawn(self.redis.publish(channel, message))
 
+    def publish_raw(self, channel: str, value: Any, ttl: int) -> None:
+        """The reference's Redis protocol: ``SET channel value EX ttl`` and ``PUBLISH channel value``."""
+        self._spawn(self.redis.set(channel, value, ex=ttl))
+        self._spawn(self.redis.publish(channel, value))
+
     def _spawn(self, operation: Any) -> None:
         async def run() -> None:
             try:

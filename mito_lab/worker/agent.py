@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import uuid as uuid_module
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,16 +29,20 @@ from mito_lab.wire import (
     ArtifactSource,
     CommitOp,
     DownloadResp,
+    ExecStateOp,
     RegisterWorkerReq,
     RegisterWorkerResp,
     ReportTaskReq,
     ReportTaskResp,
     SubmitOp,
     SubmitTaskReq,
+    TaskExecState,
     TaskResultMessage,
     TaskResultSpec,
     UploadArtifactReq,
     UploadOp,
+    WatchResp,
+    WorkerSignal,
     WorkerTaskResp,
 )
 from mito_lab.worker import packing, runner
@@ -46,6 +51,8 @@ log = logging.getLogger("mito_lab.worker")
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 30.0
 LONG_POLL_SLACK_SECONDS = 30.0
+PREPARE_SECONDS = 30 * 60  # resources plus watch, as the reference
+WATCH_POLL_SECONDS = 60.0
 # Variables of the worker's own configuration that a task must not inherit.
 PRIVATE_ENVIRONMENT = ("MITO_PASSWORD", "MITO_USER")
 
@@ -85,8 +92,16 @@ class WorkerClient:
     async def call(self, method: str, path: str, body: BaseModel | None = None, response: type[Any] | None = None, **options: Any) -> Any:
         return await self._retrying(lambda: self.session.call(method, path, body, response, **options), f"{method} /{path}")
 
-    async def heartbeat(self) -> None:
-        await self.call("POST", "workers/heartbeat")
+    async def heartbeat(self, wait: float = 0) -> WorkerSignal | None:
+        """A heartbeat; with ``wait`` it is held open until a cancellation comes or ``wait`` passes."""
+        query = f"?wait={wait:g}" if wait else ""
+        return await self.call("POST", "workers/heartbeat", None, WorkerSignal, query=query, timeout=wait + LONG_POLL_SLACK_SECONDS)
+
+    async def watch(self, target: uuid_module.UUID, state: TaskExecState, wait: float) -> WatchResp:
+        return await self.call(
+            "GET", f"workers/tasks/{target}/reaches/{state.value}", None, WatchResp,
+            query=f"?wait={wait:g}", timeout=wait + LONG_POLL_SLACK_SECONDS,
+        )
 
     async def fetch(self, wait: float) -> WorkerTaskResp | None:
         return await self.call(
@@ -141,12 +156,43 @@ class Agent:
         self.root = root
         self.stopping = client.stopping
         self.process: asyncio.subprocess.Process | None = None
+        self.current: WorkerTaskResp | None = None
+        self.cancelled: set[uuid_module.UUID] = set()  # tasks a user cancelled while we ran them
+        self._busy = asyncio.Event()  # wakes the heartbeat loop when a task starts
+        self._states: asyncio.Queue[tuple[WorkerTaskResp, TaskExecState]] = asyncio.Queue()
+
+    # --- background loops -----------------------------------------------------------------------
 
     async def heartbeats(self) -> None:
-        interval = self.config.heartbeat_interval.total_seconds()
+        """Heartbeats on their own timer. While a task runs, each heartbeat is held open by the
+        coordinator and answers at once if the task is cancelled, so it is killed within a second."""
+        interval = min(self.config.heartbeat_interval.total_seconds(), MAX_FETCH_WAIT_SECONDS)
         while True:
-            await asyncio.sleep(interval)
-            await self.client.heartbeat()
+            if self.current is None:
+                await self.client.heartbeat()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._busy.wait(), interval)
+                continue
+            signal_ = await self.client.heartbeat(wait=interval)
+            current = self.current
+            if signal_ and current is not None and current.uuid in signal_.cancel and current.uuid not in self.cancelled:
+                log.info("task %s: cancelled by a user; stopping it", current.uuid)
+                self.cancelled.add(current.uuid)
+                await self.kill_current()
+
+    async def report_states(self) -> None:
+        """Send exec states in order, off the task's critical path."""
+        while True:
+            task, state = await self._states.get()
+            try:
+                await self.client.report(task, ExecStateOp(ExecState=state))
+            except (TaskGone, MitoError) as exc:
+                log.debug("task %s: exec state %s not recorded: %s", task.uuid, state.value, exc)
+            finally:
+                self._states.task_done()
+
+    def state(self, task: WorkerTaskResp, state: TaskExecState) -> None:
+        self._states.put_nowait((task, state))
 
     async def serve(self) -> None:
         """Fetch and run tasks until stopped or evicted."""
@@ -156,37 +202,65 @@ class Agent:
             if task is not None:
                 await self.execute(task)
 
+    # --- one task -------------------------------------------------------------------------------
+
     async def execute(self, task: WorkerTaskResp) -> None:
         log.info("task %s: %s", task.uuid, " ".join(task.spec.args))
         dirs = TaskDirectories(self.root / "task")
         dirs.reset()
+        self.current = task
+        self._busy.set()
+        self._busy.clear()
         try:
-            result = await self._fetch_resources(task, dirs)
-            if result is None:
-                result = await self._run(task, dirs)
+            result = await self._prepare(task, dirs) or await self._run(task, dirs)
+            await self._states.join()  # every exec state is recorded before the commit
             await self.client.report(task, CommitOp(Commit=result))
             log.info("task %s committed: exit status %s%s", task.uuid, result.exit_status, f" ({result.msg.value})" if result.msg else "")
         except TaskGone:
             log.warning("task %s is no longer assigned to this worker; dropping it", task.uuid)
         finally:
+            self.current = None
+            self.cancelled.discard(task.uuid)
             shutil.rmtree(dirs.root, ignore_errors=True)
 
-    async def _fetch_resources(self, task: WorkerTaskResp, dirs: TaskDirectories) -> TaskResultSpec | None:
-        """Download the inputs; a failure cancels the task with the reference's message."""
+    async def _prepare(self, task: WorkerTaskResp, dirs: TaskDirectories) -> TaskResultSpec | None:
+        """Resources, then the watch; the outcome if the task ends here, else ``None``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PREPARE_SECONDS
+        if task.spec.resources:
+            self.state(task, TaskExecState.FetchResource)
         for resource in task.spec.resources:
             target = (dirs.resource / resource.local_path).resolve()
             if dirs.resource.resolve() not in target.parents:
-                return await self._cancel(task, TaskResultMessage.ResourceForbidden)
+                return await self._cancel(task, TaskResultMessage.ResourceForbidden, TaskExecState.FetchResourceForbidden)
             try:
                 link = await self.client.resource_url(task, resource.remote_file)
-                await self.client.transfer(False, link.url, target)
+                await asyncio.wait_for(self.client.transfer(False, link.url, target), max(1.0, deadline - loop.time()))
+            except TimeoutError:
+                return await self._cancel(task, TaskResultMessage.FetchResourceTimeout, TaskExecState.FetchResourceTimeout)
             except MitoError as exc:
                 log.warning("task %s: resource %s: %s", task.uuid, resource.local_path, exc)
-                missing = exc.status == 404
-                return await self._cancel(task, TaskResultMessage.ResourceNotFound if missing else TaskResultMessage.ResourceForbidden)
+                if exc.status == 404:
+                    return await self._cancel(task, TaskResultMessage.ResourceNotFound, TaskExecState.FetchResourceNotFound)
+                return await self._cancel(task, TaskResultMessage.ResourceForbidden, TaskExecState.FetchResourceForbidden)
+        if task.spec.watch is not None:
+            target, state = task.spec.watch
+            self.state(task, TaskExecState.Watch)
+            while True:
+                remaining = deadline - loop.time()
+                answer = await self.client.watch(target, state, min(max(remaining, 0), WATCH_POLL_SECONDS))
+                if answer.reached:
+                    self.state(task, TaskExecState.WatchFinished)
+                    break
+                if not answer.possible or loop.time() >= deadline:
+                    return await self._cancel(task, TaskResultMessage.WatchTimeout, TaskExecState.WatchTimeout)
+        if task.uuid in self.cancelled:
+            return await self._cancel(task, TaskResultMessage.UserCancellation, None)
         return None
 
-    async def _cancel(self, task: WorkerTaskResp, message: TaskResultMessage) -> TaskResultSpec:
+    async def _cancel(self, task: WorkerTaskResp, message: TaskResultMessage, state: TaskExecState | None) -> TaskResultSpec:
+        if state is not None:
+            self.state(task, state)
         await self.client.report(task, "Cancel")
         return TaskResultSpec(exit_status=0, msg=message)
 
@@ -207,6 +281,7 @@ class Agent:
     async def _run(self, task: WorkerTaskResp, dirs: TaskDirectories) -> TaskResultSpec:
         terminal = task.spec.terminal_output
         stdout, stderr = dirs.std_log / "stdout.log", dirs.std_log / "stderr.log"
+        self.state(task, TaskExecState.ExecPending)
         try:
             self.process = await runner.spawn(
                 task.spec.args, self._environment(task, dirs), dirs.work, stdout if terminal else None, stderr if terminal else None
@@ -217,17 +292,26 @@ class Agent:
                 stderr.write_text(f"mito worker: cannot start {task.spec.args[0]!r}: {exc.strerror or exc}\n")
             outcome = runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False)
         else:
+            self.state(task, TaskExecState.ExecSpawned)
+            if task.uuid in self.cancelled:  # cancelled while it was being started
+                asyncio.ensure_future(self.kill_current())
             try:
                 outcome = await runner.wait(self.process, task.timeout.total_seconds())
             finally:
                 self.process = None
         if self.stopping.is_set():  # killed by our own shutdown: unregistering re-queues it
             raise asyncio.CancelledError()
-        await self.client.report(task, "Cancel" if outcome.timed_out else "Finish")
+        cancelled = task.uuid in self.cancelled
+        stopped = outcome.timed_out or cancelled
+        self.state(task, TaskExecState.ExecTimeout if outcome.timed_out else TaskExecState.ExecFinished)
+        await self.client.report(task, "Cancel" if stopped else "Finish")
+        self.state(task, TaskExecState.UploadResult)
         await self._upload_outputs(task, dirs, terminal)
-        message = TaskResultMessage.ExecTimeout if outcome.timed_out else None
+        self.state(task, TaskExecState.UploadCancelledResult if stopped else TaskExecState.UploadFinishedResult)
+        message = TaskResultMessage.ExecTimeout if outcome.timed_out else TaskResultMessage.UserCancellation if cancelled else None
         if not await self._submit_downstream(task, dirs) and message is None:
             message = TaskResultMessage.SubmitNewTaskFailed
+        self.state(task, TaskExecState.UploadResultFinished)
         return TaskResultSpec(exit_status=outcome.exit_status, msg=message)
 
     async def _upload_outputs(self, task: WorkerTaskResp, dirs: TaskDirectories, terminal: bool) -> None:
@@ -312,6 +396,7 @@ async def run(config: WorkerConfig) -> int:
     loop = asyncio.get_running_loop()
     work = asyncio.create_task(agent.serve())
     beats = asyncio.create_task(agent.heartbeats())
+    states = asyncio.create_task(agent.report_states())
     signals = 0
 
     def on_signal() -> None:
@@ -337,9 +422,9 @@ async def run(config: WorkerConfig) -> int:
                 log.error("worker failed: %s", finished.exception(), exc_info=finished.exception())
                 code = 1
     finally:
-        for task in (work, beats):
+        for task in (work, beats, states):
             task.cancel()
-        await asyncio.gather(work, beats, return_exceptions=True)
+        await asyncio.gather(work, beats, states, return_exceptions=True)
         await agent.kill_current()
         await client.unregister()
         session.close()

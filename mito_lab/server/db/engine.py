@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x6D69746F  # "mito": serialises migrations of coordinators starting together
+_AFTER_COMMIT = "mito_after_commit"
 
 
 def async_url(url: str) -> str:
@@ -53,13 +54,13 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
-        """A session in a transaction, committed on success and rolled back on error."""
-        if self._write_lock is None:
-            async with self.sessions() as session, session.begin():
+        """A session in a transaction, committed on success and rolled back on error. Callbacks
+        registered with ``after_commit`` run once the commit succeeded."""
+        async with self._write_lock or contextlib.nullcontext(), self.sessions() as session:
+            async with session.begin():
                 yield session
-            return
-        async with self._write_lock, self.sessions() as session, session.begin():
-            yield session
+            for callback in session.info.pop(_AFTER_COMMIT, []):
+                callback()
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (alembic), once even if several coordinators start."""
@@ -76,6 +77,11 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
+    """Run ``callback`` when ``session``'s transaction has committed (e.g. to publish an event)."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
 def alembic_config() -> Config:

@@ -23,6 +23,7 @@ from sqlalchemy.types import TypeDecorator
 from mito_lab.wire import (
     ArtifactContentType,
     Role,
+    TaskExecState,
     TaskResultMessage,
     TaskState,
     UserState,
@@ -169,6 +170,13 @@ class Task(Timestamps, Base):
     exit_status: Mapped[int | None]
     result_msg: Mapped[TaskResultMessage | None] = mapped_column(_enum(TaskResultMessage, "task_result_msg"))
     archived_at: Mapped[datetime | None] = mapped_column(index=True)
+    # how many times a worker has taken the task; a lost worker re-queues it until max_attempts
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(default=3, server_default="3")
+    # the latest TaskExecState its worker reported (watch, dashboards)
+    exec_state: Mapped[TaskExecState | None] = mapped_column(_enum(TaskExecState, "task_exec_state"))
+    # a user cancelled it while a worker runs it: the worker is told and kills it
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     reporter_uuid: Mapped[uuid_module.UUID | None] = mapped_column(sa.Uuid)
     upstream_task_uuid: Mapped[uuid_module.UUID | None] = mapped_column(sa.Uuid)
     downstream_task_uuid: Mapped[uuid_module.UUID | None] = mapped_column(sa.Uuid)

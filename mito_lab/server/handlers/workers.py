@@ -13,12 +13,15 @@ from mito_lab.wire import (
     RemoveWorkerGroupsReq,
     ReportTaskReq,
     ReportTaskResp,
+    TaskExecState,
     TaskQueryResp,
     UpdateLabelsReq,
     UpdateTagsReq,
     UpdateWorkerGroupsReq,
+    WatchResp,
     WorkerQueryResp,
     WorkerShutdownOp,
+    WorkerSignal,
     WorkersQueryReq,
     WorkersQueryResp,
     WorkersShutdownListReq,
@@ -29,6 +32,17 @@ from mito_lab.wire import (
 )
 
 WORKER = rf"(?P<worker_uuid>{UUID_PATTERN})"
+
+
+def wait_argument(handler: ApiHandler) -> float:
+    """``?wait=SECONDS`` of the long-polling routes; absent means answer at once."""
+    try:
+        wait = float(handler.get_query_argument("wait", "0"))
+    except ValueError:
+        raise InvalidRequest("wait must be a number of seconds") from None
+    if not 0 <= wait <= MAX_FETCH_WAIT_SECONDS:
+        raise InvalidRequest(f"wait must be between 0 and {MAX_FETCH_WAIT_SECONDS} seconds")
+    return wait
 
 
 def shutdown_op(handler: ApiHandler) -> WorkerShutdownOp:
@@ -54,11 +68,14 @@ class WorkersHandler(ApiHandler):
 
 
 class HeartbeatHandler(ApiHandler):
-    @operation("Heartbeat", auth="worker", answer="null")
+    @operation(
+        "Heartbeat; with ?wait, also long-poll for cancellations of the worker's task",
+        response=WorkerSignal, auth="worker", nullable=True,
+        query={"wait": "seconds to wait for a cancellation (0 to 600); without it the answer is null"},
+    )
     async def post(self) -> None:
         worker = await self.worker()
-        await self.mito.workers.heartbeat(worker)
-        self.send(None, null=True)
+        self.send(await self.mito.workers.heartbeat(worker, wait_argument(self)), null=True)
 
 
 class WorkerTasksHandler(ApiHandler):
@@ -71,13 +88,7 @@ class WorkerTasksHandler(ApiHandler):
     async def get(self) -> None:
         """Fetch. ``?wait=SECONDS`` long-polls; without it the answer is immediate, as the reference."""
         worker = await self.worker()
-        try:
-            wait = float(self.get_query_argument("wait", "0"))
-        except ValueError:
-            raise InvalidRequest("wait must be a number of seconds") from None
-        if not 0 <= wait <= MAX_FETCH_WAIT_SECONDS:
-            raise InvalidRequest(f"wait must be between 0 and {MAX_FETCH_WAIT_SECONDS} seconds")
-        task = await self.mito.workers.fetch(worker, wait, lambda: self._gone)
+        task = await self.mito.workers.fetch(worker, wait_argument(self), lambda: self._gone)
         if not self._gone:
             self.send(task, null=True)
 
@@ -187,6 +198,20 @@ class WorkersShutdownListHandler(ApiHandler):
         self.send(await self.mito.workers.shutdown_list(user, self.body()))
 
 
+class WorkerWatchHandler(ApiHandler):
+    @operation(
+        "Has a task reached an exec state (--watch)? Long-polls with ?wait",
+        response=WatchResp, auth="worker", query={"wait": "seconds to wait for it (0 to 600)"},
+    )
+    async def get(self, task_uuid: str, state: str) -> None:
+        worker = await self.worker()
+        try:
+            target = TaskExecState(state)
+        except ValueError:
+            raise InvalidRequest(f"unknown exec state {state!r}") from None
+        self.send(await self.mito.workers.watch(worker, uuid.UUID(task_uuid), target, wait_argument(self)))
+
+
 default_handlers = [
     (r"/workers", WorkersHandler),
     (r"/workers/heartbeat", HeartbeatHandler),
@@ -194,6 +219,7 @@ default_handlers = [
     (rf"/workers/tasks/{TASK}", WorkerTaskHandler),
     (rf"/workers/tasks/{TASK}/artifacts/(?P<kind>[^/]+)", WorkerArtifactHandler),
     (rf"/workers/tasks/{TASK}/attachments/(?P<key>.+)", WorkerAttachmentHandler),
+    (rf"/workers/tasks/{TASK}/reaches/(?P<state>[A-Za-z]+)", WorkerWatchHandler),
     (r"/workers/query", WorkersQueryHandler),
     (r"/workers/shutdown", WorkersShutdownHandler),
     (r"/workers/shutdown/list", WorkersShutdownListHandler),

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mito_lab.config import CoordinatorConfig
 from mito_lab.server.db.engine import Database
+from mito_lab.server.db.models import Group
 from mito_lab.server.events import InProcessEvents
 from mito_lab.server.services.auth import Tokens
 from mito_lab.server.storage import ObjectStore
@@ -21,6 +25,13 @@ class Context:
     # Redis URLs with the reference's ACL users, handed to workers and clients (None without Redis)
     redis_worker_url: str | None = None
     redis_client_url: str | None = None
+    _group_names: dict[int, str] = field(default_factory=dict)
+
+    async def group_name(self, session: AsyncSession, group_id: int) -> str:
+        """Group names never change, so they are cached for the events' sake."""
+        if group_id not in self._group_names:
+            self._group_names[group_id] = await session.scalar(sa.select(Group.group_name).where(Group.id == group_id)) or ""
+        return self._group_names[group_id]
 
     @property
     def artifacts_bucket(self) -> str:

@@ -18,8 +18,10 @@ from mito_lab.server.db.models import (
     TaskTag,
     User,
     UserGroup,
+    Worker,
 )
 from mito_lab.server.errors import ApiError, InvalidRequest, NotFound
+from mito_lab.server.services.activity import cancel_requested, task_changed
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import (
     charge_storage,
@@ -136,6 +138,10 @@ def task_info(task: Task, creator: str, group: str, reporter_uuid: uuid_module.U
         upstream_task_uuid=task.upstream_task_uuid,
         downstream_task_uuid=task.downstream_task_uuid,
         reporter_uuid=task.reporter_uuid,
+        attempts=task.attempts,
+        max_attempts=task.max_attempts,
+        exec_state=task.exec_state,
+        cancel_requested=task.cancel_requested,
     )
 
 
@@ -229,6 +235,7 @@ async def insert_task(
         priority=request.priority,
         spec=request.task_spec.model_dump(mode="json"),
         upstream_task_uuid=upstream_task_uuid,
+        max_attempts=request.max_attempts,
     )
     session.add(task)
     await set_task_marks(session, task, request.tags, request.labels)
@@ -291,6 +298,7 @@ class TaskService:
         async with self.context.db.write() as session:
             group = await self._group_with_role(session, user, request.group_name, Role.Write)
             task = await insert_task(session, user.id, group, request, TaskState.Ready)
+            await task_changed(self.context, session, task)
             response = SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)
         self._on_ready()
         return response
@@ -311,6 +319,7 @@ class TaskService:
                     results.append(BatchSubmitItem(Err=ErrorMsg(msg=group.msg)))
                     continue
                 task = await insert_task(session, user.id, group, item, TaskState.Ready)
+                await task_changed(self.context, session, task)
                 results.append(BatchSubmitItem(Ok=SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)))
         self._on_ready()
         return BatchSubmitResp(results=results)
@@ -331,6 +340,7 @@ class TaskService:
                 task.spec = request.task_spec.model_dump(mode="json")
             task.updated_at = now()
             await set_task_marks(session, task, tags=request.tags)
+            await task_changed(self.context, session, task)
         self._on_ready()
 
     async def update_labels(self, user: User, task_uuid: uuid_module.UUID, labels: list[str]) -> None:
@@ -338,6 +348,7 @@ class TaskService:
         async with self.context.db.write() as session:
             task = await self._task_with_role(session, user, task_uuid, Role.Write)
             await set_task_marks(session, task, labels=labels)
+            await task_changed(self.context, session, task)
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -362,14 +373,25 @@ class TaskService:
     # --- cancelling -----------------------------------------------------------------------------
 
     async def cancel(self, user: User, task_uuid: uuid_module.UUID) -> None:
-        """Cancel a task no worker holds yet (Ready), archiving it as UserCancellation."""
+        """Cancel a task: one no worker holds (Ready, Pending) is archived as UserCancellation at
+        once; a Running one is killed by its worker, which is told at once (SPEC 4.3)."""
         async with self.context.db.write() as session:
             task = await self._task_with_role(session, user, task_uuid, Role.Write)
-            cancelled = await session.execute(
-                sa.update(Task).where(Task.id == task.id, Task.state == TaskState.Ready).values(**user_cancellation())
-            )
-            if cancelled.rowcount == 0:
-                raise NotFound(f"Ready task {task_uuid}")
+            if task.state == TaskState.Running and not task.cancel_requested:
+                task.cancel_requested, task.updated_at = True, now()
+                worker_uuid = await session.scalar(sa.select(Worker.worker_id).where(Worker.id == task.assigned_worker_id))
+                if worker_uuid is not None:
+                    cancel_requested(self.context, session, worker_uuid, task.uuid)
+                await task_changed(self.context, session, task)
+                return
+            if await self._archive_cancelled(session, [Task.id == task.id, Task.state.in_(CANCELLABLE)]) == []:
+                raise NotFound(f"Cancellable task {task_uuid} (it has ended or is being cancelled)")
+
+    async def _archive_cancelled(self, session: AsyncSession, conditions: list[sa.ColumnElement[bool]]) -> list[uuid_module.UUID]:
+        tasks = (await session.scalars(sa.update(Task).where(*conditions).values(**user_cancellation()).returning(Task))).all()
+        for task in tasks:
+            await task_changed(self.context, session, task)
+        return [task.uuid for task in tasks]
 
     async def cancel_many(self, user: User, request: TasksCancelReq) -> TasksCancelResp:
         """Cancel the Ready and Pending tasks of a group that match the filter."""
@@ -377,21 +399,16 @@ class TaskService:
         async with self.context.db.write() as session:
             group = await self._group_with_role(session, user, request.group_name, Role.Write)
             conditions = task_conditions(request.model_copy(update={"states": states}), group)
-            cancelled = await session.execute(sa.update(Task).where(*conditions).values(**user_cancellation()))
-            return TasksCancelResp(cancelled_count=cancelled.rowcount, group_name=group.group_name)
+            cancelled = await self._archive_cancelled(session, conditions)
+            return TasksCancelResp(cancelled_count=len(cancelled), group_name=group.group_name)
 
     async def cancel_list(self, user: User, uuids: list[uuid_module.UUID]) -> CancelListResp:
         writable = await self._groups_at_least(user, Role.Write)
         async with self.context.db.write() as session:
-            cancelled = set()
+            cancelled: set[uuid_module.UUID] = set()
             for chunk in _chunks(uuids):
-                rows = await session.execute(
-                    sa.update(Task)
-                    .where(Task.uuid.in_(chunk), Task.state.in_(CANCELLABLE), Task.group_id.in_(writable))
-                    .values(**user_cancellation())
-                    .returning(Task.uuid)
-                )
-                cancelled.update(rows.scalars().all())
+                conditions = [Task.uuid.in_(chunk), Task.state.in_(CANCELLABLE), Task.group_id.in_(writable)]
+                cancelled.update(await self._archive_cancelled(session, conditions))
         return CancelListResp(cancelled_count=len(cancelled), failed_uuids=[u for u in uuids if u not in cancelled])
 
     async def _groups_at_least(self, user: User, role: Role) -> set[int]:

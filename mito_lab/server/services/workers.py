@@ -9,6 +9,7 @@ the database every few seconds for tasks made Ready elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid as uuid_module
 from collections.abc import Callable
@@ -33,6 +34,12 @@ from mito_lab.server.errors import (
     PermissionDenied,
     WrongCredentials,
 )
+from mito_lab.server.services.activity import (
+    CANCEL,
+    EVENTS,
+    task_changed,
+    worker_changed,
+)
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import group_by_name, require_role
 from mito_lab.server.services.tasks import (
@@ -43,26 +50,32 @@ from mito_lab.server.services.tasks import (
     reserve_artifact,
     task_response,
 )
+from mito_lab.server.services.watch import reaches
 from mito_lab.server.storage import download_url_lifetime
 from mito_lab.wire import (
     ArtifactContentType,
     CommitOp,
     DownloadResp,
+    ExecStateOp,
     RegisterWorkerReq,
     RegisterWorkerResp,
     ReportTaskReq,
     ReportTaskResp,
     Role,
     SubmitOp,
+    TaskExecState,
     TaskQueryResp,
+    TaskResultMessage,
     TaskSpec,
     TaskState,
     UploadOp,
     UserState,
+    WatchResp,
     WorkerFilter,
     WorkerInfo,
     WorkerQueryResp,
     WorkerShutdownOp,
+    WorkerSignal,
     WorkersQueryReq,
     WorkersQueryResp,
     WorkersShutdownListReq,
@@ -132,6 +145,7 @@ class WorkerService:
             await session.flush()
             session.add_all(GroupWorker(group_id=g.id, worker_id=worker.id, role=r) for g, r in groups)
             worker_uuid = worker.worker_id
+            worker_changed(self.context, session, worker_uuid, list(roles), "registered", tags=request.tags)
         lifetime = request.lifetime or self.context.config.access_token_expires_in
         token = self.context.tokens.issue(str(worker_uuid), "worker", lifetime)
         log.info("worker %s registered by %s for %s", worker_uuid, user.username, sorted(roles))
@@ -188,8 +202,11 @@ class WorkerService:
             if task is None:
                 return None
             task.state = TaskState.Running
-            task.assigned_worker_id = worker.id
+            task.assigned_worker_id = worker_pk
+            task.attempts += 1
+            task.exec_state = None
             task.updated_at = now()
+            await task_changed(self.context, session, task)
             return WorkerTaskResp(
                 id=task.id,
                 uuid=task.uuid,
@@ -237,9 +254,29 @@ class WorkerService:
 
     # --- the worker protocol --------------------------------------------------------------------
 
-    async def heartbeat(self, worker: Worker) -> None:
+    async def heartbeat(self, worker: Worker, wait: float = 0) -> WorkerSignal | None:
+        """Record the heartbeat. With ``wait``, also long-poll for cancellations of the worker's
+        task: answer as soon as a user cancels it, or after ``wait`` seconds."""
         async with self.context.db.write() as session:
             await session.execute(sa.update(Worker).where(Worker.id == worker.id).values(last_heartbeat=now()))
+        if wait <= 0:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        async with self.context.events.subscribe(CANCEL) as signals:  # before the check: nothing is missed
+            while True:
+                async with self.context.db.read() as session:
+                    cancelled = (await session.scalars(
+                        sa.select(Task.uuid).where(
+                            Task.assigned_worker_id == worker.id, Task.archived_at.is_(None), Task.cancel_requested
+                        )
+                    )).all()
+                remaining = deadline - loop.time()
+                if cancelled or remaining <= 0 or self._closing:
+                    return WorkerSignal(cancel=list(cancelled))
+                with contextlib.suppress(TimeoutError):
+                    while (await asyncio.wait_for(signals.get(), min(remaining, RECHECK_SECONDS)))["worker"] != str(worker.worker_id):
+                        pass
 
     async def report(self, worker: Worker, request: ReportTaskReq) -> ReportTaskResp:
         ready = False
@@ -256,6 +293,10 @@ class WorkerService:
                 if task.state == TaskState.Running:
                     task.state = TaskState.Finished if op == "Finish" else TaskState.Cancelled
                     task.updated_at = now()
+                    await task_changed(self.context, session, task)
+            elif isinstance(op, ExecStateOp):
+                task.exec_state = op.ExecState
+                await task_changed(self.context, session, task)
             elif isinstance(op, UploadOp):
                 upload = await reserve_artifact(self.context, session, task, op.Upload.content_type, op.Upload.content_length)
                 task.updated_at = now()
@@ -288,6 +329,7 @@ class WorkerService:
             raise PermissionDenied(f"the worker cannot submit to group {group.group_name}")
         downstream = await insert_task(session, creator.id, group, request, TaskState.Pending, task.uuid)
         task.downstream_task_uuid = downstream.uuid
+        await task_changed(self.context, session, downstream)
 
     async def _commit(self, session: AsyncSession, worker: Worker, task: Task, op: CommitOp) -> bool:
         """Archive a finished task; returns whether a downstream task became Ready."""
@@ -296,15 +338,20 @@ class WorkerService:
         task.exit_status = op.Commit.exit_status
         task.result_msg = op.Commit.msg
         task.reporter_uuid = worker.worker_id
+        task.exec_state = TaskExecState.TaskCommitted
         task.archived_at = task.updated_at = now()
+        await task_changed(self.context, session, task)
         ready = False
         if task.downstream_task_uuid is not None:
-            released = await session.execute(
+            released = (await session.scalars(
                 sa.update(Task)
                 .where(Task.uuid == task.downstream_task_uuid, Task.state == TaskState.Pending)
                 .values(state=TaskState.Ready, updated_at=now())
-            )
-            ready = released.rowcount > 0
+                .returning(Task)
+            )).all()
+            for downstream in released:
+                await task_changed(self.context, session, downstream)
+            ready = bool(released)
         current = await session.get_one(Worker, worker.id)
         if current.state == WorkerState.GracefulShutdown:
             ready = await self._remove(session, current) or ready
@@ -319,18 +366,31 @@ class WorkerService:
             self.notify_ready()
 
     async def _remove(self, session: AsyncSession, worker: Worker) -> bool:
-        """Delete a worker; its running task goes back to Ready. Returns whether one did."""
+        """Delete a worker. Its running task goes back to Ready, unless a user cancelled it or it
+        has used up its attempts (then it ends Cancelled); a task that already reported its outcome
+        keeps it and never runs again. Returns whether a task was re-queued."""
         task = await session.scalar(
             sa.select(Task).where(Task.assigned_worker_id == worker.id, Task.archived_at.is_(None))
         )
         requeued = False
         if task is not None:
-            if task.state == TaskState.Running:
-                task.state, task.assigned_worker_id = TaskState.Ready, None
+            moment = now()
+            if task.state != TaskState.Running:
+                task.archived_at = moment
+            elif task.cancel_requested or task.attempts >= task.max_attempts:
+                task.state, task.exit_status, task.archived_at = TaskState.Cancelled, 0, moment
+                task.result_msg = TaskResultMessage.UserCancellation if task.cancel_requested else TaskResultMessage.AttemptsExhausted
+                log.warning("task %s ends %s: its worker %s is gone", task.uuid, task.result_msg.value, worker.worker_id)
+            else:
+                task.state, task.assigned_worker_id, task.exec_state = TaskState.Ready, None, None
                 requeued = True
-            else:  # it reported its outcome but never committed: keep the outcome, never re-run it
-                task.archived_at = now()
-            task.updated_at = now()
+                log.warning("task %s re-queued (attempt %d of %d lost with worker %s)", task.uuid, task.attempts, task.max_attempts, worker.worker_id)
+            task.updated_at = moment
+            await task_changed(self.context, session, task)
+        groups = (await session.scalars(
+            sa.select(Group.group_name).join(GroupWorker, GroupWorker.group_id == Group.id).where(GroupWorker.worker_id == worker.id)
+        )).all()
+        worker_changed(self.context, session, worker.worker_id, list(groups), "removed")
         await session.execute(sa.delete(GroupWorker).where(GroupWorker.worker_id == worker.id))
         await session.delete(worker)
         return requeued
@@ -379,6 +439,23 @@ class WorkerService:
         async with self.context.db.read() as session:
             await self._serves_group_of(session, worker, task_uuid)
             return await artifact_download(self.context, session, task_uuid, content_type)
+
+    async def watch(self, worker: Worker, task_uuid: uuid_module.UUID, target: TaskExecState, wait: float) -> WatchResp:
+        """Long-poll until the task reaches ``target`` (or can no longer), at most ``wait`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        async with self.context.events.subscribe(EVENTS) as events:
+            while True:
+                async with self.context.db.read() as session:
+                    task, _, _ = await self._serves_group_of(session, worker, task_uuid)
+                archived = task.archived_at is not None
+                reached = reaches(task.exec_state, task.state, archived, task.result_msg, target)
+                remaining = deadline - loop.time()
+                if reached or archived or remaining <= 0 or self._closing:
+                    return WatchResp(reached=reached, possible=reached or not archived)
+                with contextlib.suppress(TimeoutError):
+                    while (await asyncio.wait_for(events.get(), min(remaining, RECHECK_SECONDS))).get("uuid") != str(task_uuid):
+                        pass
 
     async def download_attachment(self, worker: Worker, task_uuid: uuid_module.UUID, key: str) -> DownloadResp:
         """An attachment of the group of the task this worker is running."""

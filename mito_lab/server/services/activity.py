@@ -1,0 +1,54 @@
+"""What the coordinator tells the world as things happen: task and worker events on the event
+stream (read by the WebSocket endpoint, dashboards and watchers), cancellation signals for
+workers, and -- when Redis is configured -- the reference's ``task:<uuid>`` key and channel with
+the integer exec state, so Redis-based watchers of the reference keep working."""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mito_lab.server.db.engine import after_commit
+from mito_lab.server.db.models import Task
+from mito_lab.server.events import RedisEvents
+from mito_lab.server.services.context import Context
+
+EVENTS = "mito:events"  # {"kind": "task" | "worker", ...}
+CANCEL = "mito:cancel"  # {"worker": <worker uuid>, "task": <task uuid>}
+EXEC_STATE_TTL_SECONDS = 3600
+
+
+def task_payload(task: Task, group: str) -> dict[str, Any]:
+    return {
+        "kind": "task",
+        "uuid": str(task.uuid),
+        "group": group,
+        "state": task.state.value,
+        "exec_state": task.exec_state.value if task.exec_state else None,
+        "archived": task.archived_at is not None,
+        "exit_status": task.exit_status,
+        "msg": task.result_msg.value if task.result_msg else None,
+        "attempts": task.attempts,
+        "cancel_requested": task.cancel_requested,
+    }
+
+
+async def task_changed(context: Context, session: AsyncSession, task: Task) -> None:
+    """Publish the task's new state once the transaction commits."""
+    payload = task_payload(task, await context.group_name(session, task.group_id))
+    after_commit(session, lambda: context.events.publish(EVENTS, payload))
+    if task.exec_state is not None and isinstance(context.events, RedisEvents):
+        key, code = f"task:{task.uuid}", task.exec_state.code
+        after_commit(session, lambda: context.events.publish_raw(key, code, ttl=EXEC_STATE_TTL_SECONDS))
+
+
+def worker_changed(context: Context, session: AsyncSession, worker_id: uuid_module.UUID, groups: list[str], event: str, **details: Any) -> None:
+    payload = {"kind": "worker", "worker_id": str(worker_id), "groups": groups, "event": event, **details}
+    after_commit(session, lambda: context.events.publish(EVENTS, payload))
+
+
+def cancel_requested(context: Context, session: AsyncSession, worker_id: uuid_module.UUID, task_uuid: uuid_module.UUID) -> None:
+    payload = {"worker": str(worker_id), "task": str(task_uuid)}
+    after_commit(session, lambda: context.events.publish(CANCEL, payload))
