@@ -155,3 +155,20 @@ def test_two_coordinators_share_one_database_without_double_dispatch(tmp_path: P
     finally:
         first.stop()
         second.stop()
+
+
+def test_watch_across_two_coordinators_with_redis(tmp_path: Path, pg_url: str, redis_url: str) -> None:
+    first = start_platform(tmp_path / "a", "--db", pg_url, "--redis", redis_url, "--redis-skip-acl-rules")
+    second = start_platform(tmp_path / "b", "--db", pg_url, "--redis", redis_url, "--redis-skip-acl-rules")
+    try:
+        first.start_worker("--tags", "server")
+        second.start_worker("--tags", "client")
+        server = submit(first, tags=["server"], task_spec={"args": ["sleep", "3"]})
+        client = submit(second, tags=["client"], task_spec={"args": ["true"], "watch": [server, "ExecSpawned"]})
+        client_info = second.wait_task(client)
+        server_info = first.wait_task(server)
+        assert client_info["result"] == {"exit_status": 0, "msg": None}
+        assert client_info["updated_at"] < server_info["updated_at"]
+    finally:
+        first.stop()
+        second.stop()

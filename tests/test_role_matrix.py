@@ -1,0 +1,257 @@
+"""Every endpoint against every kind of caller (SPEC 4.5, reference 6.5): group members by role,
+outsiders, the system administrator, worker tokens, no token, expired and forged tokens."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from conftest import Platform, http, start_platform
+from mito_lab.server.app import Coordinator
+
+OCTETS = {"Content-Type": "application/octet-stream"}
+MEMBERS = {"owner": "Admin", "boss": "Admin", "writer": "Write", "reader": "Read"}
+RANK = {"Read": 0, "Write": 1, "Admin": 2}
+
+
+@dataclass
+class World:
+    """One group with members, a Ready task carrying an artifact, an attachment and a worker."""
+
+    group: str
+    task: str
+    spare_task: str
+    worker: str
+    worker_token: str
+
+
+@dataclass
+class Callers:
+    tokens: dict[str, str | None]
+
+
+@pytest.fixture
+def matrix(tmp_path: Path) -> Iterator[tuple[Platform, Callers]]:
+    """A coordinator of its own, the members of every world, and each kind of caller's token."""
+    platform = start_platform(tmp_path / "platform")
+    try:
+        for name in (*MEMBERS, "outsider"):
+            platform.add_user(name)
+        assert platform.api("POST", "/admin/users/owner/group-quota", {"group_quota": "1000"}).status == 200  # a world per endpoint
+        private = serialization.load_pem_private_key((platform.home / "coordinator-data" / "private.pem").read_bytes(), None)
+        claims = {"sub": "owner", "sign": 0, "kind": "user"}
+        expired = jwt.encode({**claims, "exp": int(time.time()) - 3600}, private, "EdDSA")
+        forged = jwt.encode({**claims, "exp": int(time.time()) + 3600}, Ed25519PrivateKey.generate(), "EdDSA")
+        tokens: dict[str, str | None] = {name: platform.token(name, f"{name}-password") for name in (*MEMBERS, "outsider")}
+        tokens.update(sysadmin=platform.token(), no_token=None, expired=expired, forged=forged)
+        yield platform, Callers(tokens)
+    finally:
+        platform.stop()
+
+
+def make_world(platform: Platform, index: int) -> World:
+    group = f"lab{index}"
+    assert platform.api("POST", "/groups", {"group_name": group}, user="owner").status == 200
+    relations = {name: role for name, role in MEMBERS.items() if name != "owner"}
+    assert platform.api("PUT", f"/groups/{group}/users", {"relations": relations}, user="owner").status == 200
+    submit = {"group_name": group, "task_spec": {"args": ["true"]}}
+    task = platform.api("POST", "/tasks", submit, user="owner").json["uuid"]
+    spare = platform.api("POST", "/tasks", submit, user="owner").json["uuid"]
+    upload = platform.api("POST", f"/tasks/{task}/artifacts", {"content_type": "result", "content_length": 1}, user="owner").json
+    http("PUT", platform.url + upload["url"], raw=b"x", headers=OCTETS)
+    upload = platform.api("POST", f"/groups/{group}/attachments", {"key": "data.txt", "content_length": 1}, user="owner").json
+    http("PUT", platform.url + upload["url"], raw=b"x", headers=OCTETS)
+    worker = platform.api("POST", "/workers", {"groups": [f"{group}:admin"]}, user="owner").json
+    return World(group, task, spare, worker["worker_id"], worker["token"])
+
+
+Endpoint = Callable[[World], tuple[str, str, Any]]
+
+# (minimum role in the group, endpoint)
+GROUP_ENDPOINTS: list[tuple[str, Endpoint]] = [
+    ("Read", lambda w: ("GET", f"/groups/{w.group}", None)),
+    ("Read", lambda w: ("GET", f"/tasks/{w.task}", None)),
+    ("Read", lambda w: ("POST", "/tasks/query", {"group_name": w.group})),
+    ("Read", lambda w: ("GET", f"/tasks/{w.task}/download/artifacts/result", None)),
+    ("Read", lambda w: ("POST", "/tasks/download/artifacts", {"group_name": w.group, "content_type": "result"})),
+    ("Read", lambda w: ("GET", f"/groups/{w.group}/attachments/data.txt", None)),
+    ("Read", lambda w: ("GET", f"/groups/{w.group}/download/attachments/data.txt", None)),
+    ("Read", lambda w: ("POST", f"/groups/{w.group}/attachments/query", {})),
+    ("Read", lambda w: ("POST", f"/groups/{w.group}/download/attachments", {})),
+    ("Read", lambda w: ("POST", f"/groups/{w.group}/download/attachments/list", {"keys": ["data.txt"]})),
+    ("Read", lambda w: ("GET", f"/workers/{w.worker}", None)),
+    ("Read", lambda w: ("POST", "/workers/query", {"group_name": w.group})),
+    ("Write", lambda w: ("POST", "/tasks", {"group_name": w.group, "task_spec": {"args": ["true"]}})),
+    ("Write", lambda w: ("PUT", f"/tasks/{w.task}", {"priority": 3})),
+    ("Write", lambda w: ("PUT", f"/tasks/{w.task}/labels", {"labels": ["x"]})),
+    ("Write", lambda w: ("DELETE", f"/tasks/{w.spare_task}", None)),
+    ("Write", lambda w: ("POST", "/tasks/cancel", {"group_name": w.group, "labels": ["none-match"]})),
+    ("Write", lambda w: ("POST", f"/tasks/{w.task}/artifacts", {"content_type": "exec-log", "content_length": 1})),
+    ("Write", lambda w: ("DELETE", f"/tasks/{w.task}/artifacts/result", None)),
+    ("Write", lambda w: ("POST", "/tasks/delete/artifacts", {"group_name": w.group, "content_type": "result"})),
+    ("Write", lambda w: ("POST", f"/groups/{w.group}/attachments", {"key": "new.txt", "content_length": 1})),
+    ("Write", lambda w: ("DELETE", f"/groups/{w.group}/attachments/data.txt", None)),
+    ("Write", lambda w: ("POST", f"/groups/{w.group}/delete/attachments", {})),
+    ("Write", lambda w: ("POST", f"/groups/{w.group}/delete/attachments/list", {"keys": ["data.txt"]})),
+    ("Write", lambda w: ("PUT", f"/workers/{w.worker}/tags", {"tags": ["t"]})),
+    ("Write", lambda w: ("PUT", f"/workers/{w.worker}/labels", {"labels": ["l"]})),
+    ("Admin", lambda w: ("PUT", f"/groups/{w.group}/users", {"relations": {"outsider": "Read"}})),
+    ("Admin", lambda w: ("DELETE", f"/groups/{w.group}/users?users=outsider", None)),
+    ("Admin", lambda w: ("POST", f"/groups/{w.group}/users/remove", {"users": ["outsider"]})),
+    ("Admin", lambda w: ("PUT", f"/workers/{w.worker}/groups", {"relations": {w.group: "Admin"}})),
+    ("Admin", lambda w: ("DELETE", f"/workers/{w.worker}/groups?groups={w.group}-none", None)),
+    ("Admin", lambda w: ("POST", "/workers/shutdown", {"group_name": w.group, "op": "Graceful", "labels": ["none-match"]})),
+    ("Admin", lambda w: ("DELETE", f"/workers/{w.worker}", None)),
+]
+
+# Lists silently leave out what the caller may not touch: an outsider gets an empty answer, not a 403.
+LIST_ENDPOINTS: list[tuple[str, Endpoint, Callable[[Any], bool]]] = [
+    ("Write", lambda w: ("POST", "/tasks/cancel/list", {"uuids": [w.spare_task]}), lambda body: body["cancelled_count"] == 0),
+    ("Read", lambda w: ("POST", "/tasks/download/artifacts/list", {"uuids": [w.task], "content_type": "result"}), lambda body: body["downloads"] == []),
+    ("Write", lambda w: ("POST", "/tasks/delete/artifacts/list", {"uuids": [w.task], "content_type": "result"}), lambda body: body["deleted_count"] == 0),
+    ("Admin", lambda w: ("POST", "/workers/shutdown/list", {"uuids": [w.worker], "op": "Force"}), lambda body: body["shutdown_count"] == 0),
+]
+
+
+def expected(caller: str, minimum: str) -> str:
+    if caller in ("no_token", "expired", "forged"):
+        return "401"
+    if caller in MEMBERS and RANK[MEMBERS[caller]] >= RANK[minimum]:
+        return "allowed"
+    return "403"  # outsiders, lower roles, and the system administrator outside /admin
+
+
+def call(platform: Platform, token: str | None, endpoint: tuple[str, str, Any]) -> Any:
+    method, path, body = endpoint
+    return http(method, platform.url + path, body, token=token)
+
+
+def ordered(callers: Callers, minimum: str) -> list[str]:
+    """Denied callers first: allowed calls may change what later calls find."""
+    return sorted(callers.tokens, key=lambda name: expected(name, minimum) == "allowed")
+
+
+def test_group_endpoint_roles(matrix: tuple[Platform, Callers]) -> None:
+    platform, callers = matrix
+    for index, (minimum, endpoint) in enumerate(GROUP_ENDPOINTS):
+        world = make_world(platform, index)  # a fresh group for each endpoint
+        for caller in ordered(callers, minimum):
+            answer = call(platform, callers.tokens[caller], endpoint(world))
+            outcome = expected(caller, minimum)
+            where = f"{caller} on {endpoint(world)[:2]}: {answer.status} {answer.body[:200]!r}"
+            if outcome == "allowed":
+                assert answer.status not in (401, 403) and answer.status < 500, where
+            else:
+                assert answer.status == int(outcome), where
+        # a worker's own token opens no user route
+        assert call(platform, world.worker_token, endpoint(world)).status == 401, endpoint(world)[:2]
+
+
+def test_list_endpoints_skip_what_the_caller_may_not_touch(matrix: tuple[Platform, Callers]) -> None:
+    platform, callers = matrix
+    for index, (minimum, endpoint, untouched) in enumerate(LIST_ENDPOINTS):
+        world = make_world(platform, index)
+        for caller in ordered(callers, minimum):
+            answer = call(platform, callers.tokens[caller], endpoint(world))
+            outcome = expected(caller, minimum)
+            where = (caller, endpoint(world)[:2], answer.body[:200])
+            if outcome == "401":
+                assert answer.status == 401, where
+            elif outcome == "403":
+                assert answer.status == 200 and untouched(answer.json), where
+            else:
+                assert answer.status == 200, where
+
+
+ADMIN_ENDPOINTS: list[Endpoint] = [
+    lambda w: ("POST", "/admin/users", {"username": f"made-{w.group}", "password": "x"}),
+    lambda w: ("POST", "/admin/users/reader/state", {"state": "Active"}),
+    lambda w: ("POST", "/admin/users/outsider/group-quota", {"group_quota": "+0"}),
+    lambda w: ("POST", f"/admin/groups/{w.group}/storage-quota", {"storage_quota": "+0"}),
+    lambda w: ("DELETE", f"/admin/groups/{w.group}/attachments/data.txt", None),
+    lambda w: ("DELETE", f"/admin/tasks/{w.task}/artifacts/result", None),
+    lambda w: ("DELETE", f"/admin/workers/{w.worker}?op=force", None),
+    lambda w: ("POST", "/admin/users/nobody/password", {"new_md5_password": [0] * 16}),
+    lambda w: ("DELETE", "/admin/users/nobody", None),
+    lambda w: ("POST", "/admin/shutdown", {"secret": "wrong"}),
+]
+
+
+def test_admin_endpoints_are_for_the_system_administrator_only(matrix: tuple[Platform, Callers]) -> None:
+    platform, callers = matrix
+    for index, endpoint in enumerate(ADMIN_ENDPOINTS):
+        world = make_world(platform, index)
+        for caller in sorted(callers.tokens, key=lambda name: name == "sysadmin"):
+            answer = call(platform, callers.tokens[caller], endpoint(world))
+            where = (caller, endpoint(world)[:2], answer.body[:200])
+            if caller == "sysadmin":
+                # allowed; the wrong shutdown secret and the unknown user are still refused on their merits
+                assert answer.status in (200, 403, 404), where
+                assert answer.status != 403 or b"secret" in answer.body, where
+            else:
+                assert answer.status == (401 if caller in ("no_token", "expired", "forged") else 403), where
+
+
+def test_worker_routes_take_only_worker_tokens_of_the_right_groups(matrix: tuple[Platform, Callers]) -> None:
+    platform, callers = matrix
+    world = make_world(platform, 0)
+    stranger = http("POST", f"{platform.url}/workers", {"groups": []}, token=callers.tokens["outsider"]).json["token"]
+    routes = [
+        ("POST", "/workers/heartbeat", None),
+        ("GET", "/workers/tasks", None),
+        ("POST", "/workers/tasks", {"id": 1, "op": "Finish"}),
+        ("GET", f"/workers/tasks/{world.task}", None),
+        ("GET", f"/workers/tasks/{world.task}/artifacts/result", None),
+        ("GET", f"/workers/tasks/{world.task}/attachments/data.txt", None),
+        ("GET", f"/workers/tasks/{world.task}/reaches/ExecSpawned", None),
+        ("DELETE", "/workers", None),
+    ]
+    for route in routes:
+        for caller, token in callers.tokens.items():
+            assert call(platform, token, route).status == 401, (caller, route)
+    # a worker of another group sees nothing of this one
+    for route in routes[3:7]:
+        assert call(platform, stranger, route).status == 403, route
+    assert call(platform, world.worker_token, routes[3]).status == 200
+    assert call(platform, world.worker_token, routes[4]).status == 200
+    assert call(platform, world.worker_token, routes[5]).status == 403  # not the task it is running
+    assert call(platform, world.worker_token, ("DELETE", "/workers", None)).status == 200
+    assert call(platform, world.worker_token, routes[0]).status == 401  # unregistered: its token is dead
+
+
+def test_every_user_route_is_in_the_matrix() -> None:
+    """A new route must be added to this matrix (or to the list of routes every user may call)."""
+    open_to_every_user = {
+        ("POST", "/groups"), ("GET", "/users/groups"), ("POST", "/users/{username}/password"), ("GET", "/auth"),
+        ("GET", "/redis"), ("POST", "/tasks/submit"), ("POST", "/workers"), ("GET", "/groups/{group}/download/attachments/list"),
+        ("POST", "/groups/{group}/attachments/query"), ("DELETE", "/workers/{worker_uuid}/groups/remove"),
+        ("POST", "/login"), ("GET", "/health"),
+    }
+    world = World("G", "T", "S", "W", "")
+    covered = set()
+    for endpoint in [e for _, e in GROUP_ENDPOINTS] + [e for _, e, _ in LIST_ENDPOINTS] + ADMIN_ENDPOINTS:
+        method, path, _ = endpoint(world)
+        covered.add((method, path.split("?")[0]))
+    for pattern, handler in Coordinator.routes():
+        if pattern.startswith(("/blobs/", "/workers/tasks", "/workers/heartbeat", "/events", "/openapi")) or pattern == "/workers":
+            continue
+        for method in ("get", "post", "put", "delete"):
+            operation = getattr(vars(handler).get(method), "operation", None)
+            if operation is None or operation.auth == "worker":
+                continue
+            template = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern)
+            concrete = (template.replace("{group}", "G").replace("{task_uuid}", "T").replace("{worker_uuid}", "W")
+                        .replace("{key}", "data.txt").replace("{kind}", "result").replace("{username}", "reader"))
+            found = (method.upper(), concrete) in covered or (method.upper(), template) in open_to_every_user or any(
+                m == method.upper() and re.fullmatch(re.sub(r"\{\w+\}", "[^/]+", template), p) for m, p in covered
+            )
+            assert found, f"{method.upper()} {template} has no row in the role matrix"
