@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import uuid as uuid_module
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -87,6 +88,7 @@ from mito_lab.wire import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How often a waiting fetch looks at the database even without a wake-up (covers other
 # coordinators when there is no Redis to tell us).
@@ -111,19 +113,32 @@ def parse_group_spec(spec: str) -> tuple[str, Role]:
 class WorkerService:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self._ready = asyncio.Event()
         self._closing = False
-        context.events.listen(TASKS_READY, self._wake_waiting_fetches)
 
-    # --- wake-ups -------------------------------------------------------------------------------
+    # --- wake-ups and long polls ----------------------------------------------------------------
 
     def notify_ready(self) -> None:
         """Some task became Ready: wake the waiting fetches of every coordinator."""
-        self.context.events.publish(TASKS_READY)
+        self.context.events.publish(TASKS_READY, {})
 
-    def _wake_waiting_fetches(self, _data: object = None) -> None:
-        self._ready.set()
-        self._ready = asyncio.Event()
+    async def _long_poll(
+        self, check: Callable[[], Awaitable[T | None]], channel: str, relevant: Callable[[dict[str, Any]], bool], wait: float
+    ) -> T | None:
+        """Run ``check`` until it returns something, re-running it when a relevant event arrives
+        on ``channel`` (or every few seconds, for changes made by coordinators that share no
+        event stream); ``None`` when ``wait`` seconds pass or the coordinator stops."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        async with self.context.events.subscribe(channel) as events:  # before the check: nothing is missed
+            while not self._closing:
+                found = await check()
+                remaining = deadline - loop.time()
+                if found is not None or remaining <= 0:
+                    return found
+                with contextlib.suppress(TimeoutError):
+                    while not (self._closing or relevant(await asyncio.wait_for(events.get(), min(remaining, RECHECK_SECONDS)))):
+                        pass
+        return None
 
     # --- registration and authentication --------------------------------------------------------
 
@@ -217,31 +232,23 @@ class WorkerService:
 
     async def fetch(self, worker: Worker, wait: float, gone: Callable[[], bool]) -> WorkerTaskResp | None:
         """Claim a task, waiting up to ``wait`` seconds for one; ``gone()`` tells if the caller left."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        while not self._closing:
-            wake_up = self._ready  # taken before the check, so a task made Ready meanwhile is not missed
-            task = await self.claim(worker.id)
-            if task is not None:
-                if gone():  # the worker hung up while we claimed: put the task back
-                    await self.release(worker, task.id)
-                    return None
-                return task
-            remaining = deadline - loop.time()
-            if remaining <= 0 or gone():
-                return None
-            try:
-                await asyncio.wait_for(wake_up.wait(), min(remaining, RECHECK_SECONDS))
-            except TimeoutError:
-                pass
+
+        async def claim_unless_gone() -> WorkerTaskResp | None:
             if gone():
                 return None
-        return None
+            task = await self.claim(worker.id)
+            if task is not None and gone():  # the worker hung up while we claimed: put the task back
+                await self.release(worker, task.id)
+                return None
+            return task
+
+        return await self._long_poll(claim_unless_gone, TASKS_READY, lambda _event: True, wait)
 
     def close(self) -> None:
-        """Answer every waiting fetch with ``null`` now: the coordinator is stopping."""
+        """Answer every waiting long poll now: the coordinator is stopping."""
         self._closing = True
-        self._wake_waiting_fetches()
+        for channel in (TASKS_READY, CANCEL, EVENTS):
+            self.context.events.publish(channel, {})
 
     async def release(self, worker: Worker, task_pk: int) -> None:
         async with self.context.db.write() as session:
@@ -261,22 +268,18 @@ class WorkerService:
             await session.execute(sa.update(Worker).where(Worker.id == worker.id).values(last_heartbeat=now()))
         if wait <= 0:
             return None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        async with self.context.events.subscribe(CANCEL) as signals:  # before the check: nothing is missed
-            while True:
-                async with self.context.db.read() as session:
-                    cancelled = (await session.scalars(
-                        sa.select(Task.uuid).where(
-                            Task.assigned_worker_id == worker.id, Task.archived_at.is_(None), Task.cancel_requested
-                        )
-                    )).all()
-                remaining = deadline - loop.time()
-                if cancelled or remaining <= 0 or self._closing:
-                    return WorkerSignal(cancel=list(cancelled))
-                with contextlib.suppress(TimeoutError):
-                    while (await asyncio.wait_for(signals.get(), min(remaining, RECHECK_SECONDS)))["worker"] != str(worker.worker_id):
-                        pass
+
+        async def cancellations() -> WorkerSignal | None:
+            async with self.context.db.read() as session:
+                cancelled = (await session.scalars(
+                    sa.select(Task.uuid).where(
+                        Task.assigned_worker_id == worker.id, Task.archived_at.is_(None), Task.cancel_requested
+                    )
+                )).all()
+            return WorkerSignal(cancel=list(cancelled)) if cancelled else None
+
+        mine = str(worker.worker_id)
+        return await self._long_poll(cancellations, CANCEL, lambda event: event.get("worker") == mine, wait) or WorkerSignal()
 
     async def report(self, worker: Worker, request: ReportTaskReq) -> ReportTaskResp:
         ready = False
@@ -442,20 +445,16 @@ class WorkerService:
 
     async def watch(self, worker: Worker, task_uuid: uuid_module.UUID, target: TaskExecState, wait: float) -> WatchResp:
         """Long-poll until the task reaches ``target`` (or can no longer), at most ``wait`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        async with self.context.events.subscribe(EVENTS) as events:
-            while True:
-                async with self.context.db.read() as session:
-                    task, _, _ = await self._serves_group_of(session, worker, task_uuid)
-                archived = task.archived_at is not None
-                reached = reaches(task.exec_state, task.state, archived, task.result_msg, target)
-                remaining = deadline - loop.time()
-                if reached or archived or remaining <= 0 or self._closing:
-                    return WatchResp(reached=reached, possible=reached or not archived)
-                with contextlib.suppress(TimeoutError):
-                    while (await asyncio.wait_for(events.get(), min(remaining, RECHECK_SECONDS))).get("uuid") != str(task_uuid):
-                        pass
+
+        async def status(final: bool = False) -> WatchResp | None:
+            async with self.context.db.read() as session:
+                task, _, _ = await self._serves_group_of(session, worker, task_uuid)
+            archived = task.archived_at is not None
+            reached = reaches(task.exec_state, task.state, archived, task.result_msg, target)
+            return WatchResp(reached=reached, possible=reached or not archived) if reached or archived or final else None
+
+        watched = str(task_uuid)
+        return await self._long_poll(status, EVENTS, lambda event: event.get("uuid") == watched, wait) or await status(final=True)  # type: ignore[return-value]
 
     async def download_attachment(self, worker: Worker, task_uuid: uuid_module.UUID, key: str) -> DownloadResp:
         """An attachment of the group of the task this worker is running."""
