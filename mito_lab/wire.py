@@ -6,7 +6,6 @@ SPEC.md differs (ISO datetimes, plain ``password`` at login, optional fields wit
 from __future__ import annotations
 
 import hashlib
-import posixpath
 import re
 import uuid as uuid_module
 from datetime import datetime, timedelta, timezone
@@ -412,12 +411,21 @@ class DeleteAttachmentsListResp(DeleteAttachmentsResp):
 # --- tasks --------------------------------------------------------------------------------------
 
 
+def relative_path_problem(path: str) -> str | None:
+    """Why ``path`` is not a plain relative path (resource paths, attachment keys), or ``None``.
+    Refused: absolute paths, backslashes, control characters, and empty, ``.`` or ``..`` parts."""
+    if not path or path.startswith("/"):
+        return "it is empty or absolute"
+    if "\\" in path or any(ord(ch) < 32 for ch in path):
+        return "it contains a backslash or a control character"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "it has an empty, . or .. part"
+    return None
+
+
 def check_relative_path(path: str) -> str:
-    """Resource paths and attachment keys must stay inside their directory."""
-    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
-        raise ValueError("Resource local path is absolute or contains `..`")
-    if ".." in posixpath.normpath(path).split("/") or ".." in path.split("/"):
-        raise ValueError("Resource local path is absolute or contains `..`")
+    if relative_path_problem(path) is not None:
+        raise ValueError("Resource local path is absolute or contains `..`")  # the reference's wording
     return path
 
 

@@ -30,6 +30,7 @@ from mito_lab.wire import (
     DownloadResp,
     Role,
     UploadResp,
+    relative_path_problem,
 )
 
 MAX_OBJECT_KEY = 1024
@@ -37,15 +38,9 @@ MAX_OBJECT_KEY = 1024
 
 def check_key(group_name: str, key: str) -> str:
     """Keys are relative slash-separated paths; anything that could escape or alias is refused."""
-    segments = key.split("/")
-    if (
-        not key
-        or key.startswith("/")
-        or any(segment in ("", ".", "..") for segment in segments)
-        or any(ch in key for ch in "\\\x00")
-        or any(ord(ch) < 32 for ch in key)
-    ):
-        raise InvalidRequest(f"invalid attachment key {key!r}: use a relative path without ., .. or empty parts")
+    problem = relative_path_problem(key)
+    if problem is not None:
+        raise InvalidRequest(f"invalid attachment key {key!r}: {problem}")
     if len(f"{group_name}/{key}") >= MAX_OBJECT_KEY:
         raise InvalidRequest(f"attachment key too long: group/key must be under {MAX_OBJECT_KEY} characters")
     return key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -97,12 +98,15 @@ async def locked_group(context: Context, session: AsyncSession, group_id: int) -
     return await session.get_one(Group, group_id, with_for_update=not context.db.is_sqlite)
 
 
-async def _users_by_name(session: AsyncSession, names: list[str]) -> dict[str, User]:
-    users = {u.username: u for u in (await session.scalars(sa.select(User).where(User.username.in_(names)))).all()}
-    if len(users) != len(set(names)):
-        missing = sorted(set(names) - set(users))
-        raise InvalidRequest(f"Some users do not exist: {', '.join(missing)}")
-    return users
+async def by_names(session: AsyncSession, column: Any, names: list[str], what: str) -> dict[str, Any]:
+    """The rows whose ``column`` (``User.username``, ``Group.group_name``) is one of ``names``; all
+    must exist (400 "Some users do not exist: ..." otherwise, as the reference)."""
+    rows = (await session.scalars(sa.select(column.class_).where(column.in_(names)))).all()
+    found = {getattr(row, column.key): row for row in rows}
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise InvalidRequest(f"Some {what} do not exist: {', '.join(missing)}")
+    return found
 
 
 class GroupService:
@@ -159,7 +163,7 @@ class GroupService:
         async with self.context.db.write() as session:
             group = await group_by_name(session, name)
             await require_role(session, user, group, Role.Admin)
-            users = await _users_by_name(session, list(relations))
+            users = await by_names(session, User.username, list(relations), "users")
             current = {
                 m.user_id: m for m in (await session.scalars(sa.select(UserGroup).where(UserGroup.group_id == group.id))).all()
             }
@@ -175,7 +179,7 @@ class GroupService:
         async with self.context.db.write() as session:
             group = await group_by_name(session, name)
             await require_role(session, user, group, Role.Admin)
-            users = await _users_by_name(session, usernames)
+            users = await by_names(session, User.username, usernames, "users")
             await session.execute(
                 sa.delete(UserGroup).where(
                     UserGroup.group_id == group.id, UserGroup.user_id.in_([u.id for u in users.values()])

@@ -42,7 +42,7 @@ from mito_lab.server.services.activity import (
     worker_changed,
 )
 from mito_lab.server.services.context import Context
-from mito_lab.server.services.groups import group_by_name, require_role
+from mito_lab.server.services.groups import by_names, group_by_name, require_role
 from mito_lab.server.services.tasks import (
     artifact_download,
     insert_task,
@@ -562,7 +562,7 @@ class WorkerService:
         async with self.context.db.write() as session:
             worker = await self._worker(session, worker_uuid)
             await self._require_access(session, user, worker, Role.Admin)
-            groups = await self._groups(session, list(relations))
+            groups = await by_names(session, Group.group_name, list(relations), "groups")
             links = {link.group_id: link for link in (await session.scalars(sa.select(GroupWorker).where(GroupWorker.worker_id == worker.id))).all()}
             for name, role in relations.items():
                 group = groups[name]
@@ -578,19 +578,13 @@ class WorkerService:
         async with self.context.db.write() as session:
             worker = await self._worker(session, worker_uuid)
             await self._require_access(session, user, worker, Role.Admin)
-            groups = await self._groups(session, names)
+            groups = await by_names(session, Group.group_name, names, "groups")
             await session.execute(
                 sa.delete(GroupWorker).where(
                     GroupWorker.worker_id == worker.id, GroupWorker.group_id.in_([g.id for g in groups.values()])
                 )
             )
 
-    @staticmethod
-    async def _groups(session: AsyncSession, names: list[str]) -> dict[str, Group]:
-        groups = {g.group_name: g for g in (await session.scalars(sa.select(Group).where(Group.group_name.in_(names)))).all()}
-        if len(groups) != len(set(names)):
-            raise InvalidRequest(f"Some groups do not exist: {', '.join(sorted(set(names) - set(groups)))}")
-        return groups
 
     async def _shut_down(self, session: AsyncSession, worker: Worker, op: WorkerShutdownOp) -> bool:
         """Force: remove now (its task is re-queued). Graceful: an idle worker goes now, a busy one
