@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from mito_lab.client.api import AsyncClient, task_request
+from mito_lab.client.unpack import extract
 from mito_lab.config import parse_duration
 from mito_lab.wire import (
     ArtifactContentType,
@@ -181,6 +182,8 @@ async def cmd_get_artifact(client: AsyncClient, args: argparse.Namespace) -> Any
         return await client.artifact_url(args.uuid, args.content_type)
     target = Path(args.output) if args.output else Path(args.content_type.file_name)
     path = await client.download_artifact(args.uuid, args.content_type, target)
+    if args.extract:
+        return f"Unpacked {args.content_type.value} of task {args.uuid} into {extract(path, Path(args.extract))}"
     return f"Downloaded {args.content_type.value} of task {args.uuid} to {path}"
 
 
@@ -258,6 +261,7 @@ def build_parser(prog: str = "mito client") -> Parser:
     artifact.add_argument("content_type", type=TYPE_ARG, metavar="TYPE", help="result, exec-log or std-log")
     artifact.add_argument("-o", "--output", help="where to save it [default: ./<TYPE>.tar.gz]")
     artifact.add_argument("--no-download", action="store_true", help="only print the download URL")
+    artifact.add_argument("-x", "--extract", metavar="DIR", help="also unpack it into DIR (members that would escape DIR are refused)")
     artifact.set_defaults(func=cmd_get_artifact)
     return parser
 

@@ -99,6 +99,7 @@ class Coordinator:
         await self.context.store.start()
         await self.context.db.migrate()
         await self.users.ensure_admin()
+        await self.workers.restore()
         host, port = parse_bind(self.config.bind)
         self._server = HTTPServer(self.make_app(), max_body_size=MAX_JSON_BODY, idle_connection_timeout=3600)
         self._server.listen(port, host)

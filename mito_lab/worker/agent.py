@@ -11,11 +11,13 @@ import logging
 import os
 import shutil
 import signal
+import time
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import jwt
 from pydantic import BaseModel, ValidationError
 
 from mito_lab.client.api import login_token
@@ -52,6 +54,7 @@ T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 30.0
 LONG_POLL_SLACK_SECONDS = 30.0
 PREPARE_SECONDS = 30 * 60  # resources plus watch, as the reference
+RETIRE_MARGIN_SECONDS = 30.0
 WATCH_POLL_SECONDS = 60.0
 # Variables of the worker's own configuration that a task must not inherit.
 PRIVATE_ENVIRONMENT = ("MITO_PASSWORD", "MITO_USER")
@@ -160,6 +163,7 @@ class Agent:
         self.cancelled: set[uuid_module.UUID] = set()  # tasks a user cancelled while we ran them
         self._busy = asyncio.Event()  # wakes the heartbeat loop when a task starts
         self._states: asyncio.Queue[tuple[WorkerTaskResp, TaskExecState]] = asyncio.Queue()
+        self.retiring = False
 
     # --- background loops -----------------------------------------------------------------------
 
@@ -195,12 +199,21 @@ class Agent:
         self._states.put_nowait((task, state))
 
     async def serve(self) -> None:
-        """Fetch and run tasks until stopped or evicted."""
+        """Fetch and run tasks until stopped, evicted, or retired at the end of the lifetime."""
         wait = min(self.config.polling_interval.total_seconds(), MAX_FETCH_WAIT_SECONDS)
-        while not self.stopping.is_set():
+        while not self.stopping.is_set() and not self.retiring:
             task = await self.client.fetch(wait)
             if task is not None:
                 await self.execute(task)
+
+    async def retire_at(self, expires: float, work: asyncio.Task[None]) -> None:
+        """Take no new task once the token is about to expire; leave after the current one, while
+        the token still works, so the coordinator drops the worker at once (reference pain 14)."""
+        await asyncio.sleep(max(0.0, expires - time.time() - RETIRE_MARGIN_SECONDS))
+        log.info("the worker's lifetime is ending: leaving after the current task")
+        self.retiring = True
+        if self.current is None:
+            work.cancel()
 
     # --- one task -------------------------------------------------------------------------------
 
@@ -218,6 +231,8 @@ class Agent:
             log.info("task %s committed: exit status %s%s", task.uuid, result.exit_status, f" ({result.msg.value})" if result.msg else "")
         except TaskGone:
             log.warning("task %s is no longer assigned to this worker; dropping it", task.uuid)
+        except MitoError as exc:  # a refusal we cannot act on must not take the worker down
+            log.error("task %s: the coordinator refused a report (%s); dropping the task", task.uuid, exc)
         finally:
             self.current = None
             self.cancelled.discard(task.uuid)
@@ -397,6 +412,8 @@ async def run(config: WorkerConfig) -> int:
     work = asyncio.create_task(agent.serve())
     beats = asyncio.create_task(agent.heartbeats())
     states = asyncio.create_task(agent.report_states())
+    expires = jwt.decode(registration.token, options={"verify_signature": False})["exp"]
+    retire = asyncio.create_task(agent.retire_at(expires, work))
     signals = 0
 
     def on_signal() -> None:
@@ -422,9 +439,9 @@ async def run(config: WorkerConfig) -> int:
                 log.error("worker failed: %s", finished.exception(), exc_info=finished.exception())
                 code = 1
     finally:
-        for task in (work, beats, states):
+        for task in (work, beats, states, retire):
             task.cancel()
-        await asyncio.gather(work, beats, states, return_exceptions=True)
+        await asyncio.gather(work, beats, states, retire, return_exceptions=True)
         await agent.kill_current()
         await client.unregister()
         session.close()

@@ -398,6 +398,12 @@ class WorkerService:
         await session.delete(worker)
         return requeued
 
+    async def restore(self) -> None:
+        """At start, every known worker gets a fresh heartbeat deadline (reference 1.3, "restore
+        workers"): a coordinator that was down must not declare its whole fleet dead."""
+        async with self.context.db.write() as session:
+            await session.execute(sa.update(Worker).values(last_heartbeat=now()))
+
     async def reap(self) -> int:
         """Remove workers whose last heartbeat is older than the heartbeat timeout."""
         cutoff = now() - self.context.config.heartbeat_timeout
