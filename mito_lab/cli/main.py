@@ -180,6 +180,33 @@ def run_client(namespace: argparse.Namespace) -> int:
     return 0
 
 
+# --- manager ------------------------------------------------------------------------------------
+
+
+def _manager_parser(modes: argparse._SubParsersAction) -> None:
+    parser = modes.add_parser("manager", help="Start and stop local workers", description="Start, list and stop the worker processes this manager started (and only those)")
+    actions = parser.add_subparsers(title="commands", metavar="<COMMAND>", required=True)
+    spawn = actions.add_parser("spawn", help="Start COUNT workers in the background", usage="mito manager spawn COUNT [worker options]")
+    spawn.add_argument("count", type=int, metavar="COUNT", help="how many workers")
+    spawn.add_argument("worker_args", nargs=argparse.REMAINDER, metavar="WORKER_OPTIONS", help="options for each `mito worker`")
+    spawn.set_defaults(run=run_manager, action="spawn")
+    status = actions.add_parser("status", help="List the running workers started here")
+    status.set_defaults(run=run_manager, action="status")
+    kill = actions.add_parser("kill", help="Stop them (SIGTERM: they hand back their tasks; SIGKILL after 20 s)")
+    kill.add_argument("-f", "--force", action="store_true", help="SIGKILL at once")
+    kill.set_defaults(run=run_manager, action="kill")
+
+
+def run_manager(namespace: argparse.Namespace) -> int:
+    from mito_lab.worker import manager
+
+    if namespace.action == "spawn":
+        return manager.spawn(namespace.count, namespace.worker_args)
+    if namespace.action == "status":
+        return manager.status()
+    return manager.kill(namespace.force)
+
+
 # --- up -----------------------------------------------------------------------------------------
 
 
@@ -210,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     _coordinator_parser(modes)
     _worker_parser(modes)
     _client_parser(modes)
+    _manager_parser(modes)
     _up_parser(modes)
     return parser
 
