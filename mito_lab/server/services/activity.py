@@ -5,8 +5,11 @@ the integer exec state, so Redis-based watchers of the reference keep working.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid as uuid_module
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,6 +21,33 @@ from mito_lab.server.services.context import Context
 EVENTS = "mito:events"  # {"kind": "task" | "worker", ...}
 CANCEL = "mito:cancel"  # {"worker": <worker uuid>, "task": <task uuid>}
 EXEC_STATE_TTL_SECONDS = 3600
+# How often a long poll re-checks the database even without an event (covers coordinators that
+# share a database but no event stream).
+RECHECK_SECONDS = 2.0
+T = TypeVar("T")
+
+
+async def long_poll(
+    context: Context,
+    check: Callable[[], Awaitable[T | None]],
+    channel: str,
+    relevant: Callable[[dict[str, Any]], bool],
+    wait: float,
+) -> T | None:
+    """Run ``check`` until it returns something, re-running it when a relevant event arrives on
+    ``channel`` (or every few seconds); ``None`` when ``wait`` seconds pass or the coordinator stops."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    async with context.events.subscribe(channel) as events:  # before the check: nothing is missed
+        while not context.closing:
+            found = await check()
+            remaining = deadline - loop.time()
+            if found is not None or remaining <= 0:
+                return found
+            with contextlib.suppress(TimeoutError):
+                while not (context.closing or relevant(await asyncio.wait_for(events.get(), min(remaining, RECHECK_SECONDS)))):
+                    pass
+    return None
 
 
 def task_payload(task: Task, group: str) -> dict[str, Any]:

@@ -9,12 +9,10 @@ the database every few seconds for tasks made Ready elsewhere.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid as uuid_module
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,6 +36,7 @@ from mito_lab.server.errors import (
 from mito_lab.server.services.activity import (
     CANCEL,
     EVENTS,
+    long_poll,
     task_changed,
     worker_changed,
 )
@@ -88,11 +87,7 @@ from mito_lab.wire import (
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-# How often a waiting fetch looks at the database even without a wake-up (covers other
-# coordinators when there is no Redis to tell us).
-RECHECK_SECONDS = 2.0
 TASKS_READY = "mito:tasks-ready"
 SERVING_ROLES = Role.Write.and_above()
 
@@ -113,32 +108,12 @@ def parse_group_spec(spec: str) -> tuple[str, Role]:
 class WorkerService:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self._closing = False
 
     # --- wake-ups and long polls ----------------------------------------------------------------
 
     def notify_ready(self) -> None:
         """Some task became Ready: wake the waiting fetches of every coordinator."""
         self.context.events.publish(TASKS_READY, {})
-
-    async def _long_poll(
-        self, check: Callable[[], Awaitable[T | None]], channel: str, relevant: Callable[[dict[str, Any]], bool], wait: float
-    ) -> T | None:
-        """Run ``check`` until it returns something, re-running it when a relevant event arrives
-        on ``channel`` (or every few seconds, for changes made by coordinators that share no
-        event stream); ``None`` when ``wait`` seconds pass or the coordinator stops."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        async with self.context.events.subscribe(channel) as events:  # before the check: nothing is missed
-            while not self._closing:
-                found = await check()
-                remaining = deadline - loop.time()
-                if found is not None or remaining <= 0:
-                    return found
-                with contextlib.suppress(TimeoutError):
-                    while not (self._closing or relevant(await asyncio.wait_for(events.get(), min(remaining, RECHECK_SECONDS)))):
-                        pass
-        return None
 
     # --- registration and authentication --------------------------------------------------------
 
@@ -242,11 +217,11 @@ class WorkerService:
                 return None
             return task
 
-        return await self._long_poll(claim_unless_gone, TASKS_READY, lambda _event: True, wait)
+        return await long_poll(self.context, claim_unless_gone, TASKS_READY, lambda _event: True, wait)
 
     def close(self) -> None:
         """Answer every waiting long poll now: the coordinator is stopping."""
-        self._closing = True
+        self.context.closing = True
         for channel in (TASKS_READY, CANCEL, EVENTS):
             self.context.events.publish(channel, {})
 
@@ -279,7 +254,7 @@ class WorkerService:
             return WorkerSignal(cancel=list(cancelled)) if cancelled else None
 
         mine = str(worker.worker_id)
-        return await self._long_poll(cancellations, CANCEL, lambda event: event.get("worker") == mine, wait) or WorkerSignal()
+        return await long_poll(self.context, cancellations, CANCEL, lambda event: event.get("worker") == mine, wait) or WorkerSignal()
 
     async def report(self, worker: Worker, request: ReportTaskReq) -> ReportTaskResp:
         ready = False
@@ -460,7 +435,7 @@ class WorkerService:
             return WatchResp(reached=reached, possible=reached or not archived) if reached or archived or final else None
 
         watched = str(task_uuid)
-        return await self._long_poll(status, EVENTS, lambda event: event.get("uuid") == watched, wait) or await status(final=True)  # type: ignore[return-value]
+        return await long_poll(self.context, status, EVENTS, lambda event: event.get("uuid") == watched, wait) or await status(final=True)  # type: ignore[return-value]
 
     async def download_attachment(self, worker: Worker, task_uuid: uuid_module.UUID, key: str) -> DownloadResp:
         """An attachment of the group of the task this worker is running."""
