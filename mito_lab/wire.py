@@ -714,8 +714,8 @@ class WorkersShutdownListResp(Response):
     failed_uuids: list[UUID]
 
 
-MAX_FETCH_WAIT_SECONDS = 600
-"""The longest long-poll ``GET /workers/tasks?wait=SECONDS`` the coordinator accepts."""
+MAX_WAIT_SECONDS = 600
+"""The longest long poll (``?wait=SECONDS``: fetch, heartbeat, watch, logs) the coordinator accepts."""
 
 
 class WorkerTaskResp(Response):
@@ -738,13 +738,32 @@ class UploadOp(Request):
     Upload: UploadArtifactReq
 
 
+LIVE_LOG_CHUNK = 64 * 1024
+"""The most bytes of one stream a worker ships per report while a task runs."""
+
+LogStream = Literal["stdout", "stderr"]
+
+
+class LogChunk(Request):
+    stream: LogStream
+    offset: int = Field(ge=0, description="byte offset of this chunk in the task's stream")
+    length: int = Field(ge=0, le=LIVE_LOG_CHUNK, description="bytes of the stream it covers")
+    data: str = Field(max_length=LIVE_LOG_CHUNK, description="those bytes, decoded as UTF-8")
+
+
+class LogOp(Request):
+    """mito_lab: a piece of the running task's stdout or stderr, for live following."""
+
+    Log: LogChunk
+
+
 class ExecStateOp(Request):
     """mito_lab: the worker reports each TaskExecState; the coordinator records and publishes it."""
 
     ExecState: TaskExecState
 
 
-ReportOp = Union[Literal["Finish", "Cancel"], SubmitOp, CommitOp, UploadOp, ExecStateOp]
+ReportOp = Union[Literal["Finish", "Cancel"], SubmitOp, CommitOp, UploadOp, ExecStateOp, LogOp]
 
 
 class ReportTaskReq(Request):
@@ -769,3 +788,15 @@ class WatchResp(Response):
 
     reached: bool
     possible: bool
+
+
+class TaskLogResp(Response):
+    """``GET /tasks/{uuid}/logs``: output of a task from ``offset`` on; ask again from ``next``.
+    ``offset`` may be past what was asked when older output was dropped (only the newest
+    megabyte of each stream is kept while a task runs, and for an hour after it ends)."""
+
+    stream: LogStream
+    offset: int
+    next: int
+    data: str
+    complete: bool = Field(description="the task has ended and this is the end of its output")

@@ -5,12 +5,14 @@ raises ``HelpShown`` with the text, so every front end decides how to show them.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 from mito_lab.client.api import AsyncClient, task_request
+from mito_lab.client.http import MitoError
 from mito_lab.client.unpack import extract
 from mito_lab.config import parse_duration
 from mito_lab.wire import (
@@ -187,6 +189,25 @@ async def cmd_get_artifact(client: AsyncClient, args: argparse.Namespace) -> Any
     return f"Downloaded {args.content_type.value} of task {args.uuid} to {path}"
 
 
+async def cmd_get_logs(client: AsyncClient, args: argparse.Namespace) -> Any:
+    """The output of a task; ``--follow`` streams it until the task ends."""
+    stream = "stderr" if args.stderr else "stdout"
+    if args.follow:
+        return client.follow_logs(args.uuid, stream)
+    answer = await client.logs(args.uuid, stream)
+    if answer.data or not answer.complete:
+        return answer.data.rstrip("\n")
+    # the task ended long enough ago for its live output to be gone: the std-log artifact has it all
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            archive = await client.download_artifact(args.uuid, ArtifactContentType.std_log, Path(scratch))
+        except MitoError as exc:
+            if exc.status != 404:
+                raise
+            return "(no output kept: the task ended over an hour ago without --terminal)"
+        return (extract(archive, Path(scratch)) / "std-log" / f"{stream}.log").read_text(errors="replace").rstrip("\n")
+
+
 # --- the tree -------------------------------------------------------------------------------------
 
 
@@ -263,6 +284,11 @@ def build_parser(prog: str = "mito client") -> Parser:
     artifact.add_argument("--no-download", action="store_true", help="only print the download URL")
     artifact.add_argument("-x", "--extract", metavar="DIR", help="also unpack it into DIR (members that would escape DIR are refused)")
     artifact.set_defaults(func=cmd_get_artifact)
+    logs = get_commands.add_parser("logs", help="Show the output of a task, live with --follow")
+    logs.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing output until the task ends")
+    logs.add_argument("--stderr", action="store_true", help="standard error instead of standard output")
+    logs.set_defaults(func=cmd_get_logs)
     return parser
 
 

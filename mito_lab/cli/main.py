@@ -162,7 +162,13 @@ def run_client(namespace: argparse.Namespace) -> int:
             config.coordinator_addr, config.user, config.password, config.credential_path, config.retain, ask_credentials
         )
         async with client:
-            return await args.func(client, args)
+            result = await args.func(client, args)
+            if hasattr(result, "__aiter__"):  # a stream (e.g. get logs --follow): print it as it comes
+                async for piece in result:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                return None
+            return result
 
     try:
         text = render(asyncio.run(execute()), getattr(args, "verbose", False))

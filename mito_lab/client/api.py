@@ -4,7 +4,7 @@ the notebook front end all call these rather than speaking HTTP themselves."""
 from __future__ import annotations
 
 import uuid as uuid_module
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from mito_lab.wire import (
     SubmitTaskReq,
     SubmitTaskResp,
     TaskExecState,
+    TaskLogResp,
     TaskQueryResp,
     TaskSpec,
     TasksQueryReq,
@@ -31,6 +32,8 @@ from mito_lab.wire import (
 )
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
+LONG_POLL_SLACK_SECONDS = 30.0
+FOLLOW_POLL_SECONDS = 60.0
 AskCredentials = Callable[[str | None], tuple[str, str]]
 
 
@@ -161,6 +164,26 @@ class AsyncClient:
 
     async def cancel_task(self, task_uuid: uuid_module.UUID | str) -> None:
         await self.session.call("DELETE", f"tasks/{task_uuid}")
+
+    # --- live output ----------------------------------------------------------------------------
+
+    async def logs(self, task_uuid: uuid_module.UUID | str, stream: str = "stdout", offset: int = 0, wait: float = 0) -> TaskLogResp:
+        """The task's output from ``offset`` on (long-polls up to ``wait`` seconds for some)."""
+        return await self.session.call(
+            "GET", f"tasks/{task_uuid}/logs", None, TaskLogResp,
+            query=f"?stream={stream}&offset={offset}&wait={wait:g}", timeout=wait + LONG_POLL_SLACK_SECONDS,
+        )
+
+    async def follow_logs(self, task_uuid: uuid_module.UUID | str, stream: str = "stdout") -> AsyncIterator[str]:
+        """Yield the task's output as it is produced, until the task ends."""
+        offset = 0
+        while True:
+            answer = await self.logs(task_uuid, stream, offset, wait=FOLLOW_POLL_SECONDS)
+            if answer.data:
+                yield answer.data
+            offset = answer.next
+            if answer.complete:
+                return
 
     # --- artifacts ------------------------------------------------------------------------------
 

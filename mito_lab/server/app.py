@@ -28,6 +28,7 @@ from mito_lab.server.services.attachments import AttachmentService
 from mito_lab.server.services.auth import Tokens, load_or_create_keys
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import GroupService
+from mito_lab.server.services.logs import LogService
 from mito_lab.server.services.tasks import TaskService
 from mito_lab.server.services.users import UserService
 from mito_lab.server.services.workers import WorkerService
@@ -72,6 +73,7 @@ class Coordinator:
         self.users = UserService(self.context)
         self.groups = GroupService(self.context)
         self.attachments = AttachmentService(self.context)
+        self.logs = LogService(self.context)
         self.workers = WorkerService(self.context)
         self.tasks = TaskService(self.context, on_ready=self.workers.notify_ready)
         self._server: HTTPServer | None = None
@@ -103,9 +105,20 @@ class Coordinator:
         host, port = parse_bind(self.config.bind)
         self._server = HTTPServer(self.make_app(), max_body_size=MAX_JSON_BODY, idle_connection_timeout=3600)
         self._server.listen(port, host)
-        self._background.append(asyncio.create_task(self.workers.reap_forever()))
+        self._background.append(asyncio.create_task(self._housekeeping()))
         log.warning("Set random shutdown secret: %s", self.shutdown_secret)
         log.info("coordinator listening on http://%s:%d (database: %s)", host, port, self.context.db.engine.url.render_as_string(hide_password=True))
+
+    async def _housekeeping(self) -> None:
+        """Remove workers that stopped heartbeating; forget old live output."""
+        period = max(1.0, min(self.config.heartbeat_timeout.total_seconds() / 4, 30.0))
+        while True:
+            await asyncio.sleep(period)
+            for job in (self.workers.reap, self.logs.prune):
+                try:
+                    await job()
+                except Exception:  # a failed round is retried next period; it must not stop the loop
+                    log.exception("housekeeping: %s failed", job.__qualname__)
 
     async def _start_events(self) -> None:
         events, config = self.context.events, self.config

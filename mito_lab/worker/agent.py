@@ -26,12 +26,15 @@ from mito_lab.client.http import HttpSession, MitoError
 from mito_lab.config import WorkerConfig, cache_dir
 from mito_lab.logs import setup_logging
 from mito_lab.wire import (
-    MAX_FETCH_WAIT_SECONDS,
+    LIVE_LOG_CHUNK,
+    MAX_WAIT_SECONDS,
     ArtifactContentType,
     ArtifactSource,
     CommitOp,
     DownloadResp,
     ExecStateOp,
+    LogChunk,
+    LogOp,
     RegisterWorkerReq,
     RegisterWorkerResp,
     ReportTaskReq,
@@ -56,6 +59,7 @@ LONG_POLL_SLACK_SECONDS = 30.0
 PREPARE_SECONDS = 30 * 60  # resources plus watch, as the reference
 RETIRE_MARGIN_SECONDS = 30.0
 WATCH_POLL_SECONDS = 60.0
+LOG_SHIP_SECONDS = 0.5
 # Variables of the worker's own configuration that a task must not inherit.
 PRIVATE_ENVIRONMENT = ("MITO_PASSWORD", "MITO_USER")
 
@@ -170,7 +174,7 @@ class Agent:
     async def heartbeats(self) -> None:
         """Heartbeats on their own timer. While a task runs, each heartbeat is held open by the
         coordinator and answers at once if the task is cancelled, so it is killed within a second."""
-        interval = min(self.config.heartbeat_interval.total_seconds(), MAX_FETCH_WAIT_SECONDS)
+        interval = min(self.config.heartbeat_interval.total_seconds(), MAX_WAIT_SECONDS)
         while True:
             if self.current is None:
                 await self.client.heartbeat()
@@ -200,7 +204,7 @@ class Agent:
 
     async def serve(self) -> None:
         """Fetch and run tasks until stopped, evicted, or retired at the end of the lifetime."""
-        wait = min(self.config.polling_interval.total_seconds(), MAX_FETCH_WAIT_SECONDS)
+        wait = min(self.config.polling_interval.total_seconds(), MAX_WAIT_SECONDS)
         while not self.stopping.is_set() and not self.retiring:
             task = await self.client.fetch(wait)
             if task is not None:
@@ -293,27 +297,60 @@ class Agent:
             env["MITO_UPSTREAM_TASK_UUID"] = str(task.upstream_task_uuid)
         return env
 
+    async def _ship_logs(self, task: WorkerTaskResp, streams: dict[str, Path], finished: asyncio.Event) -> None:
+        """Send new output while the task runs (and what is left once it ended). At most one
+        chunk per stream per tick: a flood skips ahead to its newest part, so neither memory nor
+        the coordinator is overwhelmed; sending before reading more gives backpressure."""
+        offsets = dict.fromkeys(streams, 0)
+        while True:
+            ended = finished.is_set()
+            for stream, path in streams.items():
+                size = path.stat().st_size if path.exists() else 0
+                offsets[stream] = max(offsets[stream], size - LIVE_LOG_CHUNK)
+                if size <= offsets[stream]:
+                    continue
+                with path.open("rb") as handle:
+                    handle.seek(offsets[stream])
+                    data = handle.read(LIVE_LOG_CHUNK)
+                chunk = LogChunk(stream=stream, offset=offsets[stream], length=len(data), data=data.decode("utf-8", "replace"))
+                try:
+                    await self.client.report(task, LogOp(Log=chunk))
+                except (TaskGone, MitoError) as exc:
+                    log.debug("task %s: live output not shipped: %s", task.uuid, exc)
+                    return
+                offsets[stream] += len(data)
+            if ended:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), LOG_SHIP_SECONDS)
+
+    async def _execute_process(self, task: WorkerTaskResp, dirs: TaskDirectories, stdout: Path, stderr: Path) -> runner.Outcome:
+        try:
+            # output always goes to files (followable live); it becomes the std-log artifact with --terminal
+            self.process = await runner.spawn(task.spec.args, self._environment(task, dirs), dirs.work, stdout, stderr)
+        except OSError as exc:  # the program does not exist or cannot be executed
+            log.warning("task %s: cannot start %s: %s", task.uuid, task.spec.args[0], exc)
+            stderr.write_text(f"mito worker: cannot start {task.spec.args[0]!r}: {exc.strerror or exc}\n")
+            return runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False)
+        self.state(task, TaskExecState.ExecSpawned)
+        if task.uuid in self.cancelled:  # cancelled while it was being started
+            asyncio.ensure_future(self.kill_current())
+        try:
+            return await runner.wait(self.process, task.timeout.total_seconds())
+        finally:
+            self.process = None
+
     async def _run(self, task: WorkerTaskResp, dirs: TaskDirectories) -> TaskResultSpec:
         terminal = task.spec.terminal_output
         stdout, stderr = dirs.std_log / "stdout.log", dirs.std_log / "stderr.log"
         self.state(task, TaskExecState.ExecPending)
+        finished = asyncio.Event()
+        shipping = asyncio.create_task(self._ship_logs(task, {"stdout": stdout, "stderr": stderr}, finished))
         try:
-            self.process = await runner.spawn(
-                task.spec.args, self._environment(task, dirs), dirs.work, stdout if terminal else None, stderr if terminal else None
-            )
-        except OSError as exc:  # the program does not exist or cannot be executed
-            log.warning("task %s: cannot start %s: %s", task.uuid, task.spec.args[0], exc)
-            if terminal:
-                stderr.write_text(f"mito worker: cannot start {task.spec.args[0]!r}: {exc.strerror or exc}\n")
-            outcome = runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False)
-        else:
-            self.state(task, TaskExecState.ExecSpawned)
-            if task.uuid in self.cancelled:  # cancelled while it was being started
-                asyncio.ensure_future(self.kill_current())
-            try:
-                outcome = await runner.wait(self.process, task.timeout.total_seconds())
-            finally:
-                self.process = None
+            outcome = await self._execute_process(task, dirs, stdout, stderr)
+        finally:
+            finished.set()  # the shipper sends what is left and stops
+        await shipping
         if self.stopping.is_set():  # killed by our own shutdown: unregistering re-queues it
             raise asyncio.CancelledError()
         cancelled = task.uuid in self.cancelled

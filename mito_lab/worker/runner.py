@@ -34,18 +34,13 @@ async def stop_group(process: asyncio.subprocess.Process, grace: float = KILL_GR
     await process.wait()
 
 
-async def spawn(args: list[str], env: dict[str, str], cwd: Path, stdout: Path | None, stderr: Path | None) -> asyncio.subprocess.Process:
-    """Start ``args`` (``args[0]`` found through the task's PATH) in a new session."""
-    out = stdout.open("wb") if stdout else asyncio.subprocess.DEVNULL
-    err = stderr.open("wb") if stderr else asyncio.subprocess.DEVNULL
-    try:
+async def spawn(args: list[str], env: dict[str, str], cwd: Path, stdout: Path, stderr: Path) -> asyncio.subprocess.Process:
+    """Start ``args`` (``args[0]`` found through the task's PATH) in a new session, its output
+    written straight to files by the child itself (the worker never holds it in memory)."""
+    with stdout.open("wb") as out, stderr.open("wb") as err:  # the child keeps its own copies
         return await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True
         )
-    finally:  # the child has its own copies of the descriptors
-        for handle in (out, err):
-            if not isinstance(handle, int):
-                handle.close()
 
 
 async def wait(process: asyncio.subprocess.Process, timeout: float) -> Outcome:

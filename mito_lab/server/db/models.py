@@ -214,3 +214,17 @@ class Attachment(Timestamps, Base):
     group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id"))
     key: Mapped[str] = mapped_column(sa.String(1024))
     size: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class TaskLog(Base):
+    """The newest output of running (and recently ended) tasks, for live following."""
+
+    __tablename__ = "task_logs"
+    __table_args__ = (sa.Index("ix_task_logs_task_stream_offset", "task_id", "stream", "offset"),)
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    task_id: Mapped[int] = mapped_column(sa.ForeignKey("tasks.id", ondelete="CASCADE"))
+    stream: Mapped[str] = mapped_column(sa.String(6))
+    offset: Mapped[int] = mapped_column(sa.BigInteger)
+    length: Mapped[int]
+    data: Mapped[str] = mapped_column(sa.Text)

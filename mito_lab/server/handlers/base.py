@@ -15,6 +15,7 @@ from tornado.web import HTTPError, RequestHandler
 from mito_lab.server.db.models import User, Worker
 from mito_lab.server.errors import ApiError, InvalidRequest, InvalidToken, NotFound
 from mito_lab.server.services.context import Context
+from mito_lab.wire import MAX_WAIT_SECONDS
 
 log = logging.getLogger(__name__)
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -135,6 +136,17 @@ class ApiHandler(RequestHandler):
         if isinstance(value, HTTPError) and value.status_code < 500:
             return
         super().log_exception(typ, value, tb)
+
+
+def wait_argument(handler: RequestHandler) -> float:
+    """``?wait=SECONDS`` of the long-polling routes; absent means answer at once."""
+    try:
+        wait = float(handler.get_query_argument("wait", "0"))
+    except ValueError:
+        raise InvalidRequest("wait must be a number of seconds") from None
+    if not 0 <= wait <= MAX_WAIT_SECONDS:
+        raise InvalidRequest(f"wait must be between 0 and {MAX_WAIT_SECONDS} seconds")
+    return wait
 
 
 class NotFoundHandler(ApiHandler):

@@ -3,7 +3,12 @@
 import uuid
 
 from mito_lab.server.errors import InvalidRequest
-from mito_lab.server.handlers.base import UUID_PATTERN, ApiHandler, operation
+from mito_lab.server.handlers.base import (
+    UUID_PATTERN,
+    ApiHandler,
+    operation,
+    wait_argument,
+)
 from mito_lab.wire import (
     ArtifactContentType,
     ArtifactsDownloadResp,
@@ -18,6 +23,7 @@ from mito_lab.wire import (
     DownloadResp,
     SubmitTaskReq,
     SubmitTaskResp,
+    TaskLogResp,
     TaskQueryResp,
     TasksCancelReq,
     TasksCancelResp,
@@ -154,6 +160,27 @@ class ArtifactsDeleteListHandler(ApiHandler):
         self.send(await self.mito.tasks.delete_artifacts_list(user, self.body()))
 
 
+class TaskLogsHandler(ApiHandler):
+    @operation(
+        "Live output of a task; long-polls with ?wait",
+        response=TaskLogResp,
+        query={"stream": "stdout (default) or stderr", "offset": "byte offset to read from (default 0)",
+               "wait": "seconds to wait for output (0 to 600)"},
+    )
+    async def get(self, task_uuid: str) -> None:
+        user = await self.user()
+        stream = self.get_query_argument("stream", "stdout")
+        if stream not in ("stdout", "stderr"):
+            raise InvalidRequest("stream must be stdout or stderr")
+        try:
+            offset = int(self.get_query_argument("offset", "0"))
+        except ValueError:
+            raise InvalidRequest("offset must be a number of bytes") from None
+        if offset < 0:
+            raise InvalidRequest("offset must not be negative")
+        self.send(await self.mito.logs.read(user, uuid.UUID(task_uuid), stream, offset, wait_argument(self)))
+
+
 default_handlers = [
     (r"/tasks", TasksHandler),
     (r"/tasks/submit", BatchSubmitHandler),
@@ -166,6 +193,7 @@ default_handlers = [
     (r"/tasks/delete/artifacts/list", ArtifactsDeleteListHandler),
     (rf"/tasks/{TASK}", TaskHandler),
     (rf"/tasks/{TASK}/labels", TaskLabelsHandler),
+    (rf"/tasks/{TASK}/logs", TaskLogsHandler),
     (rf"/tasks/{TASK}/artifacts", TaskArtifactsHandler),
     (rf"/tasks/{TASK}/artifacts/(?P<kind>[^/]+)", TaskArtifactHandler),
     (rf"/tasks/{TASK}/download/artifacts/(?P<kind>[^/]+)", TaskArtifactDownloadHandler),

@@ -3,10 +3,14 @@
 import uuid
 
 from mito_lab.server.errors import InvalidRequest
-from mito_lab.server.handlers.base import UUID_PATTERN, ApiHandler, operation
+from mito_lab.server.handlers.base import (
+    UUID_PATTERN,
+    ApiHandler,
+    operation,
+    wait_argument,
+)
 from mito_lab.server.handlers.tasks import TASK, content_type
 from mito_lab.wire import (
-    MAX_FETCH_WAIT_SECONDS,
     DownloadResp,
     RegisterWorkerReq,
     RegisterWorkerResp,
@@ -32,17 +36,6 @@ from mito_lab.wire import (
 )
 
 WORKER = rf"(?P<worker_uuid>{UUID_PATTERN})"
-
-
-def wait_argument(handler: ApiHandler) -> float:
-    """``?wait=SECONDS`` of the long-polling routes; absent means answer at once."""
-    try:
-        wait = float(handler.get_query_argument("wait", "0"))
-    except ValueError:
-        raise InvalidRequest("wait must be a number of seconds") from None
-    if not 0 <= wait <= MAX_FETCH_WAIT_SECONDS:
-        raise InvalidRequest(f"wait must be between 0 and {MAX_FETCH_WAIT_SECONDS} seconds")
-    return wait
 
 
 def shutdown_op(handler: ApiHandler) -> WorkerShutdownOp:

@@ -8,7 +8,6 @@ the database every few seconds for tasks made Ready elsewhere.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid as uuid_module
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from mito_lab.server.services.activity import (
 )
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import by_names, group_by_name, require_role
+from mito_lab.server.services.logs import append as append_log
 from mito_lab.server.services.tasks import (
     artifact_download,
     insert_task,
@@ -57,6 +57,7 @@ from mito_lab.wire import (
     CommitOp,
     DownloadResp,
     ExecStateOp,
+    LogOp,
     RegisterWorkerReq,
     RegisterWorkerResp,
     ReportTaskReq,
@@ -272,6 +273,8 @@ class WorkerService:
                     task.state = TaskState.Finished if op == "Finish" else TaskState.Cancelled
                     task.updated_at = now()
                     await task_changed(self.context, session, task)
+            elif isinstance(op, LogOp):
+                await append_log(self.context, session, task, op.Log)
             elif isinstance(op, ExecStateOp):
                 task.exec_state = op.ExecState
                 await task_changed(self.context, session, task)
@@ -391,15 +394,6 @@ class WorkerService:
         if requeued:
             self.notify_ready()
         return removed
-
-    async def reap_forever(self) -> None:
-        period = max(1.0, min(self.context.config.heartbeat_timeout.total_seconds() / 4, 30.0))
-        while True:
-            await asyncio.sleep(period)
-            try:
-                await self.reap()
-            except Exception:  # a failed round is retried next period; it must not stop the loop
-                log.exception("heartbeat check failed")
 
     # --- what a worker may read -----------------------------------------------------------------
 
