@@ -235,6 +235,7 @@ class Platform:
     coordinator: subprocess.Popen[bytes]
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _tokens: dict[str, str] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)  # how the coordinator was started
 
     @property
     def log(self) -> str:
@@ -300,29 +301,33 @@ class Platform:
             stop_process(worker)
         stop_process(self.coordinator)
 
+    def start_coordinator(self) -> None:
+        """(Re)start the coordinator with the same address, data dir and database."""
+        with (self.home / "coordinator.log").open("ab") as log:
+            self.coordinator = subprocess.Popen(
+                self.command, env=isolated_env(self.home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if http("GET", f"{self.url}/health").status == 200:
+                    return
+            except OSError:
+                pass
+            if self.coordinator.poll() is not None or time.monotonic() > deadline:
+                stop_process(self.coordinator)
+                pytest.fail(f"the coordinator did not start:\n{self.log[-3000:]}")
+            time.sleep(0.05)
+
 
 def start_platform(home: Path, *args: str) -> Platform:
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
-    log = (home / "coordinator.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mito_lab", "coordinator", "--bind", f"127.0.0.1:{port}",
-         "--data-dir", str(home / "coordinator-data"), "--heartbeat-timeout", "10s", *args],
-        env=isolated_env(home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=home,
-    )
-    log.close()
-    platform = Platform(home=home, url=f"http://127.0.0.1:{port}", coordinator=process)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if http("GET", f"{platform.url}/health").status == 200:
-                return platform
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_process(process)
-            pytest.fail(f"the coordinator did not start:\n{platform.log[-3000:]}")
-        time.sleep(0.05)
+    command = [sys.executable, "-m", "mito_lab", "coordinator", "--bind", f"127.0.0.1:{port}",
+               "--data-dir", str(home / "coordinator-data"), "--heartbeat-timeout", "10s", *args]
+    platform = Platform(home=home, url=f"http://127.0.0.1:{port}", coordinator=None, command=command)  # type: ignore[arg-type]
+    platform.start_coordinator()
+    return platform
 
 
 def backend_args(backend: str, request: pytest.FixtureRequest) -> list[str]:
