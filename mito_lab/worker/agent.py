@@ -60,6 +60,7 @@ PREPARE_SECONDS = 30 * 60  # resources plus watch, as the reference
 RETIRE_MARGIN_SECONDS = 30.0
 WATCH_POLL_SECONDS = 60.0
 LOG_SHIP_SECONDS = 0.5
+UPLOAD_URL_ATTEMPTS = 3
 # Variables of the worker's own configuration that a task must not inherit.
 PRIVATE_ENVIRONMENT = ("MITO_PASSWORD", "MITO_USER")
 
@@ -376,17 +377,23 @@ class Agent:
             packs.append((ArtifactContentType.std_log, lambda: packing.pack_std_logs(dirs.std_log / "stdout.log", dirs.std_log / "stderr.log", dirs.archives / "std-log.tar.gz")))
         for content_type, pack in packs:
             archive = await asyncio.to_thread(pack)  # packing must not starve the event loop
-            try:
-                answer = await self.client.report(
-                    task, UploadOp(Upload=UploadArtifactReq(content_type=content_type, content_length=archive.stat().st_size))
-                )
-            except MitoError as exc:
-                if exc.status == 403:  # over quota: the other outputs may still fit
-                    log.warning("task %s: %s not uploaded: %s", task.uuid, content_type.value, exc)
-                    continue
-                raise
-            if answer.url:
-                await self.client.transfer(True, answer.url, archive)
+            request = UploadOp(Upload=UploadArtifactReq(content_type=content_type, content_length=archive.stat().st_size))
+            for attempt in range(UPLOAD_URL_ATTEMPTS):
+                try:
+                    answer = await self.client.report(task, request)
+                except MitoError as exc:
+                    if exc.status == 403:  # over quota: the other outputs may still fit
+                        log.warning("task %s: %s not uploaded: %s", task.uuid, content_type.value, exc)
+                        break
+                    raise
+                try:
+                    if answer.url:
+                        await self.client.transfer(True, answer.url, archive)
+                    break
+                except MitoError as exc:  # e.g. the signed URL expired during a long outage: ask for a new one
+                    if attempt + 1 == UPLOAD_URL_ATTEMPTS:
+                        raise
+                    log.warning("task %s: uploading %s failed (%s); asking for a new URL", task.uuid, content_type.value, exc)
 
     async def _submit_downstream(self, task: WorkerTaskResp, dirs: TaskDirectories) -> bool:
         """Submit the task the command wrote to ``$MITO_NEW_TASK``, if any. False if it was invalid."""
