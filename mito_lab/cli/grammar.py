@@ -21,10 +21,15 @@ from mito_lab.wire import (
     ArtifactSource,
     AttachmentRef,
     AttachmentSource,
+    AttachmentsQueryReq,
+    ChangeTaskReq,
     RemoteResourceDownload,
+    Role,
     TaskExecState,
+    TaskSpec,
     TasksQueryReq,
     TaskState,
+    WorkersQueryReq,
 )
 
 Command = Callable[[AsyncClient, argparse.Namespace], Awaitable[Any]]
@@ -40,7 +45,8 @@ class HelpShown(Exception):
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise GrammarError(f"{self.format_usage().strip()}\n{self.prog}: error: {message}")
+        where = f"{self.prog.strip()}: " if self.prog.strip() else ""
+        raise GrammarError(f"{self.format_usage().strip()}\n{where}error: {message}")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         raise HelpShown(message or "")
@@ -208,6 +214,121 @@ async def cmd_get_logs(client: AsyncClient, args: argparse.Namespace) -> Any:
         return (extract(archive, Path(scratch)) / "std-log" / f"{stream}.log").read_text(errors="replace").rstrip("\n")
 
 
+async def cmd_get_attachment_meta(client: AsyncClient, args: argparse.Namespace) -> Any:
+    return await client.attachment_meta(args.group, args.key)
+
+
+async def cmd_get_attachments(client: AsyncClient, args: argparse.Namespace) -> Any:
+    request = AttachmentsQueryReq(key=args.key, limit=args.limit, offset=args.offset, count=args.count)
+    return await client.query_attachments(args.group or client.username or "", request)
+
+
+async def cmd_get_attachment(client: AsyncClient, args: argparse.Namespace) -> Any:
+    if args.no_download:
+        return await client.attachment_url(args.group, args.key)
+    target = Path(args.output) if args.output else Path(args.key.rsplit("/", 1)[-1])
+    path = await client.download_attachment(args.group, args.key, target)
+    return f"Downloaded {args.key} of group {args.group} to {path}"
+
+
+async def cmd_get_worker(client: AsyncClient, args: argparse.Namespace) -> Any:
+    return await client.get_worker(args.uuid)
+
+
+async def cmd_get_workers(client: AsyncClient, args: argparse.Namespace) -> Any:
+    request = WorkersQueryReq(group_name=args.group, role=args.roles, tags=args.tags, labels=args.labels,
+                              creator_username=args.creator, count=args.count)
+    return await client.query_workers(request)
+
+
+async def cmd_get_group(client: AsyncClient, args: argparse.Namespace) -> Any:
+    return await client.get_group(args.name)
+
+
+async def cmd_get_groups(client: AsyncClient, args: argparse.Namespace) -> Any:
+    return await client.my_groups()
+
+
+async def cmd_upload_artifact(client: AsyncClient, args: argparse.Namespace) -> Any:
+    await client.upload_artifact(args.uuid, args.content_type, Path(args.local_file))
+    return f"Uploaded {args.local_file} as the {args.content_type.value} of task {args.uuid}"
+
+
+async def cmd_upload_attachment(client: AsyncClient, args: argparse.Namespace) -> Any:
+    group = args.group or client.username or ""
+    path = Path(args.local_file)
+    await client.upload_attachment(group, path, args.key)
+    key = args.key or path.name
+    return f"Uploaded {path} to group {group} as {key + path.name if key.endswith('/') else key}"
+
+
+async def cmd_manage_worker(client: AsyncClient, args: argparse.Namespace) -> Any:
+    action = args.worker_action
+    if action == "cancel":
+        await client.shutdown_worker(args.uuid, force=args.force)
+        return f"Worker {args.uuid} is shutting down ({'force' if args.force else 'graceful'})"
+    if action == "update-tags":
+        await client.update_worker_tags(args.uuid, args.values)
+    elif action == "update-labels":
+        await client.update_worker_labels(args.uuid, args.values)
+    elif action == "update-roles":
+        await client.update_worker_roles(args.uuid, dict(args.values))
+    else:
+        await client.remove_worker_roles(args.uuid, args.values)
+    return f"Worker {args.uuid}: {action} done"
+
+
+async def cmd_manage_task(client: AsyncClient, args: argparse.Namespace) -> Any:
+    action = args.task_action
+    if action == "cancel":
+        await client.cancel_task(args.uuid)
+        return f"Task {args.uuid} cancelled"
+    if action == "update-labels":
+        await client.update_task_labels(args.uuid, args.values)
+        return f"Task {args.uuid}: labels set to {', '.join(args.values) or '(none)'}"
+    spec = None
+    if args.command:  # a new command replaces the whole spec (its resources too), as the reference
+        spec = TaskSpec(args=args.command, envs=dict(args.envs or []), terminal_output=args.terminal, watch=args.watch)
+    await client.change_task(args.uuid, ChangeTaskReq(tags=args.tags, timeout=args.timeout, priority=args.priority, task_spec=spec))
+    return f"Task {args.uuid} changed"
+
+
+async def cmd_manage_group(client: AsyncClient, args: argparse.Namespace) -> Any:
+    if args.group_action == "update-user":
+        await client.update_members(args.name, dict(args.values))
+    else:
+        await client.remove_members(args.name, args.values)
+    return f"Group {args.name}: {args.group_action} done"
+
+
+async def cmd_shutdown(client: AsyncClient, args: argparse.Namespace) -> Any:
+    await client.shutdown_coordinator(args.secret)
+    return "The coordinator is shutting down"
+
+
+async def cmd_help(client: AsyncClient | None, args: argparse.Namespace) -> str:
+    """``help [COMMAND...]``: the help of the client or of one of its commands."""
+    try:
+        build_parser().parse_args([*args.topic, "--help"])
+    except HelpShown as shown:
+        return str(shown).rstrip()
+    except GrammarError as exc:
+        return str(exc)
+    return ""
+
+
+async def cmd_quit(client: AsyncClient | None, args: argparse.Namespace) -> None:
+    """Leaves the interactive mode (the shell handles it); a no-op on the command line."""
+
+
+def _pair(text: str) -> tuple[str, Role]:
+    """``name:role`` (``user:write``, ``group:admin``)."""
+    name, sep, role = text.partition(":")
+    if not sep or not name:
+        raise ValueError("use NAME:ROLE with ROLE read, write or admin")
+    return name, Role(role)
+
+
 # --- the tree -------------------------------------------------------------------------------------
 
 
@@ -231,6 +352,7 @@ def _add_task_filters(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(prog: str = "mito client") -> Parser:
     parser = Parser(prog=prog, description="Run a mitosis client command")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
     commands = _subcommands(parser)
 
     auth = commands.add_parser("auth", help="Authenticate the user")
@@ -289,6 +411,110 @@ def build_parser(prog: str = "mito client") -> Parser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing output until the task ends")
     logs.add_argument("--stderr", action="store_true", help="standard error instead of standard output")
     logs.set_defaults(func=cmd_get_logs)
+
+    meta = get_commands.add_parser("attachment-meta", help="Get the metadata of an attachment")
+    meta.add_argument("group", metavar="GROUP_NAME")
+    meta.add_argument("key", metavar="KEY")
+    meta.set_defaults(func=cmd_get_attachment_meta)
+    attachments = get_commands.add_parser("attachments", help="Query a list of attachments subject to the filter")
+    attachments.add_argument("-g", "--group", help="the group (default: your own)")
+    attachments.add_argument("-k", "--key", help="keys containing this text")
+    attachments.add_argument("--limit", type=int)
+    attachments.add_argument("--offset", type=int)
+    attachments.add_argument("--count", action="store_true", help="only count them")
+    attachments.set_defaults(func=cmd_get_attachments)
+    worker = get_commands.add_parser("worker", help="Get the info of a worker")
+    worker.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    worker.set_defaults(func=cmd_get_worker)
+    workers = get_commands.add_parser("workers", help="Query a list of workers subject to the filter")
+    workers.add_argument("-g", "--group", help="the group (default: your own)")
+    workers.add_argument("-r", "--roles", nargs="*", action=CommaList, convert=Role, help="the group's roles on them: read, write, admin")
+    workers.add_argument("-t", "--tags", nargs="*", action=CommaList, help="workers having all these tags")
+    workers.add_argument("-l", "--labels", nargs="*", action=CommaList, help="workers having all these labels")
+    workers.add_argument("--creator", help="workers registered by this user")
+    workers.add_argument("-v", "--verbose", action="store_true", help="show every field")
+    workers.add_argument("--count", action="store_true", help="only count them")
+    workers.set_defaults(func=cmd_get_workers)
+    group_info = get_commands.add_parser("group", help="Get the information of a group")
+    group_info.add_argument("name", metavar="GROUP_NAME")
+    group_info.set_defaults(func=cmd_get_group)
+    groups = get_commands.add_parser("groups", help="Get all groups the user has access to")
+    groups.set_defaults(func=cmd_get_groups)
+    attachment = get_commands.add_parser("attachment", help="Download an attachment of a group")
+    attachment.add_argument("group", metavar="GROUP_NAME")
+    attachment.add_argument("key", metavar="KEY")
+    attachment.add_argument("-o", "--output", help="where to save it [default: the key's last part, here]")
+    attachment.add_argument("--no-download", action="store_true", help="only print the download URL")
+    attachment.set_defaults(func=cmd_get_attachment)
+
+    upload = commands.add_parser("upload", help="Upload an artifact or attachment")
+    upload_commands = _subcommands(upload)
+    artifact_up = upload_commands.add_parser("artifact", help="Upload an artifact to a task")
+    artifact_up.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    artifact_up.add_argument("content_type", type=TYPE_ARG, metavar="TYPE", help="result, exec-log or std-log")
+    artifact_up.add_argument("local_file", metavar="LOCAL_FILE")
+    artifact_up.set_defaults(func=cmd_upload_artifact)
+    attachment_up = upload_commands.add_parser("attachment", help="Upload an attachment to a group")
+    attachment_up.add_argument("-g", "--group", help="the group (default: your own)")
+    attachment_up.add_argument("local_file", metavar="LOCAL_FILE")
+    attachment_up.add_argument("key", nargs="?", metavar="KEY", help="[default: the file name; a KEY ending in / gets it appended]")
+    attachment_up.set_defaults(func=cmd_upload_attachment)
+
+    manage = commands.add_parser("manage", help="Manage a worker, a task or a group")
+    manage_commands = _subcommands(manage)
+    worker_m = manage_commands.add_parser("worker", help="Manage a worker", usage="manage worker UUID <ACTION> ...")
+    worker_m.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    worker_actions = _subcommands(worker_m)
+    cancel_w = worker_actions.add_parser("cancel", help="Shut the worker down (graceful: after its current task)")
+    cancel_w.add_argument("-f", "--force", action="store_true", help="at once; its task goes back to the queue")
+    for action, help_text, metavar, nargs, convert in (
+        ("update-tags", "Replace the worker's tags", "TAGS", "*", None),
+        ("update-labels", "Replace the worker's labels", "LABELS", "*", None),
+        ("update-roles", "Give groups roles on the worker", "GROUP:ROLE", "+", _pair),
+        ("remove-roles", "Take groups off the worker", "GROUP", "+", None),
+    ):
+        sub = worker_actions.add_parser(action, help=help_text)
+        sub.add_argument("values", nargs=nargs, action=CommaList, convert=convert, metavar=metavar)
+    for name, sub in worker_actions.choices.items():
+        sub.set_defaults(func=cmd_manage_worker, worker_action=name)
+
+    task_m = manage_commands.add_parser("task", help="Manage a task", usage="manage task UUID <ACTION> ...")
+    task_m.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    task_actions = _subcommands(task_m)
+    task_actions.add_parser("cancel", help="Cancel the task (a running one is stopped)")
+    labels_t = task_actions.add_parser("update-labels", help="Replace the task's labels")
+    labels_t.add_argument("values", nargs="*", action=CommaList, metavar="LABELS")
+    change = task_actions.add_parser("change", help="Change a task that has not started", usage="change [OPTIONS] [-- <COMMAND>...]")
+    change.add_argument("-t", "--tags", nargs="*", action=CommaList, help="new tags")
+    change.add_argument("--timeout", type=_argument_type(parse_duration, "duration"), help="new timeout")
+    change.add_argument("-p", "--priority", type=int, help="new priority")
+    change.add_argument("-e", "--envs", nargs="*", default=[], action=CommaList, convert=_env, help="environment (with a new command)")
+    change.add_argument("--terminal", action="store_true", help="collect stdout/stderr (with a new command)")
+    change.add_argument("--watch", type=_argument_type(_watch, "watch"), help="UUID,STATE (with a new command)")
+    change.add_argument("command", nargs="*", metavar="COMMAND", help="a new command (replaces the whole spec)")
+    for name, sub in task_actions.choices.items():
+        sub.set_defaults(func=cmd_manage_task, task_action=name)
+
+    group_m = manage_commands.add_parser("group", help="Manage a group", usage="manage group GROUP_NAME <ACTION> ...")
+    group_m.add_argument("name", metavar="GROUP_NAME")
+    group_actions = _subcommands(group_m)
+    update_user = group_actions.add_parser("update-user", help="Add members or change their roles")
+    update_user.add_argument("values", nargs="+", action=CommaList, convert=_pair, metavar="USER:ROLE")
+    remove_user = group_actions.add_parser("remove-user", help="Remove members")
+    remove_user.add_argument("values", nargs="+", action=CommaList, metavar="USER")
+    for name, sub in group_actions.choices.items():
+        sub.set_defaults(func=cmd_manage_group, group_action=name)
+
+    shutdown = commands.add_parser("shutdown", help="Shutdown the coordinator")
+    shutdown.add_argument("secret", metavar="SECRET", help="the secret in the coordinator's start-up log")
+    shutdown.set_defaults(func=cmd_shutdown)
+
+    for name in ("quit", "exit"):
+        leave = commands.add_parser(name, help="Quit the client's interactive mode")
+        leave.set_defaults(func=cmd_quit, offline=True)
+    helper = commands.add_parser("help", help="Print this message or the help of the given subcommand(s)")
+    helper.add_argument("topic", nargs="*", metavar="COMMAND")
+    helper.set_defaults(func=cmd_help, offline=True)
     return parser
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -121,7 +120,8 @@ def _client_parser(modes: argparse._SubParsersAction) -> None:
         help="Run a mitosis client",
         description="Run a mitosis client",
         usage="mito client [OPTIONS] [COMMAND]",
-        epilog="Commands: auth, create, get, submit. Run `mito client <COMMAND> --help` for each.",
+        epilog="Commands: auth, create, get, submit, upload, manage, shutdown, quit, help. "
+        "Run `mito client <COMMAND> --help` for each. Exit status: 0 done, 1 refused or failed, 2 usage error.",
     )
     _flag(parser, "--config", type=Path, help="The path of the config file")
     _flag(parser, "-c", "--coordinator", dest="coordinator_addr", metavar="COORDINATOR_ADDR", help="The address of the coordinator")
@@ -129,61 +129,45 @@ def _client_parser(modes: argparse._SubParsersAction) -> None:
     _flag(parser, "-u", "--user", help="The username of the user")
     _flag(parser, "-p", "--password", help="The password of the user")
     _flag(parser, "--retain", action="store_true", help="Keep your other sessions valid when logging in [default; set retain = false in the config for one session per user]")
+    parser.add_argument("-i", "--interactive", action="store_true", help="Enable interactive mode (after COMMAND, if one is given)")
+    parser.add_argument("--json", action="store_true", help="Machine-readable output")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="The command to run")
     parser.set_defaults(run=run_client)
 
 
-def ask_credentials(user: str | None) -> tuple[str, str]:
-    """Prompt on the terminal; without one, explain what to pass instead of hanging."""
-    if not sys.stdin.isatty():
-        raise MitoError(401, "not logged in and no terminal to ask on: pass -u USER -p PASSWORD")
-    if not user:
-        user = input("Username: ").strip()
-    return user, getpass.getpass(f"Password for {user}: ")
-
-
 def run_client(namespace: argparse.Namespace) -> int:
     from mito_lab.cli.grammar import GrammarError, HelpShown, build_parser
-    from mito_lab.cli.render import render
-    from mito_lab.client.api import AsyncClient
+    from mito_lab.cli.shell import connect, interactive, run_line
 
     config: ClientConfig = _load("client", ClientConfig, namespace)
-    try:
-        args = build_parser().parse_args(namespace.command)
-    except HelpShown as shown:
-        print(str(shown).rstrip())
+    if not namespace.command and not namespace.interactive:
+        print(build_parser().format_help().rstrip())
         return 0
-    except GrammarError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
+    if namespace.command:  # a usage error is reported before any login
+        try:
+            args = build_parser().parse_args(namespace.command)
+        except HelpShown as shown:
+            print(str(shown).rstrip())
+            return 0
+        except GrammarError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        if getattr(args, "offline", False) and not namespace.interactive:
+            return asyncio.run(run_line(None, namespace.command, namespace.json, prog="mito client"))
 
-    async def execute() -> Any:
-        client = await AsyncClient.connect(
-            config.coordinator_addr, config.user, config.password, config.credential_path, config.retain, ask_credentials
-        )
+    async def session() -> int:
+        try:
+            client = await connect(config)
+        except MitoError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
         async with client:
-            result = await args.func(client, args)
-            if hasattr(result, "__aiter__"):  # a stream (e.g. get logs --follow): print it as it comes
-                async for piece in result:
-                    sys.stdout.write(piece)
-                    sys.stdout.flush()
-                return None
-            return result
+            code = await run_line(client, namespace.command, namespace.json, prog="mito client") if namespace.command else 0
+            if namespace.interactive:
+                return await interactive(client, config, namespace.json)
+            return code
 
-    try:
-        text = render(asyncio.run(execute()), getattr(args, "verbose", False))
-    except GrammarError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    except MitoError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:
-        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return EXIT_ERROR
-    if text:
-        print(text)
-    return 0
+    return asyncio.run(session())
 
 
 # --- manager ------------------------------------------------------------------------------------

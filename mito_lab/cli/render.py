@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
+from pydantic import BaseModel
+
 from mito_lab.wire import (
+    AttachmentMetadata,
+    AttachmentsQueryResp,
     DownloadResp,
+    GroupQueryInfo,
     SubmitTaskResp,
     TaskInfo,
     TaskQueryResp,
     TasksQueryResp,
+    WorkerQueryResp,
+    WorkersQueryResp,
 )
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
@@ -59,9 +67,68 @@ def _tasks(response: TasksQueryResp, verbose: bool) -> str:
     rows = [[t.uuid, t.state.value, _outcome(t), ",".join(t.labels), t.created_at.strftime("%Y-%m-%d %H:%M:%S")] for t in response.tasks]
     if verbose:
         headers += ["#", "CREATOR", "TAGS", "PRIO", "COMMAND"]
-        for row, t in zip(rows, response.tasks):
+        for row, t in zip(rows, response.tasks, strict=True):
             row += [t.task_id, t.creator_username, ",".join(t.tags), t.priority, " ".join(t.spec.args)]
     return table(headers, rows)
+
+
+def _when(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def _worker(response: WorkerQueryResp) -> str:
+    info = response.info
+    return "\n".join([
+        f"Worker {info.worker_id}",
+        f"  created by: {info.creator_username}, {info.created_at.isoformat()}",
+        f"  state:      {info.state.value}",
+        f"  tags:       {', '.join(info.tags)}",
+        f"  labels:     {', '.join(info.labels)}",
+        f"  heartbeat:  {info.last_heartbeat.isoformat()}",
+        f"  task:       {info.assigned_task_id or '(idle)'}",
+        "  groups:     " + ", ".join(f"{name} ({role.value})" for name, role in response.groups.items()),
+    ])
+
+
+def _workers(response: WorkersQueryResp, verbose: bool) -> str:
+    if not response.workers:
+        return f"{response.count} workers" if response.count else f"No workers in group {response.group_name}"
+    headers = ["WORKER", "STATE", "TAGS", "LABELS", "HEARTBEAT", "TASK"]
+    rows = [[w.worker_id, w.state.value, ",".join(w.tags), ",".join(w.labels), _when(w.last_heartbeat), w.assigned_task_id or ""]
+            for w in response.workers]
+    if verbose:
+        headers.append("CREATOR")
+        for row, w in zip(rows, response.workers, strict=True):
+            row.append(w.creator_username)
+    return table(headers, rows)
+
+
+def _group(info: GroupQueryInfo) -> str:
+    lines = [
+        f"Group {info.group_name}",
+        f"  created by: {info.creator_username}, {info.created_at.isoformat()}",
+        f"  state:      {info.state.value}",
+        f"  tasks:      {info.task_count}, workers: {info.worker_count}",
+        f"  storage:    {info.storage_used} of {info.storage_quota} bytes",
+    ]
+    if info.users_in_group is not None:
+        lines.append("  members:    " + ", ".join(f"{name} ({role.value})" for name, role in info.users_in_group.items()))
+    return "\n".join(lines)
+
+
+def _attachments(response: AttachmentsQueryResp) -> str:
+    if not response.attachments:
+        return f"{response.count} attachments" if response.count else f"No attachments in group {response.group_name}"
+    return table(["KEY", "SIZE", "UPDATED"], [[a.key, a.size, _when(a.updated_at)] for a in response.attachments])
+
+
+def as_json(result: Any) -> str | None:
+    """Machine-readable output (``--json``): the API's own JSON."""
+    if result is None:
+        return None
+    if isinstance(result, BaseModel):
+        return result.model_dump_json(indent=2)
+    return json.dumps(result, indent=2, default=str)
 
 
 def render(result: Any, verbose: bool = False) -> str | None:
@@ -69,6 +136,18 @@ def render(result: Any, verbose: bool = False) -> str | None:
         return None
     if isinstance(result, str):
         return result
+    if isinstance(result, dict):  # your groups and roles
+        return table(["GROUP", "ROLE"], [[name, role.value] for name, role in result.items()])
+    if isinstance(result, WorkerQueryResp):
+        return _worker(result)
+    if isinstance(result, WorkersQueryResp):
+        return _workers(result, verbose)
+    if isinstance(result, GroupQueryInfo):
+        return _group(result)
+    if isinstance(result, AttachmentsQueryResp):
+        return _attachments(result)
+    if isinstance(result, AttachmentMetadata):
+        return f"size {result.size} bytes, updated {result.updated_at.isoformat()}, created {result.created_at.isoformat()}"
     if isinstance(result, SubmitTaskResp):
         return f"Submitted task {result.uuid} (#{result.task_id})"
     if isinstance(result, TaskQueryResp):

@@ -7,18 +7,28 @@ import uuid as uuid_module
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 from mito_lab.client.credentials import Credentials
 from mito_lab.client.http import HttpSession, MitoError, Progress
 from mito_lab.config import parse_duration
 from mito_lab.wire import (
     ArtifactContentType,
+    AttachmentMetadata,
+    AttachmentsQueryReq,
+    AttachmentsQueryResp,
+    ChangeTaskReq,
     CreateGroupReq,
     CreateUserReq,
     DownloadResp,
+    GroupQueryInfo,
     LoginReq,
     LoginResp,
     RemoteResourceDownload,
+    RemoveGroupMembersReq,
+    RemoveWorkerGroupsReq,
+    Role,
+    ShutdownReq,
     SubmitTaskReq,
     SubmitTaskResp,
     TaskExecState,
@@ -27,8 +37,17 @@ from mito_lab.wire import (
     TaskSpec,
     TasksQueryReq,
     TasksQueryResp,
+    UpdateGroupMembersReq,
+    UpdateLabelsReq,
+    UpdateTagsReq,
+    UpdateWorkerGroupsReq,
     UploadArtifactReq,
+    UploadAttachmentReq,
     UploadResp,
+    UserGroupsResp,
+    WorkerQueryResp,
+    WorkersQueryReq,
+    WorkersQueryResp,
 )
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
@@ -151,6 +170,76 @@ class AsyncClient:
     async def create_group(self, name: str) -> None:
         await self.session.call("POST", "groups", CreateGroupReq(group_name=name))
 
+    async def get_group(self, name: str) -> GroupQueryInfo:
+        return await self.session.call("GET", f"groups/{name}", None, GroupQueryInfo)
+
+    async def my_groups(self) -> dict[str, Role]:
+        answer: UserGroupsResp = await self.session.call("GET", "users/groups", None, UserGroupsResp)
+        return answer.groups
+
+    async def update_members(self, group: str, relations: Mapping[str, Role | str]) -> None:
+        await self.session.call("PUT", f"groups/{group}/users", UpdateGroupMembersReq(relations=dict(relations)))
+
+    async def remove_members(self, group: str, users: Iterable[str]) -> None:
+        await self.session.call("POST", f"groups/{group}/users/remove", RemoveGroupMembersReq(users=list(users)))
+
+    async def shutdown_coordinator(self, secret: str) -> None:
+        await self.session.call("POST", "admin/shutdown", ShutdownReq(secret=secret))
+
+    # --- attachments ----------------------------------------------------------------------------
+
+    async def attachment_meta(self, group: str, key: str) -> AttachmentMetadata:
+        return await self.session.call("GET", f"groups/{group}/attachments/{quote(key)}", None, AttachmentMetadata)
+
+    async def query_attachments(self, group: str, request: AttachmentsQueryReq) -> AttachmentsQueryResp:
+        return await self.session.call("POST", f"groups/{group}/attachments/query", request, AttachmentsQueryResp)
+
+    async def attachment_url(self, group: str, key: str) -> DownloadResp:
+        return await self.session.call("GET", f"groups/{group}/download/attachments/{quote(key)}", None, DownloadResp)
+
+    async def download_attachment(self, group: str, key: str, path: Path, progress: Progress | None = None) -> Path:
+        """Download an attachment to ``path``; a directory gets the key's last part as file name."""
+        if path.is_dir():
+            path = path / key.rsplit("/", 1)[-1]
+        link = await self.attachment_url(group, key)
+        await self.session.download_file(link.url, path, progress)
+        return path
+
+    async def upload_attachment(self, group: str, path: Path, key: str | None = None, progress: Progress | None = None) -> UploadResp:
+        """Upload a file as ``key`` (default: the file's name; a key ending in ``/`` gets it appended)."""
+        if path.is_dir():
+            raise MitoError(400, f"{path} is a directory: upload a file (pack it with tar first)")
+        key = key or path.name
+        if key.endswith("/"):
+            key += path.name
+        request = UploadAttachmentReq(key=key, content_length=path.stat().st_size)
+        upload: UploadResp = await self.session.call("POST", f"groups/{group}/attachments", request, UploadResp)
+        await self.session.upload_file(upload.url, path, progress)
+        return upload
+
+    # --- workers --------------------------------------------------------------------------------
+
+    async def get_worker(self, worker: uuid_module.UUID | str) -> WorkerQueryResp:
+        return await self.session.call("GET", f"workers/{worker}", None, WorkerQueryResp)
+
+    async def query_workers(self, request: WorkersQueryReq) -> WorkersQueryResp:
+        return await self.session.call("POST", "workers/query", request, WorkersQueryResp)
+
+    async def shutdown_worker(self, worker: uuid_module.UUID | str, force: bool = False) -> None:
+        await self.session.call("DELETE", f"workers/{worker}", query=f"?op={'force' if force else 'graceful'}")
+
+    async def update_worker_tags(self, worker: uuid_module.UUID | str, tags: Iterable[str]) -> None:
+        await self.session.call("PUT", f"workers/{worker}/tags", UpdateTagsReq(tags=list(tags)))
+
+    async def update_worker_labels(self, worker: uuid_module.UUID | str, labels: Iterable[str]) -> None:
+        await self.session.call("PUT", f"workers/{worker}/labels", UpdateLabelsReq(labels=list(labels)))
+
+    async def update_worker_roles(self, worker: uuid_module.UUID | str, relations: Mapping[str, Role | str]) -> None:
+        await self.session.call("PUT", f"workers/{worker}/groups", UpdateWorkerGroupsReq(relations=dict(relations)))
+
+    async def remove_worker_roles(self, worker: uuid_module.UUID | str, groups: Iterable[str]) -> None:
+        await self.session.call("DELETE", f"workers/{worker}/groups/remove", RemoveWorkerGroupsReq(groups=list(groups)))
+
     # --- tasks ----------------------------------------------------------------------------------
 
     async def submit(self, request: SubmitTaskReq) -> SubmitTaskResp:
@@ -164,6 +253,12 @@ class AsyncClient:
 
     async def cancel_task(self, task_uuid: uuid_module.UUID | str) -> None:
         await self.session.call("DELETE", f"tasks/{task_uuid}")
+
+    async def change_task(self, task_uuid: uuid_module.UUID | str, request: ChangeTaskReq) -> None:
+        await self.session.call("PUT", f"tasks/{task_uuid}", request)
+
+    async def update_task_labels(self, task_uuid: uuid_module.UUID | str, labels: Iterable[str]) -> None:
+        await self.session.call("PUT", f"tasks/{task_uuid}/labels", UpdateLabelsReq(labels=list(labels)))
 
     # --- live output ----------------------------------------------------------------------------
 

@@ -166,7 +166,7 @@ async def create_acl_users(events: RedisEvents, worker_password: str | None, cli
         "mitosis_worker": ["+@read", "+@write", "+@connection", "+@pubsub", "-@dangerous"],
         "mitosis_client": ["+@read", "+@pubsub", "+@connection", "-@dangerous"],
     }
-    for (user, categories), configured in zip(rules.items(), (worker_password, client_password)):
+    for (user, categories), configured in zip(rules.items(), (worker_password, client_password), strict=True):
         password = configured or (await events.redis.execute_command("ACL", "GENPASS")).decode()
         await events.redis.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", "~task:*", "&task:*", *categories)
         passwords.append(password)
