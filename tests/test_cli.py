@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -63,10 +64,12 @@ def test_credentials_file_is_reused_and_bad_passwords_refused(platform: Platform
 
 
 def test_seed_guide_examples(platform: Platform) -> None:
-    """The guide's commands of this slice, exactly as written there."""
+    """Every example command of the seed guides, exactly as written there (after `mito client`)."""
     platform.start_worker("--groups", "mitosis_admin")
+    assert platform.mito("create", "user", "-u", "new_user", "-p", "new_password").returncode == 0
     platform.mito("create", "user", "-u", "test_user_name", "-p", "test_user_password")
     platform.mito("create", "group", "test_group")
+    platform.mito("create", "group", "another_group")
     hello = submitted_uuid(platform.mito("submit", "--", "echo", "hello").stdout)
     tagged = submitted_uuid(platform.mito("submit", "-g", "test_group", "-t", "wireless,4g", "-l", "mobile,video",
                                           "-e", "TEST_KEY=1,TEST_VAL=2", "--", "echo", "hello").stdout)
@@ -76,10 +79,58 @@ def test_seed_guide_examples(platform: Platform) -> None:
     assert spec["envs"] == {"TEST_KEY": "1", "TEST_VAL": "2"}
     assert tagged in platform.mito("get", "tasks", "-g", "test_group", "-l", "mobile").stdout
     platform.wait_task(hello)
-    platform.mito("submit", "--", "sh", "-c", 'echo hi > "$MITO_RESULT_DIR/hi"')
-    done = platform.api("POST", "/tasks/query", {"limit": 1}).json["tasks"][0]["uuid"]
-    platform.wait_task(done)
-    assert "Downloaded result" in platform.mito("get", "artifact", done, "result").stdout
-    assert (platform.home / "result.tar.gz").stat().st_size > 0
-    missing = platform.mito("get", "artifact", hello, "result", check=False)  # echo wrote no result files
+    # as written in the guide, without -g: the user's own group, where no task has that label
+    assert platform.mito("get", "tasks", "-l", "mobile").stdout.strip() == "No tasks in group mitosis_admin"
+
+    # artifacts and attachments
+    (platform.home / "local.tar.gz").write_bytes(b"not really a tarball")
+    platform.mito("upload", "artifact", hello, "result", "local.tar.gz")
+    assert "Downloaded result" in platform.mito("get", "artifact", hello, "result").stdout
+    assert (platform.home / "result.tar.gz").read_bytes() == b"not really a tarball"
+    platform.mito("upload", "attachment", "-g", "test_group", "local.tar.gz", "attachment_key")
+    platform.mito("upload", "attachment", "local.tar.gz")  # the current user's group, keyed by file name
+    (platform.home / "local.tar.gz").unlink()
+    platform.mito("get", "attachment", "test_group", "attachment_key")
+    assert (platform.home / "attachment_key").read_bytes() == b"not really a tarball"
+    assert "size 20 bytes" in platform.mito("get", "attachment-meta", "mitosis_admin", "local.tar.gz").stdout
+    assert "attachment_key" in platform.mito("get", "attachments", "-g", "test_group").stdout
+
+    # groups and workers
+    assert "test_group" in platform.mito("get", "groups").stdout
+    assert "members:    mitosis_admin (Admin)" in platform.mito("get", "group", "test_group").stdout
+    worker = platform.api("POST", "/workers/query", {}).json["workers"][0]["worker_id"]
+    assert worker in platform.mito("get", "workers").stdout
+    assert "state:      Normal" in platform.mito("get", "worker", worker).stdout
+    platform.mito("manage", "worker", worker, "update-tags", "wired", "file")
+    platform.mito("manage", "worker", worker, "update-roles", "test_group:admin", "another_group:write")
+    roles = platform.api("GET", f"/workers/{worker}").json
+    assert roles["info"]["tags"] == ["wired", "file"] and roles["groups"]["another_group"] == "Write"
+    platform.mito("manage", "worker", worker, "remove-roles", "another_group")
+    assert "another_group" not in platform.api("GET", f"/workers/{worker}").json["groups"]
+
+    # tasks: change a task that has not started, then cancel one
+    waiting = submitted_uuid(platform.mito("submit", "-t", "nowhere", "--", "echo", "hello").stdout)
+    platform.mito("manage", "task", waiting, "change", "--terminal", "--", "echo", "world")
+    changed = platform.api("GET", f"/tasks/{waiting}").json["info"]["spec"]
+    assert changed["args"] == ["echo", "world"] and changed["terminal_output"] is True
+    platform.mito("manage", "task", waiting, "update-labels", "relabelled")
+    platform.mito("manage", "task", waiting, "cancel")
+    assert platform.api("GET", f"/tasks/{waiting}").json["info"]["result"]["msg"] == "UserCancellation"
+    platform.mito("manage", "group", "test_group", "update-user", "test_user_name:read")
+    assert platform.api("GET", "/groups/test_group").json["users_in_group"]["test_user_name"] == "Read"
+
+    # and the worker is stopped last, as in the guide
+    platform.mito("manage", "worker", worker, "cancel")
+    assert platform.api("GET", f"/workers/{worker}").status == 404
+    missing = platform.mito("get", "artifact", tagged, "exec-log", check=False)
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_json_output_and_offline_commands(platform: Platform) -> None:
+    task = submitted_uuid(platform.mito("submit", "-l", "j", "--", "true").stdout)
+    listed = json.loads(platform.mito("--json", "get", "tasks", "-l", "j").stdout)
+    assert listed["count"] == 1 and listed["tasks"][0]["uuid"] == task
+    assert json.loads(platform.mito("--json", "get", "groups").stdout) == {"mitosis_admin": "Admin"}
+    helped = subprocess.run([sys.executable, "-m", "mito_lab", "client", "-c", "http://127.0.0.1:9", "help", "manage", "worker"],
+                            env=platform.env(), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert helped.returncode == 0 and "update-roles" in helped.stdout  # no login needed for help
