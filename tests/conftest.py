@@ -113,7 +113,8 @@ def http(method: str, url: str, body: Any = None, token: str | None = None, raw:
         with urllib.request.urlopen(request, timeout=60) as response:
             return Answer(response.status, response.read())
     except urllib.error.HTTPError as error:
-        return Answer(error.code, error.read())
+        with error:  # it holds the connection open until closed
+            return Answer(error.code, error.read())
 
 
 # --- services ---------------------------------------------------------------------------------

@@ -53,9 +53,11 @@ def test_s3_store_against_seaweedfs(s3: S3Server) -> None:
     asyncio.run(store.start())  # idempotent: buckets that exist are kept
     put = urllib.request.Request(store.upload_url("mito-artifacts", "t/result.tar.gz", 5), data=b"hello", method="PUT",
                                  headers={"Content-Type": "application/octet-stream"})
-    assert urllib.request.urlopen(put).status == 200
+    with urllib.request.urlopen(put) as answer:
+        assert answer.status == 200
     link = store.download_url("mito-artifacts", "t/result.tar.gz", timedelta(hours=1))
-    assert urllib.request.urlopen(link).read() == b"hello"
+    with urllib.request.urlopen(link) as answer:
+        assert answer.read() == b"hello"
     assert http("GET", link.replace("X-Amz-Signature=", "X-Amz-Signature=0")).status == 403
     asyncio.run(store.delete("mito-artifacts", "t/result.tar.gz"))
     assert http("GET", link).status == 404

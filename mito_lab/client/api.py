@@ -3,25 +3,44 @@ the notebook front end all call these rather than speaking HTTP themselves."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid as uuid_module
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from mito_lab.client.credentials import Credentials
 from mito_lab.client.http import HttpSession, MitoError, Progress
 from mito_lab.config import parse_duration
 from mito_lab.wire import (
+    AdminChangePasswordReq,
     ArtifactContentType,
+    ArtifactsDownloadResp,
+    ArtifactsFilterReq,
+    ArtifactsListReq,
+    AttachmentKeysReq,
     AttachmentMetadata,
+    AttachmentsDownloadResp,
     AttachmentsQueryReq,
     AttachmentsQueryResp,
+    BatchSubmitReq,
+    BatchSubmitResp,
+    CancelListResp,
+    ChangePasswordReq,
     ChangeTaskReq,
+    ChangeUserStateReq,
     CreateGroupReq,
     CreateUserReq,
+    DeleteArtifactsListResp,
+    DeleteArtifactsResp,
+    DeleteAttachmentsListResp,
+    DeleteAttachmentsResp,
     DownloadResp,
     GroupQueryInfo,
+    GroupQuotaReq,
+    GroupQuotaResp,
     LoginReq,
     LoginResp,
     RemoteResourceDownload,
@@ -29,11 +48,15 @@ from mito_lab.wire import (
     RemoveWorkerGroupsReq,
     Role,
     ShutdownReq,
+    StorageQuotaReq,
+    StorageQuotaResp,
     SubmitTaskReq,
     SubmitTaskResp,
     TaskExecState,
     TaskLogResp,
     TaskQueryResp,
+    TasksCancelReq,
+    TasksCancelResp,
     TaskSpec,
     TasksQueryReq,
     TasksQueryResp,
@@ -45,9 +68,17 @@ from mito_lab.wire import (
     UploadAttachmentReq,
     UploadResp,
     UserGroupsResp,
+    UserState,
+    UserStateResp,
+    UuidsReq,
     WorkerQueryResp,
     WorkersQueryReq,
     WorkersQueryResp,
+    WorkersShutdownListReq,
+    WorkersShutdownListResp,
+    WorkersShutdownReq,
+    WorkersShutdownResp,
+    md5_password,
 )
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
@@ -259,6 +290,95 @@ class AsyncClient:
 
     async def update_task_labels(self, task_uuid: uuid_module.UUID | str, labels: Iterable[str]) -> None:
         await self.session.call("PUT", f"tasks/{task_uuid}/labels", UpdateLabelsReq(labels=list(labels)))
+
+    # --- batches (reference 0.6) ----------------------------------------------------------------
+
+    async def submit_many(self, requests: Iterable[SubmitTaskReq]) -> BatchSubmitResp:
+        return await self.session.call("POST", "tasks/submit", BatchSubmitReq(tasks=list(requests)), BatchSubmitResp)
+
+    async def cancel_tasks(self, request: TasksCancelReq) -> TasksCancelResp:
+        return await self.session.call("POST", "tasks/cancel", request, TasksCancelResp)
+
+    async def cancel_task_list(self, uuids: Iterable[uuid_module.UUID | str]) -> CancelListResp:
+        return await self.session.call("POST", "tasks/cancel/list", UuidsReq.model_validate({"uuids": list(uuids)}), CancelListResp)
+
+    async def artifact_links(self, request: ArtifactsFilterReq | ArtifactsListReq) -> ArtifactsDownloadResp:
+        """Links to one artifact type of the tasks matching a filter, or of listed tasks."""
+        path = "tasks/download/artifacts/list" if isinstance(request, ArtifactsListReq) else "tasks/download/artifacts"
+        return await self.session.call("POST", path, request, ArtifactsDownloadResp)
+
+    async def delete_artifact(self, task_uuid: uuid_module.UUID | str, content_type: ArtifactContentType, admin: bool = False) -> None:
+        await self.session.call("DELETE", f"{'admin/' if admin else ''}tasks/{task_uuid}/artifacts/{content_type.value}")
+
+    async def delete_artifacts(self, request: ArtifactsFilterReq | ArtifactsListReq) -> DeleteArtifactsResp:
+        if isinstance(request, ArtifactsListReq):
+            return await self.session.call("POST", "tasks/delete/artifacts/list", request, DeleteArtifactsListResp)
+        return await self.session.call("POST", "tasks/delete/artifacts", request, DeleteArtifactsResp)
+
+    async def attachment_links(self, group: str, key: str | None = None, limit: int | None = None,
+                               offset: int | None = None, keys: list[str] | None = None) -> AttachmentsDownloadResp:
+        if keys is not None:
+            return await self.session.call("POST", f"groups/{group}/download/attachments/list", AttachmentKeysReq(keys=keys), AttachmentsDownloadResp)
+        request = AttachmentsQueryReq(key=key, limit=limit, offset=offset)
+        return await self.session.call("POST", f"groups/{group}/download/attachments", request, AttachmentsDownloadResp)
+
+    async def delete_attachment(self, group: str, key: str, admin: bool = False) -> None:
+        await self.session.call("DELETE", f"{'admin/' if admin else ''}groups/{group}/attachments/{quote(key)}")
+
+    async def delete_attachments(self, group: str, key: str | None = None, limit: int | None = None,
+                                 offset: int | None = None, keys: list[str] | None = None) -> DeleteAttachmentsResp:
+        if keys is not None:
+            return await self.session.call("POST", f"groups/{group}/delete/attachments/list", AttachmentKeysReq(keys=keys), DeleteAttachmentsListResp)
+        request = AttachmentsQueryReq(key=key, limit=limit, offset=offset)
+        return await self.session.call("POST", f"groups/{group}/delete/attachments", request, DeleteAttachmentsResp)
+
+    async def shutdown_workers(self, request: WorkersShutdownReq | WorkersShutdownListReq) -> Any:
+        if isinstance(request, WorkersShutdownListReq):
+            return await self.session.call("POST", "workers/shutdown/list", request, WorkersShutdownListResp)
+        return await self.session.call("POST", "workers/shutdown", request, WorkersShutdownResp)
+
+    async def download_links(self, links: Iterable[tuple[str, Path]], concurrency: int = 1) -> list[Path]:
+        """Fetch several signed URLs, ``concurrency`` at a time."""
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(url: str, path: Path) -> Path:
+            async with gate:
+                await self.session.download_file(url, path)
+                return path
+
+        return list(await asyncio.gather(*(one(url, path) for url, path in links)))
+
+    # --- accounts and administration -----------------------------------------------------------
+
+    async def login(self, username: str, password: str, retain: bool = True) -> str:
+        answer: LoginResp = await self.session.call("POST", "login", LoginReq(username=username, password=password, retain=retain), LoginResp)
+        self.username, self.session.token = username, answer.token
+        return answer.token
+
+    async def change_password(self, old: str, new: str) -> str:
+        """Change your password; your other sessions end and this one continues with a new token."""
+        request = ChangePasswordReq(old_md5_password=md5_password(old), new_md5_password=md5_password(new))
+        answer: LoginResp = await self.session.call("POST", f"users/{self.username}/password", request, LoginResp)
+        self.session.token = answer.token
+        return answer.token
+
+    async def admin_delete_user(self, username: str) -> UserStateResp:
+        return await self.session.call("DELETE", f"admin/users/{username}", None, UserStateResp)
+
+    async def admin_set_password(self, username: str, password: str) -> None:
+        await self.session.call("POST", f"admin/users/{username}/password", AdminChangePasswordReq(new_md5_password=md5_password(password)))
+
+    async def admin_set_state(self, username: str, state: UserState) -> UserStateResp:
+        return await self.session.call("POST", f"admin/users/{username}/state", ChangeUserStateReq(state=state), UserStateResp)
+
+    async def admin_group_quota(self, username: str, quota: str) -> GroupQuotaResp:
+        return await self.session.call("POST", f"admin/users/{username}/group-quota", GroupQuotaReq(group_quota=quota), GroupQuotaResp)
+
+    async def admin_storage_quota(self, group: str, quota: str) -> StorageQuotaResp:
+        return await self.session.call("POST", f"admin/groups/{group}/storage-quota", StorageQuotaReq(storage_quota=quota), StorageQuotaResp)
+
+    async def admin_shutdown_worker(self, worker: uuid_module.UUID | str, force: bool = False) -> None:
+        await self.session.call("DELETE", f"admin/workers/{worker}", query=f"?op={'force' if force else 'graceful'}")
 
     # --- live output ----------------------------------------------------------------------------
 
