@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import secrets
@@ -99,8 +100,11 @@ def test_exec_states_stream_over_the_websocket_to_members_only(platform: Platfor
                 leaked.append(json.loads(await asyncio.wait_for(theirs.read_message(), 0.5)))
         except TimeoutError:
             pass
-        mine.close()
-        theirs.close()
+        for connection in (mine, theirs):  # close and wait for the handshake, so no socket is left behind
+            connection.close()
+            with contextlib.suppress(TimeoutError):
+                while await asyncio.wait_for(connection.read_message(), 10) is not None:
+                    pass
         return [e for e in seen if e.get("uuid") == task], [e for e in leaked if e.get("kind") == "task"]
 
     events, leaked = asyncio.run(scenario())
@@ -119,12 +123,14 @@ def test_exec_states_stream_over_the_websocket_to_members_only(platform: Platfor
 def test_watch_starts_a_task_when_another_reaches_a_state(platform: Platform) -> None:
     platform.start_worker()
     platform.start_worker()
-    server = submit(platform, task_spec={"args": ["sleep", "3"]})
+    gate = platform.home / "gate"  # the server task runs until the test opens the gate
+    server = submit(platform, task_spec={"args": ["sh", "-c", f'while [ ! -e "{gate}" ]; do sleep 0.1; done']})
     client = submit(platform, task_spec={"args": ["true"], "watch": [server, "ExecSpawned"]})
-    client_info = platform.wait_task(client)
-    server_info = platform.wait_task(server)
+    client_info = platform.wait_task(client)  # it ran while the server task was running
     assert client_info["result"] == {"exit_status": 0, "msg": None}
-    assert client_info["updated_at"] < server_info["updated_at"]  # it ran while the server task was running
+    assert platform.api("GET", f"/tasks/{server}").json["info"]["state"] == "Running"
+    gate.touch()
+    assert platform.wait_task(server)["result"] == {"exit_status": 0, "msg": None}
     # a state the watched task can no longer reach ends the watcher early
     quick = submit(platform, task_spec={"args": ["true"]})
     platform.wait_task(quick)
@@ -163,12 +169,13 @@ def test_watch_across_two_coordinators_with_redis(tmp_path: Path, pg_url: str, r
     try:
         first.start_worker("--tags", "server")
         second.start_worker("--tags", "client")
-        server = submit(first, tags=["server"], task_spec={"args": ["sleep", "3"]})
+        gate = tmp_path / "gate"
+        server = submit(first, tags=["server"], task_spec={"args": ["sh", "-c", f'while [ ! -e "{gate}" ]; do sleep 0.1; done']})
         client = submit(second, tags=["client"], task_spec={"args": ["true"], "watch": [server, "ExecSpawned"]})
-        client_info = second.wait_task(client)
-        server_info = first.wait_task(server)
-        assert client_info["result"] == {"exit_status": 0, "msg": None}
-        assert client_info["updated_at"] < server_info["updated_at"]
+        assert second.wait_task(client)["result"] == {"exit_status": 0, "msg": None}
+        assert first.api("GET", f"/tasks/{server}").json["info"]["state"] == "Running"
+        gate.touch()
+        assert first.wait_task(server)["result"] == {"exit_status": 0, "msg": None}
     finally:
         first.stop()
         second.stop()

@@ -47,23 +47,25 @@ def test_chunks_window_and_completion(platform: Platform) -> None:
 
 def test_follow_shows_output_while_the_task_runs(platform: Platform) -> None:
     platform.start_worker()
-    script = "for i in 1 2 3 4 5; do echo line $i; sleep 0.6; done; echo done >&2"
+    gate = platform.home / "gate"  # the task holds after its first line until the test opens the gate
+    script = f'echo line 1; while [ ! -e "{gate}" ]; do sleep 0.1; done; for i in 2 3 4 5; do echo line $i; done; echo done >&2'
     task = submitted_uuid(platform.mito("submit", "--", "sh", "-c", script).stdout)
     follower = subprocess.Popen(
         [sys.executable, "-m", "mito_lab", "client", "-c", platform.url, "-u", ADMIN[0], "-p", ADMIN[1], "get", "logs", task, "--follow"],
         env=platform.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     )
     try:
-        first = follower.stdout.readline()  # type: ignore[union-attr]
-        assert first == "line 1\n"
-        # the first line arrived while the task was still producing the others
-        assert platform.api("GET", f"/tasks/{task}").json["info"]["state"] == "Running"
-        rest, errors = follower.communicate(timeout=60)
+        assert follower.stdout.readline() == "line 1\n"  # type: ignore[union-attr]
+        assert platform.api("GET", f"/tasks/{task}").json["info"]["state"] == "Running"  # it is held at the gate
+        gate.touch()
+        rest = follower.stdout.read()  # type: ignore[union-attr]  # (not communicate(): it would skip what readline buffered)
+        assert follower.wait(60) == 0, follower.stderr.read()  # type: ignore[union-attr]
     finally:
         follower.kill()
         follower.wait()
-    assert follower.returncode == 0, errors
-    assert first + rest == "".join(f"line {i}\n" for i in range(1, 6))
+        follower.stdout.close()  # type: ignore[union-attr]
+        follower.stderr.close()  # type: ignore[union-attr]
+    assert "line 1\n" + rest == "".join(f"line {i}\n" for i in range(1, 6))
     assert platform.mito("get", "logs", task, "--stderr").stdout == "done\n"
     assert platform.mito("get", "logs", task).stdout == "".join(f"line {i}\n" for i in range(1, 6))
 

@@ -62,7 +62,7 @@ def test_sigterm_hands_the_task_back_and_kills_it(platform: Platform) -> None:
 
 
 def test_a_worker_leaves_cleanly_at_the_end_of_its_lifetime(platform: Platform) -> None:
-    worker = platform.start_worker("--lifetime", "33s", "--labels", "mortal")  # retires 30 s before expiry
+    worker = platform.start_worker("--lifetime", "45s", "--labels", "mortal")  # retires 30 s before expiry
     wait_for(lambda: platform.api("POST", "/workers/query", {"labels": ["mortal"], "count": True}).json["count"] == 1, "registration")
     assert worker.wait(60) == 0
     assert platform.api("POST", "/workers/query", {"labels": ["mortal"], "count": True}).json["count"] == 0

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from mito_lab.config import cache_dir
 
 STOP_GRACE_SECONDS = 20.0
-EXIT_AT_ONCE_SECONDS = 2.0  # long enough for Python to start and the login to fail
+STARTUP_SECONDS = 60.0
 
 
 @dataclass
@@ -82,12 +82,22 @@ def spawn(count: int, worker_args: list[str]) -> int:
         if started is not None:
             workers.append(Managed(process.pid, started, worker_args, str(log_path)))
     save(workers)
-    time.sleep(EXIT_AT_ONCE_SECONDS)  # a worker with bad options or credentials exits at once: say so now
+    # a worker with bad options or credentials exits at once: wait until each has registered or exited
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline and not all(_registered(w) or not alive(w) for w in workers):
+        time.sleep(0.1)
     running = [w for w in workers if alive(w)]
     failed = len(workers) - len(running)
     print(f"{len(running)} workers running" + (f"; {failed} exited at once (see their logs in {logs})" if failed else ""))
     save(running)
     return 1 if failed else 0
+
+
+def _registered(worker: Managed) -> bool:
+    try:
+        return "registered as worker" in Path(worker.log).read_text(errors="replace")
+    except OSError:
+        return False
 
 
 def status() -> int:
