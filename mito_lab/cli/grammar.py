@@ -5,11 +5,16 @@ raises ``HelpShown`` with the text, so every front end decides how to show them.
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
+import sys
 import tempfile
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
+
+from pydantic import ValidationError
 
 from mito_lab.client.api import AsyncClient, task_request
 from mito_lab.client.http import MitoError
@@ -18,6 +23,8 @@ from mito_lab.config import parse_duration
 from mito_lab.wire import (
     ArtifactContentType,
     ArtifactRef,
+    ArtifactsFilterReq,
+    ArtifactsListReq,
     ArtifactSource,
     AttachmentRef,
     AttachmentSource,
@@ -25,11 +32,17 @@ from mito_lab.wire import (
     ChangeTaskReq,
     RemoteResourceDownload,
     Role,
+    SubmitTaskReq,
     TaskExecState,
+    TasksCancelReq,
     TaskSpec,
     TasksQueryReq,
     TaskState,
+    UserState,
+    WorkerShutdownOp,
     WorkersQueryReq,
+    WorkersShutdownListReq,
+    WorkersShutdownReq,
 )
 
 Command = Callable[[AsyncClient, argparse.Namespace], Awaitable[Any]]
@@ -321,6 +334,140 @@ async def cmd_quit(client: AsyncClient | None, args: argparse.Namespace) -> None
     """Leaves the interactive mode (the shell handles it); a no-op on the command line."""
 
 
+async def cmd_submit_many(client: AsyncClient, args: argparse.Namespace) -> Any:
+    """``tasks submit-many -f FILE``: a JSON array of submit requests."""
+    try:
+        items = json.loads(Path(args.file).read_text())
+        requests = [SubmitTaskReq.model_validate(item) for item in items]
+    except (json.JSONDecodeError, TypeError, ValidationError) as exc:
+        raise GrammarError(f"{args.file}: not a JSON array of tasks ({str(exc).splitlines()[0]})") from None
+    answer = await client.submit_many(requests)
+    lines = [f"Submitted task {r.Ok.uuid} (#{r.Ok.task_id})" if r.Ok else f"error: {r.Err.msg if r.Err else '?'}" for r in answer.results]
+    return "\n".join(lines)
+
+
+def _task_filter(args: argparse.Namespace) -> dict[str, Any]:
+    return {"creator_usernames": args.creators, "group_name": args.group, "tags": args.tags, "labels": args.labels,
+            "states": args.states, "exit_status": args.exit_status, "priority": args.priority}
+
+
+async def cmd_cancel_many(client: AsyncClient, args: argparse.Namespace) -> Any:
+    answer = await client.cancel_tasks(TasksCancelReq(**_task_filter(args)))
+    return f"Cancelled {answer.cancelled_count} tasks in group {answer.group_name}"
+
+
+async def cmd_cancel_list(client: AsyncClient, args: argparse.Namespace) -> Any:
+    answer = await client.cancel_task_list(args.uuids)
+    failed = f"; not cancelled: {', '.join(map(str, answer.failed_uuids))}" if answer.failed_uuids else ""
+    return f"Cancelled {answer.cancelled_count} tasks{failed}"
+
+
+def _links_result(links: list[tuple[str, Path]], args: argparse.Namespace) -> Any:
+    return "\n".join(f"{path}\t{url}" for url, path in links) or "Nothing to download"
+
+
+async def _fetch_links(client: AsyncClient, links: list[tuple[str, Path]], args: argparse.Namespace) -> Any:
+    if args.no_download:
+        return _links_result(links, args)
+    paths = await client.download_links(links, args.concurrent)
+    return f"Downloaded {len(paths)} files into {args.output_dir}"
+
+
+async def cmd_artifacts_download_many(client: AsyncClient, args: argparse.Namespace) -> Any:
+    """Files are saved as ``<dir>/<task uuid>.<type>.tar.gz`` (the type in the name: several
+    types can share a directory, unlike the reference's ``<uuid>.tar.gz``)."""
+    if args.uuids:
+        request: Any = ArtifactsListReq(uuids=args.uuids, content_type=args.content_type)
+    else:
+        request = ArtifactsFilterReq(**_task_filter(args), reporter_uuid=args.reporter_uuid, content_type=args.content_type)
+    answer = await client.artifact_links(request)
+    out = Path(args.output_dir)
+    return await _fetch_links(client, [(d.url, out / f"{d.uuid}.{args.content_type.file_name}") for d in answer.downloads], args)
+
+
+async def cmd_artifacts_delete(client: AsyncClient, args: argparse.Namespace) -> Any:
+    if args.uuids is None:  # one artifact
+        await client.delete_artifact(args.uuid, args.content_type, admin=args.admin_route)
+        return f"Deleted the {args.content_type.value} of task {args.uuid}"
+    if args.uuids:
+        answer = await client.delete_artifacts(ArtifactsListReq(uuids=args.uuids, content_type=args.content_type))
+    else:
+        answer = await client.delete_artifacts(ArtifactsFilterReq(**_task_filter(args), reporter_uuid=args.reporter_uuid, content_type=args.content_type))
+    return f"Deleted {answer.deleted_count} artifacts (those updated within the last hour are kept)"
+
+
+async def cmd_attachments_download_many(client: AsyncClient, args: argparse.Namespace) -> Any:
+    group = args.group or client.username or ""
+    answer = await client.attachment_links(group, args.key, args.limit, args.offset, keys=args.keys)
+    out = Path(args.output_dir)
+    return await _fetch_links(client, [(d.url, out / d.key.rsplit("/", 1)[-1]) for d in answer.downloads], args)
+
+
+async def cmd_attachment_delete(client: AsyncClient, args: argparse.Namespace) -> Any:
+    group = args.group or client.username or ""
+    if args.keys is None and args.key_filter is None and not args.many:
+        await client.delete_attachment(group, args.key, admin=args.admin_route)
+        return f"Deleted {args.key} of group {group}"
+    answer = await client.delete_attachments(group, args.key_filter, args.limit, args.offset, keys=args.keys)
+    return f"Deleted {answer.deleted_count} attachments of group {group} (those updated within the last hour are kept)"
+
+
+async def cmd_workers_cancel_many(client: AsyncClient, args: argparse.Namespace) -> Any:
+    op = WorkerShutdownOp.Force if args.force else WorkerShutdownOp.Graceful
+    if args.uuids:
+        answer = await client.shutdown_workers(WorkersShutdownListReq(uuids=args.uuids, op=op))
+    else:
+        answer = await client.shutdown_workers(WorkersShutdownReq(group_name=args.group, role=args.roles, tags=args.tags,
+                                                                  labels=args.labels, creator_username=args.creator, op=op))
+    return f"Shutting down {answer.shutdown_count} workers ({op.value.lower()})"
+
+
+def _ask_missing(value: str | None, prompt: str, secret: bool = False) -> str:
+    """The reference prompts for values left out; without a terminal that is a usage error."""
+    if value:
+        return value
+    if not sys.stdin.isatty():
+        raise GrammarError(f"give the {prompt.lower()} (there is no terminal to ask on)")
+    return getpass.getpass(f"{prompt}: ") if secret else input(f"{prompt}: ").strip()
+
+
+async def cmd_login(client: AsyncClient, args: argparse.Namespace) -> Any:
+    username = _ask_missing(args.username, "Username")
+    await client.login(username, _ask_missing(args.password, "Password", secret=True), retain=args.retain)
+    return f"Logged in as {username}"
+
+
+async def cmd_change_password(client: AsyncClient, args: argparse.Namespace) -> Any:
+    await client.change_password(_ask_missing(args.old, "Current password", True), _ask_missing(args.new, "New password", True))
+    return "Password changed; your other sessions have ended"
+
+
+async def cmd_admin_users(client: AsyncClient, args: argparse.Namespace) -> Any:
+    action = args.admin_action
+    if action == "create":
+        username = _ask_missing(args.username, "Username")
+        await client.create_user(username, _ask_missing(args.password, "Password", True), args.admin)
+        return f"Created user {username}"
+    if action == "delete":
+        return f"User {args.username} is {(await client.admin_delete_user(args.username)).state.value}"
+    if action == "change-password":
+        username = _ask_missing(args.username, "Username")
+        await client.admin_set_password(username, _ask_missing(args.password, "New password", True))
+        return f"Password of {username} reset; their sessions have ended"
+    if action == "state":
+        return f"User {args.username} is {(await client.admin_set_state(args.username, args.state)).state.value}"
+    return f"User {args.username} may create {(await client.admin_group_quota(args.username, args.quota)).group_quota} groups"
+
+
+async def cmd_admin_storage_quota(client: AsyncClient, args: argparse.Namespace) -> Any:
+    return f"Group {args.group} may store {(await client.admin_storage_quota(args.group, args.quota)).storage_quota} bytes"
+
+
+async def cmd_admin_worker(client: AsyncClient, args: argparse.Namespace) -> Any:
+    await client.admin_shutdown_worker(args.uuid, force=args.force)
+    return f"Worker {args.uuid} is shutting down ({'force' if args.force else 'graceful'})"
+
+
 def _pair(text: str) -> tuple[str, Role]:
     """``name:role`` (``user:write``, ``group:admin``)."""
     name, sep, role = text.partition(":")
@@ -350,6 +497,42 @@ def _add_task_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reporter-uuid", type=UUID_ARG, help="tasks committed by this worker")
 
 
+def _add_submit_options(submit: argparse.ArgumentParser) -> None:
+    submit.add_argument("-g", "--group", dest="group_name", help="The name of the group this task is submitted to")
+    submit.add_argument("-t", "--tags", nargs="*", action=CommaList, help="The tags of the task, used to filter workers to execute the task")
+    submit.add_argument("-l", "--labels", nargs="*", action=CommaList, help="The labels of the task, used for querying tasks")
+    submit.add_argument("--timeout", default="10min", type=_argument_type(parse_duration, "duration"),
+                        help="The timeout of the task [default: 10min]")
+    submit.add_argument("-p", "--priority", type=int, default=0, help="The priority of the task [default: 0]")
+    submit.add_argument("-e", "--envs", nargs="*", default=[], action=CommaList, convert=_env,
+                        help="The environment variables to set, KEY=VALUE[,KEY=VALUE...]")
+    submit.add_argument("--terminal", action="store_true",
+                        help="Whether to collect the terminal standard output and error of the executed task")
+    submit.add_argument("-r", "--resources", nargs="*", default=[], action=CommaList, convert=_resource,
+                        help="Files to download before the task runs: artifact=UUID:TYPE:PATH or attachment=KEY:PATH")
+    submit.add_argument("--watch", type=_argument_type(_watch, "watch"),
+                        help="The UUID and the state of the task to watch before triggering this task, as UUID,STATE")
+    submit.add_argument("command", nargs="*", metavar="COMMAND", help="The command to run")
+
+
+def _add_change_options(change: argparse.ArgumentParser) -> None:
+    change.add_argument("-t", "--tags", nargs="*", action=CommaList, help="new tags")
+    change.add_argument("--timeout", type=_argument_type(parse_duration, "duration"), help="new timeout")
+    change.add_argument("-p", "--priority", type=int, help="new priority")
+    change.add_argument("-e", "--envs", nargs="*", default=[], action=CommaList, convert=_env, help="environment (with a new command)")
+    change.add_argument("--terminal", action="store_true", help="collect stdout/stderr (with a new command)")
+    change.add_argument("--watch", type=_argument_type(_watch, "watch"), help="UUID,STATE (with a new command)")
+    change.add_argument("command", nargs="*", metavar="COMMAND", help="a new command (replaces the whole spec)")
+
+
+def _add_worker_filters(workers: argparse.ArgumentParser) -> None:
+    workers.add_argument("-g", "--group", help="the group (default: your own)")
+    workers.add_argument("-r", "--roles", nargs="*", action=CommaList, convert=Role, help="the group's roles on them: read, write, admin")
+    workers.add_argument("-t", "--tags", nargs="*", action=CommaList, help="workers having all these tags")
+    workers.add_argument("-l", "--labels", nargs="*", action=CommaList, help="workers having all these labels")
+    workers.add_argument("--creator", help="workers registered by this user")
+
+
 def build_parser(prog: str = "mito client") -> Parser:
     parser = Parser(prog=prog, description="Run a mitosis client command")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
@@ -370,21 +553,7 @@ def build_parser(prog: str = "mito client") -> Parser:
     group.set_defaults(func=cmd_create_group)
 
     submit = commands.add_parser("submit", help="Submit a task", usage="submit [OPTIONS] [-- <COMMAND>...]")
-    submit.add_argument("-g", "--group", dest="group_name", help="The name of the group this task is submitted to")
-    submit.add_argument("-t", "--tags", nargs="*", action=CommaList, help="The tags of the task, used to filter workers to execute the task")
-    submit.add_argument("-l", "--labels", nargs="*", action=CommaList, help="The labels of the task, used for querying tasks")
-    submit.add_argument("--timeout", default="10min", type=_argument_type(parse_duration, "duration"),
-                        help="The timeout of the task [default: 10min]")
-    submit.add_argument("-p", "--priority", type=int, default=0, help="The priority of the task [default: 0]")
-    submit.add_argument("-e", "--envs", nargs="*", default=[], action=CommaList, convert=_env,
-                        help="The environment variables to set, KEY=VALUE[,KEY=VALUE...]")
-    submit.add_argument("--terminal", action="store_true",
-                        help="Whether to collect the terminal standard output and error of the executed task")
-    submit.add_argument("-r", "--resources", nargs="*", default=[], action=CommaList, convert=_resource,
-                        help="Files to download before the task runs: artifact=UUID:TYPE:PATH or attachment=KEY:PATH")
-    submit.add_argument("--watch", type=_argument_type(_watch, "watch"),
-                        help="The UUID and the state of the task to watch before triggering this task, as UUID,STATE")
-    submit.add_argument("command", nargs="*", metavar="COMMAND", help="The command to run")
+    _add_submit_options(submit)
     submit.set_defaults(func=cmd_submit)
 
     get = commands.add_parser("get", help="Get the info of a task, artifact, or a list of tasks subject to the filters")
@@ -427,11 +596,7 @@ def build_parser(prog: str = "mito client") -> Parser:
     worker.add_argument("uuid", type=UUID_ARG, metavar="UUID")
     worker.set_defaults(func=cmd_get_worker)
     workers = get_commands.add_parser("workers", help="Query a list of workers subject to the filter")
-    workers.add_argument("-g", "--group", help="the group (default: your own)")
-    workers.add_argument("-r", "--roles", nargs="*", action=CommaList, convert=Role, help="the group's roles on them: read, write, admin")
-    workers.add_argument("-t", "--tags", nargs="*", action=CommaList, help="workers having all these tags")
-    workers.add_argument("-l", "--labels", nargs="*", action=CommaList, help="workers having all these labels")
-    workers.add_argument("--creator", help="workers registered by this user")
+    _add_worker_filters(workers)
     workers.add_argument("-v", "--verbose", action="store_true", help="show every field")
     workers.add_argument("--count", action="store_true", help="only count them")
     workers.set_defaults(func=cmd_get_workers)
@@ -485,13 +650,7 @@ def build_parser(prog: str = "mito client") -> Parser:
     labels_t = task_actions.add_parser("update-labels", help="Replace the task's labels")
     labels_t.add_argument("values", nargs="*", action=CommaList, metavar="LABELS")
     change = task_actions.add_parser("change", help="Change a task that has not started", usage="change [OPTIONS] [-- <COMMAND>...]")
-    change.add_argument("-t", "--tags", nargs="*", action=CommaList, help="new tags")
-    change.add_argument("--timeout", type=_argument_type(parse_duration, "duration"), help="new timeout")
-    change.add_argument("-p", "--priority", type=int, help="new priority")
-    change.add_argument("-e", "--envs", nargs="*", default=[], action=CommaList, convert=_env, help="environment (with a new command)")
-    change.add_argument("--terminal", action="store_true", help="collect stdout/stderr (with a new command)")
-    change.add_argument("--watch", type=_argument_type(_watch, "watch"), help="UUID,STATE (with a new command)")
-    change.add_argument("command", nargs="*", metavar="COMMAND", help="a new command (replaces the whole spec)")
+    _add_change_options(change)
     for name, sub in task_actions.choices.items():
         sub.set_defaults(func=cmd_manage_task, task_action=name)
 
@@ -515,7 +674,207 @@ def build_parser(prog: str = "mito client") -> Parser:
     helper = commands.add_parser("help", help="Print this message or the help of the given subcommand(s)")
     helper.add_argument("topic", nargs="*", metavar="COMMAND")
     helper.set_defaults(func=cmd_help, offline=True)
+    _add_reference_tree(commands)
     return parser
+
+
+def _add_reference_tree(commands: argparse._SubParsersAction) -> None:
+    """The newer reference's (0.6) command groups, beside the seed guide's: the same functions."""
+    login = commands.add_parser("login", help="Log in (again), as another user if you like")
+    login.add_argument("username", nargs="?", metavar="USERNAME")
+    login.add_argument("password", nargs="?", metavar="PASSWORD")
+    login.add_argument("--retain", action="store_true", help="keep your other sessions valid")
+    login.set_defaults(func=cmd_login)
+
+    users = _subcommands(commands.add_parser("users", help="Your account"))
+    password = users.add_parser("change-password", help="Change your password (your other sessions end)")
+    password.add_argument("old", nargs="?", metavar="ORIG_PASSWORD")
+    password.add_argument("new", nargs="?", metavar="NEW_PASSWORD")
+    password.set_defaults(func=cmd_change_password)
+    for name in ("groups", "my-groups"):
+        users.add_parser(name, help="Your groups and roles").set_defaults(func=cmd_get_groups)
+
+    groups = _subcommands(commands.add_parser("groups", help="Groups, members and attachments"))
+    create = groups.add_parser("create", help="Create a group")
+    create.add_argument("name", metavar="GROUP")
+    create.set_defaults(func=cmd_create_group)
+    get = groups.add_parser("get", help="A group's information")
+    get.add_argument("name", metavar="GROUP")
+    get.set_defaults(func=cmd_get_group)
+    for action, metavar, convert in (("update-user", "USER:ROLE", _pair), ("remove-user", "USER", None)):
+        member = groups.add_parser(action, help="Add members or change roles" if convert else "Remove members")
+        member.add_argument("name", metavar="GROUP")
+        member.add_argument("values", nargs="+", action=CommaList, convert=convert, metavar=metavar)
+        member.set_defaults(func=cmd_manage_group, group_action=action)
+    attachments = _subcommands(groups.add_parser("attachments", help="A group's attachments"))
+
+    def attachment_command(name: str, help_text: str, func: Command, **defaults: Any) -> argparse.ArgumentParser:
+        sub = attachments.add_parser(name, help=help_text)
+        sub.add_argument("-g", "--group", help="the group (default: your own)")
+        sub.set_defaults(func=func, **defaults)
+        return sub
+
+    upload = attachment_command("upload", "Upload a file", cmd_upload_attachment)
+    upload.add_argument("local_file", metavar="LOCAL_FILE")
+    upload.add_argument("key", nargs="?", metavar="KEY")
+    download = attachment_command("download", "Download one", cmd_get_attachment)
+    download.add_argument("key", metavar="KEY")
+    download.add_argument("-o", "--output", help="where to save it")
+    download.add_argument("--no-download", action="store_true", help="only print the URL")
+    attachment_command("get", "Its metadata", cmd_get_attachment_meta).add_argument("key", metavar="KEY")
+    delete = attachment_command("delete", "Delete one", cmd_attachment_delete, keys=None, key_filter=None, many=False, admin_route=False)
+    delete.add_argument("key", metavar="KEY")
+    query = attachment_command("query", "List them", cmd_get_attachments)
+    for sub, batch_keys in (
+        (query, False),
+        (attachment_command("download-many", "Download those matching -k", cmd_attachments_download_many, keys=None), False),
+        (attachment_command("download-list", "Download the listed keys", cmd_attachments_download_many, key=None, limit=None, offset=None), True),
+        (attachment_command("delete-many", "Delete those matching -k", cmd_attachment_delete, keys=None, many=True, admin_route=False), False),
+        (attachment_command("delete-list", "Delete the listed keys", cmd_attachment_delete, key_filter=None, limit=None, offset=None, many=True, admin_route=False), True),
+    ):
+        if batch_keys:
+            sub.add_argument("keys", nargs="+", metavar="KEYS")
+        else:
+            sub.add_argument("-k", "--key", dest="key_filter" if sub.prog.endswith("delete-many") else "key", help="keys containing this text")
+            sub.add_argument("--limit", type=int)
+            sub.add_argument("--offset", type=int)
+        if "download" in sub.prog:
+            sub.add_argument("-o", "--output-dir", default=".", help="the directory [default: .]")
+            sub.add_argument("--no-download", action="store_true", help="only print the URLs")
+            sub.add_argument("--concurrent", type=int, default=1, help="downloads at a time [default: 1]")
+    query.add_argument("--count", action="store_true", help="only count them")
+
+    tasks = _subcommands(commands.add_parser("tasks", help="Tasks and artifacts, single and in batches"))
+    submit = tasks.add_parser("submit", help="Submit a task", usage="tasks submit [OPTIONS] [-- <COMMAND>...]")
+    _add_submit_options(submit)
+    submit.set_defaults(func=cmd_submit)
+    many = tasks.add_parser("submit-many", help="Submit the tasks of a JSON file (an array of submit requests)")
+    many.add_argument("-f", "--file", required=True, help="the JSON file")
+    many.set_defaults(func=cmd_submit_many)
+    one = tasks.add_parser("get", help="A task and its artifacts")
+    one.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    one.set_defaults(func=cmd_get_task)
+    query_tasks = tasks.add_parser("query", help="Query tasks")
+    _add_task_filters(query_tasks)
+    query_tasks.add_argument("--limit", type=int)
+    query_tasks.add_argument("--offset", type=int)
+    query_tasks.add_argument("-v", "--verbose", action="store_true")
+    query_tasks.add_argument("--count", action="store_true")
+    query_tasks.set_defaults(func=cmd_get_tasks)
+    for action, help_text in (("cancel", "Cancel a task"), ("update-labels", "Replace a task's labels"), ("change", "Change a task that has not started")):
+        sub = tasks.add_parser(action, help=help_text)
+        sub.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+        if action == "update-labels":
+            sub.add_argument("values", nargs="*", action=CommaList, metavar="LABELS")
+        if action == "change":
+            _add_change_options(sub)
+        sub.set_defaults(func=cmd_manage_task, task_action=action)
+    cancel_many = tasks.add_parser("cancel-many", help="Cancel the Ready and Pending tasks matching the filter")
+    _add_task_filters(cancel_many)
+    cancel_many.set_defaults(func=cmd_cancel_many)
+    cancel_list = tasks.add_parser("cancel-list", help="Cancel the listed tasks")
+    cancel_list.add_argument("uuids", nargs="+", action=CommaList, convert=uuid_module.UUID, metavar="UUIDS")
+    cancel_list.set_defaults(func=cmd_cancel_list)
+    artifacts = _subcommands(tasks.add_parser("artifacts", help="Task artifacts"))
+    up = artifacts.add_parser("upload", help="Upload an artifact")
+    up.add_argument("local_file", metavar="LOCAL_FILE")
+    up.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    up.add_argument("content_type", type=TYPE_ARG, metavar="TYPE")
+    up.set_defaults(func=cmd_upload_artifact)
+    down = artifacts.add_parser("download", help="Download an artifact")
+    down.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    down.add_argument("content_type", type=TYPE_ARG, metavar="TYPE")
+    down.add_argument("-o", "--output")
+    down.add_argument("--no-download", action="store_true")
+    down.add_argument("-x", "--extract", metavar="DIR")
+    down.set_defaults(func=cmd_get_artifact)
+    gone = artifacts.add_parser("delete", help="Delete an artifact (not within an hour of its upload)")
+    gone.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    gone.add_argument("content_type", type=TYPE_ARG, metavar="TYPE")
+    gone.set_defaults(func=cmd_artifacts_delete, uuids=None, admin_route=False)
+    for action, func in (("download-many", cmd_artifacts_download_many), ("download-list", cmd_artifacts_download_many),
+                         ("delete-many", cmd_artifacts_delete), ("delete-list", cmd_artifacts_delete)):
+        sub = artifacts.add_parser(action, help=f"{action.split('-')[0].title()} one artifact type of " + ("the listed tasks" if action.endswith("list") else "the tasks matching the filter"))
+        sub.add_argument("content_type", type=TYPE_ARG, metavar="TYPE")
+        if action.endswith("list"):
+            sub.add_argument("uuids", nargs="+", action=CommaList, convert=uuid_module.UUID, metavar="UUIDS")
+        else:
+            _add_task_filters(sub)
+            sub.set_defaults(uuids=[])
+        if action.startswith("download"):
+            sub.add_argument("-o", "--output-dir", default=".", help="the directory [default: .]; files are <uuid>.<type>.tar.gz")
+            sub.add_argument("--no-download", action="store_true")
+            sub.add_argument("--concurrent", type=int, default=1)
+        sub.set_defaults(func=func, admin_route=False)
+
+    workers = _subcommands(commands.add_parser("workers", help="Workers, single and in batches"))
+    cancel = workers.add_parser("cancel", help="Shut a worker down")
+    cancel.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    cancel.add_argument("-f", "--force", action="store_true")
+    cancel.set_defaults(func=cmd_manage_worker, worker_action="cancel")
+    for action in ("cancel-many", "cancel-list"):
+        sub = workers.add_parser(action, help="Shut down the workers " + ("listed" if action.endswith("list") else "matching the filter"))
+        if action.endswith("list"):
+            sub.add_argument("uuids", nargs="+", action=CommaList, convert=uuid_module.UUID, metavar="UUIDS")
+        else:
+            _add_worker_filters(sub)
+            sub.set_defaults(uuids=None)
+        sub.add_argument("-f", "--force", action="store_true")
+        sub.set_defaults(func=cmd_workers_cancel_many)
+    for action, metavar, nargs, convert in (("update-tags", "TAGS", "*", None), ("update-labels", "LABELS", "*", None),
+                                            ("update-roles", "GROUP:ROLE", "+", _pair), ("remove-roles", "GROUP", "+", None)):
+        sub = workers.add_parser(action)
+        sub.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+        sub.add_argument("values", nargs=nargs, action=CommaList, convert=convert, metavar=metavar)
+        sub.set_defaults(func=cmd_manage_worker, worker_action=action)
+    show = workers.add_parser("get", help="A worker")
+    show.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    show.set_defaults(func=cmd_get_worker)
+    listing = workers.add_parser("query", help="Query workers")
+    _add_worker_filters(listing)
+    listing.add_argument("-v", "--verbose", action="store_true")
+    listing.add_argument("--count", action="store_true")
+    listing.set_defaults(func=cmd_get_workers)
+
+    admin = _subcommands(commands.add_parser("admin", help="System administration"))
+    admin_users = _subcommands(admin.add_parser("users", help="Users"))
+    made = admin_users.add_parser("create", help="Create a user (asks for what is left out)")
+    made.add_argument("username", nargs="?", metavar="USERNAME")
+    made.add_argument("password", nargs="?", metavar="PASSWORD")
+    made.add_argument("--admin", action="store_true")
+    removed = admin_users.add_parser("delete", help="Soft-delete a user")
+    removed.add_argument("username", metavar="USERNAME")
+    reset = admin_users.add_parser("change-password", help="Reset a user's password")
+    reset.add_argument("username", nargs="?", metavar="USERNAME")
+    reset.add_argument("password", nargs="?", metavar="NEW_PASSWORD")
+    quota = admin_users.add_parser("group-quota", help="How many groups a user may create: N, =N, +N, -N")
+    quota.add_argument("username", metavar="USERNAME")
+    quota.add_argument("quota", metavar="QUOTA")
+    state = admin_users.add_parser("state", help="Set a user's state")
+    state.add_argument("username", metavar="USERNAME")
+    state.add_argument("state", type=_argument_type(UserState, "state"), metavar="Active|Locked|Deleted")
+    for name, sub in admin_users.choices.items():
+        sub.set_defaults(func=cmd_admin_users, admin_action=name)
+    stop = admin.add_parser("shutdown", help="Stop the coordinator")
+    stop.add_argument("secret", metavar="SECRET")
+    stop.set_defaults(func=cmd_shutdown)
+    admin_groups = _subcommands(admin.add_parser("groups", help="Groups"))
+    storage = admin_groups.add_parser("storage-quota", help="A group's storage quota, e.g. +1GB, =500MB, 2GiB")
+    storage.add_argument("group", metavar="GROUP")
+    storage.add_argument("quota", metavar="QUOTA")
+    storage.set_defaults(func=cmd_admin_storage_quota)
+    forced = _subcommands(admin_groups.add_parser("attachments", help="Attachments")).add_parser("delete", help="Delete any attachment at once")
+    forced.add_argument("-g", "--group", help="the group (default: your own)")
+    forced.add_argument("key", metavar="KEY")
+    forced.set_defaults(func=cmd_attachment_delete, keys=None, key_filter=None, many=False, admin_route=True)
+    artifact_gone = _subcommands(_subcommands(admin.add_parser("tasks", help="Tasks")).add_parser("artifacts", help="Artifacts")).add_parser("delete", help="Delete any artifact at once")
+    artifact_gone.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    artifact_gone.add_argument("content_type", type=TYPE_ARG, metavar="TYPE")
+    artifact_gone.set_defaults(func=cmd_artifacts_delete, uuids=None, admin_route=True)
+    halt = _subcommands(admin.add_parser("workers", help="Workers")).add_parser("cancel", help="Shut down any worker")
+    halt.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    halt.add_argument("-f", "--force", action="store_true")
+    halt.set_defaults(func=cmd_admin_worker)
 
 
 def parse(argv: list[str], prog: str = "mito client") -> argparse.Namespace:
