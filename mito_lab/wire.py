@@ -229,10 +229,6 @@ class ErrorMsg(Response):
     msg: str
 
 
-class Empty(Response):
-    """Documents an empty 200 body."""
-
-
 # --- misc, login, users -------------------------------------------------------------------------
 
 

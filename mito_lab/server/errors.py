@@ -58,7 +58,3 @@ class AlreadyExists(ApiError):
 
     def __init__(self, name: str) -> None:
         super().__init__(f"User or group with same name {name} already exists")
-
-
-class PayloadTooLarge(ApiError):
-    status = 413
