@@ -13,6 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from mito_lab.cli import EXIT_ERROR, EXIT_USAGE
 from mito_lab.client.http import MitoError
 from mito_lab.config import (
     ClientConfig,
@@ -21,9 +22,6 @@ from mito_lab.config import (
     WorkerConfig,
     load_config,
 )
-
-EXIT_ERROR = 1
-EXIT_USAGE = 2
 
 
 def _flags(namespace: argparse.Namespace, model: type) -> dict[str, Any]:

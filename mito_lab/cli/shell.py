@@ -11,6 +11,7 @@ from typing import Any
 from prompt_toolkit import PromptSession
 from prompt_toolkit.history import FileHistory
 
+from mito_lab.cli import EXIT_ERROR, EXIT_USAGE
 from mito_lab.cli.grammar import GrammarError, HelpShown, build_parser
 from mito_lab.cli.render import as_json, render
 from mito_lab.client.api import AsyncClient, login_token
@@ -19,7 +20,6 @@ from mito_lab.client.http import MitoError
 from mito_lab.config import ClientConfig, cache_dir
 
 PROMPT = "[mito::client]> "
-EXIT_ERROR, EXIT_USAGE = 1, 2
 
 
 def ask_credentials(user: str | None) -> tuple[str, str]:
