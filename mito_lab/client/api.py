@@ -12,7 +12,12 @@ from typing import Any
 from urllib.parse import quote
 
 from mito_lab.client.credentials import Credentials
-from mito_lab.client.http import HttpSession, MitoError, Progress
+from mito_lab.client.http import (
+    LONG_POLL_SLACK_SECONDS,
+    HttpSession,
+    MitoError,
+    Progress,
+)
 from mito_lab.config import parse_duration
 from mito_lab.wire import (
     AdminChangePasswordReq,
@@ -82,7 +87,6 @@ from mito_lab.wire import (
 )
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
-LONG_POLL_SLACK_SECONDS = 30.0
 FOLLOW_POLL_SECONDS = 60.0
 AskCredentials = Callable[[str | None], tuple[str, str]]
 

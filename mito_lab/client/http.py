@@ -20,6 +20,8 @@ from tornado.httpclient import (
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 CHUNK = 1 << 20
+# A long poll's HTTP timeout is its wait plus this, so the server answers before the client gives up.
+LONG_POLL_SLACK_SECONDS = 30.0
 Progress = Callable[[int], None]
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from mito_lab.client.api import login_token
 from mito_lab.client.credentials import Credentials
-from mito_lab.client.http import HttpSession, MitoError
+from mito_lab.client.http import LONG_POLL_SLACK_SECONDS, HttpSession, MitoError
 from mito_lab.config import WorkerConfig, cache_dir
 from mito_lab.logs import setup_logging
 from mito_lab.wire import (
@@ -55,7 +55,6 @@ from mito_lab.worker import packing, runner
 log = logging.getLogger("mito_lab.worker")
 T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 30.0
-LONG_POLL_SLACK_SECONDS = 30.0
 PREPARE_SECONDS = 30 * 60  # resources plus watch, as the reference
 RETIRE_MARGIN_SECONDS = 30.0
 WATCH_POLL_SECONDS = 60.0
