@@ -17,12 +17,14 @@ def manager(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
 def test_spawn_status_kill(platform: Platform) -> None:
     # a bystander "mito worker" this manager did not start: it must survive `manager kill`
     bystander = subprocess.Popen([sys.executable, "-m", "mito_lab", "worker", "-c", platform.url, "-u", "mitosis_admin",
-                                  "-p", "mitosis_admin", "--credential-path", str(platform.home / "bystander.credentials")],
+                                  "-p", "mitosis_admin", "--credential-path", str(platform.home / "bystander.credentials"),
+                                  "--heartbeat-interval", "2s"],
                                  env=isolated_env(platform.home / "elsewhere"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  start_new_session=True)
     platform.workers.append(bystander)
     spawned = manager(platform, "spawn", "2", "-c", platform.url, "-u", "mitosis_admin", "-p", "mitosis_admin",
-                      "--credential-path", str(platform.home / "managed.credentials"), "--labels", "managed")
+                      "--credential-path", str(platform.home / "managed.credentials"), "--labels", "managed",
+                      "--heartbeat-interval", "2s")  # both share one credential file, as spawned workers do
     assert spawned.returncode == 0, spawned.stderr
     assert "2 workers running" in spawned.stdout
     deadline = time.monotonic() + 30

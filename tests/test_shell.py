@@ -47,12 +47,12 @@ class Terminal:
     def type(self, keys: str) -> None:
         os.write(self.master, keys.encode())
 
-    def run(self, line: str) -> str:
-        """Type a command, return what it printed before the next prompt. The prompt line is
-        redrawn as keys arrive; the accepted line ends with a newline, and output follows it."""
+    def expect(self, line: str, output: str) -> None:
+        """Type a command and wait for ``output`` (text only the command prints, never the typed
+        line, so redraws of the prompt line cannot confuse it), then for the next prompt."""
         self.type(line + "\r")
-        self.read_until(line + "\n")
-        return self.read_until(PROMPT)
+        self.read_until(output)
+        self.read_until(PROMPT)
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -66,16 +66,18 @@ def test_the_interactive_client(platform: Platform) -> None:
     shell = Terminal(platform, "-u", "tom", "-p", "tom-password", "-i")
     try:
         shell.read_until(PROMPT)
-        assert "tom" in shell.run("auth")
-        submitted = shell.run("submit -- echo hello")
-        task = re.search(r"Submitted task ([0-9a-f-]{36})", submitted).group(1)  # type: ignore[union-attr]
-        assert "invalid choice: 'nonsense'" in shell.run("get nonsense")  # an error does not end the shell
-        assert "attachment-meta" in shell.run("help get")
+        shell.expect("auth", "tom\n")
+        shell.type("submit -- echo hello\r")
+        shell.read_until("Submitted task ")
+        task = shell.read_until(" ")
+        shell.read_until(PROMPT)
+        shell.expect("get nonsense", "invalid choice: 'nonsense'")  # an error does not end the shell
+        shell.expect("help get", "attachment-meta")
         shell.type("half typed words")
         shell.type("\x03")  # Ctrl-C clears the line and prompts again
         shell.read_until(PROMPT)
-        assert "tom" in shell.run("auth")
-        assert "No closing quotation" in shell.run('submit -- echo "oops')
+        shell.expect("auth", "tom\n")  # (the cleared words were not run)
+        shell.expect('submit -- echo "oops', "No closing quotation")
         # the session is ended elsewhere (an administrator resets the password): the shell asks again
         reset = platform.api("POST", "/admin/users/tom/password", {"new_md5_password": list(hashlib.md5(b"fresh").digest())})
         assert reset.status == 200
@@ -83,8 +85,9 @@ def test_the_interactive_client(platform: Platform) -> None:
         shell.read_until("get tasks\n")
         shell.read_until("Password for tom: ")
         shell.type("fresh\r")
-        assert task in shell.read_until(PROMPT)  # the command ran once logged in again
-        assert "tom" in shell.run("auth")
+        shell.read_until(task)  # the command ran once logged in again
+        shell.read_until(PROMPT)
+        shell.expect("auth", "tom\n")
         shell.type("\x04")  # Ctrl-D leaves
         assert shell.process.wait(30) == 0
     finally:
@@ -99,7 +102,7 @@ def test_the_interactive_client(platform: Platform) -> None:
         again.read_until("auth", timeout=10)
         again.type("\x03")
         again.read_until(PROMPT)
-        again.run("exit")
+        again.type("exit\r")
         assert again.process.wait(30) == 0
     finally:
         again.close()

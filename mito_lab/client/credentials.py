@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from mito_lab.config import default_credential_path
@@ -36,8 +37,8 @@ class Credentials:
         entries = [entry for entry in self._lines() if entry[0] != user]
         entries.insert(0, (user, token))  # the newest login becomes the default one
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # a temporary file of its own (mkstemp: mode 0600): workers started together log in at once
+        descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         with os.fdopen(descriptor, "w") as handle:
             handle.write("".join(f"{name}:{value}\n" for name, value in entries))
         os.replace(temporary, self.path)
