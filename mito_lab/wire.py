@@ -500,7 +500,8 @@ class TaskResultSpec(Request):
     msg: TaskResultMessage | None = None
 
 
-_COMPARISON = r"^\s*(=|!=|<=|>=|<|>)?\s*-?\d+\s*$"
+COMPARISON_PATTERN = r"^\s*(=|!=|<=|>=|<|>)?\s*(-?\d+)\s*$"
+"""``exit_status`` and ``priority`` filters: ``N``, ``=N``, ``!=N``, ``<N``, ``<=N``, ``>N``, ``>=N``."""
 
 
 class TaskFilter(Request):
@@ -509,8 +510,8 @@ class TaskFilter(Request):
     tags: StrSet | None = None
     labels: StrSet | None = None
     states: list[TaskState] | None = None
-    exit_status: str | None = Field(default=None, pattern=_COMPARISON)
-    priority: str | None = Field(default=None, pattern=_COMPARISON)
+    exit_status: str | None = Field(default=None, pattern=COMPARISON_PATTERN)
+    priority: str | None = Field(default=None, pattern=COMPARISON_PATTERN)
     reporter_uuid: UUID | None = None
 
     @model_validator(mode="after")

@@ -75,7 +75,7 @@ class Coordinator:
         self.attachments = AttachmentService(self.context)
         self.logs = LogService(self.context)
         self.workers = WorkerService(self.context)
-        self.tasks = TaskService(self.context, on_ready=self.workers.notify_ready)
+        self.tasks = TaskService(self.context)
         self._server: HTTPServer | None = None
         self._background: list[asyncio.Task[None]] = []
         # POST /admin/shutdown must present this; it is only ever written to the log (reference 1.3)

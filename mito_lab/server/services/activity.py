@@ -17,10 +17,13 @@ from mito_lab.server.db.engine import after_commit
 from mito_lab.server.db.models import Task
 from mito_lab.server.events import RedisEvents
 from mito_lab.server.services.context import Context
+from mito_lab.wire import TaskState
 
 EVENTS = "mito:events"  # {"kind": "task" | "worker", ...}
+TASKS_READY = "mito:tasks-ready"  # wakes the waiting fetches of every coordinator
 CANCEL = "mito:cancel"  # {"worker": <worker uuid>, "task": <task uuid>}
 EXEC_STATE_TTL_SECONDS = 3600
+_READY_ANNOUNCED = "mito_ready_announced"
 # How often a long poll re-checks the database even without an event (covers coordinators that
 # share a database but no event stream).
 RECHECK_SECONDS = 2.0
@@ -65,10 +68,20 @@ def task_payload(task: Task, group: str) -> dict[str, Any]:
     }
 
 
+def announce_ready(context: Context, session: AsyncSession) -> None:
+    """Once the transaction commits, wake waiting fetches: a task may now match some worker.
+    Announced once per transaction, however many tasks it made runnable."""
+    if not session.info.get(_READY_ANNOUNCED):
+        session.info[_READY_ANNOUNCED] = True
+        after_commit(session, lambda: context.events.publish(TASKS_READY, {}))
+
+
 async def task_changed(context: Context, session: AsyncSession, task: Task) -> None:
-    """Publish the task's new state once the transaction commits."""
+    """Publish the task's new state once the transaction commits (and wake fetches if it is Ready)."""
     payload = task_payload(task, await context.group_name(session, task.group_id))
     after_commit(session, lambda: context.events.publish(EVENTS, payload))
+    if task.state == TaskState.Ready and task.archived_at is None:
+        announce_ready(context, session)
     if task.exec_state is not None and isinstance(context.events, RedisEvents):
         key, code = f"task:{task.uuid}", task.exec_state.code
         after_commit(session, lambda: context.events.publish_raw(key, code, ttl=EXEC_STATE_TTL_SECONDS))

@@ -62,6 +62,17 @@ async def require_role(session: AsyncSession, user: User | None, group: Group, m
     return role
 
 
+async def require_grant(session: AsyncSession, user: User | None, group: Group, role: Role) -> None:
+    """Giving a worker a role in ``group`` hands it the group's tasks: that needs Write in the
+    group, and Admin to grant Admin (SPEC 4.5)."""
+    await require_role(session, user, group, Role.Admin if role is Role.Admin else Role.Write)
+
+
+async def personal_group(session: AsyncSession, user: User, name: str | None) -> Group:
+    """The named group, or the caller's personal group when no name is given."""
+    return await group_by_name(session, name or user.username)
+
+
 async def name_taken(session: AsyncSession, name: str) -> bool:
     """Users and groups share one namespace (every user has a personal group of the same name)."""
     user = await session.scalar(sa.select(User.id).where(User.username == name))

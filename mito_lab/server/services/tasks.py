@@ -25,12 +25,13 @@ from mito_lab.server.services.activity import cancel_requested, task_changed
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import (
     charge_storage,
-    group_by_name,
     locked_group,
+    personal_group,
     require_role,
 )
 from mito_lab.server.storage import BATCH_DOWNLOAD_URL_LIFETIME, download_url_lifetime
 from mito_lab.wire import (
+    COMPARISON_PATTERN,
     ArtifactContentType,
     ArtifactDownloadItem,
     ArtifactInfo,
@@ -102,7 +103,7 @@ def contains_all(model: type[TaskTag] | type[TaskLabel], values: list[str]) -> s
     return Task.id.in_(matching)
 
 
-_COMPARISON = re.compile(r"^\s*(=|!=|<=|>=|<|>)?\s*(-?\d+)\s*$")
+_COMPARISON = re.compile(COMPARISON_PATTERN)
 _OPERATORS: dict[str, Callable[[sa.ColumnElement[int], int], sa.ColumnElement[bool]]] = {
     "=": lambda c, v: c == v, "!=": lambda c, v: c != v, "<": lambda c, v: c < v,
     "<=": lambda c, v: c <= v, ">": lambda c, v: c > v, ">=": lambda c, v: c >= v,
@@ -117,7 +118,7 @@ def compare(column: sa.ColumnElement[int], expression: str) -> sa.ColumnElement[
     return _OPERATORS[match.group(1) or "="](column, int(match.group(2)))
 
 
-def task_info(task: Task, creator: str, group: str, reporter_uuid: uuid_module.UUID | None = None) -> TaskInfo:
+def task_info(task: Task, creator: str, group: str) -> TaskInfo:
     result = None
     if task.archived_at is not None and task.exit_status is not None:
         result = TaskResultSpec(exit_status=task.exit_status, msg=task.result_msg)
@@ -206,11 +207,6 @@ async def artifact_download(
     return DownloadResp(url=url, size=artifact.size)
 
 
-async def personal_group(session: AsyncSession, user: User, name: str | None) -> Group:
-    """The named group, or the caller's personal group when no name is given."""
-    return await group_by_name(session, name or user.username)
-
-
 async def insert_task(
     session: AsyncSession,
     creator_id: int,
@@ -278,9 +274,8 @@ CANCELLABLE = (TaskState.Ready, TaskState.Pending)
 
 
 class TaskService:
-    def __init__(self, context: Context, on_ready: Callable[[], None]) -> None:
+    def __init__(self, context: Context) -> None:
         self.context = context
-        self._on_ready = on_ready  # wakes long-polling workers
 
     async def _group_with_role(self, session: AsyncSession, user: User, name: str | None, role: Role) -> Group:
         group = await personal_group(session, user, name)
@@ -300,7 +295,6 @@ class TaskService:
             task = await insert_task(session, user.id, group, request, TaskState.Ready)
             await task_changed(self.context, session, task)
             response = SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)
-        self._on_ready()
         return response
 
     async def submit_many(self, user: User, request: BatchSubmitReq) -> BatchSubmitResp:
@@ -321,7 +315,6 @@ class TaskService:
                 task = await insert_task(session, user.id, group, item, TaskState.Ready)
                 await task_changed(self.context, session, task)
                 results.append(BatchSubmitItem(Ok=SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)))
-        self._on_ready()
         return BatchSubmitResp(results=results)
 
     async def change(self, user: User, task_uuid: uuid_module.UUID, request: ChangeTaskReq) -> None:
@@ -341,7 +334,6 @@ class TaskService:
             task.updated_at = now()
             await set_task_marks(session, task, tags=request.tags)
             await task_changed(self.context, session, task)
-        self._on_ready()
 
     async def update_labels(self, user: User, task_uuid: uuid_module.UUID, labels: list[str]) -> None:
         """Labels can be changed at any time, archived tasks included."""

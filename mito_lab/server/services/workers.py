@@ -35,12 +35,20 @@ from mito_lab.server.errors import (
 from mito_lab.server.services.activity import (
     CANCEL,
     EVENTS,
+    TASKS_READY,
+    announce_ready,
     long_poll,
     task_changed,
     worker_changed,
 )
 from mito_lab.server.services.context import Context
-from mito_lab.server.services.groups import by_names, group_by_name, require_role
+from mito_lab.server.services.groups import (
+    by_names,
+    group_by_name,
+    personal_group,
+    require_grant,
+    require_role,
+)
 from mito_lab.server.services.logs import append as append_log
 from mito_lab.server.services.tasks import (
     artifact_download,
@@ -89,7 +97,6 @@ from mito_lab.wire import (
 
 log = logging.getLogger(__name__)
 
-TASKS_READY = "mito:tasks-ready"
 SERVING_ROLES = Role.Write.and_above()
 
 
@@ -110,12 +117,6 @@ class WorkerService:
     def __init__(self, context: Context) -> None:
         self.context = context
 
-    # --- wake-ups and long polls ----------------------------------------------------------------
-
-    def notify_ready(self) -> None:
-        """Some task became Ready: wake the waiting fetches of every coordinator."""
-        self.context.events.publish(TASKS_READY, {})
-
     # --- registration and authentication --------------------------------------------------------
 
     async def register(self, user: User, request: RegisterWorkerReq) -> RegisterWorkerResp:
@@ -128,8 +129,7 @@ class WorkerService:
             groups = []
             for name, role in roles.items():
                 group = await group_by_name(session, name)
-                # attaching a worker hands it the group's tasks: it needs Write (Admin to grant Admin)
-                await require_role(session, user, group, Role.Admin if role is Role.Admin else Role.Write)
+                await require_grant(session, user, group, role)
                 groups.append((group, role))
             worker = Worker(creator_id=user.id, tags=request.tags, labels=request.labels)
             session.add(worker)
@@ -137,10 +137,10 @@ class WorkerService:
             session.add_all(GroupWorker(group_id=g.id, worker_id=worker.id, role=r) for g, r in groups)
             worker_uuid = worker.worker_id
             worker_changed(self.context, session, worker_uuid, list(roles), "registered", tags=request.tags)
+            announce_ready(self.context, session)  # it may match tasks that are already waiting
         lifetime = request.lifetime or self.context.config.access_token_expires_in
         token = self.context.tokens.issue(str(worker_uuid), "worker", lifetime)
         log.info("worker %s registered by %s for %s", worker_uuid, user.username, sorted(roles))
-        self.notify_ready()  # it may match tasks that are already waiting
         return RegisterWorkerResp(worker_id=worker_uuid, token=token, redis_url=self.context.redis_worker_url)
 
     async def authenticate(self, bearer: str) -> Worker:
@@ -228,12 +228,14 @@ class WorkerService:
 
     async def release(self, worker: Worker, task_pk: int) -> None:
         async with self.context.db.write() as session:
-            await session.execute(
+            released = (await session.scalars(
                 sa.update(Task)
                 .where(Task.id == task_pk, Task.assigned_worker_id == worker.id, Task.state == TaskState.Running)
                 .values(state=TaskState.Ready, assigned_worker_id=None, updated_at=now())
-            )
-        self.notify_ready()
+                .returning(Task)
+            )).all()
+            for task in released:
+                await task_changed(self.context, session, task)
 
     # --- the worker protocol --------------------------------------------------------------------
 
@@ -258,7 +260,6 @@ class WorkerService:
         return await long_poll(self.context, cancellations, CANCEL, lambda event: event.get("worker") == mine, wait) or WorkerSignal()
 
     async def report(self, worker: Worker, request: ReportTaskReq) -> ReportTaskResp:
-        ready = False
         async with self.context.db.write() as session:
             task = await session.scalar(
                 sa.select(Task).where(
@@ -285,9 +286,7 @@ class WorkerService:
             elif isinstance(op, SubmitOp):
                 await self._submit_downstream(session, worker, task, op)
             elif isinstance(op, CommitOp):
-                ready = await self._commit(session, worker, task, op)
-        if ready:
-            self.notify_ready()
+                await self._commit(session, worker, task, op)
         return ReportTaskResp(url=None)
 
     async def _submit_downstream(self, session: AsyncSession, worker: Worker, task: Task, op: SubmitOp) -> None:
@@ -312,8 +311,8 @@ class WorkerService:
         task.downstream_task_uuid = downstream.uuid
         await task_changed(self.context, session, downstream)
 
-    async def _commit(self, session: AsyncSession, worker: Worker, task: Task, op: CommitOp) -> bool:
-        """Archive a finished task; returns whether a downstream task became Ready."""
+    async def _commit(self, session: AsyncSession, worker: Worker, task: Task, op: CommitOp) -> None:
+        """Archive a finished task; its downstream task (if any) becomes Ready."""
         if task.state not in (TaskState.Finished, TaskState.Cancelled):
             raise InvalidRequest("Task can not be marked as done")
         task.exit_status = op.Commit.exit_status
@@ -322,7 +321,6 @@ class WorkerService:
         task.exec_state = TaskExecState.TaskCommitted
         task.archived_at = task.updated_at = now()
         await task_changed(self.context, session, task)
-        ready = False
         if task.downstream_task_uuid is not None:
             released = (await session.scalars(
                 sa.update(Task)
@@ -332,28 +330,24 @@ class WorkerService:
             )).all()
             for downstream in released:
                 await task_changed(self.context, session, downstream)
-            ready = bool(released)
         current = await session.get_one(Worker, worker.id)
         if current.state == WorkerState.GracefulShutdown:
-            ready = await self._remove(session, current) or ready
-        return ready
+            await self._remove(session, current)
 
     async def unregister(self, worker: Worker) -> None:
         async with self.context.db.write() as session:
             current = await session.get(Worker, worker.id)
-            requeued = current is not None and await self._remove(session, current)
+            if current is not None:
+                await self._remove(session, current)
         log.info("worker %s unregistered", worker.worker_id)
-        if requeued:
-            self.notify_ready()
 
-    async def _remove(self, session: AsyncSession, worker: Worker) -> bool:
+    async def _remove(self, session: AsyncSession, worker: Worker) -> None:
         """Delete a worker. Its running task goes back to Ready, unless a user cancelled it or it
         has used up its attempts (then it ends Cancelled); a task that already reported its outcome
-        keeps it and never runs again. Returns whether a task was re-queued."""
+        keeps it and never runs again."""
         task = await session.scalar(
             sa.select(Task).where(Task.assigned_worker_id == worker.id, Task.archived_at.is_(None))
         )
-        requeued = False
         if task is not None:
             moment = now()
             if task.state != TaskState.Running:
@@ -364,7 +358,6 @@ class WorkerService:
                 log.warning("task %s ends %s: its worker %s is gone", task.uuid, task.result_msg.value, worker.worker_id)
             else:
                 task.state, task.assigned_worker_id, task.exec_state = TaskState.Ready, None, None
-                requeued = True
                 log.warning("task %s re-queued (attempt %d of %d lost with worker %s)", task.uuid, task.attempts, task.max_attempts, worker.worker_id)
             task.updated_at = moment
             await task_changed(self.context, session, task)
@@ -374,7 +367,6 @@ class WorkerService:
         worker_changed(self.context, session, worker.worker_id, list(groups), "removed")
         await session.execute(sa.delete(GroupWorker).where(GroupWorker.worker_id == worker.id))
         await session.delete(worker)
-        return requeued
 
     async def restore(self) -> None:
         """At start, every known worker gets a fresh heartbeat deadline (reference 1.3, "restore
@@ -382,18 +374,13 @@ class WorkerService:
         async with self.context.db.write() as session:
             await session.execute(sa.update(Worker).values(last_heartbeat=now()))
 
-    async def reap(self) -> int:
+    async def reap(self) -> None:
         """Remove workers whose last heartbeat is older than the heartbeat timeout."""
         cutoff = now() - self.context.config.heartbeat_timeout
-        removed = requeued = 0
         async with self.context.db.write() as session:
             for worker in (await session.scalars(sa.select(Worker).where(Worker.last_heartbeat < cutoff))).all():
                 log.warning("worker %s missed its heartbeats: removing it", worker.worker_id)
-                requeued += await self._remove(session, worker)
-                removed += 1
-        if requeued:
-            self.notify_ready()
-        return removed
+                await self._remove(session, worker)
 
     # --- what a worker may read -----------------------------------------------------------------
 
@@ -516,7 +503,7 @@ class WorkerService:
 
     async def query(self, user: User, request: WorkersQueryReq) -> WorkersQueryResp:
         async with self.context.db.read() as session:
-            group = await group_by_name(session, request.group_name or user.username)
+            group = await personal_group(session, user, request.group_name)
             await require_role(session, user, group, Role.Read)
             workers = await self._matching(session, group, request, request.role or list(Role))
             infos = [] if request.count else [await self._info(session, w) for w in workers]
@@ -531,7 +518,7 @@ class WorkerService:
                 worker.tags = tags
             if labels is not None:
                 worker.labels = labels
-        self.notify_ready()
+            announce_ready(self.context, session)
 
     async def set_groups(self, user: User | None, worker_uuid: uuid_module.UUID, relations: dict[str, Role]) -> None:
         async with self.context.db.write() as session:
@@ -541,13 +528,12 @@ class WorkerService:
             links = {link.group_id: link for link in (await session.scalars(sa.select(GroupWorker).where(GroupWorker.worker_id == worker.id))).all()}
             for name, role in relations.items():
                 group = groups[name]
-                # handing a worker to a group gives it the group's tasks: Write there (Admin to grant Admin)
-                await require_role(session, user, group, Role.Admin if role is Role.Admin else Role.Write)
+                await require_grant(session, user, group, role)
                 if group.id in links:
                     links[group.id].role = role
                 else:
                     session.add(GroupWorker(group_id=group.id, worker_id=worker.id, role=role))
-        self.notify_ready()
+            announce_ready(self.context, session)
 
     async def remove_groups(self, user: User | None, worker_uuid: uuid_module.UUID, names: list[str]) -> None:
         async with self.context.db.write() as session:
@@ -561,44 +547,37 @@ class WorkerService:
             )
 
 
-    async def _shut_down(self, session: AsyncSession, worker: Worker, op: WorkerShutdownOp) -> bool:
+    async def _shut_down(self, session: AsyncSession, worker: Worker, op: WorkerShutdownOp) -> None:
         """Force: remove now (its task is re-queued). Graceful: an idle worker goes now, a busy one
-        finishes its task and goes at its commit. Returns whether a task was re-queued."""
+        finishes its task and goes at its commit."""
         if op is WorkerShutdownOp.Graceful:
             busy = await session.scalar(
                 sa.select(Task.id).where(Task.assigned_worker_id == worker.id, Task.archived_at.is_(None))
             )
             if busy is not None:
                 worker.state = WorkerState.GracefulShutdown
-                return False
+                return
         log.info("worker %s shut down (%s)", worker.worker_id, op.value)
-        return await self._remove(session, worker)
+        await self._remove(session, worker)
 
     async def shutdown(self, user: User | None, worker_uuid: uuid_module.UUID, op: WorkerShutdownOp) -> None:
         async with self.context.db.write() as session:
             worker = await self._worker(session, worker_uuid)
             await self._require_access(session, user, worker, Role.Admin)
-            requeued = await self._shut_down(session, worker, op)
-        if requeued:
-            self.notify_ready()
+            await self._shut_down(session, worker, op)
 
     async def shutdown_many(self, user: User, request: WorkersShutdownReq) -> WorkersShutdownResp:
         """Shut down the workers on which the group (default: personal) has Admin, matching the filter."""
-        requeued = False
         async with self.context.db.write() as session:
-            group = await group_by_name(session, request.group_name or user.username)
+            group = await personal_group(session, user, request.group_name)
             await require_role(session, user, group, Role.Admin)
-            roles = [r for r in (request.role or [Role.Admin]) if r is Role.Admin] or [Role.Admin]
-            workers = await self._matching(session, group, request, roles)
+            workers = await self._matching(session, group, request, [Role.Admin])  # only workers it administers
             for worker in workers:
-                requeued = await self._shut_down(session, worker, request.op) or requeued
-        if requeued:
-            self.notify_ready()
+                await self._shut_down(session, worker, request.op)
         return WorkersShutdownResp(shutdown_count=len(workers), group_name=group.group_name)
 
     async def shutdown_list(self, user: User, request: WorkersShutdownListReq) -> WorkersShutdownListResp:
         done: list[uuid_module.UUID] = []
-        requeued = False
         async with self.context.db.write() as session:
             for worker_uuid in request.uuids:
                 worker = await session.scalar(sa.select(Worker).where(Worker.worker_id == worker_uuid))
@@ -608,8 +587,6 @@ class WorkerService:
                     await self._require_access(session, user, worker, Role.Admin)
                 except PermissionDenied:
                     continue
-                requeued = await self._shut_down(session, worker, request.op) or requeued
+                await self._shut_down(session, worker, request.op)
                 done.append(worker_uuid)
-        if requeued:
-            self.notify_ready()
         return WorkersShutdownListResp(shutdown_count=len(done), failed_uuids=[u for u in request.uuids if u not in done])
