@@ -227,11 +227,13 @@ class WorkerService:
             self.context.events.publish(channel, {})
 
     async def release(self, worker: Worker, task_pk: int) -> None:
+        """Hand back a task claimed for a worker that hung up before receiving it: it never ran,
+        so the attempt does not count."""
         async with self.context.db.write() as session:
             released = (await session.scalars(
                 sa.update(Task)
                 .where(Task.id == task_pk, Task.assigned_worker_id == worker.id, Task.state == TaskState.Running)
-                .values(state=TaskState.Ready, assigned_worker_id=None, updated_at=now())
+                .values(state=TaskState.Ready, assigned_worker_id=None, attempts=Task.attempts - 1, updated_at=now())
                 .returning(Task)
             )).all()
             for task in released:
