@@ -13,7 +13,6 @@ from urllib.parse import quote
 
 from mito_lab.client.credentials import Credentials
 from mito_lab.client.http import (
-    LONG_POLL_SLACK_SECONDS,
     HttpSession,
     MitoError,
     Progress,
@@ -390,7 +389,7 @@ class AsyncClient:
         """The task's output from ``offset`` on (long-polls up to ``wait`` seconds for some)."""
         return await self.session.call(
             "GET", f"tasks/{task_uuid}/logs", None, TaskLogResp,
-            query=f"?stream={stream}&offset={offset}&wait={wait:g}", timeout=wait + LONG_POLL_SLACK_SECONDS,
+            query=f"?stream={stream}&offset={offset}", wait=wait,
         )
 
     async def follow_logs(self, task_uuid: uuid_module.UUID | str, stream: str = "stdout") -> AsyncIterator[str]:

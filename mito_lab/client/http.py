@@ -94,8 +94,13 @@ class HttpSession:
         *,
         timeout: float | None = None,
         query: str = "",
+        wait: float | None = None,
     ) -> Any:
-        """Send ``body`` as JSON; parse the answer into ``response`` (``None`` for an empty or null body)."""
+        """Send ``body`` as JSON; parse the answer into ``response`` (``None`` for an empty or null body).
+        ``wait`` makes it a long poll: ``?wait=SECONDS``, with the HTTP timeout stretched to match."""
+        if wait:
+            query += f"{'&' if query else '?'}wait={wait:g}"
+            timeout = wait + LONG_POLL_SLACK_SECONDS
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from mito_lab.client.api import login_token
 from mito_lab.client.credentials import Credentials
-from mito_lab.client.http import LONG_POLL_SLACK_SECONDS, HttpSession, MitoError
+from mito_lab.client.http import HttpSession, MitoError
 from mito_lab.config import WorkerConfig, cache_dir
 from mito_lab.logs import setup_logging
 from mito_lab.wire import (
@@ -101,19 +101,13 @@ class WorkerClient:
 
     async def heartbeat(self, wait: float = 0) -> WorkerSignal | None:
         """A heartbeat; with ``wait`` it is held open until a cancellation comes or ``wait`` passes."""
-        query = f"?wait={wait:g}" if wait else ""
-        return await self.call("POST", "workers/heartbeat", None, WorkerSignal, query=query, timeout=wait + LONG_POLL_SLACK_SECONDS)
+        return await self.call("POST", "workers/heartbeat", None, WorkerSignal, wait=wait)
 
     async def watch(self, target: uuid_module.UUID, state: TaskExecState, wait: float) -> WatchResp:
-        return await self.call(
-            "GET", f"workers/tasks/{target}/reaches/{state.value}", None, WatchResp,
-            query=f"?wait={wait:g}", timeout=wait + LONG_POLL_SLACK_SECONDS,
-        )
+        return await self.call("GET", f"workers/tasks/{target}/reaches/{state.value}", None, WatchResp, wait=wait)
 
     async def fetch(self, wait: float) -> WorkerTaskResp | None:
-        return await self.call(
-            "GET", "workers/tasks", None, WorkerTaskResp, query=f"?wait={wait:g}", timeout=wait + LONG_POLL_SLACK_SECONDS
-        )
+        return await self.call("GET", "workers/tasks", None, WorkerTaskResp, wait=wait)
 
     async def report(self, task: WorkerTaskResp, op: Any) -> ReportTaskResp:
         try:
