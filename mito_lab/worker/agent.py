@@ -15,6 +15,7 @@ import time
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import quote
 from typing import Any, TypeVar
 
 import jwt
@@ -121,7 +122,7 @@ class WorkerClient:
         if isinstance(source, ArtifactSource):
             ref = source.Artifact
             return await self.call("GET", f"workers/tasks/{ref.uuid}/artifacts/{ref.content_type.value}", None, DownloadResp)
-        return await self.call("GET", f"workers/tasks/{task.uuid}/attachments/{source.Attachment.key}", None, DownloadResp)
+        return await self.call("GET", f"workers/tasks/{task.uuid}/attachments/{quote(source.Attachment.key)}", None, DownloadResp)
 
     async def transfer(self, upload: bool, url: str, path: Path) -> None:
         if upload:
