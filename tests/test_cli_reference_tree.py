@@ -41,6 +41,9 @@ def test_batches_accounts_and_administration(platform: Platform) -> None:
     assert "inputs/a.txt" in platform.mito("groups", "attachments", "query", "-k", "inputs").stdout
     platform.mito("groups", "attachments", "download-list", "inputs/a.txt", "inputs/b.txt", "-o", "got")
     assert (platform.home / "got" / "b.txt").read_text() == "b.txt"
+    platform.mito("groups", "attachments", "download", "inputs/b.txt", "-o", "b-copy.txt")  # no -g: your own group
+    assert (platform.home / "b-copy.txt").read_text() == "b.txt"
+    assert "size 5 bytes" in platform.mito("groups", "attachments", "get", "inputs/b.txt").stdout
     platform.mito("admin", "groups", "attachments", "delete", "inputs/a.txt")
     assert "inputs/a.txt" not in platform.mito("groups", "attachments", "query").stdout
 

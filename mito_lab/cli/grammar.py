@@ -227,21 +227,27 @@ async def cmd_get_logs(client: AsyncClient, args: argparse.Namespace) -> Any:
         return (extract(archive, Path(scratch)) / "std-log" / f"{stream}.log").read_text(errors="replace").rstrip("\n")
 
 
+def _group(client: AsyncClient, args: argparse.Namespace) -> str:
+    """The group a command names, else the user's own (as the reference's client)."""
+    return args.group or client.username or ""
+
+
 async def cmd_get_attachment_meta(client: AsyncClient, args: argparse.Namespace) -> Any:
-    return await client.attachment_meta(args.group, args.key)
+    return await client.attachment_meta(_group(client, args), args.key)
 
 
 async def cmd_get_attachments(client: AsyncClient, args: argparse.Namespace) -> Any:
     request = AttachmentsQueryReq(key=args.key, limit=args.limit, offset=args.offset, count=args.count)
-    return await client.query_attachments(args.group or client.username or "", request)
+    return await client.query_attachments(_group(client, args), request)
 
 
 async def cmd_get_attachment(client: AsyncClient, args: argparse.Namespace) -> Any:
+    group = _group(client, args)
     if args.no_download:
-        return await client.attachment_url(args.group, args.key)
+        return await client.attachment_url(group, args.key)
     target = Path(args.output) if args.output else Path(args.key.rsplit("/", 1)[-1])
-    path = await client.download_attachment(args.group, args.key, target)
-    return f"Downloaded {args.key} of group {args.group} to {path}"
+    path = await client.download_attachment(group, args.key, target)
+    return f"Downloaded {args.key} of group {group} to {path}"
 
 
 async def cmd_get_worker(client: AsyncClient, args: argparse.Namespace) -> Any:
@@ -268,7 +274,7 @@ async def cmd_upload_artifact(client: AsyncClient, args: argparse.Namespace) -> 
 
 
 async def cmd_upload_attachment(client: AsyncClient, args: argparse.Namespace) -> Any:
-    group = args.group or client.username or ""
+    group = _group(client, args)
     path = Path(args.local_file)
     await client.upload_attachment(group, path, args.key)
     key = args.key or path.name
@@ -362,13 +368,9 @@ async def cmd_cancel_list(client: AsyncClient, args: argparse.Namespace) -> Any:
     return f"Cancelled {answer.cancelled_count} tasks{failed}"
 
 
-def _links_result(links: list[tuple[str, Path]], args: argparse.Namespace) -> Any:
-    return "\n".join(f"{path}\t{url}" for url, path in links) or "Nothing to download"
-
-
 async def _fetch_links(client: AsyncClient, links: list[tuple[str, Path]], args: argparse.Namespace) -> Any:
     if args.no_download:
-        return _links_result(links, args)
+        return "\n".join(f"{path}\t{url}" for url, path in links) or "Nothing to download"
     paths = await client.download_links(links, args.concurrent)
     return f"Downloaded {len(paths)} files into {args.output_dir}"
 
@@ -397,14 +399,14 @@ async def cmd_artifacts_delete(client: AsyncClient, args: argparse.Namespace) ->
 
 
 async def cmd_attachments_download_many(client: AsyncClient, args: argparse.Namespace) -> Any:
-    group = args.group or client.username or ""
+    group = _group(client, args)
     answer = await client.attachment_links(group, args.key, args.limit, args.offset, keys=args.keys)
     out = Path(args.output_dir)
     return await _fetch_links(client, [(d.url, out / d.key.rsplit("/", 1)[-1]) for d in answer.downloads], args)
 
 
 async def cmd_attachment_delete(client: AsyncClient, args: argparse.Namespace) -> Any:
-    group = args.group or client.username or ""
+    group = _group(client, args)
     if args.keys is None and args.key_filter is None and not args.many:
         await client.delete_attachment(group, args.key, admin=args.admin_route)
         return f"Deleted {args.key} of group {group}"
