@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid as uuid_module
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from pydantic import BaseModel
 
 from mito_lab.client.credentials import Credentials
 from mito_lab.client.http import (
@@ -233,23 +235,14 @@ class AsyncClient:
 
     async def download_attachment(self, group: str, key: str, path: Path, progress: Progress | None = None) -> Path:
         """Download an attachment to ``path``; a directory gets the key's last part as file name."""
-        if path.is_dir():
-            path = path / key.rsplit("/", 1)[-1]
-        link = await self.attachment_url(group, key)
-        await self.session.download_file(link.url, path, progress)
-        return path
+        return await self._download(self.attachment_url(group, key), path, key.rsplit("/", 1)[-1], progress)
 
     async def upload_attachment(self, group: str, path: Path, key: str | None = None, progress: Progress | None = None) -> UploadResp:
         """Upload a file as ``key`` (default: the file's name; a key ending in ``/`` gets it appended)."""
-        if path.is_dir():
-            raise MitoError(400, f"{path} is a directory: upload a file (pack it with tar first)")
         key = key or path.name
         if key.endswith("/"):
             key += path.name
-        request = UploadAttachmentReq(key=key, content_length=path.stat().st_size)
-        upload: UploadResp = await self.session.call("POST", f"groups/{group}/attachments", request, UploadResp)
-        await self.session.upload_file(upload.url, path, progress)
-        return upload
+        return await self._upload(f"groups/{group}/attachments", lambda size: UploadAttachmentReq(key=key, content_length=size), path, progress)
 
     # --- workers --------------------------------------------------------------------------------
 
@@ -416,11 +409,7 @@ class AsyncClient:
         progress: Progress | None = None,
     ) -> Path:
         """Download an artifact (a ``.tar.gz``) to ``path``; a directory gets ``<type>.tar.gz`` inside."""
-        if path.is_dir():
-            path = path / content_type.file_name
-        link = await self.artifact_url(task_uuid, content_type)
-        await self.session.download_file(link.url, path, progress)
-        return path
+        return await self._download(self.artifact_url(task_uuid, content_type), path, content_type.file_name, progress)
 
     async def upload_artifact(
         self,
@@ -429,9 +418,21 @@ class AsyncClient:
         path: Path,
         progress: Progress | None = None,
     ) -> UploadResp:
+        return await self._upload(
+            f"tasks/{task_uuid}/artifacts", lambda size: UploadArtifactReq(content_type=content_type, content_length=size), path, progress
+        )
+
+    async def _download(self, link: Awaitable[DownloadResp], path: Path, default_name: str, progress: Progress | None) -> Path:
+        """Fetch a signed URL into ``path`` (a directory gets ``default_name`` inside)."""
+        if path.is_dir():
+            path = path / default_name
+        await self.session.download_file((await link).url, path, progress)
+        return path
+
+    async def _upload(self, route: str, request: Callable[[int], BaseModel], path: Path, progress: Progress | None) -> UploadResp:
+        """Ask ``route`` for a signed URL for the file's size, then stream the file there."""
         if path.is_dir():
             raise MitoError(400, f"{path} is a directory: upload a file (pack it with tar first)")
-        request = UploadArtifactReq(content_type=content_type, content_length=path.stat().st_size)
-        upload: UploadResp = await self.session.call("POST", f"tasks/{task_uuid}/artifacts", request, UploadResp)
+        upload: UploadResp = await self.session.call("POST", route, request(path.stat().st_size), UploadResp)
         await self.session.upload_file(upload.url, path, progress)
         return upload

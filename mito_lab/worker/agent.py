@@ -15,8 +15,8 @@ import time
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import quote
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import jwt
 from pydantic import BaseModel, ValidationError
