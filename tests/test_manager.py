@@ -22,6 +22,13 @@ def test_spawn_status_kill(platform: Platform) -> None:
                                  env=isolated_env(platform.home / "elsewhere"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                  start_new_session=True)
     platform.workers.append(bystander)
+    try:
+        spawned_and_stopped(platform, bystander)
+    finally:
+        manager(platform, "kill", "--force")  # whatever happened, no spawned worker outlives the test
+
+
+def spawned_and_stopped(platform: Platform, bystander: subprocess.Popen[bytes]) -> None:
     spawned = manager(platform, "spawn", "2", "-c", platform.url, "-u", "mitosis_admin", "-p", "mitosis_admin",
                       "--credential-path", str(platform.home / "managed.credentials"), "--labels", "managed",
                       "--heartbeat-interval", "2s")  # both share one credential file, as spawned workers do
@@ -42,7 +49,10 @@ def test_spawn_status_kill(platform: Platform) -> None:
 
 
 def test_spawn_reports_workers_that_exit_at_once(platform: Platform) -> None:
-    failed = manager(platform, "spawn", "1", "-c", platform.url, "-u", "nobody", "-p", "wrong",
-                     "--credential-path", str(platform.home / "nobody.credentials"))
-    assert failed.returncode == 1 and "exited at once" in failed.stdout
-    assert manager(platform, "spawn", "0").stderr.startswith("warning: nothing to spawn")
+    try:
+        failed = manager(platform, "spawn", "1", "-c", platform.url, "-u", "nobody", "-p", "wrong",
+                         "--credential-path", str(platform.home / "nobody.credentials"))
+        assert failed.returncode == 1 and "exited at once" in failed.stdout
+        assert manager(platform, "spawn", "0").stderr.startswith("warning: nothing to spawn")
+    finally:
+        manager(platform, "kill", "--force")
