@@ -552,6 +552,8 @@ class TaskInfo(Response):
     max_attempts: int = 3
     exec_state: TaskExecState | None = None
     cancel_requested: bool = False
+    started_at: Timestamp | None = Field(None, description="when a worker took the current attempt")
+    ended_at: Timestamp | None = Field(None, description="when the task became Finished or Cancelled")
 
 
 class ArtifactInfo(Response):

@@ -116,6 +116,11 @@ def test_exec_states_stream_over_the_websocket_to_members_only(platform: Platfor
     assert exec_states[:2] == ["ExecPending", "ExecSpawned"] and exec_states[-1] == "TaskCommitted"
     assert {"ExecFinished", "UploadResult", "UploadFinishedResult", "UploadResultFinished"} <= set(exec_states)
     assert leaked == []  # rex is not in the admin's group
+    running = next(e for e in events if e["state"] == "Running")
+    assert running["worker"] and running["started_at"] and running["ended_at"] is None
+    assert events[-1]["ended_at"] >= running["started_at"]
+    info = platform.api("GET", f"/tasks/{events[0]['uuid']}").json["info"]
+    assert info["started_at"] == running["started_at"] and info["ended_at"] == events[-1]["ended_at"]
     rejected = http("GET", f"{platform.url}/events", headers={"Upgrade": "websocket", "Connection": "Upgrade"})
     assert rejected.status == 401
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import uuid
+
+from tornado.websocket import websocket_connect
 
 from conftest import ADMIN, Platform, http
 from test_dispatch import fetch, report, submit
@@ -101,3 +106,30 @@ def test_batch_and_admin_shutdown(platform: Platform) -> None:
     assert platform.api("DELETE", f"/admin/workers/{theirs}?op=force").status == 200
     assert platform.api("GET", f"/workers/{theirs}", user="pat").status == 404
     assert all(platform.api("GET", f"/workers/{w}").status == 404 for w in mine)
+
+
+def test_worker_changes_are_published_to_the_members_of_its_groups(platform: Platform) -> None:
+    platform.api("POST", "/groups", {"group_name": "rig"})
+
+    async def scenario() -> list[dict[str, object]]:
+        stream = await websocket_connect(f"ws{platform.url[4:]}/events?token={platform.token()}")
+        worker, token = await asyncio.to_thread(register, platform, groups=["rig"])
+        await asyncio.to_thread(platform.api, "PUT", f"/workers/{worker}/tags", {"tags": ["gpu"]})
+        await asyncio.to_thread(http, "POST", f"{platform.url}/workers/heartbeat", token=token)
+        await asyncio.to_thread(platform.api, "DELETE", f"/workers/{worker}/groups/remove", {"groups": ["rig"]})
+        await asyncio.to_thread(platform.api, "DELETE", f"/workers/{worker}?op=force")
+        seen: list[dict[str, object]] = []
+        while not seen or seen[-1]["event"] != "removed":
+            event = json.loads(await asyncio.wait_for(stream.read_message(), 30))
+            if event["kind"] == "worker" and event["worker_id"] == worker:
+                seen.append(event)
+        stream.close()
+        with contextlib.suppress(TimeoutError):
+            while await asyncio.wait_for(stream.read_message(), 10) is not None:
+                pass
+        return seen
+
+    events = asyncio.run(scenario())
+    assert [e["event"] for e in events] == ["registered", "changed", "heartbeat", "changed", "removed"]
+    assert events[2]["last_heartbeat"]
+    assert "rig" in events[3]["groups"]  # the group it just left hears of it too

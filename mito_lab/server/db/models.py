@@ -170,6 +170,9 @@ class Task(Timestamps, Base):
     exit_status: Mapped[int | None]
     result_msg: Mapped[TaskResultMessage | None] = mapped_column(_enum(TaskResultMessage, "task_result_msg"))
     archived_at: Mapped[datetime | None] = mapped_column(index=True)
+    # when a worker took the current attempt, and when the task reached Finished or Cancelled
+    started_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
     # how many times a worker has taken the task; a lost worker re-queues it until max_attempts
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     max_attempts: Mapped[int] = mapped_column(default=3, server_default="3")

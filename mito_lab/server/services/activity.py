@@ -19,7 +19,7 @@ from mito_lab.server.events import RedisEvents
 from mito_lab.server.services.context import Context
 from mito_lab.wire import TaskState
 
-EVENTS = "mito:events"  # {"kind": "task" | "worker", ...}
+EVENTS = "mito:events"  # {"kind": "task" | "worker" | "log", ...}
 TASKS_READY = "mito:tasks-ready"  # wakes the waiting fetches of every coordinator
 CANCEL = "mito:cancel"  # {"worker": <worker uuid>, "task": <task uuid>}
 EXEC_STATE_TTL_SECONDS = 3600
@@ -65,6 +65,8 @@ def task_payload(task: Task, group: str) -> dict[str, Any]:
         "msg": task.result_msg.value if task.result_msg else None,
         "attempts": task.attempts,
         "cancel_requested": task.cancel_requested,
+        "started_at": task.started_at.isoformat() if task.started_at else None,
+        "ended_at": task.ended_at.isoformat() if task.ended_at else None,
     }
 
 
@@ -76,9 +78,10 @@ def announce_ready(context: Context, session: AsyncSession) -> None:
         after_commit(session, lambda: context.events.publish(TASKS_READY, {}))
 
 
-async def task_changed(context: Context, session: AsyncSession, task: Task) -> None:
-    """Publish the task's new state once the transaction commits (and wake fetches if it is Ready)."""
-    payload = task_payload(task, await context.group_name(session, task.group_id))
+async def task_changed(context: Context, session: AsyncSession, task: Task, **details: Any) -> None:
+    """Publish the task's new state once the transaction commits (and wake fetches if it is Ready);
+    ``details`` add to the event (e.g. the worker that took it)."""
+    payload = {**task_payload(task, await context.group_name(session, task.group_id)), **details}
     after_commit(session, lambda: context.events.publish(EVENTS, payload))
     if task.state == TaskState.Ready and task.archived_at is None:
         announce_ready(context, session)

@@ -143,6 +143,8 @@ def task_info(task: Task, creator: str, group: str) -> TaskInfo:
         max_attempts=task.max_attempts,
         exec_state=task.exec_state,
         cancel_requested=task.cancel_requested,
+        started_at=task.started_at,
+        ended_at=task.ended_at,
     )
 
 
@@ -267,6 +269,7 @@ def user_cancellation() -> dict[str, object]:
         "result_msg": TaskResultMessage.UserCancellation,
         "archived_at": moment,
         "updated_at": moment,
+        "ended_at": moment,
     }
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import uuid as uuid_module
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -187,7 +188,8 @@ class WorkerService:
         async with self.context.db.write() as session:
             if not self.context.db.is_sqlite:
                 query = query.with_for_update(skip_locked=True, of=Task)
-            if await session.get(Worker, worker_pk, with_for_update=not self.context.db.is_sqlite) is None:
+            holder = await session.get(Worker, worker_pk, with_for_update=not self.context.db.is_sqlite)
+            if holder is None:
                 raise WrongCredentials()
             task = await session.scalar(query)
             if task is None:
@@ -195,9 +197,9 @@ class WorkerService:
             task.state = TaskState.Running
             task.assigned_worker_id = worker_pk
             task.attempts += 1
-            task.exec_state = None
-            task.updated_at = now()
-            await task_changed(self.context, session, task)
+            task.exec_state, task.ended_at = None, None
+            task.started_at = task.updated_at = now()
+            await task_changed(self.context, session, task, worker=str(holder.worker_id))
             return WorkerTaskResp(
                 id=task.id,
                 uuid=task.uuid,
@@ -233,7 +235,7 @@ class WorkerService:
             released = (await session.scalars(
                 sa.update(Task)
                 .where(Task.id == task_pk, Task.assigned_worker_id == worker.id, Task.state == TaskState.Running)
-                .values(state=TaskState.Ready, assigned_worker_id=None, attempts=Task.attempts - 1, updated_at=now())
+                .values(state=TaskState.Ready, assigned_worker_id=None, attempts=Task.attempts - 1, started_at=None, updated_at=now())
                 .returning(Task)
             )).all()
             for task in released:
@@ -245,7 +247,9 @@ class WorkerService:
         """Record the heartbeat. With ``wait``, also long-poll for cancellations of the worker's
         task: answer as soon as a user cancels it, or after ``wait`` seconds."""
         async with self.context.db.write() as session:
-            await session.execute(sa.update(Worker).where(Worker.id == worker.id).values(last_heartbeat=now()))
+            moment = now()
+            await session.execute(sa.update(Worker).where(Worker.id == worker.id).values(last_heartbeat=moment))
+            await self._announce(session, worker, "heartbeat", last_heartbeat=moment.isoformat())
         if wait <= 0:
             return None
 
@@ -274,7 +278,7 @@ class WorkerService:
             if op == "Finish" or op == "Cancel":
                 if task.state == TaskState.Running:
                     task.state = TaskState.Finished if op == "Finish" else TaskState.Cancelled
-                    task.updated_at = now()
+                    task.updated_at = task.ended_at = now()
                     await task_changed(self.context, session, task)
             elif isinstance(op, LogOp):
                 await append_log(self.context, session, task, op.Log)
@@ -355,20 +359,25 @@ class WorkerService:
             if task.state != TaskState.Running:
                 task.archived_at = moment
             elif task.cancel_requested or task.attempts >= task.max_attempts:
-                task.state, task.exit_status, task.archived_at = TaskState.Cancelled, 0, moment
+                task.state, task.exit_status, task.archived_at, task.ended_at = TaskState.Cancelled, 0, moment, moment
                 task.result_msg = TaskResultMessage.UserCancellation if task.cancel_requested else TaskResultMessage.AttemptsExhausted
                 log.warning("task %s ends %s: its worker %s is gone", task.uuid, task.result_msg.value, worker.worker_id)
             else:
-                task.state, task.assigned_worker_id, task.exec_state = TaskState.Ready, None, None
+                task.state, task.assigned_worker_id, task.exec_state, task.started_at = TaskState.Ready, None, None, None
                 log.warning("task %s re-queued (attempt %d of %d lost with worker %s)", task.uuid, task.attempts, task.max_attempts, worker.worker_id)
             task.updated_at = moment
             await task_changed(self.context, session, task)
+        await self._announce(session, worker, "removed")
+        await session.execute(sa.delete(GroupWorker).where(GroupWorker.worker_id == worker.id))
+        await session.delete(worker)
+
+    async def _announce(self, session: AsyncSession, worker: Worker, event: str, also_to: Iterable[str] = (), **details: Any) -> None:
+        """Tell the members of the worker's groups (and of ``also_to``, e.g. a group it just left)
+        that it changed, once the transaction commits."""
         groups = (await session.scalars(
             sa.select(Group.group_name).join(GroupWorker, GroupWorker.group_id == Group.id).where(GroupWorker.worker_id == worker.id)
         )).all()
-        worker_changed(self.context, session, worker.worker_id, list(groups), "removed")
-        await session.execute(sa.delete(GroupWorker).where(GroupWorker.worker_id == worker.id))
-        await session.delete(worker)
+        worker_changed(self.context, session, worker.worker_id, sorted({*groups, *also_to}), event, **details)
 
     async def restore(self) -> None:
         """At start, every known worker gets a fresh heartbeat deadline (reference 1.3, "restore
@@ -520,6 +529,7 @@ class WorkerService:
                 worker.tags = tags
             if labels is not None:
                 worker.labels = labels
+            await self._announce(session, worker, "changed")
             announce_ready(self.context, session)
 
     async def set_groups(self, user: User | None, worker_uuid: uuid_module.UUID, relations: dict[str, Role]) -> None:
@@ -535,6 +545,8 @@ class WorkerService:
                     links[group.id].role = role
                 else:
                     session.add(GroupWorker(group_id=group.id, worker_id=worker.id, role=role))
+            await session.flush()
+            await self._announce(session, worker, "changed")
             announce_ready(self.context, session)
 
     async def remove_groups(self, user: User | None, worker_uuid: uuid_module.UUID, names: list[str]) -> None:
@@ -547,6 +559,7 @@ class WorkerService:
                     GroupWorker.worker_id == worker.id, GroupWorker.group_id.in_([g.id for g in groups.values()])
                 )
             )
+            await self._announce(session, worker, "changed", also_to=names)
 
 
     async def _shut_down(self, session: AsyncSession, worker: Worker, op: WorkerShutdownOp) -> None:
@@ -558,6 +571,7 @@ class WorkerService:
             )
             if busy is not None:
                 worker.state = WorkerState.GracefulShutdown
+                await self._announce(session, worker, "changed")
                 return
         log.info("worker %s shut down (%s)", worker.worker_id, op.value)
         await self._remove(session, worker)
