@@ -8,7 +8,6 @@ import argparse
 import getpass
 import json
 import sys
-import tempfile
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,7 +16,6 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from mito_lab.client.api import AsyncClient, task_request
-from mito_lab.client.http import MitoError
 from mito_lab.client.unpack import extract
 from mito_lab.config import parse_duration
 from mito_lab.wire import (
@@ -213,18 +211,7 @@ async def cmd_get_logs(client: AsyncClient, args: argparse.Namespace) -> Any:
     stream = "stderr" if args.stderr else "stdout"
     if args.follow:
         return client.follow_logs(args.uuid, stream)
-    answer = await client.logs(args.uuid, stream)
-    if answer.data or not answer.complete:
-        return answer.data.rstrip("\n")
-    # the task ended long enough ago for its live output to be gone: the std-log artifact has it all
-    with tempfile.TemporaryDirectory() as scratch:
-        try:
-            archive = await client.download_artifact(args.uuid, ArtifactContentType.std_log, Path(scratch))
-        except MitoError as exc:
-            if exc.status != 404:
-                raise
-            return "(no output kept: the task ended over an hour ago without --terminal)"
-        return (extract(archive, Path(scratch)) / "std-log" / f"{stream}.log").read_text(errors="replace").rstrip("\n")
+    return (await client.output(args.uuid, stream)).rstrip("\n")
 
 
 def _group(client: AsyncClient, args: argparse.Namespace) -> str:

@@ -1,9 +1,11 @@
-"""The asynchronous SDK: one typed method per API operation; the CLI, the worker's login and (later)
+"""The asynchronous SDK: one typed method per API operation, DataFrames for listings, waits and
+live output driven by the event stream. The CLI, the worker's login, the synchronous ``Client`` and
 the notebook front end all call these rather than speaking HTTP themselves."""
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import uuid as uuid_module
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
@@ -11,15 +13,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pandas as pd
 from pydantic import BaseModel
 
 from mito_lab.client.credentials import Credentials
-from mito_lab.client.http import (
-    HttpSession,
-    MitoError,
-    Progress,
-)
-from mito_lab.config import parse_duration
+from mito_lab.client.events import Event, EventStream, Listener
+from mito_lab.client.frames import attachments_frame, groups_frame, tasks_frame, workers_frame
+from mito_lab.client.http import HttpSession, MitoError
+from mito_lab.client.progress import ShowProgress, progress_bar
+from mito_lab.client.unpack import extract
+from mito_lab.config import cache_dir, parse_duration
 from mito_lab.wire import (
     AdminChangePasswordReq,
     ArtifactContentType,
@@ -59,6 +62,7 @@ from mito_lab.wire import (
     SubmitTaskReq,
     SubmitTaskResp,
     TaskExecState,
+    TaskInfo,
     TaskLogResp,
     TaskQueryResp,
     TasksCancelReq,
@@ -66,6 +70,7 @@ from mito_lab.wire import (
     TaskSpec,
     TasksQueryReq,
     TasksQueryResp,
+    TaskState,
     UpdateGroupMembersReq,
     UpdateLabelsReq,
     UpdateTagsReq,
@@ -89,6 +94,11 @@ from mito_lab.wire import (
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
 FOLLOW_POLL_SECONDS = 60.0
+# Listings are read this many rows at a time (offset paging; rows seen twice are dropped).
+PAGE_SIZE = 5000
+# A wait re-reads the task this often even without events (a dropped stream must not hang it).
+WAIT_RECHECK_SECONDS = 30.0
+NO_OUTPUT_KEPT = "(no output kept: the task ended over an hour ago without --terminal)"
 AskCredentials = Callable[[str | None], tuple[str, str]]
 
 
@@ -144,6 +154,7 @@ def task_request(
     terminal: bool = False,
     resources: Iterable[RemoteResourceDownload] = (),
     watch: tuple[uuid_module.UUID, TaskExecState] | None = None,
+    max_attempts: int = 3,
 ) -> SubmitTaskReq:
     """Build a submit request from friendly arguments (validated like any request)."""
     spec = command if isinstance(command, TaskSpec) else TaskSpec(
@@ -156,6 +167,7 @@ def task_request(
         timeout=parse_duration(timeout),
         priority=priority,
         task_spec=spec,
+        max_attempts=max_attempts,
     )
 
 
@@ -165,6 +177,11 @@ class AsyncClient:
     def __init__(self, coordinator: str = DEFAULT_COORDINATOR, token: str | None = None, username: str | None = None) -> None:
         self.session = HttpSession(coordinator, token)
         self.username = username
+        self._events: EventStream | None = None
+
+    @property
+    def coordinator(self) -> str:
+        return self.session.base_url.rstrip("/")
 
     @classmethod
     async def connect(
@@ -187,6 +204,8 @@ class AsyncClient:
         return client
 
     def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
         self.session.close()
 
     async def __aenter__(self) -> "AsyncClient":
@@ -233,11 +252,11 @@ class AsyncClient:
     async def attachment_url(self, group: str, key: str) -> DownloadResp:
         return await self.session.call("GET", f"groups/{group}/download/attachments/{quote(key)}", None, DownloadResp)
 
-    async def download_attachment(self, group: str, key: str, path: Path, progress: Progress | None = None) -> Path:
+    async def download_attachment(self, group: str, key: str, path: Path, progress: ShowProgress = None) -> Path:
         """Download an attachment to ``path``; a directory gets the key's last part as file name."""
         return await self._download(self.attachment_url(group, key), path, key.rsplit("/", 1)[-1], progress)
 
-    async def upload_attachment(self, group: str, path: Path, key: str | None = None, progress: Progress | None = None) -> UploadResp:
+    async def upload_attachment(self, group: str, path: Path, key: str | None = None, progress: ShowProgress = None) -> UploadResp:
         """Upload a file as ``key`` (default: the file's name; a key ending in ``/`` gets it appended)."""
         key = key or path.name
         if key.endswith("/"):
@@ -269,7 +288,15 @@ class AsyncClient:
 
     # --- tasks ----------------------------------------------------------------------------------
 
-    async def submit(self, request: SubmitTaskReq) -> SubmitTaskResp:
+    async def submit(self, command: SubmitTaskReq | list[str] | str, **options: Any) -> SubmitTaskResp:
+        """Submit a task: a ready request, or a command (a list of arguments, or a string run by
+        ``bash -c``) with the options of :func:`task_request` (group, tags, labels, timeout, ...)."""
+        if isinstance(command, SubmitTaskReq):
+            if options:
+                raise TypeError(f"submit: options {sorted(options)} go in the request itself when you pass a SubmitTaskReq")
+            request = command
+        else:
+            request = task_request(["bash", "-c", command] if isinstance(command, str) else command, **options)
         return await self.session.call("POST", "tasks", request, SubmitTaskResp)
 
     async def get_task(self, task_uuid: uuid_module.UUID | str) -> TaskQueryResp:
@@ -376,6 +403,150 @@ class AsyncClient:
     async def admin_shutdown_worker(self, worker: uuid_module.UUID | str, force: bool = False) -> None:
         await self.session.call("DELETE", f"admin/workers/{worker}", query=f"?op={'force' if force else 'graceful'}")
 
+    # --- listings as DataFrames -----------------------------------------------------------------
+
+    async def tasks(
+        self,
+        group: str | None = None,
+        *,
+        states: Iterable[TaskState | str] | None = None,
+        tags: Iterable[str] | None = None,
+        labels: Iterable[str] | None = None,
+        creators: Iterable[str] | None = None,
+        exit_status: str | int | None = None,
+        priority: str | int | None = None,
+        worker: uuid_module.UUID | str | None = None,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        """The tasks of a group (default: your own) matching every filter given, newest first, as a
+        DataFrame (see ``frames.TASK_COLUMNS``); all of them unless ``limit`` is given.
+        ``exit_status`` and ``priority`` take a number or a comparison such as ``">0"``."""
+        filters = TasksQueryReq(
+            group_name=group,
+            states=None if states is None else [TaskState(s) for s in states],
+            tags=None if tags is None else list(tags),
+            labels=None if labels is None else list(labels),
+            creator_usernames=None if creators is None else list(creators),
+            exit_status=None if exit_status is None else str(exit_status),
+            priority=None if priority is None else str(priority),
+            reporter_uuid=None if worker is None else uuid_module.UUID(str(worker)),
+        )
+        found: dict[uuid_module.UUID, TaskInfo] = {}
+        while limit is None or len(found) < limit:
+            page_size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(found))
+            page = await self.query_tasks(filters.model_copy(update={"limit": page_size, "offset": len(found)}))
+            for task in page.tasks:
+                found.setdefault(task.uuid, task)
+            if len(page.tasks) < page_size:
+                break
+        return tasks_frame(list(found.values()))
+
+    async def workers(
+        self,
+        group: str | None = None,
+        *,
+        tags: Iterable[str] | None = None,
+        labels: Iterable[str] | None = None,
+        roles: Iterable[Role | str] | None = None,
+        creator: str | None = None,
+    ) -> pd.DataFrame:
+        """The workers serving a group (default: your own) that match every filter, as a DataFrame."""
+        request = WorkersQueryReq(
+            group_name=group,
+            tags=None if tags is None else list(tags),
+            labels=None if labels is None else list(labels),
+            role=None if roles is None else [Role(r) for r in roles],
+            creator_username=creator,
+        )
+        return workers_frame((await self.query_workers(request)).workers)
+
+    async def attachments(self, group: str | None = None, key: str | None = None) -> pd.DataFrame:
+        """The attachments of a group (default: your own) whose key contains ``key``."""
+        group = group or self.username or ""
+        found: dict[str, Any] = {}
+        while True:
+            page = await self.query_attachments(group, AttachmentsQueryReq(key=key, limit=PAGE_SIZE, offset=len(found)))
+            for attachment in page.attachments:
+                found.setdefault(attachment.key, attachment)
+            if len(page.attachments) < PAGE_SIZE:
+                return attachments_frame(list(found.values()))
+
+    async def groups(self) -> pd.DataFrame:
+        """Your groups and your role in each."""
+        return groups_frame(await self.my_groups())
+
+    # --- events and waiting ---------------------------------------------------------------------
+
+    async def listen(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with each event of your groups (see ``events.py``); returns the
+        function that stops it. Every listener of this client shares one connection."""
+        if self._events is None:
+            self._events = EventStream(self.session)
+        return await self._events.listen(listener)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """The events of your groups as they happen (task and worker changes, output)."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        stop = await self.listen(queue.put_nowait)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            stop()
+
+    async def wait_task(
+        self,
+        task_uuid: uuid_module.UUID | str,
+        timeout: float | None = None,
+        on_change: Callable[[TaskInfo], None] | None = None,
+    ) -> TaskInfo:
+        """Wait until the task has ended and its outcome is committed; returns its final info.
+        Driven by the event stream (with a slow re-read in case events were lost); ``on_change``
+        sees each new state on the way. Raises ``TimeoutError`` after ``timeout`` seconds."""
+        mine = str(task_uuid)
+        changed = asyncio.Event()
+        stop = await self.listen(lambda event: changed.set() if event.get("uuid") == mine or event.get("kind") == "resync" else None)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        seen: tuple[Any, ...] | None = None
+        try:
+            while True:
+                changed.clear()
+                info = (await self.get_task(task_uuid)).info
+                if on_change is not None and (info.state, info.exec_state) != seen:
+                    seen = (info.state, info.exec_state)
+                    on_change(info)
+                if info.result is not None:
+                    return info
+                remaining = WAIT_RECHECK_SECONDS if deadline is None else deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(f"task {task_uuid} is still {info.state.value} after {timeout:g} s")
+                try:
+                    await asyncio.wait_for(changed.wait(), min(remaining, WAIT_RECHECK_SECONDS))
+                except TimeoutError:
+                    pass
+        finally:
+            stop()
+
+    async def result(self, task_uuid: uuid_module.UUID | str, path: Path | None = None, progress: ShowProgress = None) -> Path:
+        """The task's result directory: its result artifact downloaded and unpacked under ``path``
+        (default: a per-task folder in the cache, reused when already there). Waits for the task."""
+        info = await self.wait_task(task_uuid)
+        target = Path(path) if path is not None else cache_dir() / "results" / str(info.uuid)
+        unpacked = target / "result"
+        if unpacked.is_dir():
+            return unpacked
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target) as scratch:
+            try:
+                archive = await self.download_artifact(task_uuid, ArtifactContentType.result, Path(scratch), progress)
+            except MitoError as exc:
+                if exc.status == 404:
+                    raise MitoError(404, f"task {task_uuid} has no result artifact (it ended {info.state.value}"
+                                         f"{', ' + info.result.msg.value if info.result and info.result.msg else ''})") from None
+                raise
+            return extract(archive, target) / "result"
+
     # --- live output ----------------------------------------------------------------------------
 
     async def logs(self, task_uuid: uuid_module.UUID | str, stream: str = "stdout", offset: int = 0, wait: float = 0) -> TaskLogResp:
@@ -384,6 +555,21 @@ class AsyncClient:
             "GET", f"tasks/{task_uuid}/logs", None, TaskLogResp,
             query=f"?stream={stream}&offset={offset}", wait=wait,
         )
+
+    async def output(self, task_uuid: uuid_module.UUID | str, stream: str = "stdout") -> str:
+        """A task's output so far: the live window while it runs and for an hour after, then the
+        std-log artifact (tasks submitted with ``terminal`` keep one)."""
+        answer = await self.logs(task_uuid, stream)
+        if answer.data or not answer.complete:
+            return answer.data
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                archive = await self.download_artifact(task_uuid, ArtifactContentType.std_log, Path(scratch), progress=False)
+            except MitoError as exc:
+                if exc.status != 404:
+                    raise
+                return NO_OUTPUT_KEPT
+            return (extract(archive, Path(scratch)) / "std-log" / f"{stream}.log").read_text(errors="replace")
 
     async def follow_logs(self, task_uuid: uuid_module.UUID | str, stream: str = "stdout") -> AsyncIterator[str]:
         """Yield the task's output as it is produced, until the task ends."""
@@ -406,7 +592,7 @@ class AsyncClient:
         task_uuid: uuid_module.UUID | str,
         content_type: ArtifactContentType,
         path: Path,
-        progress: Progress | None = None,
+        progress: ShowProgress = None,
     ) -> Path:
         """Download an artifact (a ``.tar.gz``) to ``path``; a directory gets ``<type>.tar.gz`` inside."""
         return await self._download(self.artifact_url(task_uuid, content_type), path, content_type.file_name, progress)
@@ -416,23 +602,27 @@ class AsyncClient:
         task_uuid: uuid_module.UUID | str,
         content_type: ArtifactContentType,
         path: Path,
-        progress: Progress | None = None,
+        progress: ShowProgress = None,
     ) -> UploadResp:
         return await self._upload(
             f"tasks/{task_uuid}/artifacts", lambda size: UploadArtifactReq(content_type=content_type, content_length=size), path, progress
         )
 
-    async def _download(self, link: Awaitable[DownloadResp], path: Path, default_name: str, progress: Progress | None) -> Path:
+    async def _download(self, link: Awaitable[DownloadResp], path: Path, default_name: str, progress: ShowProgress) -> Path:
         """Fetch a signed URL into ``path`` (a directory gets ``default_name`` inside)."""
         if path.is_dir():
             path = path / default_name
-        await self.session.download_file((await link).url, path, progress)
+        answer = await link
+        with progress_bar(progress, answer.size, f"download {path.name}") as advance:
+            await self.session.download_file(answer.url, path, advance)
         return path
 
-    async def _upload(self, route: str, request: Callable[[int], BaseModel], path: Path, progress: Progress | None) -> UploadResp:
+    async def _upload(self, route: str, request: Callable[[int], BaseModel], path: Path, progress: ShowProgress) -> UploadResp:
         """Ask ``route`` for a signed URL for the file's size, then stream the file there."""
         if path.is_dir():
             raise MitoError(400, f"{path} is a directory: upload a file (pack it with tar first)")
-        upload: UploadResp = await self.session.call("POST", route, request(path.stat().st_size), UploadResp)
-        await self.session.upload_file(upload.url, path, progress)
+        size = path.stat().st_size
+        upload: UploadResp = await self.session.call("POST", route, request(size), UploadResp)
+        with progress_bar(progress, size, f"upload {path.name}") as advance:
+            await self.session.upload_file(upload.url, path, advance)
         return upload

@@ -1,0 +1,133 @@
+"""pandas DataFrames of listings, with typed columns: tz-aware UTC datetimes, an ordered
+categorical for task states, nullable integers for exit codes, timedeltas for timeouts and
+durations, and Python lists for tags and labels."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from mito_lab.wire import (
+    AttachmentQueryInfo,
+    AttachmentsQueryResp,
+    Role,
+    TaskExecState,
+    TaskInfo,
+    TasksQueryResp,
+    TaskState,
+    WorkerInfo,
+    WorkersQueryResp,
+    WorkerState,
+)
+
+TASK_STATES = pd.CategoricalDtype([s.value for s in TaskState], ordered=True)
+EXEC_STATES = pd.CategoricalDtype([s.value for s in TaskExecState], ordered=False)
+WORKER_STATES = pd.CategoricalDtype([s.value for s in WorkerState], ordered=False)
+ROLES = pd.CategoricalDtype([r.value for r in Role], ordered=True)
+
+TASK_COLUMNS = [
+    "uuid", "task_id", "group", "creator", "state", "exec_state", "command", "tags", "labels", "priority",
+    "timeout", "attempts", "exit_status", "msg", "created_at", "updated_at", "started_at", "ended_at",
+    "duration", "worker", "upstream", "downstream",
+]
+WORKER_COLUMNS = ["worker_id", "state", "tags", "labels", "creator", "last_heartbeat", "task", "created_at", "updated_at"]
+ATTACHMENT_COLUMNS = ["key", "size", "created_at", "updated_at"]
+
+
+def _utc(values: Iterable[datetime | None]) -> pd.Series:
+    return pd.Series(pd.to_datetime(list(values), utc=True), dtype="datetime64[us, UTC]")
+
+
+def _text(values: Iterable[Any]) -> pd.Series:
+    return pd.Series([None if v is None else str(v) for v in values], dtype="string")
+
+
+def _lists(values: Iterable[Sequence[str]]) -> pd.Series:
+    return pd.Series([list(v) for v in values], dtype=object)
+
+
+def _frame(columns: Mapping[str, pd.Series | list[Any]], order: Sequence[str]) -> pd.DataFrame:
+    frame = pd.DataFrame({name: columns[name] for name in order})
+    return frame.reset_index(drop=True)
+
+
+def tasks_frame(tasks: Sequence[TaskInfo]) -> pd.DataFrame:
+    """One row per task, newest first as the coordinator lists them."""
+    started = _utc(t.started_at for t in tasks)
+    ended = _utc(t.ended_at for t in tasks)
+    columns = {
+        "uuid": _text(t.uuid for t in tasks),
+        "task_id": pd.Series([t.task_id for t in tasks], dtype="int64"),
+        "group": _text(t.group_name for t in tasks),
+        "creator": _text(t.creator_username for t in tasks),
+        "state": pd.Series([t.state.value for t in tasks], dtype=TASK_STATES),
+        "exec_state": pd.Series([t.exec_state.value if t.exec_state else None for t in tasks], dtype=EXEC_STATES),
+        "command": _text(shlex.join(t.spec.args) for t in tasks),
+        "tags": _lists(t.tags for t in tasks),
+        "labels": _lists(t.labels for t in tasks),
+        "priority": pd.Series([t.priority for t in tasks], dtype="int64"),
+        "timeout": pd.to_timedelta(pd.Series([t.timeout for t in tasks], dtype="int64"), unit="s"),
+        "attempts": pd.Series([t.attempts for t in tasks], dtype="int64"),
+        "exit_status": pd.Series([t.result.exit_status if t.result else None for t in tasks], dtype="Int64"),
+        "msg": _text(t.result.msg.value if t.result and t.result.msg else None for t in tasks),
+        "created_at": _utc(t.created_at for t in tasks),
+        "updated_at": _utc(t.updated_at for t in tasks),
+        "started_at": started,
+        "ended_at": ended,
+        "duration": ended - started,
+        "worker": _text(t.reporter_uuid for t in tasks),
+        "upstream": _text(t.upstream_task_uuid for t in tasks),
+        "downstream": _text(t.downstream_task_uuid for t in tasks),
+    }
+    return _frame(columns, TASK_COLUMNS)
+
+
+def workers_frame(workers: Sequence[WorkerInfo]) -> pd.DataFrame:
+    columns = {
+        "worker_id": _text(w.worker_id for w in workers),
+        "state": pd.Series([w.state.value for w in workers], dtype=WORKER_STATES),
+        "tags": _lists(w.tags for w in workers),
+        "labels": _lists(w.labels for w in workers),
+        "creator": _text(w.creator_username for w in workers),
+        "last_heartbeat": _utc(w.last_heartbeat for w in workers),
+        "task": _text(w.assigned_task_id for w in workers),
+        "created_at": _utc(w.created_at for w in workers),
+        "updated_at": _utc(w.updated_at for w in workers),
+    }
+    return _frame(columns, WORKER_COLUMNS)
+
+
+def attachments_frame(attachments: Sequence[AttachmentQueryInfo]) -> pd.DataFrame:
+    columns = {
+        "key": _text(a.key for a in attachments),
+        "size": pd.Series([a.size for a in attachments], dtype="int64"),
+        "created_at": _utc(a.created_at for a in attachments),
+        "updated_at": _utc(a.updated_at for a in attachments),
+    }
+    return _frame(columns, ATTACHMENT_COLUMNS)
+
+
+def groups_frame(groups: Mapping[str, Role]) -> pd.DataFrame:
+    """Your groups and your role in each."""
+    names = sorted(groups)
+    return pd.DataFrame({
+        "group": pd.Series(names, dtype="string"),
+        "role": pd.Series([groups[n].value for n in names], dtype=ROLES),
+    })
+
+
+def to_frame(result: Any) -> Any:
+    """A listing answer as a DataFrame; anything else unchanged (the ``%mito`` magic's view)."""
+    if isinstance(result, TasksQueryResp):
+        return tasks_frame(result.tasks)
+    if isinstance(result, WorkersQueryResp):
+        return workers_frame(result.workers)
+    if isinstance(result, AttachmentsQueryResp):
+        return attachments_frame(result.attachments)
+    if isinstance(result, dict) and all(isinstance(role, Role) for role in result.values()):
+        return groups_frame(result)
+    return result

@@ -1,0 +1,159 @@
+"""A submitted task, as a notebook holds it: its state, a wait with a progress bar, its result
+directory, its output, cancellation, ``await handle``, and a view that updates itself live."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid as uuid_module
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+from mito_lab.client.progress import ShowProgress, watched
+from mito_lab.client.views import task_html, updated_info
+from mito_lab.wire import TaskExecState, TaskInfo, TaskState
+
+if TYPE_CHECKING:
+    from mito_lab.client.sync import Client
+
+# the steps a wait's progress bar counts: queued, running, ended, outcome committed
+_STEP = {TaskState.Pending: 0, TaskState.Ready: 0, TaskState.Running: 1, TaskState.Finished: 2, TaskState.Cancelled: 2}
+_STEPS = 3
+
+
+def _step(info: TaskInfo) -> int:
+    return _STEPS if info.result is not None else _STEP[info.state]
+
+
+def _describe(info: TaskInfo) -> str:
+    if info.result is not None:
+        return f"{info.state.value} (exit {info.result.exit_status})"
+    return info.state.value + (f" · {info.exec_state.value}" if info.exec_state else "")
+
+
+class TaskHandle:
+    def __init__(self, client: "Client", task_uuid: uuid_module.UUID, info: TaskInfo | None = None) -> None:
+        self.client = client
+        self.uuid = task_uuid
+        self._info = info
+        self._view: Any = None
+        self._stop_listening: Any = None
+        self._lock = threading.Lock()
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def refresh(self) -> TaskInfo:
+        """Read the task from the coordinator."""
+        self._info = self.client.get_task(self.uuid).info
+        return self._info
+
+    @property
+    def info(self) -> TaskInfo:
+        """The task as last seen (read now if it never was)."""
+        return self._info if self._info is not None else self.refresh()
+
+    @property
+    def state(self) -> TaskState:
+        """The task's current state (read now)."""
+        return self.refresh().state
+
+    @property
+    def exec_state(self) -> TaskExecState | None:
+        return self.refresh().exec_state
+
+    @property
+    def done(self) -> bool:
+        """Has the task ended, with its outcome committed?"""
+        return self.refresh().result is not None
+
+    @property
+    def exit_status(self) -> int | None:
+        result = self.refresh().result
+        return None if result is None else result.exit_status
+
+    # --- waiting and results --------------------------------------------------------------------
+
+    def wait(self, timeout: float | None = None, progress: ShowProgress = None) -> TaskInfo:
+        """Block until the task has ended and its outcome is committed; returns its final info.
+        Shows a progress bar (in a notebook or a terminal, or when ``progress=True``)."""
+        bar = tqdm(total=_STEPS, desc="waiting", bar_format="{desc} |{bar}| [{elapsed}]", leave=False) if (
+            watched() if progress is None else bool(progress)) else None
+
+        def changed(info: TaskInfo) -> None:
+            self._info = info
+            if bar is not None:
+                bar.n = _step(info)
+                bar.set_description(_describe(info), refresh=True)
+
+        try:
+            self._info = self.client.wait_task(self.uuid, timeout, changed)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._info
+
+    def __await__(self) -> Generator[Any, None, TaskInfo]:
+        """``await handle``: wait without blocking the notebook's own event loop."""
+        future = self.client._thread.submit(self.client.aio.wait_task(self.uuid))
+        info: TaskInfo = yield from asyncio.wrap_future(future).__await__()
+        self._info = info
+        return info
+
+    def result(self, path: Path | str | None = None, progress: ShowProgress = None) -> Path:
+        """Wait for the task, download its result artifact and unpack it; returns the ``result``
+        directory (under ``path`` if given, else in the cache, where it is reused)."""
+        return self.client.result(self.uuid, None if path is None else Path(path), progress)
+
+    def logs(self, stream: str = "stdout", follow: bool = False) -> str | None:
+        """The task's output (``stream`` is ``stdout`` or ``stderr``). With ``follow``, print it as
+        it comes until the task ends (interrupt the cell to stop)."""
+        if not follow:
+            return self.client.output(self.uuid, stream)
+        for piece in self.client.follow_logs(self.uuid, stream):
+            print(piece, end="", flush=True)
+        return None
+
+    def cancel(self) -> None:
+        """Cancel the task: it is taken off the queue, or, if running, its worker kills it."""
+        self.client.cancel_task(self.uuid)
+
+    # --- display --------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        info = self._info
+        return f"<TaskHandle {self.uuid} {info.state.value if info else '?'}>"
+
+    def _repr_html_(self) -> str:
+        return task_html(self.refresh())
+
+    def _ipython_display_(self) -> None:
+        """A view that follows the task live from the event stream, whatever else the notebook does."""
+        import ipywidgets
+        from IPython.display import display
+
+        with self._lock:
+            if self._view is None:
+                self._view = ipywidgets.HTML(task_html(self.refresh()))
+                self._stop_listening = self.client.run(self.client.aio.listen(self._on_event))
+                self.client.run(self._resync())  # catch up on what changed before the stream connected
+        display(self._view)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """On the client's loop thread: fold a task event into the view."""
+        if event.get("kind") == "resync":
+            asyncio.ensure_future(self._resync())
+        elif event.get("kind") == "task" and event.get("uuid") == str(self.uuid) and self._info is not None:
+            self._show(updated_info(self._info, event))
+
+    async def _resync(self) -> None:
+        self._show((await self.client.aio.get_task(self.uuid)).info)
+
+    def _show(self, info: TaskInfo) -> None:
+        self._info = info
+        self._view.value = task_html(info)
+        if info.result is not None and self._stop_listening is not None:  # nothing more will change
+            self._stop_listening()
+            self._stop_listening = None

@@ -1,0 +1,87 @@
+"""HTML for tasks and workers, shared by task handles and the dashboard, and the merge of a task
+event into what a view already knows about the task."""
+
+from __future__ import annotations
+
+import html
+import shlex
+from datetime import datetime, timezone
+from typing import Any
+
+from mito_lab.wire import TaskInfo, TaskResultMessage, TaskResultSpec, TaskState
+
+STATE_COLORS = {
+    TaskState.Pending: "#9e9e9e",
+    TaskState.Ready: "#1e88e5",
+    TaskState.Running: "#fb8c00",
+    TaskState.Finished: "#43a047",
+    TaskState.Cancelled: "#e53935",
+}
+FAILED_COLOR = "#c62828"
+
+
+def parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def updated_info(info: TaskInfo, event: dict[str, Any]) -> TaskInfo:
+    """``info`` with the changes a task event carries (see ``server/services/activity.py``)."""
+    changes: dict[str, Any] = {
+        "state": TaskState(event["state"]),
+        "exec_state": event.get("exec_state"),
+        "attempts": event.get("attempts", info.attempts),
+        "cancel_requested": event.get("cancel_requested", info.cancel_requested),
+        "started_at": parse_time(event.get("started_at")),
+        "ended_at": parse_time(event.get("ended_at")),
+    }
+    if event.get("archived") and event.get("exit_status") is not None:
+        message = event.get("msg")
+        changes["result"] = TaskResultSpec(exit_status=event["exit_status"], msg=TaskResultMessage(message) if message else None)
+    if event.get("worker"):
+        changes["reporter_uuid"] = event["worker"]
+    return TaskInfo.model_validate({**info.model_dump(), **changes})
+
+
+def failed(info: TaskInfo) -> bool:
+    return info.result is not None and (info.result.exit_status != 0 or info.state == TaskState.Cancelled)
+
+
+def state_badge(info: TaskInfo) -> str:
+    """The state as a colored label; a finished task that exited non-zero shows its exit code in red."""
+    color = STATE_COLORS[info.state]
+    text = info.state.value
+    if info.result is not None:
+        if info.result.exit_status != 0:
+            text += f" ({info.result.exit_status})"
+            color = FAILED_COLOR
+        if info.result.msg is not None:
+            text += f" · {info.result.msg.value}"
+    elif info.exec_state is not None and info.state == TaskState.Running:
+        text += f" · {info.exec_state.value}"
+    return (f'<span style="background:{color};color:white;border-radius:3px;padding:1px 6px;'
+            f'white-space:nowrap">{html.escape(text)}</span>')
+
+
+def duration_text(info: TaskInfo, now: datetime | None = None) -> str:
+    if info.started_at is None:
+        return ""
+    end = info.ended_at or now or datetime.now(timezone.utc)
+    seconds = max(0.0, (end - info.started_at).total_seconds())
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def task_html(info: TaskInfo) -> str:
+    """A task handle's card: what runs, where, and how it went."""
+    rows = [
+        ("state", state_badge(info)),
+        ("command", f"<code>{html.escape(shlex.join(info.spec.args))}</code>"),
+        ("group", html.escape(f"{info.group_name} (#{info.task_id})")),
+    ]
+    if info.labels:
+        rows.append(("labels", html.escape(", ".join(info.labels))))
+    if info.started_at is not None:
+        rows.append(("run time", duration_text(info)))
+    if info.attempts > 1:
+        rows.append(("attempts", f"{info.attempts} of {info.max_attempts}"))
+    cells = "".join(f'<tr><th style="text-align:left;padding-right:1em">{name}</th><td style="text-align:left">{value}</td></tr>' for name, value in rows)
+    return f'<div><b>Task</b> <code>{info.uuid}</code><table>{cells}</table></div>'

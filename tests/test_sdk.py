@@ -1,0 +1,139 @@
+"""The SDK as a notebook uses it: the synchronous ``Client``, typed DataFrames with paging, task
+handles (wait, result, logs, cancel, await), the event stream, and transfers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import mito_lab.client.api
+from conftest import ADMIN, Platform
+from mito_lab import Client, MitoError
+from mito_lab.client.frames import TASK_COLUMNS
+from mito_lab.wire import TaskState
+
+
+@pytest.fixture
+def client(platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
+    for name, value in platform.env().items():
+        if name.startswith("XDG_"):
+            monkeypatch.setenv(name, value)
+    for name in [n for n in os.environ if n.startswith("MITO_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    connected = Client(platform.url, *ADMIN, credential_path=tmp_path / "credentials")
+    yield connected
+    connected.close()
+
+
+def test_listings_are_typed_dataframes_read_page_by_page(platform: Platform, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mito_lab.client.api, "PAGE_SIZE", 2)  # five tasks take three pages
+    platform.start_worker("-t", "cpu")
+    handles = [client.submit(["sh", "-c", f"exit {n % 2}"], labels=["sweep", f"n{n}"], tags=["cpu"]) for n in range(5)]
+    for handle in handles:
+        handle.wait(timeout=60)
+
+    tasks = client.tasks()
+    assert list(tasks.columns) == TASK_COLUMNS
+    assert list(tasks["uuid"]) == [str(h.uuid) for h in reversed(handles)]  # newest first, none twice
+    assert isinstance(tasks["state"].dtype, pd.CategoricalDtype) and list(tasks["state"].cat.categories) == [s.value for s in TaskState]
+    assert set(tasks["state"]) == {"Finished"}
+    assert str(tasks["created_at"].dtype).startswith("datetime64") and str(tasks["created_at"].dt.tz) == "UTC"
+    assert tasks["exit_status"].dtype == "Int64" and list(tasks["exit_status"]) == [0, 1, 0, 1, 0]
+    assert (tasks["duration"] >= pd.Timedelta(0)).all() and tasks["duration"].dtype.kind == "m"
+    assert tasks["timeout"].iloc[0] == pd.Timedelta(minutes=10)
+    assert tasks["tags"].iloc[0] == ["cpu"] and tasks["labels"].iloc[0] == ["sweep", "n4"]
+    assert tasks["command"].iloc[1] == "sh -c 'exit 1'"
+
+    assert len(client.tasks(limit=3)) == 3
+    assert list(client.tasks(labels=["n1"])["uuid"]) == [str(handles[1].uuid)]
+    assert len(client.tasks(exit_status="!=0")) == 2
+    assert client.tasks(states=["Ready"]).empty and list(client.tasks(states=["Ready"]).columns) == TASK_COLUMNS
+
+    workers = client.workers(tags=["cpu"])
+    assert len(workers) == 1 and workers["state"].iloc[0] == "Normal" and workers["tags"].iloc[0] == ["cpu"]
+    assert str(workers["last_heartbeat"].dt.tz) == "UTC"
+    groups = client.groups()
+    assert groups.to_dict("records") == [{"group": ADMIN[0], "role": "Admin"}]
+
+
+def test_attachments_listing_and_transfers(platform: Platform, client: Client, tmp_path: Path) -> None:
+    for name in ("a.txt", "b.txt", "c.bin"):
+        (tmp_path / name).write_text(name * 100)
+        client.upload_attachment(ADMIN[0], tmp_path / name, f"data/{name}", progress=False)
+    listing = client.attachments()
+    assert list(listing["key"]) == ["data/a.txt", "data/b.txt", "data/c.bin"]
+    assert list(listing["size"]) == [500, 500, 500] and listing["size"].dtype == "int64"
+    assert list(client.attachments(key=".txt")["key"]) == ["data/a.txt", "data/b.txt"]
+    seen: list[int] = []
+    target = client.download_attachment(ADMIN[0], "data/c.bin", tmp_path / "back", progress=seen.append)
+    assert target.read_text() == "c.bin" * 100 and sum(seen) == 500
+
+
+def test_a_task_handle_waits_returns_its_result_output_and_can_be_awaited(platform: Platform, client: Client, tmp_path: Path) -> None:
+    platform.start_worker()
+    handle = client.submit('echo "hello from $MITO_TASK_UUID"; echo 42 > "$MITO_RESULT_DIR/answer.txt"', labels=["demo"])
+    assert handle.state in (TaskState.Ready, TaskState.Running, TaskState.Finished)
+    seen: list[tuple[str, str | None]] = []
+    info = client.wait_task(handle.uuid, 60, lambda i: seen.append((i.state.value, i.exec_state and i.exec_state.value)))
+    assert info.state == TaskState.Finished and info.result is not None and info.result.exit_status == 0
+    assert seen[-1] == ("Finished", "TaskCommitted") and len(seen) == len(set(seen))  # each change once
+    assert handle.wait(timeout=5).state == TaskState.Finished
+    result = handle.result()
+    assert (result / "answer.txt").read_text() == "42\n"
+    assert handle.result() == result  # cached
+    assert handle.logs() == f"hello from {handle.uuid}\n"
+    assert "Finished" in handle._repr_html_() and str(handle.uuid) in handle._repr_html_()
+
+    async def awaited() -> object:
+        return await client.task(handle.uuid)
+
+    assert asyncio.run(awaited()).state == TaskState.Finished  # type: ignore[attr-defined]
+    own = handle.result(tmp_path / "mine")
+    assert own == tmp_path / "mine" / "result" and (own / "answer.txt").exists()
+
+
+def test_cancel_timeout_and_a_missing_result_are_clear(platform: Platform, client: Client) -> None:
+    idle = client.submit(["true"], tags=["nobody-has-this"])
+    with pytest.raises(TimeoutError, match="still Ready"):
+        idle.wait(timeout=0.5)
+    idle.cancel()
+    info = idle.wait(timeout=30)
+    assert info.state == TaskState.Cancelled and info.result and info.result.msg and info.result.msg.value == "UserCancellation"
+    with pytest.raises(MitoError, match="has no result artifact"):
+        idle.result()
+    with pytest.raises(MitoError, match="not found|Not Found|does not exist"):
+        client.task("00000000-0000-0000-0000-000000000000").refresh()
+
+    platform.start_worker()
+    running = client.submit(["sleep", "600"])
+    for event in client.events():  # the stream tells us when it runs
+        if event.get("uuid") == str(running.uuid) and event.get("state") == "Running":
+            break
+    running.cancel()
+    done = running.wait(timeout=30)
+    assert done.state == TaskState.Cancelled and done.result and done.result.exit_status == -15
+
+
+def test_login_needs_credentials_somewhere(platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in platform.env().items():
+        if name.startswith("XDG_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MitoError, match="not logged in"):
+        Client(platform.url, credential_path=tmp_path / "none")
+    with pytest.raises(MitoError, match="Wrong credentials"):
+        Client(platform.url, ADMIN[0], "wrong", credential_path=tmp_path / "none")
+    monkeypatch.setenv("MITO_COORDINATOR", platform.url)
+    monkeypatch.setenv("MITO_USER", ADMIN[0])
+    monkeypatch.setenv("MITO_PASSWORD", ADMIN[1])
+    with Client(credential_path=tmp_path / "saved") as from_environment:
+        assert from_environment.whoami() == ADMIN[0]
+    monkeypatch.delenv("MITO_PASSWORD")
+    with Client(credential_path=tmp_path / "saved") as from_saved_token:  # the token saved above
+        assert from_saved_token.username == ADMIN[0]
