@@ -16,7 +16,8 @@ STATE_COLORS = {
     TaskState.Running: "#fb8c00",
     TaskState.Finished: "#43a047",
     TaskState.Cancelled: "#e53935",
-}
+}  # the states a dashboard counts and filters by (not the wire's catch-all Unknown)
+UNKNOWN_COLOR = "#616161"
 FAILED_COLOR = "#c62828"
 
 
@@ -48,7 +49,7 @@ def failed(info: TaskInfo) -> bool:
 
 def state_badge(info: TaskInfo) -> str:
     """The state as a colored label; a finished task that exited non-zero shows its exit code in red."""
-    color = STATE_COLORS[info.state]
+    color = STATE_COLORS.get(info.state, UNKNOWN_COLOR)
     text = info.state.value
     if info.result is not None:
         if info.result.exit_status != 0:

@@ -88,7 +88,7 @@ class Dashboard(w.VBox):
         self.state_buttons = {
             state: w.ToggleButton(value=False, description=state.value, tooltip=f"show only {state.value} tasks",
                                   style={"text_color": STATE_COLORS[state], "font_weight": "bold"}, layout=w.Layout(width="120px"))
-            for state in TaskState
+            for state in STATE_COLORS
         }
         self.status = w.HTML()
         self.table = w.VBox()
@@ -188,9 +188,9 @@ class Dashboard(w.VBox):
         self._render_counts()
 
     def _render_counts(self) -> None:
-        counts = {state: 0 for state in TaskState}
+        counts = dict.fromkeys(STATE_COLORS, 0)
         for info in self.tasks.values():
-            counts[info.state] += 1
+            counts[info.state] = counts.get(info.state, 0) + 1
         for state, button in self.state_buttons.items():
             button.description = f"{state.value} {counts[state]}"
         failures = sum(1 for info in self.tasks.values() if failed(info))
