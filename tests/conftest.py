@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from mito_lab import Client
+
 ADMIN = ("mitosis_admin", "mitosis_admin")
 PG_ADMIN_URL = os.environ.get("MITO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -350,3 +352,17 @@ def platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platfor
     running = start_platform(tmp_path / "platform", *backend_args(request.param, request))
     yield running
     running.stop()
+
+
+@pytest.fixture
+def client(platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
+    """The SDK's synchronous client, logged in as the admin, in a private home and directory."""
+    for name, value in platform.env().items():
+        if name.startswith("XDG_"):
+            monkeypatch.setenv(name, value)
+    for name in [n for n in os.environ if n.startswith("MITO_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    connected = Client(platform.url, *ADMIN, credential_path=tmp_path / "credentials")
+    yield connected
+    connected.close()

@@ -4,8 +4,6 @@ handles (wait, result, logs, cancel, await), the event stream, and transfers."""
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -16,19 +14,6 @@ from conftest import ADMIN, Platform
 from mito_lab import Client, MitoError
 from mito_lab.client.frames import TASK_COLUMNS
 from mito_lab.wire import TaskState
-
-
-@pytest.fixture
-def client(platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
-    for name, value in platform.env().items():
-        if name.startswith("XDG_"):
-            monkeypatch.setenv(name, value)
-    for name in [n for n in os.environ if n.startswith("MITO_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    connected = Client(platform.url, *ADMIN, credential_path=tmp_path / "credentials")
-    yield connected
-    connected.close()
 
 
 def test_listings_are_typed_dataframes_read_page_by_page(platform: Platform, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
