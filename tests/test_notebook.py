@@ -119,6 +119,8 @@ def test_magics_return_dataframes_and_handles(live: Platform, tmp_path: Path, mo
         "from IPython.core.error import UsageError\ntry:\n    %mito get nonsense\nexcept UsageError as exc:\n    print('usage error:', str(exc).splitlines()[-1])",
         "%mito get task 00000000-0000-0000-0000-000000000000",
         "%mito help submit",
+        "%mito connect",
+        f"%mito login {ADMIN[0]} {ADMIN[1]}\n%mito get groups",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
     for name, value in kernel_env(live).items():
@@ -144,6 +146,8 @@ def test_magics_return_dataframes_and_handles(live: Platform, tmp_path: Path, mo
     assert "usage error: %mito get: error: argument <COMMAND>: invalid choice: 'nonsense'" in out(8)
     assert "error: " in out(9) and "00000000-0000-0000-0000-000000000000" in out(9)
     assert "--labels" in out(10)
+    assert out(11) == f"Connected to {live.url} as {ADMIN[0]}\n"
+    assert out(12).startswith(f"Logged in as {ADMIN[0]}\n") and "Admin" in out(12)
 
 
 def test_a_handle_view_follows_its_task(live: Platform, kernel: Kernel) -> None:

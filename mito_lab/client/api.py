@@ -360,16 +360,20 @@ class AsyncClient:
             return await self.session.call("POST", "workers/shutdown/list", request, WorkersShutdownListResp)
         return await self.session.call("POST", "workers/shutdown", request, WorkersShutdownResp)
 
-    async def download_links(self, links: Iterable[tuple[str, Path]], concurrency: int = 1) -> list[Path]:
-        """Fetch several signed URLs, ``concurrency`` at a time."""
+    async def download_links(self, links: Iterable[tuple[str, Path]], concurrency: int = 1, progress: ShowProgress = None) -> list[Path]:
+        """Fetch several signed URLs, ``concurrency`` at a time (the bar counts files)."""
         gate = asyncio.Semaphore(max(1, concurrency))
+        links = list(links)
+        with progress_bar(progress, len(links), "download", unit="file") as advance:
 
-        async def one(url: str, path: Path) -> Path:
-            async with gate:
-                await self.session.download_file(url, path)
+            async def one(url: str, path: Path) -> Path:
+                async with gate:
+                    await self.session.download_file(url, path)
+                if advance is not None:
+                    advance(1)
                 return path
 
-        return list(await asyncio.gather(*(one(url, path) for url, path in links)))
+            return list(await asyncio.gather(*(one(url, path) for url, path in links)))
 
     # --- accounts and administration -----------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import getpass
 import inspect
@@ -72,12 +73,23 @@ class LoopThread:
         self.loop.call_soon_threadsafe(callback, *args)
 
     def stop(self) -> None:
+        """Cancel what still runs on the loop (as ``asyncio.run`` does), then end the thread."""
         if self.loop.is_closed():
             return
+        if threading.current_thread() is not self._thread:
+            with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+                self.submit(_cancel_others()).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         if threading.current_thread() is not self._thread:
             self._thread.join(10)
             self.loop.close()
+
+
+async def _cancel_others() -> None:
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 async def _close(stream: AsyncIterator[Any]) -> None:
