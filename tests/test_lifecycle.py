@@ -177,6 +177,8 @@ def test_watch_across_two_coordinators_with_redis(tmp_path: Path, pg_url: str, r
         gate = tmp_path / "gate"
         server = submit(first, tags=["server"], task_spec={"args": ["sh", "-c", f'while [ ! -e "{gate}" ]; do sleep 0.1; done']})
         client = submit(second, tags=["client"], task_spec={"args": ["true"], "watch": [server, "ExecSpawned"]})
+        spawned = lambda: first.api("GET", f"/tasks/{server}").json["info"]["exec_state"] == "ExecSpawned"  # noqa: E731
+        wait_for(spawned, "the watched task to start on the first coordinator's worker", timeout=60)
         assert second.wait_task(client)["result"] == {"exit_status": 0, "msg": None}
         assert first.api("GET", f"/tasks/{server}").json["info"]["state"] == "Running"
         gate.touch()

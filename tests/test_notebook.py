@@ -17,6 +17,7 @@ from jupyter_client.manager import KernelManager, start_new_kernel
 from nbclient import NotebookClient
 
 from conftest import ADMIN, Platform, start_platform
+from test_sweeps import EXPERIMENT
 
 Message = dict[str, Any]
 
@@ -121,6 +122,7 @@ def test_magics_return_dataframes_and_handles(live: Platform, tmp_path: Path, mo
         "%mito help submit",
         "%mito connect",
         f"%mito login {ADMIN[0]} {ADMIN[1]}\n%mito get groups",
+        f"s = %mito sweep {EXPERIMENT} -p lr 0.01 -p seed 1,2 -n nb\ns.wait(timeout=120).results()[['seed', 'exit_status']].values.tolist()",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
     for name, value in kernel_env(live).items():
@@ -147,6 +149,7 @@ def test_magics_return_dataframes_and_handles(live: Platform, tmp_path: Path, mo
     assert "error: " in out(9) and "00000000-0000-0000-0000-000000000000" in out(9)
     assert "--labels" in out(10)
     assert out(11) == f"Connected to {live.url} as {ADMIN[0]}\n"
+    assert out(13) == "[[1, 0], [2, 0]]"
     assert out(12).startswith(f"Logged in as {ADMIN[0]}\n") and "Admin" in out(12)
 
 

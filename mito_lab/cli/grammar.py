@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from mito_lab.client.api import AsyncClient, task_request
 from mito_lab.client.unpack import extract
 from mito_lab.config import parse_duration
+from mito_lab.sweeps import Launched, launch, parse_value
 from mito_lab.wire import (
     ArtifactContentType,
     ArtifactRef,
@@ -310,6 +311,24 @@ async def cmd_manage_group(client: AsyncClient, args: argparse.Namespace) -> Any
 async def cmd_shutdown(client: AsyncClient, args: argparse.Namespace) -> Any:
     await client.shutdown_coordinator(args.secret)
     return "The coordinator is shutting down"
+
+
+async def cmd_sweep(client: AsyncClient, args: argparse.Namespace) -> Launched:
+    """A papermill sweep: one task per combination of the ``-p NAME V1,V2`` values."""
+    grid: dict[str, list[Any]] = {}
+    for name, values in args.parameters or []:
+        if name in grid:
+            raise GrammarError(f"sweep: parameter {name!r} is given twice; list all its values once: -p {name} V1,V2")
+        grid[name] = [parse_value(value.strip()) for value in values.split(",") if value.strip()]
+        if not grid[name]:
+            raise GrammarError(f"sweep: parameter {name!r} has no values")
+    try:
+        return await launch(
+            client, Path(args.notebook), grid or [{}], name=args.name, group=args.group, tags=args.tags or [],
+            labels=args.labels or [], timeout=args.timeout, priority=args.priority, kernel=args.kernel, python=args.python,
+        )
+    except ValueError as exc:
+        raise GrammarError(f"sweep: {exc}") from None
 
 
 async def cmd_help(client: AsyncClient | None, args: argparse.Namespace) -> str:
@@ -652,6 +671,21 @@ def build_parser(prog: str = "mito client") -> Parser:
     remove_user.add_argument("values", nargs="+", action=CommaList, metavar="USER")
     for name, sub in group_actions.choices.items():
         sub.set_defaults(func=cmd_manage_group, group_action=name)
+
+    sweep = commands.add_parser("sweep", help="Run a notebook with papermill once per parameter combination",
+                                usage="sweep NOTEBOOK [-p NAME V1,V2,...]... [OPTIONS]")
+    sweep.add_argument("notebook", metavar="NOTEBOOK", help="the .ipynb file (uploaded once to the group)")
+    sweep.add_argument("-p", "--parameter", dest="parameters", nargs=2, action="append", metavar=("NAME", "VALUES"),
+                       help="a parameter and its comma-separated values (JSON where they parse: 0.1, 3, true)")
+    sweep.add_argument("-n", "--name", help="the sweep's name [default: the notebook's name and a random suffix]")
+    sweep.add_argument("-g", "--group", help="the group to run in [default: your own]")
+    sweep.add_argument("-t", "--tags", nargs="*", action=CommaList, help="tags the workers must have")
+    sweep.add_argument("-l", "--labels", nargs="*", action=CommaList, help="more labels for every run")
+    sweep.add_argument("--timeout", default="1h", type=_argument_type(parse_duration, "duration"), help="per run [default: 1h]")
+    sweep.add_argument("--priority", type=int, default=0, help="[default: 0]")
+    sweep.add_argument("--kernel", help="the kernel on the workers [default: the notebook's]")
+    sweep.add_argument("--python", default="python3", help="the Python with mito_lab on the workers [default: python3]")
+    sweep.set_defaults(func=cmd_sweep)
 
     shutdown = commands.add_parser("shutdown", help="Shutdown the coordinator")
     shutdown.add_argument("secret", metavar="SECRET", help="the secret in the coordinator's start-up log")

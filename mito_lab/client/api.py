@@ -204,15 +204,21 @@ class AsyncClient:
         return client
 
     def close(self) -> None:
+        """Close at once; ``aclose`` also closes the event stream cleanly."""
         if self._events is not None:
             self._events.close()
         self.session.close()
+
+    async def aclose(self) -> None:
+        if self._events is not None:
+            await self._events.aclose()
+        self.close()
 
     async def __aenter__(self) -> "AsyncClient":
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
+        await self.aclose()
 
     # --- users and groups -----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ MAX_BACKOFF_SECONDS = 30.0
 # How long a new listener waits for the first connection before going on without it (a view then
 # still works, it just is not live until the stream connects).
 CONNECT_WAIT_SECONDS = 5.0
+CLOSE_WAIT_SECONDS = 2.0
 
 
 class EventStream:
@@ -36,6 +37,7 @@ class EventStream:
         self._runner: asyncio.Task[None] | None = None
         self._connection: WebSocketClientConnection | None = None
         self._connected = asyncio.Event()
+        self._closing = False
 
     @property
     def url(self) -> str:
@@ -48,6 +50,7 @@ class EventStream:
         self._listeners.append(listener)
         if self._runner is None or self._runner.done():
             self._connected.clear()
+            self._closing = False
             self._runner = asyncio.ensure_future(self._run())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._connected.wait(), CONNECT_WAIT_SECONDS)
@@ -94,8 +97,25 @@ class EventStream:
                 if isinstance(message, str):
                     self._dispatch(json.loads(message))
             self._connected.clear()
+            if self._closing:
+                return
+
+    async def aclose(self) -> None:
+        """Close the connection with the WebSocket handshake, so no socket is left open."""
+        self._closing = True
+        runner, connection = self._runner, self._connection
+        if connection is not None:
+            connection.close()  # the reader sees the end once the server answers
+        if runner is not None and not runner.done():
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(runner), CLOSE_WAIT_SECONDS)
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.stream.close()  # the server did not answer in time
+        self.close()
 
     def close(self) -> None:
+        """Stop at once (no handshake)."""
+        self._closing = True
         if self._runner is not None:
             self._runner.cancel()
             self._runner = None

@@ -21,11 +21,14 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pandas as pd
+
 from mito_lab.client.api import AsyncClient, NoCredentials
 from mito_lab.client.handle import TaskHandle
 from mito_lab.client.http import MitoError
 from mito_lab.client.progress import watched
 from mito_lab.config import ClientConfig, load_config
+from mito_lab.sweeps import SWEEP_PREFIX, Grid, Sweep, launch, list_sweeps
 from mito_lab.wire import BatchSubmitResp, SubmitTaskReq
 
 T = TypeVar("T")
@@ -190,6 +193,22 @@ class Client:
         """The handle of an existing task."""
         return TaskHandle(self, uuid_module.UUID(str(task_uuid)))
 
+    def sweep(self, notebook: Path | str, parameters: Grid, **options: Any) -> Sweep:
+        """Run ``notebook`` once per parameter combination across the fleet (see ``sweeps.launch``
+        for the options: name, group, tags, labels, timeout, priority, kernel, python)."""
+        launched = self.run(launch(self.aio, Path(notebook), parameters, **options))
+        return Sweep(self, launched.name, launched.group)
+
+    def sweeps(self, group: str | None = None) -> pd.DataFrame:
+        """The sweeps of a group (default: your own), newest first."""
+        return list_sweeps(self, group)
+
+    def sweep_by_label(self, name: str, group: str | None = None) -> Sweep:
+        """Re-open a sweep by its name (its label is ``mito-sweep:<name>``; either works)."""
+        sweep = Sweep(self, name.removeprefix(SWEEP_PREFIX), group)
+        sweep.runs()  # fails clearly if there is no such sweep
+        return sweep
+
     def dashboard(self, group: str | None = None) -> Any:
         """A live panel of the group's tasks and workers (an ipywidgets widget)."""
         from mito_lab.magics.dashboard import Dashboard  # ipywidgets is only needed here
@@ -199,7 +218,8 @@ class Client:
 
 def _shut(client: AsyncClient, thread: LoopThread) -> None:
     if not thread.loop.is_closed():
-        thread.call_soon(client.close)
+        with contextlib.suppress(Exception):
+            thread.run(client.aclose(), timeout=10)
     thread.stop()
 
 
@@ -220,6 +240,6 @@ def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 for _name, _method in vars(AsyncClient).items():
-    if _name.startswith("_") or _name in vars(Client) or not (inspect.iscoroutinefunction(_method) or inspect.isasyncgenfunction(_method)):
+    if _name.startswith("_") or _name in vars(Client) or _name == "aclose" or not (inspect.iscoroutinefunction(_method) or inspect.isasyncgenfunction(_method)):
         continue
     setattr(Client, _name, _blocking(_name, _method))

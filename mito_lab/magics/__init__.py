@@ -19,6 +19,7 @@ from mito_lab.client.frames import to_frame
 from mito_lab.client.handle import TaskHandle
 from mito_lab.client.http import MitoError
 from mito_lab.client.sync import Client
+from mito_lab.sweeps import Launched, Sweep
 from mito_lab.wire import SubmitTaskResp, TaskQueryResp
 
 NOTEBOOK_HELP = """\
@@ -126,6 +127,8 @@ class MitoMagics(Magics):
             return TaskHandle(client, result.uuid)
         if isinstance(result, TaskQueryResp):
             return TaskHandle(client, result.info.uuid, result.info)
+        if isinstance(result, Launched):
+            return Sweep(client, result.name, result.group)
         if getattr(args, "count", False):
             return result.count
         return to_frame(result)

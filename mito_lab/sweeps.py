@@ -1,0 +1,425 @@
+"""Papermill sweeps: one notebook, a grid of parameters, one task per combination across the fleet.
+
+The notebook is uploaded once, as a group attachment whose key is its content's hash; each run is
+a task that gets the notebook as a resource and runs ``python -m mito_lab.sweeps`` (the worker
+side, :func:`main`): papermill executes it with the run's parameters into the result artifact,
+together with the values the notebook recorded with :func:`record` and, when a cell failed, which
+one and why. A sweep is nothing but labels on its tasks (``mito-sweep:<name>``, ``mito-run:<i>``)
+and the parameters in their command lines, so it can be re-opened from any client at any time."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+import os
+import secrets
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from mito_lab.client.http import MitoError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mito_lab.client.api import AsyncClient
+    from mito_lab.client.handle import TaskHandle
+    from mito_lab.client.sync import Client
+    from mito_lab.wire import TaskInfo
+
+SWEEP_LABEL = "mito-sweep"  # on every task of every sweep
+SWEEP_PREFIX = "mito-sweep:"  # + the sweep's name
+RUN_PREFIX = "mito-run:"  # + the run's index in the grid
+RECORDS_FILE = "records.json"
+ERROR_FILE = "error.json"
+EXECUTED_NOTEBOOK = "executed.ipynb"
+RECORD_PATH_ENV = "MITO_RECORD_PATH"
+PARAMETERS_FLAG = "--parameters"
+
+Grid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
+_recorded: dict[str, Any] = {}
+
+
+# --- inside the experiment notebook ---------------------------------------------------------------
+
+
+def record(name: str, value: Any) -> Any:
+    """Record a JSON-serialisable value of this run (a metric, a setting, a list of losses): it
+    becomes a column of the sweep's results. Outside a sweep it is kept in memory only. Returns
+    ``value``, so ``record("loss", compute())`` reads naturally."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"record({name!r}, ...): the value must be JSON-serialisable ({exc})") from None
+    _recorded[name] = value
+    path = os.environ.get(RECORD_PATH_ENV)
+    if path:
+        target = Path(path)
+        partial = target.with_name(target.name + ".part")
+        partial.write_text(json.dumps(_recorded, indent=1))
+        os.replace(partial, target)
+    return value
+
+
+# --- building a sweep ---------------------------------------------------------------------------
+
+
+def expand(parameters: Grid) -> list[dict[str, Any]]:
+    """Every combination of a ``{name: [values]}`` grid (in the order given), or the listed dicts."""
+    if isinstance(parameters, Mapping):
+        names = list(parameters)
+        for name in names:
+            values = parameters[name]
+            if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not values:
+                raise ValueError(f"parameter {name!r}: give a non-empty list of values, not {values!r}")
+        combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*(parameters[n] for n in names))]
+    else:
+        combos = [dict(combo) for combo in parameters]
+    if not combos:
+        raise ValueError("the sweep has no parameter combinations")
+    for combo in combos:
+        try:
+            json.dumps(combo)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"parameters {combo!r} are not JSON-serialisable ({exc})") from None
+    return combos
+
+
+def parse_value(text: str) -> Any:
+    """A command-line parameter value: JSON when it parses (``0.1``, ``3``, ``true``), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def run_command(python: str, notebook_name: str, parameters: Mapping[str, Any], kernel: str | None) -> list[str]:
+    command = [python, "-m", "mito_lab.sweeps", PARAMETERS_FLAG, json.dumps(dict(parameters), sort_keys=False)]
+    if kernel:
+        command += ["--kernel", kernel]
+    return [*command, notebook_name]
+
+
+class Launched(NamedTuple):
+    """A sweep just submitted."""
+
+    name: str
+    group: str
+    runs: int
+
+    def __str__(self) -> str:
+        return f"Submitted sweep {self.name} to group {self.group}: {self.runs} runs (label {SWEEP_PREFIX}{self.name})"
+
+
+def run_parameters(info: "TaskInfo") -> dict[str, Any]:
+    args = info.spec.args
+    return json.loads(args[args.index(PARAMETERS_FLAG) + 1]) if PARAMETERS_FLAG in args else {}
+
+
+def run_index(info: "TaskInfo") -> int:
+    return next((int(label[len(RUN_PREFIX):]) for label in info.labels if label.startswith(RUN_PREFIX)), -1)
+
+
+async def launch(
+    client: "AsyncClient",
+    notebook: Path,
+    parameters: Grid,
+    *,
+    name: str | None = None,
+    group: str | None = None,
+    tags: Iterable[str] = (),
+    labels: Iterable[str] = (),
+    timeout: str | timedelta = "1h",
+    priority: int = 0,
+    kernel: str | None = None,
+    python: str = "python3",
+    max_attempts: int = 3,
+) -> Launched:
+    """Upload the notebook (once per content) and submit one task per combination in one batch."""
+    from mito_lab.client.api import task_request
+    from mito_lab.wire import AttachmentRef, AttachmentSource, RemoteResourceDownload
+
+    notebook = Path(notebook)
+    combos = expand(parameters)
+    group = group or client.username or ""
+    content = notebook.read_bytes()
+    key = f"sweeps/{hashlib.sha256(content).hexdigest()[:16]}/{notebook.name}"
+    try:
+        await client.attachment_meta(group, key)
+    except MitoError as exc:
+        if exc.status != 404:
+            raise
+        await client.upload_attachment(group, notebook, key, progress=False)
+    name = name or f"{notebook.stem}-{secrets.token_hex(3)}"
+    if await _sweep_tasks(client, name, group):
+        raise MitoError(409, f"group {group} already has a sweep named {name!r}: re-open it with sweep_by_label({name!r})")
+    resource = RemoteResourceDownload(remote_file=AttachmentSource(Attachment=AttachmentRef(key=key)), local_path=notebook.name)
+    requests = [
+        task_request(
+            run_command(python, notebook.name, combo, kernel),
+            group=group, tags=tags, labels=[*labels, SWEEP_LABEL, SWEEP_PREFIX + name, f"{RUN_PREFIX}{index}"],
+            timeout=timeout, priority=priority, resources=[resource], max_attempts=max_attempts,
+        )
+        for index, combo in enumerate(combos)
+    ]
+    answer = await client.submit_many(requests)
+    refused = [item.Err.msg for item in answer.results if item.Err is not None]
+    if refused:
+        await client.cancel_task_list([item.Ok.uuid for item in answer.results if item.Ok is not None])
+        raise MitoError(400, f"the sweep was refused: {refused[0]}")
+    return Launched(name, group, len(requests))
+
+
+async def _sweep_tasks(client: "AsyncClient", name: str, group: str | None) -> list["TaskInfo"]:
+    from mito_lab.wire import TasksQueryReq
+
+    return (await client.query_tasks(TasksQueryReq(group_name=group, labels=[SWEEP_PREFIX + name]))).tasks
+
+
+def latest_runs(tasks: Iterable["TaskInfo"]) -> list["TaskInfo"]:
+    """The newest task of each run index (a retried run has several), in grid order."""
+    runs: dict[int, TaskInfo] = {}
+    for info in tasks:
+        index = run_index(info)
+        if index not in runs or info.task_id > runs[index].task_id:
+            runs[index] = info
+    return [runs[index] for index in sorted(runs)]
+
+
+# --- the sweep, from a notebook -------------------------------------------------------------------
+
+
+class Sweep:
+    """The runs of one sweep. Cheap to make: everything is read from the coordinator when asked."""
+
+    def __init__(self, client: "Client", name: str, group: str | None = None) -> None:
+        self.client = client
+        self.name = name
+        self.group = group or client.username
+
+    @property
+    def label(self) -> str:
+        return SWEEP_PREFIX + self.name
+
+    def runs(self) -> list["TaskInfo"]:
+        runs = latest_runs(self.client.run(_sweep_tasks(self.client.aio, self.name, self.group)))
+        if not runs:
+            raise MitoError(404, f"no sweep named {self.name!r} in group {self.group}")
+        return runs
+
+    def tasks(self) -> "pd.DataFrame":
+        """Every task of the sweep, retries included, as a DataFrame."""
+        return self.client.tasks(self.group, labels=[self.label])
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for info in self.runs():
+            key = _outcome(info)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def wait(self, timeout: float | None = None, progress: Any = None) -> "Sweep":
+        """Block until every run has ended (a bar counts them); returns the sweep."""
+        from mito_lab.client.progress import progress_bar
+
+        runs = self.runs()
+        with progress_bar(progress, len(runs), f"sweep {self.name}", unit="run") as advance:
+
+            async def one(info: "TaskInfo") -> None:
+                await self.client.aio.wait_task(info.uuid)
+                if advance is not None:
+                    advance(1)
+
+            async def every() -> None:
+                await asyncio.wait_for(asyncio.gather(*(one(info) for info in runs)), timeout)
+
+            self.client.run(every())
+        return self
+
+    def results(self, concurrency: int = 8) -> "pd.DataFrame":
+        """One row per run: its parameters, state, exit status, duration, every recorded value,
+        the executed notebook's local path, and for a failed run the failing cell and error.
+        Result artifacts are downloaded ``concurrency`` at a time, once (they are cached)."""
+        import pandas as pd
+
+        runs = self.runs()
+        folders = self.client.run(self._download(runs, concurrency))
+        rows = []
+        for info, folder in zip(runs, folders, strict=True):
+            outcome = _read_outcome(folder)
+            rows.append({
+                "run": run_index(info),
+                **run_parameters(info),
+                "uuid": str(info.uuid),
+                "state": info.state.value,
+                "exit_status": info.result.exit_status if info.result else None,
+                "duration": (info.ended_at - info.started_at) if info.ended_at and info.started_at else None,
+                **outcome.get("records", {}),
+                "notebook": outcome.get("notebook"),
+                "failed_cell": outcome.get("failed_cell"),
+                "error": outcome.get("error") or (info.result.msg.value if info.result and info.result.msg else None),
+            })
+        frame = pd.DataFrame(rows)
+        frame["state"] = frame["state"].astype(pd.CategoricalDtype(["Pending", "Ready", "Running", "Finished", "Cancelled"], ordered=True))
+        for column in ("exit_status", "failed_cell"):
+            frame[column] = frame[column].astype("Int64")
+        frame["duration"] = pd.to_timedelta(frame["duration"])
+        return frame
+
+    async def _download(self, runs: list["TaskInfo"], concurrency: int) -> list[Path | None]:
+        from mito_lab.config import cache_dir
+
+        gate = asyncio.Semaphore(max(1, concurrency))
+        root = cache_dir() / "sweeps" / self.name
+
+        async def one(info: "TaskInfo") -> Path | None:
+            if info.result is None:
+                return None
+            folder = root / str(info.uuid)
+            if (folder / "result").is_dir():
+                return folder / "result"
+            async with gate:
+                try:
+                    return await self.client.aio.result(info.uuid, folder, progress=False)
+                except MitoError as exc:
+                    if exc.status == 404:  # cancelled before it ran: nothing was produced
+                        return None
+                    raise
+
+        return list(await asyncio.gather(*(one(info) for info in runs)))
+
+    def failed(self) -> "pd.DataFrame":
+        """The results of the runs that failed (non-zero exit, or cancelled)."""
+        results = self.results()
+        return results[(results["exit_status"].fillna(0) != 0) | (results["state"] == "Cancelled")].reset_index(drop=True)
+
+    def retry_failed(self) -> list["TaskHandle"]:
+        """Run the failed runs again (as new tasks with the same command and labels)."""
+        from mito_lab.wire import SubmitTaskReq
+
+        failed = [info for info in self.runs() if info.result is not None and (info.result.exit_status != 0 or info.state.value == "Cancelled")]
+        requests = [
+            SubmitTaskReq(group_name=info.group_name, tags=info.tags, labels=info.labels, timeout=timedelta(seconds=info.timeout),
+                          priority=info.priority, task_spec=info.spec, max_attempts=info.max_attempts)
+            for info in failed
+        ]
+        if not requests:
+            return []
+        handles = self.client.submit_many(requests)
+        errors = [h for h in handles if isinstance(h, MitoError)]
+        if errors:
+            raise errors[0]
+        return handles  # type: ignore[return-value]
+
+    def cancel(self) -> int:
+        """Cancel every run that has not ended; returns how many were."""
+        waiting = [info.uuid for info in self.runs() if info.result is None]
+        if not waiting:
+            return 0
+        return self.client.cancel_task_list(waiting).cancelled_count
+
+    def progress(self) -> Any:
+        """A live widget: a bar of ended runs and the count of each outcome."""
+        from mito_lab.magics.progress import SweepProgress
+
+        return SweepProgress(self)
+
+    def __repr__(self) -> str:
+        return f"<Sweep {self.name} in {self.group}: {self.counts()}>"
+
+
+def _outcome(info: "TaskInfo") -> str:
+    if info.result is None:
+        return info.state.value
+    if info.state.value == "Finished" and info.result.exit_status == 0:
+        return "Succeeded"
+    return "Failed"
+
+
+def _read_outcome(folder: Path | None) -> dict[str, Any]:
+    if folder is None:
+        return {}
+    outcome: dict[str, Any] = {}
+    if (folder / RECORDS_FILE).is_file():
+        outcome["records"] = json.loads((folder / RECORDS_FILE).read_text())
+    if (folder / EXECUTED_NOTEBOOK).is_file():
+        outcome["notebook"] = str(folder / EXECUTED_NOTEBOOK)
+    if (folder / ERROR_FILE).is_file():
+        error = json.loads((folder / ERROR_FILE).read_text())
+        outcome["failed_cell"] = error.get("cell")
+        outcome["error"] = f"{error.get('ename')}: {error.get('evalue')}"
+    return outcome
+
+
+def list_sweeps(client: "Client", group: str | None = None) -> "pd.DataFrame":
+    """The sweeps of a group: name, notebook, runs, outcome counts, first submission."""
+    import pandas as pd
+
+    tasks = client.tasks(group, labels=[SWEEP_LABEL])
+    rows = []
+    for name, runs in _by_sweep(tasks).items():
+        latest = runs.sort_values("task_id").groupby(runs["labels"].map(_run_label), sort=False).tail(1)
+        counts = latest["state"].astype(str).value_counts().to_dict()
+        failed = int(((latest["exit_status"].fillna(0) != 0) | (latest["state"] == "Cancelled")).sum())
+        rows.append({
+            "sweep": name, "notebook": Path(str(runs["command"].iloc[0]).rsplit(" ", 1)[-1]).name, "runs": len(latest),
+            "finished": counts.get("Finished", 0), "failed": failed,
+            "waiting": counts.get("Ready", 0) + counts.get("Pending", 0), "running": counts.get("Running", 0),
+            "submitted_at": runs["created_at"].min(),
+        })
+    columns = ["sweep", "notebook", "runs", "finished", "failed", "waiting", "running", "submitted_at"]
+    return pd.DataFrame(rows, columns=columns).sort_values("submitted_at", ascending=False, ignore_index=True)
+
+
+def _run_label(labels: list[str]) -> str:
+    return next((label for label in labels if label.startswith(RUN_PREFIX)), "")
+
+
+def _by_sweep(tasks: "pd.DataFrame") -> dict[str, "pd.DataFrame"]:
+    names = tasks["labels"].map(lambda labels: next((label[len(SWEEP_PREFIX):] for label in labels if label.startswith(SWEEP_PREFIX)), None))
+    return {name: group for name, group in tasks.groupby(names, sort=False)}
+
+
+# --- on the worker ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Execute the notebook with papermill into ``$MITO_RESULT_DIR``; on a failing cell, record
+    which one and why, and exit 1."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    parser = argparse.ArgumentParser(prog="python -m mito_lab.sweeps", description="Run one sweep run (on a worker).")
+    parser.add_argument(PARAMETERS_FLAG, type=json.loads, default={}, help="the run's parameters, as a JSON object")
+    parser.add_argument("--kernel", help="the kernel to run it with (default: the notebook's)")
+    parser.add_argument("notebook", type=Path, help="the notebook (a relative path is looked up in $MITO_RESOURCE_DIR)")
+    args = parser.parse_args(argv)
+    notebook = args.notebook if args.notebook.is_absolute() else Path(os.environ.get("MITO_RESOURCE_DIR", ".")) / args.notebook
+    results = Path(os.environ.get("MITO_RESULT_DIR") or tempfile.mkdtemp(prefix="mito-sweep-"))
+    results.mkdir(parents=True, exist_ok=True)
+    os.environ[RECORD_PATH_ENV] = str(results / RECORDS_FILE)
+    # papermill logs each cell's output as it comes: that is the run's live output
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    workdir = os.environ.get("MITO_EXEC_DIR") or str(results)
+    try:
+        papermill.execute_notebook(
+            str(notebook), str(results / EXECUTED_NOTEBOOK), parameters=args.parameters,
+            kernel_name=args.kernel, cwd=workdir, progress_bar=False, log_output=True,
+        )
+    except PapermillExecutionError as exc:
+        error = {"cell": exc.exec_count, "cell_index": exc.cell_index, "ename": exc.ename, "evalue": exc.evalue}
+        (results / ERROR_FILE).write_text(json.dumps(error))
+        print(f"cell {exc.exec_count} failed: {exc.ename}: {exc.evalue}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
