@@ -1,0 +1,459 @@
+"""mito_lab's performance harness: every figure beside a baseline measured in the same run.
+
+    python benchmarks/run.py [--quick] [--output benchmarks/report.json] [--databases sqlite,postgres]
+
+Each benchmark gets a fresh coordinator (and, on PostgreSQL, a fresh database), so no figure is
+coloured by an earlier one. The JSON report is printed and written to ``--output``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from mito_lab import Client
+from mito_lab.client.api import AsyncClient, task_request
+from mito_lab.testing import (
+    DEFAULT_POSTGRES,
+    S3Server,
+    ServiceError,
+    coordinator_command,
+    cpu_seconds,
+    free_port,
+    isolated_env,
+    peak_rss_bytes,
+    postgres_database,
+    seaweedfs,
+    spawn,
+    stop_process,
+    wait_healthy,
+)
+from mito_lab.wire import ArtifactContentType, TasksQueryReq, TaskState
+
+ADMIN = ("mitosis_admin", "mitosis_admin")
+MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    tasks: int  # end-to-end throughput
+    latency_samples: int
+    batch: int  # one batch submission
+    listing: int  # tasks listed into a DataFrame
+    transfer_mb: int
+    idle_workers: int
+    idle_seconds: float
+
+
+FULL = Sizes(tasks=2000, latency_samples=200, batch=10_000, listing=100_000, transfer_mb=512, idle_workers=200, idle_seconds=30)
+QUICK = Sizes(tasks=100, latency_samples=20, batch=1000, listing=5000, transfer_mb=32, idle_workers=20, idle_seconds=5)
+TARGETS = {
+    "throughput_ratio_min": 0.35,
+    "dispatch_p50_ms_max": 20,
+    "batch_submit_10k_s_max": 2,
+    "listing_100k_s_max": 3,
+    "transfer_fraction_of_copy_min": 0.5,
+    "transfer_peak_rss_mb_max": 150,
+    "idle_200_workers_core_percent_max": 5,
+}
+
+
+# --- the platform -------------------------------------------------------------------------------
+
+
+@dataclass
+class Coordinator:
+    url: str
+    process: subprocess.Popen[bytes]
+    home: Path
+    database_url: str | None
+
+    def client(self) -> Client:
+        return Client(self.url, *ADMIN, credential_path=self.home / "credentials")
+
+    def worker(self, index: int, *args: str) -> subprocess.Popen[bytes]:
+        return spawn(
+            [sys.executable, "-m", "mito_lab", "worker", "-c", self.url, "-u", ADMIN[0],
+             "--credential-path", str(self.home / f"worker-{index}.credentials"), *args],
+            self.home / f"worker-{index}.log", isolated_env(self.home, MITO_PASSWORD=ADMIN[1]), cwd=self.home,
+        )
+
+
+@contextlib.contextmanager
+def coordinator(database: str, *args: str) -> Iterator[Coordinator]:
+    """A fresh coordinator on ``database`` (``sqlite`` or ``postgres``) in a scratch directory."""
+    with tempfile.TemporaryDirectory(prefix="mito-bench-") as scratch, contextlib.ExitStack() as stack:
+        home = Path(scratch)
+        database_url = stack.enter_context(postgres_database(os.environ.get("MITO_TEST_POSTGRES", DEFAULT_POSTGRES))) if database == "postgres" else None
+        port = free_port()
+        log = home / "coordinator.log"
+        flags = ["--db", database_url] if database_url else []
+        process = spawn(coordinator_command(home, port, *flags, *args), log, isolated_env(home), cwd=home)
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", process, log)
+            yield Coordinator(f"http://127.0.0.1:{port}", process, home, database_url)
+        finally:
+            stop_process(process)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def finished_count(client: Client) -> int:
+    return client.query_tasks(TasksQueryReq(states=[TaskState.Finished, TaskState.Cancelled], count=True)).count
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+# --- end-to-end throughput ---------------------------------------------------------------------
+
+
+def run_true(_: int) -> int:
+    return subprocess.run(["true"], check=False).returncode
+
+
+def pool_baseline(count: int) -> float:
+    """Tasks per second of ``true`` run by ``multiprocessing.Pool(2)``: this machine's limit."""
+    started = time.perf_counter()
+    with multiprocessing.Pool(2) as pool:
+        pool.map(run_true, range(count), chunksize=1)
+    return count / (time.perf_counter() - started)
+
+
+def throughput(database: str, sizes: Sizes) -> dict[str, Any]:
+    with coordinator(database) as platform, platform.client() as client:
+        workers = [platform.worker(i) for i in range(2)]
+        try:
+            wait_until(lambda: len(client.workers()) == 2, "two workers", 60)
+            cpu_before = cpu_seconds(platform.process.pid)
+            started = time.perf_counter()
+            for offset in range(0, sizes.tasks, 1000):
+                client.submit_many([task_request(["true"]) for _ in range(min(1000, sizes.tasks - offset))])
+            wait_until(lambda: finished_count(client) == sizes.tasks, f"{sizes.tasks} tasks", 1800)
+            elapsed = time.perf_counter() - started
+            coordinator_cpu = cpu_seconds(platform.process.pid) - cpu_before
+            worker_cpu = sum(cpu_seconds(w.pid) for w in workers)
+        finally:
+            for worker in workers:
+                stop_process(worker)
+    baseline = pool_baseline(sizes.tasks)
+    rate = sizes.tasks / elapsed
+    return {
+        "tasks": sizes.tasks, "tasks_per_s": round(rate, 1), "pool2_tasks_per_s": round(baseline, 1),
+        "ratio": round(rate / baseline, 3), "coordinator_cpu_s": round(coordinator_cpu, 2),
+        "workers_cpu_s": round(worker_cpu, 2), "elapsed_s": round(elapsed, 2),
+    }
+
+
+# --- dispatch latency -------------------------------------------------------------------------
+
+
+async def _latencies(client: AsyncClient, samples: int) -> tuple[list[float], list[float]]:
+    spawned: dict[str, float] = {}
+    archived: dict[str, asyncio.Event] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("kind") != "task":
+            return
+        if event.get("exec_state") == "ExecSpawned":
+            spawned.setdefault(event["uuid"], time.perf_counter())
+        if event.get("archived"):
+            archived.setdefault(event["uuid"], asyncio.Event()).set()
+
+    stop = await client.listen(on_event)
+    latencies, round_trips = [], []
+    try:
+        for _ in range(samples):
+            started = time.perf_counter()
+            await client.session.call("GET", "health")
+            round_trips.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            task = str((await client.submit(["true"])).uuid)
+            await asyncio.wait_for(archived.setdefault(task, asyncio.Event()).wait(), 60)  # the worker is idle again
+            latencies.append(spawned[task] - started)
+    finally:
+        stop()
+    return latencies, round_trips
+
+
+def dispatch_latency(database: str, sizes: Sizes) -> dict[str, Any]:
+    with coordinator(database) as platform, platform.client() as client:
+        worker = platform.worker(0)
+        try:
+            wait_until(lambda: len(client.workers()) == 1, "the worker", 60)
+            latencies, round_trips = client.run(_latencies(client.aio, sizes.latency_samples))
+        finally:
+            stop_process(worker)
+    return {
+        "samples": sizes.latency_samples,
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 2), "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "baseline_http_round_trip_p50_ms": round(statistics.median(round_trips) * 1000, 2),
+    }
+
+
+# --- batch submission and listing --------------------------------------------------------------
+
+
+def _engine_url(platform: Coordinator, scratch: Path) -> str:
+    if platform.database_url:
+        return platform.database_url.replace("postgres://", "postgresql+asyncpg://")
+    return f"sqlite+aiosqlite:///{scratch / 'baseline.db'}"
+
+
+async def _database_baseline(url: str, rows: int) -> tuple[float, float]:
+    """The database's own speed for the same work: insert ``rows`` task-like rows in one
+    transaction, then read them all into a DataFrame."""
+    metadata = sa.MetaData()
+    table = sa.Table(
+        "bench_tasks", metadata,
+        sa.Column("id", sa.Integer, primary_key=True), sa.Column("uuid", sa.Uuid), sa.Column("group_id", sa.Integer),
+        sa.Column("task_id", sa.Integer), sa.Column("tags", sa.JSON), sa.Column("labels", sa.JSON), sa.Column("state", sa.String(16)),
+        sa.Column("timeout", sa.Integer), sa.Column("priority", sa.Integer), sa.Column("spec", sa.JSON),
+        sa.Column("created_at", sa.DateTime(timezone=True)), sa.Column("updated_at", sa.DateTime(timezone=True)),
+    )
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(metadata.create_all)
+        moment = pd.Timestamp.now(tz="UTC").to_pydatetime()
+        values = [{"uuid": uuid.uuid4(), "group_id": 1, "task_id": n, "tags": [], "labels": [], "state": "Ready", "timeout": 600,
+                   "priority": 0, "spec": {"args": ["true"], "envs": {}, "resources": [], "terminal_output": False, "watch": None},
+                   "created_at": moment, "updated_at": moment} for n in range(rows)]
+        started = time.perf_counter()
+        async with engine.begin() as connection:
+            await connection.execute(table.insert(), values)
+        inserted = time.perf_counter() - started
+        started = time.perf_counter()
+        async with engine.connect() as connection:
+            result = await connection.execute(sa.select(table).order_by(table.c.id.desc()))
+            pd.DataFrame(result.all(), columns=list(result.keys()))
+        listed = time.perf_counter() - started
+        async with engine.begin() as connection:
+            await connection.run_sync(metadata.drop_all)
+        return inserted, listed
+    finally:
+        await engine.dispose()
+
+
+def submit_and_list(database: str, sizes: Sizes) -> dict[str, Any]:
+    with coordinator(database) as platform, platform.client() as client, tempfile.TemporaryDirectory() as scratch:
+        batch = [task_request(["true"], labels=["bench"]) for _ in range(sizes.batch)]
+        started = time.perf_counter()
+        client.submit_many(batch)
+        submitted = time.perf_counter() - started
+        for _ in range(sizes.batch, sizes.listing, sizes.batch):
+            client.submit_many(batch)
+        started = time.perf_counter()
+        frame = client.tasks()
+        listed = time.perf_counter() - started
+        assert len(frame) == max(sizes.listing, sizes.batch), len(frame)
+        insert_floor, select_floor = client.run(_database_baseline(_engine_url(platform, Path(scratch)), sizes.batch))
+        _, list_floor = client.run(_database_baseline(_engine_url(platform, Path(scratch)), len(frame)))
+        rss = peak_rss_bytes(platform.process.pid)
+    return {
+        "batch": sizes.batch, "batch_submit_s": round(submitted, 3), "baseline_db_insert_s": round(insert_floor, 3),
+        "listed": len(frame), "listing_s": round(listed, 3), "baseline_db_select_to_frame_s": round(list_floor, 3),
+        "coordinator_peak_rss_mb": round(rss / MB, 1),
+    }
+
+
+# --- transfers ----------------------------------------------------------------------------------
+
+
+def transfer_child(spec: dict[str, Any]) -> None:
+    """In its own process, so its peak RSS is the transfer's: upload or download one artifact."""
+
+    async def move() -> float:
+        async with AsyncClient(spec["url"], spec["token"]) as client:
+            started = time.perf_counter()
+            if spec["direction"] == "up":
+                await client.upload_artifact(spec["task"], ArtifactContentType.result, Path(spec["file"]), progress=False)
+            else:
+                await client.download_artifact(spec["task"], ArtifactContentType.result, Path(spec["file"]), progress=False)
+            return time.perf_counter() - started
+
+    seconds = asyncio.run(move())
+    print(json.dumps({"seconds": seconds, "peak_rss": peak_rss_bytes(os.getpid())}))
+
+
+def _transfer(platform: Coordinator, token: str, task: str, direction: str, file: Path) -> dict[str, float]:
+    spec = json.dumps({"url": platform.url, "token": token, "task": task, "direction": direction, "file": str(file)})
+    done = subprocess.run([sys.executable, __file__, "--transfer-child", spec], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def transfers(database: str, sizes: Sizes, s3: S3Server | None) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="mito-bench-files-") as scratch:
+        source = Path(scratch) / "payload.bin"
+        with source.open("wb") as handle:
+            for _ in range(sizes.transfer_mb):
+                handle.write(os.urandom(MB))
+        started = time.perf_counter()
+        shutil.copyfile(source, Path(scratch) / "copy.bin")
+        copy_mb_s = sizes.transfer_mb / (time.perf_counter() - started)
+        (Path(scratch) / "copy.bin").unlink()
+        stores = {"local": []} | ({"s3": s3.coordinator_args()} if s3 else {})
+        for store, args in stores.items():
+            with coordinator(database, *args) as platform, platform.client() as client:
+                task = str(client.submit(["true"], tags=["never-run"]).uuid)
+                token = client.aio.session.token or ""
+                up = _transfer(platform, token, task, "up", source)
+                down = _transfer(platform, token, task, "down", Path(scratch) / "back.bin")
+                (Path(scratch) / "back.bin").unlink()
+                results[store] = {
+                    "upload_mb_s": round(sizes.transfer_mb / up["seconds"], 1),
+                    "download_mb_s": round(sizes.transfer_mb / down["seconds"], 1),
+                    "client_peak_rss_mb": round(max(up["peak_rss"], down["peak_rss"]) / MB, 1),
+                    "coordinator_peak_rss_mb": round(peak_rss_bytes(platform.process.pid) / MB, 1),
+                }
+        results["size_mb"] = sizes.transfer_mb
+        results["baseline_copy_mb_s"] = round(copy_mb_s, 1)
+    return results
+
+
+# --- idle workers --------------------------------------------------------------------------------
+
+
+def fleet_child(spec: dict[str, Any]) -> None:
+    """``count`` real worker agents (the worker's own code) in one process, idle: each long-polls
+    for tasks and heartbeats on its timer. Runs until killed."""
+    from mito_lab.config import WorkerConfig
+    from mito_lab.worker.agent import Agent, WorkerClient, register
+
+    async def fleet() -> None:
+        config = WorkerConfig(coordinator_addr=spec["url"], user=ADMIN[0], password=ADMIN[1],
+                              credential_path=Path(spec["home"]) / "fleet.credentials")
+        loops = []
+        for index in range(spec["count"]):
+            session, _ = await register(config)
+            agent = Agent(config, WorkerClient(session, asyncio.Event()), Path(spec["home"]) / f"fleet-{index}")
+            loops += [agent.serve(), agent.heartbeats()]
+        print("ready", flush=True)
+        await asyncio.gather(*loops)
+
+    asyncio.run(fleet())
+
+
+def idle_workers(database: str, sizes: Sizes) -> dict[str, Any]:
+    with coordinator(database) as platform:
+        time.sleep(1)
+        before = cpu_seconds(platform.process.pid)
+        time.sleep(sizes.idle_seconds)
+        alone = cpu_seconds(platform.process.pid) - before
+        spec = json.dumps({"url": platform.url, "home": str(platform.home), "count": sizes.idle_workers})
+        fleet = subprocess.Popen([sys.executable, __file__, "--fleet-child", spec], stdout=subprocess.PIPE, text=True,
+                                 env=isolated_env(platform.home), start_new_session=True)
+        try:
+            assert fleet.stdout is not None and fleet.stdout.readline().strip() == "ready", "the fleet did not start"
+            time.sleep(2)  # registration is over; measure the steady state
+            before = cpu_seconds(platform.process.pid)
+            time.sleep(sizes.idle_seconds)
+            busy = cpu_seconds(platform.process.pid) - before
+        finally:
+            stop_process(fleet)
+        rss = peak_rss_bytes(platform.process.pid)
+    return {
+        "workers": sizes.idle_workers, "window_s": sizes.idle_seconds,
+        "coordinator_core_percent": round(busy / sizes.idle_seconds * 100, 2),
+        "baseline_no_workers_core_percent": round(alone / sizes.idle_seconds * 100, 2),
+        "coordinator_peak_rss_mb": round(rss / MB, 1),
+    }
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def verdicts(report: dict[str, Any]) -> dict[str, Any]:
+    """Each target, met or not, per database (on the full sizes only; --quick is a smoke test)."""
+    met: dict[str, Any] = {}
+    for database, figures in report["results"].items():
+        transfer = figures["transfer"]
+        stores = [s for s in ("local", "s3") if s in transfer]
+        met[database] = {
+            "throughput": figures["throughput"]["ratio"] >= TARGETS["throughput_ratio_min"],
+            "dispatch_p50": figures["dispatch_latency"]["p50_ms"] < TARGETS["dispatch_p50_ms_max"],
+            "batch_submit": figures["submit_and_list"]["batch_submit_s"] < TARGETS["batch_submit_10k_s_max"],
+            "listing": figures["submit_and_list"]["listing_s"] < TARGETS["listing_100k_s_max"],
+            "transfer_speed": all(min(transfer[s]["upload_mb_s"], transfer[s]["download_mb_s"])
+                                  >= TARGETS["transfer_fraction_of_copy_min"] * transfer["baseline_copy_mb_s"] for s in stores),
+            "transfer_rss": all(max(transfer[s]["client_peak_rss_mb"], transfer[s]["coordinator_peak_rss_mb"])
+                                < TARGETS["transfer_peak_rss_mb_max"] for s in stores),
+            "idle_workers": figures["idle_workers"]["coordinator_core_percent"] < TARGETS["idle_200_workers_core_percent_max"],
+        }
+    return met
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test of the harness")
+    parser.add_argument("--output", type=Path, default=Path("benchmarks/report.json"))
+    parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--transfer-child", help=argparse.SUPPRESS)
+    parser.add_argument("--fleet-child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.transfer_child:
+        transfer_child(json.loads(args.transfer_child))
+        return 0
+    if args.fleet_child:
+        fleet_child(json.loads(args.fleet_child))
+        return 0
+    sizes = QUICK if args.quick else FULL
+    report: dict[str, Any] = {
+        "quick": args.quick, "sizes": sizes.__dict__, "targets": TARGETS,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "results": {},
+    }
+    with contextlib.ExitStack() as stack:
+        try:
+            s3: S3Server | None = stack.enter_context(seaweedfs(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "s3"))
+        except ServiceError as exc:
+            print(f"S3 transfers skipped: {exc}", file=sys.stderr)
+            s3 = None
+        for database in args.databases.split(","):
+            print(f"[{database}]", file=sys.stderr, flush=True)
+            figures: dict[str, Any] = {}
+            for name, bench in (("throughput", throughput), ("dispatch_latency", dispatch_latency),
+                                ("submit_and_list", submit_and_list), ("idle_workers", idle_workers)):
+                figures[name] = bench(database, sizes)
+                print(f"  {name}: {json.dumps(figures[name])}", file=sys.stderr, flush=True)
+            figures["transfer"] = transfers(database, sizes, s3)
+            print(f"  transfer: {json.dumps(figures['transfer'])}", file=sys.stderr, flush=True)
+            report["results"][database] = figures
+    report["met"] = verdicts(report)
+    text = json.dumps(report, indent=2, default=str)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
