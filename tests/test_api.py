@@ -53,14 +53,14 @@ def test_bad_tokens_are_rejected(platform: Platform) -> None:
     assert http("GET", f"{platform.url}/auth", token="garbage").json == {"msg": "Authentication error: Invalid token"}
     forged = jwt.encode({"sub": ADMIN[0], "exp": 4102444800, "sign": 0, "kind": "user"}, Ed25519PrivateKey.generate(), "EdDSA")
     assert http("GET", f"{platform.url}/auth", token=forged).status == 401
-    registered = platform.api("POST", "/workers", {"groups": [], "lifetime": "1s"})
+    registered = platform.api("POST", "/workers", {"groups": [], "lifetime": "3s"})
     assert registered.status == 200
     worker_token = registered.json["token"]
     assert http("POST", f"{platform.url}/workers/heartbeat", token=worker_token).status == 200
     # a worker token never opens user routes, and a user token never opens worker routes
     assert http("GET", f"{platform.url}/auth", token=worker_token).status == 401
     assert http("POST", f"{platform.url}/workers/heartbeat", token=platform.token()).status == 401
-    time.sleep(2.1)  # the worker's one-second lifetime runs out
+    time.sleep(4.1)  # the worker's lifetime (3 s, rounded up to a whole second) runs out
     assert http("POST", f"{platform.url}/workers/heartbeat", token=worker_token).json == {"msg": "Authentication error: Invalid token"}
 
 

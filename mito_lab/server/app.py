@@ -24,6 +24,7 @@ from mito_lab.server.events import (
     make_events,
 )
 from mito_lab.server.handlers.base import NotFoundHandler
+from mito_lab.server.services.activity import CANCEL, DATABASE_WATCH_SECONDS, EVENTS, TASKS_READY, watch_database
 from mito_lab.server.services.attachments import AttachmentService
 from mito_lab.server.services.auth import Tokens, load_or_create_keys
 from mito_lab.server.services.context import Context
@@ -36,7 +37,8 @@ from mito_lab.server.storage import LocalStore, ObjectStore, S3Store
 
 log = logging.getLogger(__name__)
 
-HANDLER_MODULES = ("misc", "users", "admin", "groups", "attachments", "tasks", "workers", "events", "blobs")
+# Tornado tries the routes in order: the workers' protocol, the busiest, comes first.
+HANDLER_MODULES = ("workers", "tasks", "blobs", "misc", "users", "admin", "groups", "attachments", "events")
 MAX_JSON_BODY = 16 * 1024 * 1024  # blob uploads raise their own limit to the signed size
 
 
@@ -68,7 +70,7 @@ class Coordinator:
             db=Database(db_url),
             store=make_store(config),
             tokens=Tokens(private_key, public_key),
-            events=make_events(config.redis_url),
+            events=make_events(config.redis_url, (EVENTS, TASKS_READY, CANCEL)),
         )
         self.users = UserService(self.context)
         self.groups = GroupService(self.context)
@@ -106,6 +108,8 @@ class Coordinator:
         self._server = HTTPServer(self.make_app(), max_body_size=MAX_JSON_BODY, idle_connection_timeout=3600)
         self._server.listen(port, host)
         self._background.append(asyncio.create_task(self._housekeeping()))
+        if not isinstance(self.context.events, RedisEvents):  # Redis already carries every coordinator's events
+            self._background.append(asyncio.create_task(self._watch_database()))
         log.warning("Set random shutdown secret: %s", self.shutdown_secret)
         log.info("coordinator listening on http://%s:%d (database: %s)", host, port, self.context.db.engine.url.render_as_string(hide_password=True))
 
@@ -119,6 +123,15 @@ class Coordinator:
                     await job()
                 except Exception:  # a failed round is retried next period; it must not stop the loop
                     log.exception("housekeeping: %s failed", job.__qualname__)
+
+    async def _watch_database(self) -> None:
+        while True:
+            try:
+                await watch_database(self.context)
+                return
+            except Exception:  # e.g. the database restarting: try again, the polls' own rechecks cover the gap
+                log.exception("watching the database failed")
+                await asyncio.sleep(DATABASE_WATCH_SECONDS)
 
     async def _start_events(self) -> None:
         events, config = self.context.events, self.config

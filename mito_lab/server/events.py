@@ -16,7 +16,7 @@ import json
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -66,17 +66,23 @@ class InProcessEvents:
 class RedisEvents(InProcessEvents):
     RETRY_SECONDS = 2.0
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, channels: Iterable[str] = ()) -> None:
+        """``channels`` are subscribed at start (a channel first listened to later is subscribed
+        within a second, and may miss what was published meanwhile)."""
         super().__init__()
         self.redis = aioredis.from_url(url)
         self._origin = secrets.token_hex(8)
         self._pubsub = self.redis.pubsub()
-        self._channels: set[str] = set()
+        self._channels: set[str] = set(channels)
+        self._subscribed: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.redis.ping()  # fail at start, with a clear error, if Redis is not there
+        if self._channels:
+            await self._pubsub.subscribe(*self._channels)
+            self._subscribed = set(self._channels)
         self._reader = asyncio.create_task(self._read())
 
     async def close(self) -> None:
@@ -115,14 +121,13 @@ class RedisEvents(InProcessEvents):
 
     async def _read(self) -> None:
         """Deliver messages published by other coordinators; resubscribe after a Redis outage."""
-        subscribed: set[str] = set()
         while True:
             try:
                 while True:
-                    if self._channels - subscribed:  # only this task touches the pub/sub connection
-                        await self._pubsub.subscribe(*(self._channels - subscribed))
-                        subscribed |= self._channels
-                    if not subscribed:
+                    if self._channels - self._subscribed:  # only this task (and start) touch the pub/sub connection
+                        await self._pubsub.subscribe(*(self._channels - self._subscribed))
+                        self._subscribed |= self._channels
+                    if not self._subscribed:
                         await asyncio.sleep(1.0)
                         continue
                     message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -140,11 +145,11 @@ class RedisEvents(InProcessEvents):
                 with contextlib.suppress(RedisError, OSError):
                     await self._pubsub.aclose()
                 self._pubsub = self.redis.pubsub()
-                subscribed = set()
+                self._subscribed = set()
 
 
-def make_events(redis_url: str | None) -> InProcessEvents:
-    return RedisEvents(redis_url) if redis_url else InProcessEvents()
+def make_events(redis_url: str | None, channels: Iterable[str] = ()) -> InProcessEvents:
+    return RedisEvents(redis_url, channels) if redis_url else InProcessEvents()
 
 
 # --- the reference's Redis ACL users (section 7) ---------------------------------------------

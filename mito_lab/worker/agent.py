@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from mito_lab.wire import (
     CommitOp,
     DownloadResp,
     ExecStateOp,
+    ExecStatesOp,
     LogChunk,
     LogOp,
     RegisterWorkerReq,
@@ -184,14 +186,20 @@ class Agent:
                 await self.kill_current()
 
     async def report_states(self) -> None:
-        """Send exec states in order, off the task's critical path."""
+        """Send exec states in order, off the task's critical path; the states reached while a
+        report was on its way go together in the next one."""
         while True:
-            task, state = await self._states.get()
-            try:
-                await self.client.report(task, ExecStateOp(ExecState=state))
-            except (TaskGone, MitoError) as exc:
-                log.debug("task %s: exec state %s not recorded: %s", task.uuid, state.value, exc)
-            finally:
+            reached = [await self._states.get()]
+            while not self._states.empty():
+                reached.append(self._states.get_nowait())
+            for task, run in itertools.groupby(reached, key=lambda item: item[0]):
+                states = [state for _, state in run]
+                op = ExecStatesOp(ExecStates=states) if len(states) > 1 else ExecStateOp(ExecState=states[0])
+                try:
+                    await self.client.report(task, op)
+                except (TaskGone, MitoError) as exc:
+                    log.debug("task %s: exec states %s not recorded: %s", task.uuid, [s.value for s in states], exc)
+            for _ in reached:
                 self._states.task_done()
 
     def state(self, task: WorkerTaskResp, state: TaskExecState) -> None:

@@ -152,6 +152,7 @@ class Task(Timestamps, Base):
         # dispatch: the best Ready task of a group, FIFO within a priority
         sa.Index("ix_tasks_dispatch", "state", "group_id", "priority", "id"),
         sa.Index("ix_tasks_group_listing", "group_id", "id"),
+        sa.Index("ix_tasks_updated_at", "updated_at"),  # coordinators notice each other's changes by it
     )
 
     uuid: Mapped[uuid_module.UUID] = mapped_column(sa.Uuid, unique=True, default=uuid_module.uuid4)

@@ -11,6 +11,7 @@ import uuid as uuid_module
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mito_lab.server.db.engine import after_commit
@@ -24,9 +25,12 @@ TASKS_READY = "mito:tasks-ready"  # wakes the waiting fetches of every coordinat
 CANCEL = "mito:cancel"  # {"worker": <worker uuid>, "task": <task uuid>}
 EXEC_STATE_TTL_SECONDS = 3600
 _READY_ANNOUNCED = "mito_ready_announced"
-# How often a long poll re-checks the database even without an event (covers coordinators that
-# share a database but no event stream).
-RECHECK_SECONDS = 2.0
+# How often a long poll re-checks the database even without an event: a safety net only. Changes
+# made through other coordinators arrive by Redis, or else by ``watch_database`` (one query every
+# DATABASE_WATCH_SECONDS for the whole coordinator, however many polls wait).
+RECHECK_SECONDS = 30.0
+DATABASE_WATCH_SECONDS = 2.0
+RECHECK = {"kind": "recheck"}  # wakes every waiting long poll
 T = TypeVar("T")
 
 
@@ -48,9 +52,25 @@ async def long_poll(
             if found is not None or remaining <= 0:
                 return found
             with contextlib.suppress(TimeoutError):
-                while not (context.closing or relevant(await asyncio.wait_for(events.get(), min(remaining, RECHECK_SECONDS)))):
-                    pass
+                while True:
+                    event = await asyncio.wait_for(events.get(), min(remaining, RECHECK_SECONDS))
+                    if context.closing or event == RECHECK or relevant(event):
+                        break
     return None
+
+
+async def watch_database(context: Context) -> None:
+    """For coordinators sharing a database without Redis: when the tasks changed (through any
+    coordinator), wake the waiting long polls so that they look again."""
+    last: tuple[Any, ...] | None = None
+    while not context.closing:
+        await asyncio.sleep(DATABASE_WATCH_SECONDS)
+        async with context.db.read() as session:
+            mark = tuple((await session.execute(sa.select(sa.func.max(Task.updated_at), sa.func.max(Task.id)))).one())
+        if last is not None and mark != last:
+            for channel in (TASKS_READY, CANCEL, EVENTS):
+                context.events.publish(channel, RECHECK)
+        last = mark
 
 
 def task_payload(task: Task, group: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid as uuid_module
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
@@ -209,35 +210,43 @@ async def artifact_download(
     return DownloadResp(url=url, size=artifact.size)
 
 
-async def insert_task(
+async def insert_tasks(
     session: AsyncSession,
     creator_id: int,
-    group: Group,
-    request: SubmitTaskReq,
+    items: Sequence[tuple[Group, SubmitTaskReq]],
     state: TaskState,
     upstream_task_uuid: uuid_module.UUID | None = None,
-) -> Task:
-    """Create a task with the next per-group ``task_id`` (submits and downstream tasks alike)."""
-    task_id = await session.scalar(
-        sa.update(Group)
-        .where(Group.id == group.id)
-        .values(task_count=Group.task_count + 1)
-        .returning(Group.task_count)
-    )
-    task = Task(
-        creator_id=creator_id,
-        group_id=group.id,
-        task_id=task_id,
-        state=state,
-        timeout=int(request.timeout.total_seconds()),
-        priority=request.priority,
-        spec=request.task_spec.model_dump(mode="json"),
-        upstream_task_uuid=upstream_task_uuid,
-        max_attempts=request.max_attempts,
-    )
-    session.add(task)
-    await set_task_marks(session, task, request.tags, request.labels)
-    return task
+) -> list[Task]:
+    """Create tasks in bulk, in order: each group's ``task_id`` range is taken in one UPDATE, and
+    the rows, tags and labels go in one INSERT each (a 10,000-task batch is a handful of
+    statements). Returns the new tasks as detached objects (for answers and events)."""
+    counts = Counter(group.id for group, _ in items)
+    next_ids: dict[int, int] = {}
+    for group_id, count in counts.items():
+        last = await session.scalar(
+            sa.update(Group).where(Group.id == group_id).values(task_count=Group.task_count + count).returning(Group.task_count)
+        )
+        next_ids[group_id] = (last or count) - count + 1
+    moment = now()
+    rows = []
+    for group, request in items:
+        rows.append({
+            "uuid": uuid_module.uuid4(), "creator_id": creator_id, "group_id": group.id, "task_id": next_ids[group.id],
+            "tags": list(request.tags), "labels": list(request.labels), "state": state,
+            "timeout": int(request.timeout.total_seconds()), "priority": request.priority,
+            "spec": request.task_spec.model_dump(mode="json"), "upstream_task_uuid": upstream_task_uuid,
+            "max_attempts": request.max_attempts, "attempts": 0, "cancel_requested": False,
+            "created_at": moment, "updated_at": moment,
+        })
+        next_ids[group.id] += 1
+    if not rows:
+        return []
+    ids = (await session.scalars(sa.insert(Task).returning(Task.id, sort_by_parameter_order=True), rows)).all()
+    for model, column, mark in ((TaskTag, "tags", "tag"), (TaskLabel, "labels", "label")):
+        marks = [{"task_id": task_id, mark: value} for task_id, row in zip(ids, rows, strict=True) for value in row[column]]
+        if marks:
+            await session.execute(sa.insert(model), marks)
+    return [Task(id=task_id, **row) for task_id, row in zip(ids, rows, strict=True)]
 
 
 def task_conditions(request: TaskFilter, group: Group) -> list[sa.ColumnElement[bool]]:
@@ -295,27 +304,28 @@ class TaskService:
     async def submit(self, user: User, request: SubmitTaskReq) -> SubmitTaskResp:
         async with self.context.db.write() as session:
             group = await self._group_with_role(session, user, request.group_name, Role.Write)
-            task = await insert_task(session, user.id, group, request, TaskState.Ready)
+            [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready)
             await task_changed(self.context, session, task)
-            response = SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)
-        return response
+        return SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)
 
     async def submit_many(self, user: User, request: BatchSubmitReq) -> BatchSubmitResp:
         """Submit in order in one transaction; an item refused (group, role) does not stop the rest."""
-        results: list[BatchSubmitItem] = []
         async with self.context.db.write() as session:
             groups: dict[str | None, Group | ApiError] = {}
+            for name in dict.fromkeys(item.group_name for item in request.tasks):
+                try:
+                    groups[name] = await self._group_with_role(session, user, name, Role.Write)
+                except ApiError as exc:
+                    groups[name] = exc
+            accepted = [(groups[item.group_name], item) for item in request.tasks if isinstance(groups[item.group_name], Group)]
+            created = iter(await insert_tasks(session, user.id, accepted, TaskState.Ready))
+            results = []
             for item in request.tasks:
-                if item.group_name not in groups:
-                    try:
-                        groups[item.group_name] = await self._group_with_role(session, user, item.group_name, Role.Write)
-                    except ApiError as exc:
-                        groups[item.group_name] = exc
-                group = groups[item.group_name]
-                if isinstance(group, ApiError):
-                    results.append(BatchSubmitItem(Err=ErrorMsg(msg=group.msg)))
+                refusal = groups[item.group_name]
+                if isinstance(refusal, ApiError):
+                    results.append(BatchSubmitItem(Err=ErrorMsg(msg=refusal.msg)))
                     continue
-                task = await insert_task(session, user.id, group, item, TaskState.Ready)
+                task = next(created)
                 await task_changed(self.context, session, task)
                 results.append(BatchSubmitItem(Ok=SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)))
         return BatchSubmitResp(results=results)

@@ -53,7 +53,7 @@ from mito_lab.server.services.groups import (
 from mito_lab.server.services.logs import append as append_log
 from mito_lab.server.services.tasks import (
     artifact_download,
-    insert_task,
+    insert_tasks,
     load_task,
     now,
     reserve_artifact,
@@ -66,6 +66,7 @@ from mito_lab.wire import (
     CommitOp,
     DownloadResp,
     ExecStateOp,
+    ExecStatesOp,
     LogOp,
     RegisterWorkerReq,
     RegisterWorkerResp,
@@ -114,6 +115,16 @@ def parse_group_spec(spec: str) -> tuple[str, Role]:
         raise InvalidRequest(f"invalid role {role!r} in {spec!r}: use read, write or admin") from None
 
 
+# The statements of every worker request, built once (building SQL costs more than running it here).
+_WORKER_BY_UUID = sa.select(Worker).where(Worker.worker_id == sa.bindparam("worker_uuid"))
+_WORKER_GROUP_NAMES = sa.select(Group.group_name).join(GroupWorker, GroupWorker.group_id == Group.id).where(
+    GroupWorker.worker_id == sa.bindparam("worker_pk")
+)
+_ASSIGNED_TASK = sa.select(Task).where(
+    Task.id == sa.bindparam("task_pk"), Task.assigned_worker_id == sa.bindparam("worker_pk"), Task.archived_at.is_(None)
+)
+
+
 class WorkerService:
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -151,7 +162,7 @@ class WorkerService:
         except ValueError:
             raise WrongCredentials() from None
         async with self.context.db.read() as session:
-            worker = await session.scalar(sa.select(Worker).where(Worker.worker_id == worker_uuid))
+            worker = await session.scalar(_WORKER_BY_UUID, {"worker_uuid": worker_uuid})
         if worker is None:
             raise WrongCredentials()
         return worker
@@ -267,11 +278,7 @@ class WorkerService:
 
     async def report(self, worker: Worker, request: ReportTaskReq) -> ReportTaskResp:
         async with self.context.db.write() as session:
-            task = await session.scalar(
-                sa.select(Task).where(
-                    Task.id == request.id, Task.assigned_worker_id == worker.id, Task.archived_at.is_(None)
-                )
-            )
+            task = await session.scalar(_ASSIGNED_TASK, {"task_pk": request.id, "worker_pk": worker.id})
             if task is None:
                 raise NotFound(f"Task {request.id}")
             op = request.op
@@ -282,9 +289,11 @@ class WorkerService:
                     await task_changed(self.context, session, task)
             elif isinstance(op, LogOp):
                 await append_log(self.context, session, task, op.Log)
-            elif isinstance(op, ExecStateOp):
-                task.exec_state = op.ExecState
-                await task_changed(self.context, session, task)
+            elif isinstance(op, ExecStateOp | ExecStatesOp):
+                task.updated_at = now()
+                for state in op.ExecStates if isinstance(op, ExecStatesOp) else [op.ExecState]:
+                    task.exec_state = state
+                    await task_changed(self.context, session, task)
             elif isinstance(op, UploadOp):
                 upload = await reserve_artifact(self.context, session, task, op.Upload.content_type, op.Upload.content_length)
                 task.updated_at = now()
@@ -313,7 +322,7 @@ class WorkerService:
         )
         if role not in SERVING_ROLES:
             raise PermissionDenied(f"the worker cannot submit to group {group.group_name}")
-        downstream = await insert_task(session, creator.id, group, request, TaskState.Pending, task.uuid)
+        [downstream] = await insert_tasks(session, creator.id, [(group, request)], TaskState.Pending, task.uuid)
         task.downstream_task_uuid = downstream.uuid
         await task_changed(self.context, session, downstream)
 
@@ -374,9 +383,7 @@ class WorkerService:
     async def _announce(self, session: AsyncSession, worker: Worker, event: str, also_to: Iterable[str] = (), **details: Any) -> None:
         """Tell the members of the worker's groups (and of ``also_to``, e.g. a group it just left)
         that it changed, once the transaction commits."""
-        groups = (await session.scalars(
-            sa.select(Group.group_name).join(GroupWorker, GroupWorker.group_id == Group.id).where(GroupWorker.worker_id == worker.id)
-        )).all()
+        groups = (await session.scalars(_WORKER_GROUP_NAMES, {"worker_pk": worker.id})).all()
         worker_changed(self.context, session, worker.worker_id, sorted({*groups, *also_to}), event, **details)
 
     async def restore(self) -> None:
