@@ -23,6 +23,8 @@ CHUNK = 1 << 20
 # A long poll's HTTP timeout is its wait plus this, so the server answers before the client gives up.
 LONG_POLL_SLACK_SECONDS = 30.0
 Progress = Callable[[int], None]
+MAX_ANSWER_BYTES = 256 * 1024 * 1024  # a JSON answer read into memory
+MAX_TRANSFER_BYTES = 1 << 50  # a file streamed to disk
 
 
 class MitoError(Exception):
@@ -66,17 +68,20 @@ class HttpSession:
         self.base_url = base_url.rstrip("/") + "/"
         self.token = token
         self.timeout = timeout
-        self._http = AsyncHTTPClient(force_instance=True, max_body_size=256 * 1024 * 1024)
+        self._http = AsyncHTTPClient(force_instance=True, max_body_size=MAX_ANSWER_BYTES)
+        # downloads are streamed to files, so their size is not bounded by memory
+        self._transfers = AsyncHTTPClient(force_instance=True, max_body_size=MAX_TRANSFER_BYTES)
 
     def close(self) -> None:
         self._http.close()
+        self._transfers.close()
 
     def url(self, path: str) -> str:
         return urljoin(self.base_url, path.lstrip("/"))
 
-    async def _fetch(self, request: HTTPRequest) -> HTTPResponse:
+    async def _fetch(self, request: HTTPRequest, client: AsyncHTTPClient | None = None) -> HTTPResponse:
         try:
-            return await self._http.fetch(request)
+            return await (client or self._http).fetch(request)
         except HTTPClientError as exc:
             if exc.code == 599:
                 raise MitoConnectionError(request.url, str(exc.message or "timeout")) from None
@@ -163,7 +168,7 @@ class HttpSession:
 
             request = HTTPRequest(self.url(url), streaming_callback=consume, request_timeout=24 * 3600)
             try:
-                await self._fetch(request)
+                await self._fetch(request, self._transfers)
             except MitoError as exc:
                 handle.close()
                 if exc.status:  # an error body went to the streaming callback: read its message

@@ -7,6 +7,7 @@ import uuid as uuid_module
 from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -55,10 +56,8 @@ from mito_lab.wire import (
     TaskInfo,
     TaskQueryResp,
     TaskResultMessage,
-    TaskResultSpec,
     TasksCancelReq,
     TasksCancelResp,
-    TaskSpec,
     TasksQueryReq,
     TasksQueryResp,
     TaskState,
@@ -119,34 +118,23 @@ def compare(column: sa.ColumnElement[int], expression: str) -> sa.ColumnElement[
     return _OPERATORS[match.group(1) or "="](column, int(match.group(2)))
 
 
+def task_fields(task: Task, creator: str, group: str) -> dict[str, Any]:
+    """A task as the fields of ``TaskInfo`` (validated by the caller, in bulk for listings)."""
+    archived = task.archived_at is not None and task.exit_status is not None
+    return {
+        "uuid": task.uuid, "creator_username": creator, "group_name": group, "task_id": task.task_id,
+        "tags": task.tags, "labels": task.labels, "created_at": task.created_at, "updated_at": task.updated_at,
+        "state": task.state, "timeout": task.timeout, "priority": task.priority, "spec": task.spec,
+        "result": {"exit_status": task.exit_status, "msg": task.result_msg} if archived else None,
+        "upstream_task_uuid": task.upstream_task_uuid, "downstream_task_uuid": task.downstream_task_uuid,
+        "reporter_uuid": task.reporter_uuid, "attempts": task.attempts, "max_attempts": task.max_attempts,
+        "exec_state": task.exec_state, "cancel_requested": task.cancel_requested,
+        "started_at": task.started_at, "ended_at": task.ended_at,
+    }
+
+
 def task_info(task: Task, creator: str, group: str) -> TaskInfo:
-    result = None
-    if task.archived_at is not None and task.exit_status is not None:
-        result = TaskResultSpec(exit_status=task.exit_status, msg=task.result_msg)
-    return TaskInfo(
-        uuid=task.uuid,
-        creator_username=creator,
-        group_name=group,
-        task_id=task.task_id,
-        tags=task.tags,
-        labels=task.labels,
-        created_at=task.created_at,
-        updated_at=task.updated_at,
-        state=task.state,
-        timeout=task.timeout,
-        priority=task.priority,
-        spec=TaskSpec.model_validate(task.spec),
-        result=result,
-        upstream_task_uuid=task.upstream_task_uuid,
-        downstream_task_uuid=task.downstream_task_uuid,
-        reporter_uuid=task.reporter_uuid,
-        attempts=task.attempts,
-        max_attempts=task.max_attempts,
-        exec_state=task.exec_state,
-        cancel_requested=task.cancel_requested,
-        started_at=task.started_at,
-        ended_at=task.ended_at,
-    )
+    return TaskInfo.model_validate(task_fields(task, creator, group))
 
 
 _INFO_COLUMNS = (Task, User.username, Group.group_name)
@@ -372,8 +360,9 @@ class TaskService:
                 return TasksQueryResp(count=total or 0, tasks=[], group_name=group.group_name)
             # newest first across active and archived tasks together
             rows = (await session.execute(base.order_by(Task.id.desc()).limit(request.limit).offset(request.offset))).all()
-            tasks = [task_info(task, creator, group_name) for task, creator, group_name in rows]
-            return TasksQueryResp(count=len(tasks), tasks=tasks, group_name=group.group_name)
+            # validated in one call: pydantic's core loops over the rows much faster than Python
+            fields = [task_fields(task, creator, group_name) for task, creator, group_name in rows]
+            return TasksQueryResp.model_validate({"count": len(fields), "tasks": fields, "group_name": group.group_name})
 
     # --- cancelling -----------------------------------------------------------------------------
 
