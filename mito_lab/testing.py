@@ -192,6 +192,12 @@ def peak_rss_bytes(pid: int) -> int:
     raise ServiceError(f"no VmHWM for process {pid}")
 
 
+def reset_peak_rss(pid: int) -> None:
+    """Start measuring the peak resident set size afresh (Linux: ``5`` to ``/proc/PID/clear_refs``),
+    so a later ``peak_rss_bytes`` tells the peak of what came after, not of start-up."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time the process has used (Linux ``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
