@@ -10,15 +10,13 @@ import uuid as uuid_module
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import pandas as pd
 from pydantic import BaseModel
 
 from mito_lab.client.credentials import Credentials
 from mito_lab.client.events import Event, EventStream, Listener
-from mito_lab.client.frames import attachments_frame, groups_frame, tasks_frame, workers_frame
 from mito_lab.client.http import HttpSession, MitoError
 from mito_lab.client.progress import ShowProgress, progress_bar
 from mito_lab.client.unpack import extract
@@ -91,6 +89,9 @@ from mito_lab.wire import (
     WorkersShutdownResp,
     md5_password,
 )
+
+if TYPE_CHECKING:  # pandas is imported by the listings that return DataFrames, not by the CLI and workers
+    import pandas as pd
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
 FOLLOW_POLL_SECONDS = 60.0
@@ -441,6 +442,8 @@ class AsyncClient:
             priority=None if priority is None else str(priority),
             reporter_uuid=None if worker is None else uuid_module.UUID(str(worker)),
         )
+        from mito_lab.client.frames import tasks_frame
+
         found: dict[uuid_module.UUID, TaskInfo] = {}
         while limit is None or len(found) < limit:
             page_size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(found))
@@ -461,6 +464,8 @@ class AsyncClient:
         creator: str | None = None,
     ) -> pd.DataFrame:
         """The workers serving a group (default: your own) that match every filter, as a DataFrame."""
+        from mito_lab.client.frames import workers_frame
+
         request = WorkersQueryReq(
             group_name=group,
             tags=None if tags is None else list(tags),
@@ -472,6 +477,8 @@ class AsyncClient:
 
     async def attachments(self, group: str | None = None, key: str | None = None) -> pd.DataFrame:
         """The attachments of a group (default: your own) whose key contains ``key``."""
+        from mito_lab.client.frames import attachments_frame
+
         group = group or self.username or ""
         found: dict[str, Any] = {}
         while True:
@@ -483,6 +490,8 @@ class AsyncClient:
 
     async def groups(self) -> pd.DataFrame:
         """Your groups and your role in each."""
+        from mito_lab.client.frames import groups_frame
+
         return groups_frame(await self.my_groups())
 
     # --- events and waiting ---------------------------------------------------------------------

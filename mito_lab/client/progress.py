@@ -6,8 +6,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tqdm.auto import tqdm
-
 from mito_lab.client.http import Progress
 
 # ``True`` always shows a bar, ``False`` never, ``None`` when someone is watching (a notebook
@@ -34,6 +32,8 @@ def progress_bar(show: ShowProgress, total: int | None, description: str, unit: 
     if not (watched() if show is None else show):
         yield None
         return
+    from tqdm.auto import tqdm  # imported when a bar is shown: it brings IPython along in a notebook
+
     scaled = unit == "B"
     with tqdm(total=total, desc=description, unit=unit, unit_scale=scaled, unit_divisor=1024 if scaled else 1000, leave=False) as bar:
         yield bar.update
