@@ -48,7 +48,7 @@ from mito_lab.testing import (
     stop_process,
     wait_healthy,
 )
-from mito_lab.wire import ArtifactContentType, TasksQueryReq, TaskState
+from mito_lab.wire import TasksQueryReq, TaskState
 
 ADMIN = ("mitosis_admin", "mitosis_admin")
 MB = 1_000_000
@@ -289,26 +289,34 @@ def submit_and_list(database: str, sizes: Sizes) -> dict[str, Any]:
 # --- transfers ----------------------------------------------------------------------------------
 
 
-def transfer_child(spec: dict[str, Any]) -> None:
-    """In its own process, so its peak RSS is the transfer's: upload or download one artifact."""
+# Run in its own small process (only the SDK imported), so its peak RSS is the transfer's.
+TRANSFER_CHILD = """
+import asyncio, json, os, sys, time
+from pathlib import Path
+from mito_lab.client.api import AsyncClient
+from mito_lab.testing import peak_rss_bytes, reset_peak_rss
+from mito_lab.wire import ArtifactContentType
 
-    async def move() -> float:
-        async with AsyncClient(spec["url"], spec["token"]) as client:
-            reset_peak_rss(os.getpid())  # the transfer's own footprint, not the imports'
-            started = time.perf_counter()
-            if spec["direction"] == "up":
-                await client.upload_artifact(spec["task"], ArtifactContentType.result, Path(spec["file"]), progress=False)
-            else:
-                await client.download_artifact(spec["task"], ArtifactContentType.result, Path(spec["file"]), progress=False)
-            return time.perf_counter() - started
+spec = json.loads(sys.argv[1])
 
-    seconds = asyncio.run(move())
-    print(json.dumps({"seconds": seconds, "peak_rss": peak_rss_bytes(os.getpid())}))
+async def move():
+    async with AsyncClient(spec["url"], spec["token"]) as client:
+        reset_peak_rss(os.getpid())
+        started = time.perf_counter()
+        if spec["direction"] == "up":
+            await client.upload_artifact(spec["task"], ArtifactContentType.result, Path(spec["file"]), progress=False)
+        else:
+            await client.download_artifact(spec["task"], ArtifactContentType.result, Path(spec["file"]), progress=False)
+        return time.perf_counter() - started
+
+seconds = asyncio.run(move())
+print(json.dumps({"seconds": seconds, "peak_rss": peak_rss_bytes(os.getpid())}))
+"""
 
 
 def _transfer(platform: Coordinator, token: str, task: str, direction: str, file: Path) -> dict[str, float]:
     spec = json.dumps({"url": platform.url, "token": token, "task": task, "direction": direction, "file": str(file)})
-    done = subprocess.run([sys.executable, __file__, "--transfer-child", spec], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", TRANSFER_CHILD, spec], capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
 
 
@@ -420,12 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test of the harness")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/report.json"))
     parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
-    parser.add_argument("--transfer-child", help=argparse.SUPPRESS)
     parser.add_argument("--fleet-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.transfer_child:
-        transfer_child(json.loads(args.transfer_child))
-        return 0
     if args.fleet_child:
         fleet_child(json.loads(args.fleet_child))
         return 0
