@@ -4,6 +4,7 @@ task's state must change on screen. A screenshot is kept in ``test-artifacts/``.
 
 from __future__ import annotations
 
+import re
 import secrets
 import shutil
 import sys
@@ -60,9 +61,11 @@ def test_the_dashboard_renders_and_follows_a_task_in_chromium(lab_url: str) -> N
                         raise
                     time.sleep(0.5)
             expect(page.locator(".jp-Notebook")).to_be_visible(timeout=60_000)
-            expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_be_visible(timeout=60_000)  # the kernel is up
+            # the kernel has started and is idle (the status bar says so once it really is)
+            expect(page.locator("#jp-main-statusbar").get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=120_000)
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_text("Run All Cells", exact=True).click()
+            expect(page.locator(".jp-CodeCell .jp-InputPrompt").first).to_have_text(re.compile(r"\[(\*|\d+)\]:"), timeout=30_000)
             board = page.locator(".widget-tab").first
             expect(board).to_be_visible(timeout=90_000)  # the dashboard's tabs rendered
             waiting = board.get_by_text("Ready").or_(board.get_by_text("Running")).first
