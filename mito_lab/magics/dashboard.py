@@ -73,7 +73,7 @@ class Dashboard(w.VBox):
         self.tasks: dict[uuid_module.UUID, TaskInfo] = {}
         self.rows: dict[uuid_module.UUID, TaskRow] = {}
         self.workers: dict[uuid_module.UUID, WorkerInfo] = {}
-        self._pending_tasks: set[str] = set()
+        self._reading: dict[str, bool] = {}  # tasks being read -> did an event come meanwhile?
         self._follow: asyncio.Task[None] | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._stop_listening: Any = None
@@ -237,8 +237,9 @@ class Dashboard(w.VBox):
             else:
                 del self.tasks[task_uuid]
             self._render_tasks()
-        elif event.get("group") == self.group.value and event["uuid"] not in self._pending_tasks:
-            self._pending_tasks.add(event["uuid"])
+        elif event["uuid"] in self._reading:
+            self._reading[event["uuid"]] = True  # what is being read may already be stale
+        elif event.get("group") == self.group.value:
             asyncio.ensure_future(self._add_task(task_uuid))
         self._track_worker_task(event, task_uuid)
 
@@ -257,10 +258,16 @@ class Dashboard(w.VBox):
         self._render_workers()
 
     async def _add_task(self, task_uuid: uuid_module.UUID) -> None:
+        """A task first heard of: read it, again if it changed while it was being read."""
+        key = str(task_uuid)
         try:
-            info = (await self.client.aio.get_task(task_uuid)).info
+            while True:
+                self._reading[key] = False
+                info = (await self.client.aio.get_task(task_uuid)).info
+                if not self._reading[key]:
+                    break
         finally:
-            self._pending_tasks.discard(str(task_uuid))
+            self._reading.pop(key, None)
         if self._matches(info):
             self.tasks[task_uuid] = info
             self._render_tasks()
