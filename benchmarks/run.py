@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from mito_lab.testing import (
     spawn,
     stop_process,
     wait_healthy,
+    wait_until,
 )
 from mito_lab.wire import TasksQueryReq, TaskState
 
@@ -114,14 +115,6 @@ def coordinator(database: str, *args: str) -> Iterator[Coordinator]:
             yield Coordinator(f"http://127.0.0.1:{port}", process, home, database_url)
         finally:
             stop_process(process)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def finished_count(client: Client) -> int:

@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,18 @@ def free_port_pair() -> int:
         if port + 10000 < 65536 and _port_free(port + 10000):
             return port
     raise ServiceError("no free port pair")
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30, interval: float = 0.1) -> Any:
+    """Call ``condition`` until it returns something true, and return that; ``TimeoutError`` after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:

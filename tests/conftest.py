@@ -250,14 +250,25 @@ def platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platfor
     running.stop()
 
 
+def login_env(platform: Platform) -> dict[str, str]:
+    """The variables with which the SDK and ``%mito connect`` log in as the admin."""
+    return {"MITO_COORDINATOR": platform.url, "MITO_USER": ADMIN[0], "MITO_PASSWORD": ADMIN[1]}
+
+
+def adopt_env(platform: Platform, monkeypatch: pytest.MonkeyPatch, **extra: str) -> None:
+    """This test process (and the kernels it starts) takes the platform's isolated environment:
+    private config/cache/data dirs, and no MITO_* variables but ``extra``."""
+    env = platform.env(**extra)
+    for name in [n for n in os.environ if n.startswith("MITO_") and n not in env]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture
 def client(platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
     """The SDK's synchronous client, logged in as the admin, in a private home and directory."""
-    for name, value in platform.env().items():
-        if name.startswith("XDG_"):
-            monkeypatch.setenv(name, value)
-    for name in [n for n in os.environ if n.startswith("MITO_")]:
-        monkeypatch.delenv(name)
+    adopt_env(platform, monkeypatch)
     monkeypatch.chdir(tmp_path)
     connected = Client(platform.url, *ADMIN, credential_path=tmp_path / "credentials")
     yield connected

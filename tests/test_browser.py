@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ADMIN, Platform, free_port, require_service, start_platform, stop_process
+from conftest import Platform, free_port, login_env, require_service, start_platform, stop_process
 from mito_lab.testing import spawn
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,7 +31,7 @@ def lab_url(tmp_path: Path) -> Iterator[str]:
     folder = tmp_path / "notebooks"
     shutil.copytree(NOTEBOOKS, folder)
     port, token = free_port(), secrets.token_hex(16)
-    env = platform.env(MITO_COORDINATOR=platform.url, MITO_USER=ADMIN[0], MITO_PASSWORD=ADMIN[1], JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter"))
+    env = platform.env(**login_env(platform), JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter"))
     lab = spawn([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
                  f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--ServerApp.open_browser=False", "--allow-root"],
                 tmp_path / "jupyterlab.log", env, cwd=folder)

@@ -3,25 +3,18 @@ cancel, result and logs buttons, and the workers tab (the kernel tests show it s
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import functools
 from pathlib import Path
 from typing import Any
 
 from conftest import ADMIN, Platform
 from mito_lab import Client
 from mito_lab.magics.dashboard import Dashboard
+from mito_lab.testing import wait_until
 from mito_lab.wire import TaskState
 
 
-def eventually(condition: Callable[[], Any], what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"the dashboard never showed {what}")
+eventually = functools.partial(wait_until, timeout=60, interval=0.05)
 
 
 def rows(board: Dashboard) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import ADMIN, Platform, start_platform
+from conftest import Platform, adopt_env, login_env, start_platform
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
@@ -22,8 +22,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
     try:
         platform.start_worker()
         platform.start_worker()
-        for name, value in platform.env(MITO_COORDINATOR=platform.url, MITO_USER=ADMIN[0], MITO_PASSWORD=ADMIN[1]).items():
-            monkeypatch.setenv(name, value)
+        adopt_env(platform, monkeypatch, **login_env(platform))
         yield platform
     finally:
         platform.stop()

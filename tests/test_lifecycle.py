@@ -16,17 +16,8 @@ from typing import Any
 from tornado.websocket import websocket_connect
 
 from conftest import Platform, http, start_platform
+from mito_lab.testing import wait_until as wait_for
 from test_dispatch import fetch, register, report, submit
-
-
-def wait_for(condition: Any, what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def processes_with(marker: str) -> list[str]:

@@ -16,14 +16,10 @@ import pytest
 from jupyter_client.manager import KernelManager, start_new_kernel
 from nbclient import NotebookClient
 
-from conftest import ADMIN, Platform, start_platform
+from conftest import ADMIN, Platform, adopt_env, login_env, start_platform
 from test_sweeps import EXPERIMENT
 
 Message = dict[str, Any]
-
-
-def kernel_env(platform: Platform) -> dict[str, str]:
-    return platform.env(MITO_COORDINATOR=platform.url, MITO_USER=ADMIN[0], MITO_PASSWORD=ADMIN[1])
 
 
 @pytest.fixture
@@ -39,7 +35,7 @@ class Kernel:
 
     def __init__(self, platform: Platform) -> None:
         self.manager: KernelManager
-        self.manager, self.client = start_new_kernel(kernel_name="python3", env=kernel_env(platform), cwd=str(platform.home))
+        self.manager, self.client = start_new_kernel(kernel_name="python3", env=platform.env(**login_env(platform)), cwd=str(platform.home))
         self.seen: list[Message] = []
 
     def execute(self, code: str) -> list[Message]:
@@ -125,8 +121,7 @@ def test_magics_return_dataframes_and_handles(live: Platform, tmp_path: Path, mo
         f"s = %mito sweep {EXPERIMENT} -p lr 0.01 -p seed 1,2 -n nb\ns.wait(timeout=120).results()[['seed', 'exit_status']].values.tolist()",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
-    for name, value in kernel_env(live).items():
-        monkeypatch.setenv(name, value)
+    adopt_env(live, monkeypatch, **login_env(live))
     NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
 
     def out(index: int) -> str:

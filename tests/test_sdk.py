@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import mito_lab.client.api
-from conftest import ADMIN, Platform
+from conftest import ADMIN, Platform, adopt_env, login_env
 from mito_lab import Client, MitoError
 from mito_lab.client.frames import TASK_COLUMNS
 from mito_lab.wire import TaskState
@@ -106,17 +106,14 @@ def test_cancel_timeout_and_a_missing_result_are_clear(platform: Platform, clien
 
 
 def test_login_needs_credentials_somewhere(platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in platform.env().items():
-        if name.startswith("XDG_"):
-            monkeypatch.setenv(name, value)
+    adopt_env(platform, monkeypatch)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(MitoError, match="not logged in"):
         Client(platform.url, credential_path=tmp_path / "none")
     with pytest.raises(MitoError, match="Wrong credentials"):
         Client(platform.url, ADMIN[0], "wrong", credential_path=tmp_path / "none")
-    monkeypatch.setenv("MITO_COORDINATOR", platform.url)
-    monkeypatch.setenv("MITO_USER", ADMIN[0])
-    monkeypatch.setenv("MITO_PASSWORD", ADMIN[1])
+    for name, value in login_env(platform).items():
+        monkeypatch.setenv(name, value)
     with Client(credential_path=tmp_path / "saved") as from_environment:
         assert from_environment.whoami() == ADMIN[0]
     monkeypatch.delenv("MITO_PASSWORD")

@@ -4,17 +4,16 @@ sweep from a new client, the CLI and the magic."""
 
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import ADMIN, Platform, start_platform
+from conftest import ADMIN, Platform, adopt_env, start_platform
 from mito_lab import Client, MitoError
 from mito_lab.sweeps import expand, record
+from mito_lab.testing import wait_until
 
 EXPERIMENT = Path(__file__).parent.parent / "notebooks" / "experiment.ipynb"
 
@@ -24,11 +23,7 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Platf
     """A platform with two workers (the sweep logic is the client's: one database is enough)."""
     platform = start_platform(tmp_path / "platform")
     try:
-        for name, value in platform.env().items():
-            if name.startswith("XDG_"):
-                monkeypatch.setenv(name, value)
-        for name in [n for n in os.environ if n.startswith("MITO_")]:
-            monkeypatch.delenv(name)
+        adopt_env(platform, monkeypatch)
         monkeypatch.chdir(tmp_path)
         platform.start_worker()
         platform.start_worker()
@@ -44,9 +39,7 @@ def test_a_grid_sweep_with_a_failing_run(lab: tuple[Platform, Client], tmp_path:
     bar = sweep.progress()
     assert bar.bar.max == 6 and bar.bar.value < 6
     sweep.wait(timeout=240)
-    deadline = time.monotonic() + 30
-    while bar.bar.value < 6 and time.monotonic() < deadline:  # the widget follows the event stream
-        time.sleep(0.05)
+    wait_until(lambda: bar.bar.value == 6, "the widget to count every run (it follows the event stream)", interval=0.05)
     assert bar.bar.value == 6 and bar.bar.bar_style == "danger" and "5 succeeded · 1 failed" in bar.summary.value
     results = sweep.results()
     assert list(results[["lr", "seed"]].itertuples(index=False, name=None)) == [
