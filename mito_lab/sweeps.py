@@ -19,12 +19,14 @@ import os
 import secrets
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mito_lab.client.http import MitoError
+from mito_lab.client.views import failed
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -249,6 +251,8 @@ class Sweep:
         Result artifacts are downloaded ``concurrency`` at a time, once (they are cached)."""
         import pandas as pd
 
+        from mito_lab.client.frames import TASK_STATES
+
         runs = self.runs()
         folders = self.client.run(self._download(runs, concurrency))
         rows = []
@@ -267,7 +271,7 @@ class Sweep:
                 "error": outcome.get("error") or (info.result.msg.value if info.result and info.result.msg else None),
             })
         frame = pd.DataFrame(rows)
-        frame["state"] = frame["state"].astype(pd.CategoricalDtype(["Pending", "Ready", "Running", "Finished", "Cancelled"], ordered=True))
+        frame["state"] = frame["state"].astype(TASK_STATES)
         for column in ("exit_status", "failed_cell"):
             frame[column] = frame[column].astype("Int64")
         frame["duration"] = pd.to_timedelta(frame["duration"])
@@ -304,11 +308,10 @@ class Sweep:
         """Run the failed runs again (as new tasks with the same command and labels)."""
         from mito_lab.wire import SubmitTaskReq
 
-        failed = [info for info in self.runs() if info.result is not None and (info.result.exit_status != 0 or info.state.value == "Cancelled")]
         requests = [
             SubmitTaskReq(group_name=info.group_name, tags=info.tags, labels=info.labels, timeout=timedelta(seconds=info.timeout),
                           priority=info.priority, task_spec=info.spec, max_attempts=info.max_attempts)
-            for info in failed
+            for info in self.runs() if failed(info)
         ]
         if not requests:
             return []
@@ -338,9 +341,7 @@ class Sweep:
 def _outcome(info: "TaskInfo") -> str:
     if info.result is None:
         return info.state.value
-    if info.state.value == "Finished" and info.result.exit_status == 0:
-        return "Succeeded"
-    return "Failed"
+    return "Failed" if failed(info) else "Succeeded"
 
 
 def _read_outcome(folder: Path | None) -> dict[str, Any]:
@@ -362,29 +363,24 @@ def list_sweeps(client: "Client", group: str | None = None) -> "pd.DataFrame":
     """The sweeps of a group: name, notebook, runs, outcome counts, first submission."""
     import pandas as pd
 
-    tasks = client.tasks(group, labels=[SWEEP_LABEL])
+    from mito_lab.wire import TasksQueryReq
+
+    by_sweep: dict[str, list[TaskInfo]] = {}
+    for info in client.query_tasks(TasksQueryReq(group_name=group, labels=[SWEEP_LABEL])).tasks:
+        name = next(label[len(SWEEP_PREFIX):] for label in info.labels if label.startswith(SWEEP_PREFIX))
+        by_sweep.setdefault(name, []).append(info)
     rows = []
-    for name, runs in _by_sweep(tasks).items():
-        latest = runs.sort_values("task_id").groupby(runs["labels"].map(_run_label), sort=False).tail(1)
-        counts = latest["state"].astype(str).value_counts().to_dict()
-        failed = int(((latest["exit_status"].fillna(0) != 0) | (latest["state"] == "Cancelled")).sum())
+    for name, tasks in by_sweep.items():
+        runs = latest_runs(tasks)
+        states = Counter(info.state.value for info in runs)
         rows.append({
-            "sweep": name, "notebook": Path(str(runs["command"].iloc[0]).rsplit(" ", 1)[-1]).name, "runs": len(latest),
-            "finished": counts.get("Finished", 0), "failed": failed,
-            "waiting": counts.get("Ready", 0) + counts.get("Pending", 0), "running": counts.get("Running", 0),
-            "submitted_at": runs["created_at"].min(),
+            "sweep": name, "notebook": Path(tasks[0].spec.args[-1]).name, "runs": len(runs),
+            "finished": states["Finished"], "failed": sum(failed(info) for info in runs),
+            "waiting": states["Ready"] + states["Pending"], "running": states["Running"],
+            "submitted_at": pd.Timestamp(min(info.created_at for info in tasks)),
         })
     columns = ["sweep", "notebook", "runs", "finished", "failed", "waiting", "running", "submitted_at"]
     return pd.DataFrame(rows, columns=columns).sort_values("submitted_at", ascending=False, ignore_index=True)
-
-
-def _run_label(labels: list[str]) -> str:
-    return next((label for label in labels if label.startswith(RUN_PREFIX)), "")
-
-
-def _by_sweep(tasks: "pd.DataFrame") -> dict[str, "pd.DataFrame"]:
-    names = tasks["labels"].map(lambda labels: next((label[len(SWEEP_PREFIX):] for label in labels if label.startswith(SWEEP_PREFIX)), None))
-    return {name: group for name, group in tasks.groupby(names, sort=False)}
 
 
 # --- on the worker ------------------------------------------------------------------------------

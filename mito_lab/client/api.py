@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid as uuid_module
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel
@@ -29,6 +29,7 @@ from mito_lab.wire import (
     ArtifactsListReq,
     AttachmentKeysReq,
     AttachmentMetadata,
+    AttachmentQueryInfo,
     AttachmentsDownloadResp,
     AttachmentsQueryReq,
     AttachmentsQueryResp,
@@ -93,6 +94,7 @@ from mito_lab.wire import (
 if TYPE_CHECKING:  # pandas is imported by the listings that return DataFrames, not by the CLI and workers
     import pandas as pd
 
+RowT = TypeVar("RowT")
 DEFAULT_COORDINATOR = "http://127.0.0.1:5000"
 FOLLOW_POLL_SECONDS = 60.0
 # Listings are read this many rows at a time (offset paging; rows seen twice are dropped).
@@ -170,6 +172,22 @@ def task_request(
         task_spec=spec,
         max_attempts=max_attempts,
     )
+
+
+async def every_page(
+    read: Callable[[int, int], Awaitable[list[RowT]]], key: Callable[[RowT], Hashable], limit: int | None = None
+) -> list[RowT]:
+    """Every row of a paged listing (``read(offset, size)``), ``PAGE_SIZE`` at a time, each once:
+    with offset paging, a row added meanwhile shifts the others, and a row read twice is dropped."""
+    found: dict[Hashable, RowT] = {}
+    while limit is None or len(found) < limit:
+        size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(found))
+        page = await read(len(found), size)
+        for row in page:
+            found.setdefault(key(row), row)
+        if len(page) < size:
+            break
+    return list(found.values())
 
 
 class AsyncClient:
@@ -444,15 +462,10 @@ class AsyncClient:
         )
         from mito_lab.client.frames import tasks_frame
 
-        found: dict[uuid_module.UUID, TaskInfo] = {}
-        while limit is None or len(found) < limit:
-            page_size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(found))
-            page = await self.query_tasks(filters.model_copy(update={"limit": page_size, "offset": len(found)}))
-            for task in page.tasks:
-                found.setdefault(task.uuid, task)
-            if len(page.tasks) < page_size:
-                break
-        return tasks_frame(list(found.values()))
+        async def page(offset: int, size: int) -> list[TaskInfo]:
+            return (await self.query_tasks(filters.model_copy(update={"limit": size, "offset": offset}))).tasks
+
+        return tasks_frame(await every_page(page, lambda task: task.uuid, limit))
 
     async def workers(
         self,
@@ -480,13 +493,11 @@ class AsyncClient:
         from mito_lab.client.frames import attachments_frame
 
         group = group or self.username or ""
-        found: dict[str, Any] = {}
-        while True:
-            page = await self.query_attachments(group, AttachmentsQueryReq(key=key, limit=PAGE_SIZE, offset=len(found)))
-            for attachment in page.attachments:
-                found.setdefault(attachment.key, attachment)
-            if len(page.attachments) < PAGE_SIZE:
-                return attachments_frame(list(found.values()))
+
+        async def page(offset: int, size: int) -> list[AttachmentQueryInfo]:
+            return (await self.query_attachments(group, AttachmentsQueryReq(key=key, limit=size, offset=offset))).attachments
+
+        return attachments_frame(await every_page(page, lambda attachment: attachment.key))
 
     async def groups(self) -> pd.DataFrame:
         """Your groups and your role in each."""

@@ -77,14 +77,10 @@ class EventStream:
         while True:
             try:
                 self._connection = await self._connect()
-            except HTTPClientError as exc:
-                if exc.code in (401, 403):
+            except (HTTPClientError, OSError) as exc:
+                if isinstance(exc, HTTPClientError) and exc.code in (401, 403):
                     self._dispatch({"kind": "closed", "msg": f"the coordinator refused the event stream ({exc.code})"})
                     return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
-                continue
-            except OSError:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 continue

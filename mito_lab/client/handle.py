@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from mito_lab.client.progress import ShowProgress, watched
+from mito_lab.client.progress import ShowProgress, wanted
 from mito_lab.client.views import task_html, updated_info
 from mito_lab.wire import TaskExecState, TaskInfo, TaskState
 
@@ -79,8 +79,7 @@ class TaskHandle:
     def wait(self, timeout: float | None = None, progress: ShowProgress = None) -> TaskInfo:
         """Block until the task has ended and its outcome is committed; returns its final info.
         Shows a progress bar (in a notebook or a terminal, or when ``progress=True``)."""
-        bar = tqdm(total=_STEPS, desc="waiting", bar_format="{desc} |{bar}| [{elapsed}]", leave=False) if (
-            watched() if progress is None else bool(progress)) else None
+        bar = tqdm(total=_STEPS, desc="waiting", bar_format="{desc} |{bar}| [{elapsed}]", leave=False) if wanted(progress) else None
 
         def changed(info: TaskInfo) -> None:
             self._info = info

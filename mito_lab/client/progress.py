@@ -23,13 +23,17 @@ def watched() -> bool:
     return sys.stderr.isatty()
 
 
+def wanted(show: ShowProgress) -> bool:
+    return watched() if show is None else bool(show)
+
+
 @contextmanager
 def progress_bar(show: ShowProgress, total: int | None, description: str, unit: str = "B") -> Iterator[Progress | None]:
     """A callback that advances a bar by a count (bytes by default), or ``None`` for no bar."""
     if callable(show):
         yield show
         return
-    if not (watched() if show is None else show):
+    if not wanted(show):
         yield None
         return
     from tqdm.auto import tqdm  # imported when a bar is shown: it brings IPython along in a notebook

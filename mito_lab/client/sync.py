@@ -133,17 +133,13 @@ class Client:
         config = load_config("client", ClientConfig, None if config_path is None else Path(config_path), flags)
         self._thread = LoopThread()
         try:
-            self.aio = self._thread.run(self._connect(config, config.user, config.password))
-        except NoCredentials:
-            if ask is None:
-                self._thread.stop()
-                raise
-            name, secret = ask(config.user)  # asked here, in the caller's thread: a notebook's input box works
             try:
+                self.aio = self._thread.run(self._connect(config, config.user, config.password))
+            except NoCredentials:
+                if ask is None:
+                    raise
+                name, secret = ask(config.user)  # asked here, in the caller's thread: a notebook's input box works
                 self.aio = self._thread.run(self._connect(config, name, secret))
-            except BaseException:
-                self._thread.stop()
-                raise
         except BaseException:
             self._thread.stop()
             raise

@@ -21,10 +21,6 @@ UNKNOWN_COLOR = "#616161"
 FAILED_COLOR = "#c62828"
 
 
-def parse_time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
-
-
 def updated_info(info: TaskInfo, event: dict[str, Any]) -> TaskInfo:
     """``info`` with the changes a task event carries (see ``server/services/activity.py``)."""
     changes: dict[str, Any] = {
@@ -32,8 +28,8 @@ def updated_info(info: TaskInfo, event: dict[str, Any]) -> TaskInfo:
         "exec_state": event.get("exec_state"),
         "attempts": event.get("attempts", info.attempts),
         "cancel_requested": event.get("cancel_requested", info.cancel_requested),
-        "started_at": parse_time(event.get("started_at")),
-        "ended_at": parse_time(event.get("ended_at")),
+        "started_at": event.get("started_at"),  # ISO text: validated below like any answer
+        "ended_at": event.get("ended_at"),
     }
     if event.get("archived") and event.get("exit_status") is not None:
         message = event.get("msg")

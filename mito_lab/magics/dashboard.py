@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from mito_lab.client.http import MitoError
-from mito_lab.client.views import STATE_COLORS, duration_text, failed, parse_time, state_badge, updated_info
+from mito_lab.client.views import STATE_COLORS, duration_text, failed, state_badge, updated_info
 from mito_lab.wire import TaskInfo, TasksQueryReq, TaskState, WorkerInfo, WorkerQueryResp, WorkersQueryReq
 
 if TYPE_CHECKING:
@@ -278,8 +278,7 @@ class Dashboard(w.VBox):
             if self.workers.pop(worker_uuid, None) is not None:
                 self._render_workers()
         elif event.get("event") == "heartbeat" and worker_uuid in self.workers:
-            moment = parse_time(event.get("last_heartbeat"))
-            self.workers[worker_uuid] = self.workers[worker_uuid].model_copy(update={"last_heartbeat": moment})
+            self.workers[worker_uuid] = WorkerInfo.model_validate({**self.workers[worker_uuid].model_dump(), "last_heartbeat": event["last_heartbeat"]})
             self._render_workers()
         else:
             asyncio.ensure_future(self._add_worker(worker_uuid))

@@ -455,7 +455,7 @@ class WorkerService:
     # --- management by users ------------------------------------------------------------------
 
     async def _worker(self, session: AsyncSession, worker_uuid: uuid_module.UUID) -> Worker:
-        worker = await session.scalar(sa.select(Worker).where(Worker.worker_id == worker_uuid))
+        worker = await session.scalar(_WORKER_BY_UUID, {"worker_uuid": worker_uuid})
         if worker is None:
             raise NotFound(f"Worker {worker_uuid}")
         return worker
@@ -603,7 +603,7 @@ class WorkerService:
         done: list[uuid_module.UUID] = []
         async with self.context.db.write() as session:
             for worker_uuid in request.uuids:
-                worker = await session.scalar(sa.select(Worker).where(Worker.worker_id == worker_uuid))
+                worker = await session.scalar(_WORKER_BY_UUID, {"worker_uuid": worker_uuid})
                 if worker is None:
                     continue
                 try:
