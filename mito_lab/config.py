@@ -8,6 +8,7 @@ Precedence, lowest to highest (as the reference): built-in defaults, the global 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -98,7 +99,10 @@ def parse_size(text: str | int) -> int:
     number, unit = float(match.group(1)), match.group(2).upper()
     prefix = unit.rstrip("B").rstrip("I")
     base = 1024 if "I" in unit else 1000
-    return int(number * base ** _SIZE_POWERS[prefix])
+    size = number * base ** _SIZE_POWERS[prefix]
+    if not math.isfinite(size):
+        raise ValueError(f"size {text!r} is too large")
+    return int(size)
 
 
 # --- well-known directories ---------------------------------------------------------------------

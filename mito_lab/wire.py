@@ -13,11 +13,13 @@ from enum import Enum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    Strict,
     field_validator,
     model_validator,
 )
@@ -58,7 +60,7 @@ WireDuration = Annotated[
 ]
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,255}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, description="1-255 characters of A-Z a-z 0-9 _ -")]
-Md5Password = Annotated[list[Annotated[int, Field(ge=0, le=255)]], Field(min_length=16, max_length=16)]
+Md5Password = Annotated[list[Annotated[int, Strict(), Field(ge=0, le=255)]], Field(min_length=16, max_length=16)]
 
 
 def md5_password(password: str) -> list[int]:
@@ -67,11 +69,24 @@ def md5_password(password: str) -> list[int]:
 
 
 def _dedupe(values: Any) -> Any:
-    """Sets travel as JSON arrays; duplicates collapse, order is kept."""
+    """Sets travel as JSON arrays; duplicates collapse, order is kept. Items of the wrong type are
+    left for the item validator to refuse."""
     if isinstance(values, (list, tuple)):
-        return list(dict.fromkeys(values))
+        try:
+            return list(dict.fromkeys(values))
+        except TypeError:  # unhashable items (objects, arrays)
+            return values
     return values
 
+
+# Numbers and flags in requests are strict: ``false`` is not 0 and ``"yes"`` is not true.
+INT32_MAX = 2**31 - 1
+Int32 = Annotated[int, Strict(), Field(ge=-(2**31), le=INT32_MAX)]
+"""Priorities, exit statuses and task ids: what the database's integer columns hold."""
+MAX_SIZE = 2**62
+Size = Annotated[int, Strict(), Field(ge=0, le=MAX_SIZE)]
+"""Byte counts, offsets and page sizes: non-negative and within the database's 64-bit columns."""
+Flag = Annotated[bool, Strict()]
 
 StrSet = Annotated[list[Annotated[str, Field(min_length=1, max_length=255)]], BeforeValidator(_dedupe)]
 
@@ -256,7 +271,7 @@ class _PasswordReq(Request):
 
 class LoginReq(_PasswordReq):
     username: str = Field(max_length=255)
-    retain: bool = False
+    retain: Flag = False
 
 
 class LoginResp(Response):
@@ -265,7 +280,7 @@ class LoginResp(Response):
 
 class CreateUserReq(_PasswordReq):
     username: Name
-    admin: bool = False
+    admin: Flag = False
 
 
 class ChangePasswordReq(Request):
@@ -286,7 +301,7 @@ class UserStateResp(Response):
 
 
 class GroupQuotaReq(Request):
-    group_quota: str = Field(pattern=r"^[+=-]?\d+$")
+    group_quota: str = Field(pattern=r"^[+=-]?\d+$", max_length=32)
 
 
 class GroupQuotaResp(Response):
@@ -294,7 +309,7 @@ class GroupQuotaResp(Response):
 
 
 class StorageQuotaReq(Request):
-    storage_quota: str
+    storage_quota: str = Field(max_length=64, description='a size such as "10GiB", "=10GiB", "+500MB" or "-1GB"')
 
 
 class StorageQuotaResp(Response):
@@ -343,7 +358,7 @@ class RemoveGroupMembersReq(Request):
 
 class UploadAttachmentReq(Request):
     key: str = Field(min_length=1, max_length=1023)
-    content_length: int = Field(ge=0)
+    content_length: Size
 
 
 class UploadResp(Response):
@@ -360,9 +375,9 @@ class AttachmentMetadata(Response):
 
 class AttachmentsQueryReq(Request):
     key: str | None = None
-    limit: int | None = Field(default=None, ge=0)
-    offset: int | None = Field(default=None, ge=0)
-    count: bool = False
+    limit: Size | None = None
+    offset: Size | None = None
+    count: Flag = False
 
 
 class AttachmentQueryInfo(AttachmentMetadata):
@@ -419,7 +434,7 @@ def relative_path_problem(path: str) -> str | None:
     return None
 
 
-def check_relative_path(path: str) -> str:
+def _relative_path(path: str) -> str:
     if relative_path_problem(path) is not None:
         raise ValueError("Resource local path is absolute or contains `..`")  # the reference's wording
     return path
@@ -444,14 +459,14 @@ class AttachmentSource(Request):
 
 class RemoteResourceDownload(Request):
     remote_file: ArtifactSource | AttachmentSource
-    local_path: Annotated[str, BeforeValidator(check_relative_path)]
+    local_path: Annotated[str, AfterValidator(_relative_path)]
 
 
 class TaskSpec(Request):
     args: list[str] = Field(min_length=1)
     envs: dict[str, str] = {}
     resources: list[RemoteResourceDownload] = []
-    terminal_output: bool = False
+    terminal_output: Flag = False
     watch: tuple[UUID, TaskExecState] | None = None
 
     @field_validator("args")
@@ -462,7 +477,7 @@ class TaskSpec(Request):
         return args
 
 
-TaskTimeout = Annotated[WireDuration, Field(gt=timedelta(0))]
+TaskTimeout = Annotated[WireDuration, Field(gt=timedelta(0), le=timedelta(seconds=INT32_MAX))]
 
 
 class SubmitTaskReq(Request):
@@ -470,9 +485,9 @@ class SubmitTaskReq(Request):
     tags: StrSet = []
     labels: StrSet = []
     timeout: TaskTimeout = timedelta(minutes=10)
-    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
+    priority: Int32 = 0
     task_spec: TaskSpec
-    max_attempts: int = Field(default=3, ge=1, le=100, description="runs allowed when workers are lost")
+    max_attempts: Annotated[int, Strict()] = Field(default=3, ge=1, le=100, description="runs allowed when workers are lost")
 
 
 class SubmitTaskResp(Response):
@@ -483,7 +498,7 @@ class SubmitTaskResp(Response):
 class ChangeTaskReq(Request):
     tags: StrSet | None = None
     timeout: TaskTimeout | None = None
-    priority: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
+    priority: Int32 | None = None
     task_spec: TaskSpec | None = None
 
 
@@ -496,12 +511,22 @@ class UpdateTagsReq(Request):
 
 
 class TaskResultSpec(Request):
-    exit_status: int
+    exit_status: Int32
     msg: TaskResultMessage | None = None
 
 
-COMPARISON_PATTERN = r"^\s*(=|!=|<=|>=|<|>)?\s*(-?\d+)\s*$"
+COMPARISON_PATTERN = r"^\s*(=|!=|<=|>=|<|>)?\s*(-?\d{1,10})\s*$"
 """``exit_status`` and ``priority`` filters: ``N``, ``=N``, ``!=N``, ``<N``, ``<=N``, ``>N``, ``>=N``."""
+
+
+def _int32_comparison(expression: str) -> str:
+    number = int(re.match(COMPARISON_PATTERN, expression).group(2))  # type: ignore[union-attr]
+    if not -(2**31) <= number <= INT32_MAX:
+        raise ValueError(f"{number} is out of range ({-(2**31)} to {INT32_MAX})")
+    return expression
+
+
+Comparison = Annotated[str, Field(pattern=COMPARISON_PATTERN), AfterValidator(_int32_comparison)]
 
 
 class TaskFilter(Request):
@@ -510,8 +535,8 @@ class TaskFilter(Request):
     tags: StrSet | None = None
     labels: StrSet | None = None
     states: list[TaskState] | None = None
-    exit_status: str | None = Field(default=None, pattern=COMPARISON_PATTERN)
-    priority: str | None = Field(default=None, pattern=COMPARISON_PATTERN)
+    exit_status: Comparison | None = None
+    priority: Comparison | None = None
     reporter_uuid: UUID | None = None
 
     @model_validator(mode="after")
@@ -524,9 +549,9 @@ class TaskFilter(Request):
 
 
 class TasksQueryReq(TaskFilter):
-    limit: int | None = Field(default=None, ge=0)
-    offset: int | None = Field(default=None, ge=0)
-    count: bool = False
+    limit: Size | None = None
+    offset: Size | None = None
+    count: Flag = False
 
 
 class TaskInfo(Response):
@@ -607,7 +632,7 @@ class BatchSubmitResp(Response):
 
 class UploadArtifactReq(Request):
     content_type: ArtifactContentType
-    content_length: int = Field(ge=0)
+    content_length: Size
 
 
 class ArtifactsFilterReq(TaskFilter):
@@ -678,7 +703,7 @@ class WorkerFilter(Request):
 
 
 class WorkersQueryReq(WorkerFilter):
-    count: bool = False
+    count: Flag = False
 
 
 class WorkersQueryResp(Response):
@@ -745,8 +770,8 @@ LogStream = Literal["stdout", "stderr"]
 
 class LogChunk(Request):
     stream: LogStream
-    offset: int = Field(ge=0, description="byte offset of this chunk in the task's stream")
-    length: int = Field(ge=0, le=LIVE_LOG_CHUNK, description="bytes of the stream it covers")
+    offset: Size = Field(description="byte offset of this chunk in the task's stream")
+    length: Annotated[int, Strict()] = Field(ge=0, le=LIVE_LOG_CHUNK, description="bytes of the stream it covers")
     data: str = Field(max_length=LIVE_LOG_CHUNK, description="those bytes, decoded as UTF-8")
 
 
@@ -773,7 +798,7 @@ ReportOp = Union[Literal["Finish", "Cancel"], SubmitOp, CommitOp, UploadOp, Exec
 
 
 class ReportTaskReq(Request):
-    id: int
+    id: Int32
     op: ReportOp
 
 

@@ -23,7 +23,7 @@ from mito_lab.server.events import (
     create_acl_users,
     make_events,
 )
-from mito_lab.server.handlers.base import NotFoundHandler
+from mito_lab.server.handlers.base import MAX_DRAINED_BODY, NotFoundHandler
 from mito_lab.server.services.activity import CANCEL, DATABASE_WATCH_SECONDS, EVENTS, TASKS_READY, watch_database
 from mito_lab.server.services.attachments import AttachmentService
 from mito_lab.server.services.auth import Tokens, load_or_create_keys
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 # Tornado tries the routes in order: the workers' protocol, the busiest, comes first.
 HANDLER_MODULES = ("workers", "tasks", "blobs", "misc", "users", "admin", "groups", "attachments", "events")
-MAX_JSON_BODY = 16 * 1024 * 1024  # blob uploads raise their own limit to the signed size
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -105,7 +104,7 @@ class Coordinator:
         await self.users.ensure_admin()
         await self.workers.restore()
         host, port = parse_bind(self.config.bind)
-        self._server = HTTPServer(self.make_app(), max_body_size=MAX_JSON_BODY, idle_connection_timeout=3600)
+        self._server = HTTPServer(self.make_app(), max_body_size=MAX_DRAINED_BODY, idle_connection_timeout=3600)
         self._server.listen(port, host)
         self._background.append(asyncio.create_task(self._housekeeping()))
         if not isinstance(self.context.events, RedisEvents):  # Redis already carries every coordinator's events

@@ -53,6 +53,13 @@ class NotFound(ApiError):
         super().__init__(f"{what} not found")
 
 
+class PayloadTooLarge(ApiError):
+    status = 413
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"Payload too large: the body has {size} bytes, the limit is {limit}")
+
+
 class AlreadyExists(ApiError):
     status = 409
 

@@ -61,11 +61,12 @@ def build(handlers: list[tuple[str, type]]) -> dict[str, Any]:
                 {"name": name, "in": "query", "required": False, "description": description, "schema": {"type": "string"}}
                 for name, description in op.query
             ],
-            "responses": {"400": error, "401": error, "403": error, "404": error},
+            "responses": {str(status): error for status in (400, 401, 403, 404, *op.errors)},
         }
         if op.request:
             schema = refs[(op.request, "validation")]
             entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+            entry["responses"]["413"] = error
         if op.answer == "json" and op.response:
             schema = refs[(op.response, "serialization")]
             if op.nullable:

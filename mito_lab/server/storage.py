@@ -97,7 +97,7 @@ class LocalStore:
         except ValueError:
             return "malformed signed URL"
         expected = self._signature(method, bucket, key, expires_at, declared)
-        if not hmac.compare_digest(expected, sig):
+        if not hmac.compare_digest(expected.encode(), sig.encode()):
             return "signature does not match"
         if expires_at < time.time():
             return "signed URL has expired"

@@ -35,7 +35,7 @@ class AdminHandler(ApiHandler):
 
 
 class AdminUsersHandler(AdminHandler):
-    @operation("Create a user (system administrators)", CreateUserReq, auth="admin")
+    @operation("Create a user (system administrators)", CreateUserReq, auth="admin", errors=(409,))
     async def post(self) -> None:
         await self.admin()
         request = self.body()
@@ -114,7 +114,7 @@ class AdminShutdownHandler(AdminHandler):
     async def post(self) -> None:
         """Stop the coordinator gracefully; the secret is the one it logged when it started."""
         await self.admin()
-        if not hmac.compare_digest(self.body().secret, self.mito.shutdown_secret):
+        if not hmac.compare_digest(self.body().secret.encode(), self.mito.shutdown_secret.encode()):
             raise PermissionDenied("wrong shutdown secret")
         self.send(None)
         asyncio.get_running_loop().call_later(0.1, self.mito.stopping.set)  # after this answer is out

@@ -1,5 +1,6 @@
 """Group attachments."""
 
+from mito_lab.server.errors import NotFound
 from mito_lab.server.handlers.base import ApiHandler, operation
 from mito_lab.server.handlers.groups import GROUP
 from mito_lab.wire import (
@@ -41,8 +42,7 @@ class AttachmentHandler(ApiHandler):
     async def post(self, group: str, key: str) -> None:
         """``POST /groups/{g}/attachments/query`` (the reference's route; keys are read with GET)."""
         if key != "query":
-            self.send_error(405)
-            return
+            raise NotFound(f"Route POST {self.request.path}")
         user = await self.user()
         self.send(await self.mito.attachments.query(user, group, self.body()))
 

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from tornado import httputil
-from tornado.web import HTTPError, RequestHandler
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from mito_lab.server.db.models import User, Worker
-from mito_lab.server.errors import ApiError, InvalidRequest, InvalidToken, NotFound
+from mito_lab.server.errors import ApiError, InvalidRequest, InvalidToken, NotFound, PayloadTooLarge
 from mito_lab.server.services.context import Context
 from mito_lab.wire import MAX_WAIT_SECONDS
 
 log = logging.getLogger(__name__)
-ModelT = TypeVar("ModelT", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
+
+MAX_JSON_BODY = 16 * 1024 * 1024
+"""The largest JSON body a route reads; a larger one is answered 413."""
+MAX_DRAINED_BODY = 1024**3
+"""The most of an oversized body the server reads (and drops) to answer 413: a client that sends
+its whole body before reading the answer would otherwise see the connection reset, not the answer.
+Past this, Tornado cuts the connection with a bare 400."""
 
 UUID_PATTERN = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 
@@ -35,6 +42,7 @@ class Operation:
     answer: str = "json"  # "json", "empty" (empty 200), "null" (JSON null), "text" (plain text)
     nullable: bool = False  # the JSON answer may be null
     query: tuple[tuple[str, str], ...] = ()  # (name, description) of query parameters
+    errors: tuple[int, ...] = ()  # statuses beyond 400, 401, 403, 404 (and 413 for a body)
 
 
 def operation(summary: str, request: type[BaseModel] | None = None, response: type[BaseModel] | None = None, **options: Any) -> Callable[[F], F]:
@@ -50,6 +58,35 @@ def operation(summary: str, request: type[BaseModel] | None = None, response: ty
     return mark
 
 
+def _not_json(constant: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON does not have."""
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+_ESCAPED_NUL_OR_SURROGATE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _unstorable_text(data: Any) -> str | None:
+    """What no database column or command line can hold, though JSON can carry it: NUL characters
+    and unpaired surrogates, anywhere in the body (keys too)."""
+    pending = [data]
+    while pending:  # iterative: the body may nest as deep as json.loads allows
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, str):
+            if "\x00" in value:
+                return "a string contains a NUL character"
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return "a string contains an unpaired surrogate"
+    return None
+
+
 def describe_validation_error(error: ValidationError) -> str:
     """One readable line: ``field.path: problem; other: problem``."""
     parts = []
@@ -59,8 +96,31 @@ def describe_validation_error(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+@stream_request_body
 class ApiHandler(RequestHandler):
-    """Services come from ``self.settings["mito"]`` (built once at start)."""
+    """Services come from ``self.settings["mito"]`` (built once at start).
+
+    Bodies are streamed in and kept up to ``MAX_JSON_BODY`` bytes; the rest of a larger one is
+    read and dropped, and ``body()`` answers 413 (the server's own limit would cut the connection)."""
+
+    _chunks: list[bytes]
+    _received = 0
+
+    def prepare(self) -> None:
+        self._chunks = []
+        query = self.request.query_arguments
+        if any("\x00" in value for value in self.path_kwargs.values()) or any(b"\x00" in v for values in query.values() for v in values):
+            raise InvalidRequest("a path or query parameter contains a NUL character")
+        declared = self._operation()
+        if declared is not None:  # query parameters are checked like body fields: a typo is an error
+            unknown = set(query) - {name for name, _ in declared.query}
+            if unknown:
+                raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received <= MAX_JSON_BODY:
+            self._chunks.append(chunk)
 
     @property
     def mito(self) -> Any:
@@ -75,18 +135,28 @@ class ApiHandler(RequestHandler):
 
     # --- input ----------------------------------------------------------------------------------
 
-    def body(self, model: type[ModelT] | None = None) -> Any:
-        """The JSON body parsed into ``model``, by default the request model the method declares."""
-        if model is None:
-            declared = getattr(getattr(self, (self.request.method or "").lower()), "operation", None)
-            model = declared.request if declared else None
-            assert model is not None, "the handler method declares no request model"
+    def _operation(self) -> Operation | None:
+        """What the handler method serving this request declares."""
+        return getattr(getattr(self, (self.request.method or "").lower(), None), "operation", None)
+
+    def body(self) -> Any:
+        """The JSON body parsed into the request model the method declares."""
+        declared = self._operation()
+        assert declared is not None and declared.request is not None, "the handler method declares no request model"
+        if self._received > MAX_JSON_BODY:
+            raise PayloadTooLarge(self._received, MAX_JSON_BODY)
+        raw = b"".join(self._chunks)
         try:
-            data = json.loads(self.request.body or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = json.loads(raw or b"null", parse_constant=_not_json)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN and Infinity
             raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise InvalidRequest("the body is not valid JSON (nested too deeply)") from None
+        problem = _unstorable_text(data) if _ESCAPED_NUL_OR_SURROGATE.search(raw) else None
+        if problem:
+            raise InvalidRequest(problem)
         try:
-            return model.model_validate(data)
+            return declared.request.model_validate(data)
         except ValidationError as exc:
             raise InvalidRequest(describe_validation_error(exc)) from None
 
@@ -153,4 +223,5 @@ class NotFoundHandler(ApiHandler):
     """Unknown routes answer like every other error."""
 
     def prepare(self) -> None:
+        super().prepare()
         raise NotFound(f"Route {self.request.method} {self.request.path}")

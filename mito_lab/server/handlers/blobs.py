@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 from tornado.iostream import StreamClosedError
-from tornado.web import stream_request_body
 
 from mito_lab.server.errors import InvalidRequest, NotFound, PermissionDenied
 from mito_lab.server.handlers.base import ApiHandler
@@ -16,7 +15,6 @@ from mito_lab.server.storage import LocalStore
 CHUNK = 1 << 20
 
 
-@stream_request_body
 class BlobHandler(ApiHandler):
     _temp: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
     _received = 0
@@ -46,7 +44,7 @@ class BlobHandler(ApiHandler):
             raise InvalidRequest(str(exc)) from None
         if method == "PUT":
             self._declared = int(size or 0)
-            if int(self.request.headers.get("Content-Length", -1)) != self._declared:
+            if self.request.headers.get("Content-Length") != str(self._declared):
                 raise InvalidRequest(f"Content-Length must be the signed size, {self._declared} bytes")
             self.request.connection.set_max_body_size(self._declared)  # type: ignore[union-attr]
             self._target.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ GROUP = r"(?P<group>[^/]+)"
 
 
 class GroupsHandler(ApiHandler):
-    @operation("Create a group", CreateGroupReq)
+    @operation("Create a group", CreateGroupReq, errors=(409,))
     async def post(self) -> None:
         user = await self.user()
         request = self.body()

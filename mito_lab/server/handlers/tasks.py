@@ -10,6 +10,7 @@ from mito_lab.server.handlers.base import (
     wait_argument,
 )
 from mito_lab.wire import (
+    MAX_SIZE,
     ArtifactContentType,
     ArtifactsDownloadResp,
     ArtifactsFilterReq,
@@ -176,8 +177,8 @@ class TaskLogsHandler(ApiHandler):
             offset = int(self.get_query_argument("offset", "0"))
         except ValueError:
             raise InvalidRequest("offset must be a number of bytes") from None
-        if offset < 0:
-            raise InvalidRequest("offset must not be negative")
+        if not 0 <= offset <= MAX_SIZE:
+            raise InvalidRequest(f"offset must be between 0 and {MAX_SIZE} bytes")
         self.send(await self.mito.logs.read(user, uuid.UUID(task_uuid), stream, offset, wait_argument(self)))
 
 

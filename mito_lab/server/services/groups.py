@@ -18,20 +18,24 @@ from mito_lab.server.errors import (
     QuotaExceeded,
 )
 from mito_lab.server.services.context import Context
-from mito_lab.wire import GroupQueryInfo, GroupState, Role
+from mito_lab.wire import INT32_MAX, MAX_SIZE, GroupQueryInfo, GroupState, Role
 
 
-def apply_adjustment(current: int, expression: str, parse: Callable[[str], int] = int) -> int:
-    """``"N"``/``"=N"`` sets, ``"+N"`` adds, ``"-N"`` subtracts (N read by ``parse``); never below 0."""
+def apply_adjustment(current: int, expression: str, parse: Callable[[str], int] = int, maximum: int = INT32_MAX) -> int:
+    """``"N"``/``"=N"`` sets, ``"+N"`` adds, ``"-N"`` subtracts (N read by ``parse``); never below 0,
+    never above ``maximum`` (what the column holds)."""
     text = expression.strip()
-    sign, amount = (text[0], text[1:]) if text[:1] in "+-=" else ("=", text)
+    sign, amount = (text[0], text[1:]) if text and text[0] in "+-=" else ("=", text)
     try:
         value = parse(amount.strip())
     except ValueError as exc:
         raise InvalidRequest(f"invalid adjustment {expression!r}: use N, =N, +N or -N ({exc})") from None
     if value < 0:
         raise InvalidRequest(f"invalid adjustment {expression!r}: use N, =N, +N or -N")
-    return max(0, {"=": value, "+": current + value, "-": current - value}[sign])
+    adjusted = max(0, {"=": value, "+": current + value, "-": current - value}[sign])
+    if adjusted > maximum:
+        raise InvalidRequest(f"invalid adjustment {expression!r}: the result is over {maximum}")
+    return adjusted
 
 
 async def group_by_name(session: AsyncSession, name: str) -> Group:
@@ -214,5 +218,5 @@ class GroupService:
             group = await session.scalar(sa.select(Group).where(Group.group_name == name))
             if group is None:
                 raise NotFound(f"Group {name}")
-            group.storage_quota = apply_adjustment(group.storage_quota, expression, parse_size)
+            group.storage_quota = apply_adjustment(group.storage_quota, expression, parse_size, MAX_SIZE)
             return group.storage_quota
