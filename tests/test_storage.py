@@ -25,10 +25,42 @@ def test_local_store_signatures(tmp_path: Path) -> None:
     expired = store.download_url("artifacts", "t/result.tar.gz", timedelta(seconds=-1))
     old = {k: v[0] for k, v in parse_qs(urlsplit(expired).query).items()}
     assert store.verify("GET", "artifacts", "t/result.tar.gz", old["expires"], old["sig"], None) == "signed URL has expired"
-    with pytest.raises(ValueError, match="outside its bucket"):
-        store.upload_url("artifacts", "../escape", 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no bucket"):
         store.path("other-bucket", "key")
+
+
+def test_local_store_keys_never_clash_or_escape(tmp_path: Path) -> None:
+    """Files are named by the key's hash: a key and a key under it can both exist, and no key,
+    however odd or long, names a file outside its bucket."""
+    store = LocalStore(tmp_path, ["attachments"])
+    asyncio.run(store.start())
+    keys = ["data", "data/part-1", "../../escape", "x" * 1000, "é/😀 ?#%", "/absolute"]
+    paths = [store.path("attachments", key) for key in keys]
+    assert len(set(paths)) == len(keys)
+    for path, key in zip(paths, keys, strict=True):
+        assert (tmp_path / "attachments") in path.parents
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(key)
+    assert [path.read_text() for path in paths] == keys
+
+
+def test_local_store_adopts_objects_stored_under_their_keys(tmp_path: Path) -> None:
+    """Objects of earlier versions (a file per key path) move to their hashed names at start."""
+    legacy = {"mitosis-artifacts": {"3f2a/result.tar.gz": b"result"}, "mitosis-attachments": {"lab/in/data.csv": b"a,b", "ab": b"short"}}
+    for bucket, objects in legacy.items():
+        for key, data in objects.items():
+            (tmp_path / bucket / key).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / bucket / key).write_bytes(data)
+    store = LocalStore(tmp_path, list(legacy))
+    asyncio.run(store.start())
+    for bucket, objects in legacy.items():
+        for key, data in objects.items():
+            assert store.path(bucket, key).read_bytes() == data
+        assert len([p for p in (tmp_path / bucket).rglob("*") if p.is_file()]) == len(objects)
+    assert (tmp_path / ".layout").read_text() == LocalStore.LAYOUT
+    # a later start leaves the hashed layout alone
+    asyncio.run(LocalStore(tmp_path, list(legacy)).start())
+    assert store.path("mitosis-attachments", "ab").read_bytes() == b"short"
 
 
 def _signed_upload(platform: Platform, size: int) -> str:

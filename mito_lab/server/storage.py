@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -44,10 +45,17 @@ class ObjectStore(Protocol):
         """Remove the object; a missing object is not an error."""
 
 
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 class LocalStore:
-    """Objects as files under ``root/<bucket>/<key>``; URLs are relative to the coordinator."""
+    """Objects as files under ``root/<bucket>/<hh>/<sha256 of the key>``; URLs are relative to the
+    coordinator. Naming files by the key's hash, not the key, keeps every key storable: ``a`` and
+    ``a/b`` can both exist, a 1,000-character key fits, and no key can name a path outside."""
 
     ROUTE = "/blobs/"
+    LAYOUT = "sha256-1"  # written to ``root/.layout`` once the objects are stored that way
 
     def __init__(self, root: Path, buckets: list[str]) -> None:
         self.root = root
@@ -62,14 +70,33 @@ class LocalStore:
     async def start(self) -> None:
         for bucket in self.buckets:
             (self.root / bucket).mkdir(parents=True, exist_ok=True)
+        marker = self.root / ".layout"
+        if not marker.exists():
+            await asyncio.to_thread(self._adopt_key_named_files)
+            marker.write_text(self.LAYOUT)
+
+    def _adopt_key_named_files(self) -> None:
+        """Move objects that earlier versions stored under their keys to their hashed names (by way
+        of a staging directory: a key-named file may stand where a hashed directory goes)."""
+        staging = self.root / ".adopting"
+        for bucket in self.buckets:
+            base, fresh = self.root / bucket, staging / bucket
+            for file in [p for p in base.rglob("*") if p.is_file()]:
+                digest = _digest(file.relative_to(base).as_posix())
+                target = fresh / digest[:2] / digest
+                target.parent.mkdir(parents=True, exist_ok=True)
+                file.replace(target)
+            shutil.rmtree(base)  # only directories are left
+            fresh.mkdir(parents=True, exist_ok=True)
+            fresh.replace(base)
+        shutil.rmtree(staging, ignore_errors=True)
 
     def path(self, bucket: str, key: str) -> Path:
-        """The file of an object; keys that would leave the bucket directory are refused."""
-        base = (self.root / bucket).resolve()
-        target = (base / key).resolve()
-        if bucket not in self.buckets or base not in target.parents:
-            raise ValueError(f"object key {key!r} is outside its bucket")
-        return target
+        """The file of an object."""
+        if bucket not in self.buckets:
+            raise ValueError(f"no bucket {bucket!r}")
+        digest = _digest(key)
+        return self.root / bucket / digest[:2] / digest
 
     def _signature(self, method: str, bucket: str, key: str, expires: int, size: int | None) -> str:
         message = f"{method}\n{bucket}\n{key}\n{expires}\n{'' if size is None else size}".encode()

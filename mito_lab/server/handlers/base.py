@@ -67,23 +67,23 @@ _ESCAPED_NUL_OR_SURROGATE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
 def _unstorable_text(data: Any) -> str | None:
-    """What no database column or command line can hold, though JSON can carry it: NUL characters
-    and unpaired surrogates, anywhere in the body (keys too)."""
-    pending = [data]
+    """Where the body holds what no database column or command line can, though JSON can carry
+    it: a NUL character or an unpaired surrogate, in a value or a key."""
+    pending: list[tuple[str, Any]] = [("body", data)]
     while pending:  # iterative: the body may nest as deep as json.loads allows
-        value = pending.pop()
+        where, value = pending.pop()
         if isinstance(value, dict):
-            pending.extend(value)
-            pending.extend(value.values())
+            pending.extend((f"{where} key", key) for key in value)
+            pending.extend((f"{where}.{key}", item) for key, item in value.items())
         elif isinstance(value, list):
-            pending.extend(value)
+            pending.extend((f"{where}.{index}", item) for index, item in enumerate(value))
         elif isinstance(value, str):
             if "\x00" in value:
-                return "a string contains a NUL character"
+                return f"{where.removeprefix('body.')}: contains a NUL character"
             try:
                 value.encode()
             except UnicodeEncodeError:
-                return "a string contains an unpaired surrogate"
+                return f"{where.removeprefix('body.')}: contains an unpaired surrogate"
     return None
 
 

@@ -59,6 +59,7 @@ class AttachmentService:
         self.context = context
 
     async def _find(self, session: AsyncSession, group: Group, key: str) -> Attachment:
+        check_key(group.group_name, key)  # a key that could never be stored gets a 400, not a 404
         attachment = await session.scalar(sa.select(Attachment).where(Attachment.group_id == group.id, Attachment.key == key))
         if attachment is None:
             raise NotFound(f"Attachment {key} of group {group.group_name}")
