@@ -31,6 +31,14 @@ def report(platform: Platform, token: str, task_id: int, op: Any) -> Any:
     return http("POST", f"{platform.url}/workers/tasks", {"id": task_id, "op": op}, token=token)
 
 
+def take(platform: Platform, token: str) -> Any:
+    """Fetch a task and start it (its first exec state), as a worker does."""
+    work = fetch(platform, token)
+    if work is not None:
+        assert report(platform, token, work["id"], {"ExecState": "FetchResource"}).status == 200
+    return work
+
+
 def test_fetch_without_wait_answers_null_at_once(platform: Platform) -> None:
     assert fetch(platform, register(platform)) is None
 
@@ -52,8 +60,8 @@ def test_task_tags_must_be_a_subset_of_the_worker_tags(platform: Platform) -> No
     gpu = submit(platform, tags=["gpu"])
     plain = submit(platform)
     untagged_worker = register(platform)
-    assert fetch(platform, untagged_worker)["uuid"] == plain
-    assert fetch(platform, untagged_worker) is None  # an untagged worker runs only untagged tasks
+    assert take(platform, untagged_worker)["uuid"] == plain
+    assert take(platform, untagged_worker) is None  # an untagged worker runs only untagged tasks
     tagged_worker = register(platform, tags=["gpu", "cuda"])
     assert fetch(platform, tagged_worker)["uuid"] == gpu
 
@@ -62,8 +70,21 @@ def test_priority_first_then_first_in_first_out(platform: Platform) -> None:
     low = [submit(platform, priority=0) for _ in range(3)]
     high = [submit(platform, priority=5) for _ in range(3)]
     token = register(platform)
-    order = [fetch(platform, token)["uuid"] for _ in range(6)]
+    order = [take(platform, token)["uuid"] for _ in range(6)]
     assert order == high + low
+
+
+def test_a_fetch_whose_answer_was_lost_is_answered_again(platform: Platform) -> None:
+    """A worker asks only when idle: a task it holds and never started was lost on the way (the
+    coordinator died, the connection broke), so it gets the same task again, not a second one."""
+    first, second = submit(platform), submit(platform)
+    token = register(platform)
+    lost = fetch(platform, token)
+    again = fetch(platform, token)
+    assert again == lost and again["uuid"] == first
+    assert platform.api("GET", f"/tasks/{first}").json["info"]["attempts"] == 1
+    assert report(platform, token, again["id"], {"ExecState": "FetchResource"}).status == 200
+    assert take(platform, token)["uuid"] == second  # once started, the next fetch is new work
 
 
 def test_workers_serve_only_groups_they_may_write(platform: Platform) -> None:

@@ -229,6 +229,27 @@ def test_worker_routes_take_only_worker_tokens_of_the_right_groups(matrix: tuple
     assert call(platform, world.worker_token, routes[0]).status == 401  # unregistered: its token is dead
 
 
+def test_tasks_cannot_reach_into_groups_their_creator_cannot_read(matrix: tuple[Platform, Callers]) -> None:
+    """A worker serving two groups must not carry one group's artifacts or exec states to a task of
+    the other: referring to a task (an artifact resource, a watch) needs Read in its group."""
+    platform, _ = matrix
+    world = make_world(platform, 0)  # the outsider is in none of its groups
+    platform.api("POST", "/groups", {"group_name": "outside"}, user="outsider")
+    steal = {"remote_file": {"Artifact": {"uuid": world.task, "content_type": "result"}}, "local_path": "loot.tgz"}
+    specs = [{"args": ["true"], "resources": [steal]}, {"args": ["true"], "watch": [world.task, "ExecSpawned"]}]
+    for spec in specs:
+        refused = platform.api("POST", "/tasks", {"group_name": "outside", "task_spec": spec}, user="outsider")
+        assert refused.status == 403 and "lab0" in refused.json["msg"], refused.body
+        assert platform.api("POST", "/tasks", {"group_name": world.group, "task_spec": spec}, user="writer").status == 200  # a member may
+    batch = {"tasks": [{"group_name": "outside", "task_spec": spec} for spec in [{"args": ["true"]}, *specs]]}
+    results = platform.api("POST", "/tasks/submit", batch, user="outsider").json["results"]
+    assert results[0]["Ok"] and [r["Err"]["msg"] for r in results[1:]] == ["Authentication error: Permission denied: the task refers to a task of group lab0, which you cannot read"] * 2
+    harmless = results[0]["Ok"]["uuid"]
+    changed = platform.api("PUT", f"/tasks/{harmless}", {"task_spec": specs[0]}, user="outsider")
+    assert changed.status == 403
+    assert platform.api("GET", f"/tasks/{harmless}", user="outsider").json["info"]["spec"]["resources"] == []
+
+
 def test_every_user_route_is_in_the_matrix() -> None:
     """A new route must be added to this matrix (or to the list of routes every user may call)."""
     open_to_every_user = {

@@ -10,7 +10,7 @@ import uuid
 from tornado.websocket import websocket_connect
 
 from conftest import ADMIN, Platform, http
-from test_dispatch import fetch, report, submit
+from test_dispatch import fetch, report, submit, take
 
 
 def register(platform: Platform, user: str = ADMIN[0], **body: object) -> tuple[str, str]:
@@ -76,7 +76,7 @@ def test_graceful_and_forced_shutdown(platform: Platform) -> None:
 
     busy, busy_token = register(platform)
     task = submit(platform)
-    work = fetch(platform, busy_token)
+    work = take(platform, busy_token)
     assert platform.api("DELETE", f"/workers/{busy}?op=graceful").status == 200
     assert platform.api("GET", f"/workers/{busy}").json["info"]["state"] == "GracefulShutdown"
     submit(platform)

@@ -22,7 +22,7 @@ from mito_lab.server.db.models import (
     UserGroup,
     Worker,
 )
-from mito_lab.server.errors import ApiError, InvalidRequest, NotFound
+from mito_lab.server.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
 from mito_lab.server.services.activity import cancel_requested, task_changed
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import (
@@ -38,6 +38,7 @@ from mito_lab.wire import (
     ArtifactDownloadItem,
     ArtifactInfo,
     ArtifactsDownloadResp,
+    ArtifactSource,
     ArtifactsFilterReq,
     ArtifactsListReq,
     BatchSubmitItem,
@@ -57,6 +58,7 @@ from mito_lab.wire import (
     TaskQueryResp,
     TaskResultMessage,
     TasksCancelReq,
+    TaskSpec,
     TasksCancelResp,
     TasksQueryReq,
     TasksQueryResp,
@@ -237,6 +239,25 @@ async def insert_tasks(
     return [Task(id=task_id, **row) for task_id, row in zip(ids, rows, strict=True)]
 
 
+async def require_readable_references(session: AsyncSession, user: User, spec: TaskSpec) -> None:
+    """A task may fetch artifacts of, and watch, only tasks of groups its creator can read: the
+    worker doing it may serve other groups too, and must not carry their data across."""
+    referenced = {r.remote_file.Artifact.uuid for r in spec.resources if isinstance(r.remote_file, ArtifactSource)}
+    if spec.watch is not None:
+        referenced.add(spec.watch[0])
+    if not referenced:
+        return
+    groups = (await session.execute(
+        sa.select(Group.id, Group.group_name).join(Task, Task.group_id == Group.id).where(Task.uuid.in_(referenced)).distinct()
+    )).all()
+    readable = set((await session.scalars(
+        sa.select(UserGroup.group_id).where(UserGroup.user_id == user.id, UserGroup.group_id.in_([g.id for g in groups]))
+    )).all())
+    for group_id, name in groups:
+        if group_id not in readable:
+            raise PermissionDenied(f"the task refers to a task of group {name}, which you cannot read")
+
+
 def task_conditions(request: TaskFilter, group: Group) -> list[sa.ColumnElement[bool]]:
     """The SQL of a task filter (query, cancel and artifact batches share it); all filters AND."""
     conditions: list[sa.ColumnElement[bool]] = [Task.group_id == group.id]
@@ -292,12 +313,13 @@ class TaskService:
     async def submit(self, user: User, request: SubmitTaskReq) -> SubmitTaskResp:
         async with self.context.db.write() as session:
             group = await self._group_with_role(session, user, request.group_name, Role.Write)
+            await require_readable_references(session, user, request.task_spec)
             [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready)
             await task_changed(self.context, session, task)
         return SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)
 
     async def submit_many(self, user: User, request: BatchSubmitReq) -> BatchSubmitResp:
-        """Submit in order in one transaction; an item refused (group, role) does not stop the rest."""
+        """Submit in order in one transaction; an item refused (group, role, references) does not stop the rest."""
         async with self.context.db.write() as session:
             groups: dict[str | None, Group | ApiError] = {}
             for name in dict.fromkeys(item.group_name for item in request.tasks):
@@ -305,18 +327,29 @@ class TaskService:
                     groups[name] = await self._group_with_role(session, user, name, Role.Write)
                 except ApiError as exc:
                     groups[name] = exc
-            accepted = [(groups[item.group_name], item) for item in request.tasks if isinstance(groups[item.group_name], Group)]
-            created = iter(await insert_tasks(session, user.id, accepted, TaskState.Ready))
+            refusals = [await self._refusal(session, user, item, groups[item.group_name]) for item in request.tasks]
+            accepted = [(groups[item.group_name], item) for item, refusal in zip(request.tasks, refusals, strict=True) if refusal is None]
+            created = iter(await insert_tasks(session, user.id, accepted, TaskState.Ready))  # type: ignore[arg-type]
             results = []
-            for item in request.tasks:
-                refusal = groups[item.group_name]
-                if isinstance(refusal, ApiError):
+            for refusal in refusals:
+                if refusal is not None:
                     results.append(BatchSubmitItem(Err=ErrorMsg(msg=refusal.msg)))
                     continue
                 task = next(created)
                 await task_changed(self.context, session, task)
                 results.append(BatchSubmitItem(Ok=SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)))
         return BatchSubmitResp(results=results)
+
+    @staticmethod
+    async def _refusal(session: AsyncSession, user: User, item: SubmitTaskReq, group: Group | ApiError) -> ApiError | None:
+        """Why an item of a batch cannot be submitted (its group, or what it refers to), or ``None``."""
+        if isinstance(group, ApiError):
+            return group
+        try:
+            await require_readable_references(session, user, item.task_spec)
+        except ApiError as exc:
+            return exc
+        return None
 
     async def change(self, user: User, task_uuid: uuid_module.UUID, request: ChangeTaskReq) -> None:
         """Change a task that no worker holds yet; it is matched anew at the next fetch."""
@@ -331,6 +364,7 @@ class TaskService:
             if request.priority is not None:
                 task.priority = request.priority
             if request.task_spec is not None:
+                await require_readable_references(session, user, request.task_spec)
                 task.spec = request.task_spec.model_dump(mode="json")
             task.updated_at = now()
             await set_task_marks(session, task, tags=request.tags)

@@ -54,6 +54,7 @@ from mito_lab.server.services.logs import append as append_log
 from mito_lab.server.services.tasks import (
     artifact_download,
     insert_tasks,
+    require_readable_references,
     load_task,
     now,
     reserve_artifact,
@@ -191,6 +192,14 @@ class WorkerService:
             worker = await session.get(Worker, worker_pk)
             if worker is None:
                 raise WrongCredentials()
+            # A worker asks only when idle: a task it holds but never started is one whose answer was
+            # lost (the coordinator died, the connection broke). Hand it over again, or it is lost.
+            undelivered = await session.scalar(
+                sa.select(Task).where(Task.assigned_worker_id == worker_pk, Task.archived_at.is_(None), Task.exec_state.is_(None))
+            )
+            if undelivered is not None:
+                log.warning("task %s: handing it to worker %s again (the first answer was lost)", undelivered.uuid, worker.worker_id)
+                return self._delivery(undelivered)
             if worker.state != WorkerState.Normal:
                 return None
             query = self._claimable(worker)
@@ -211,13 +220,17 @@ class WorkerService:
             task.exec_state, task.ended_at = None, None
             task.started_at = task.updated_at = now()
             await task_changed(self.context, session, task, worker=str(holder.worker_id))
-            return WorkerTaskResp(
-                id=task.id,
-                uuid=task.uuid,
-                timeout=timedelta(seconds=task.timeout),
-                upstream_task_uuid=task.upstream_task_uuid,
-                spec=TaskSpec.model_validate(task.spec),
-            )
+            return self._delivery(task)
+
+    @staticmethod
+    def _delivery(task: Task) -> WorkerTaskResp:
+        return WorkerTaskResp(
+            id=task.id,
+            uuid=task.uuid,
+            timeout=timedelta(seconds=task.timeout),
+            upstream_task_uuid=task.upstream_task_uuid,
+            spec=TaskSpec.model_validate(task.spec),
+        )
 
     async def fetch(self, worker: Worker, wait: float, gone: Callable[[], bool]) -> WorkerTaskResp | None:
         """Claim a task, waiting up to ``wait`` seconds for one; ``gone()`` tells if the caller left."""
@@ -322,6 +335,7 @@ class WorkerService:
         )
         if role not in SERVING_ROLES:
             raise PermissionDenied(f"the worker cannot submit to group {group.group_name}")
+        await require_readable_references(session, creator, request.task_spec)
         [downstream] = await insert_tasks(session, creator.id, [(group, request)], TaskState.Pending, task.uuid)
         task.downstream_task_uuid = downstream.uuid
         await task_changed(self.context, session, downstream)
