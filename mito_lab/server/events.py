@@ -63,6 +63,10 @@ class InProcessEvents:
             stop()
 
 
+RECHECK = {"kind": "recheck"}
+"""Wakes every waiting long poll to look at the database again (events may have been missed)."""
+
+
 class RedisEvents(InProcessEvents):
     RETRY_SECONDS = 2.0
 
@@ -77,6 +81,7 @@ class RedisEvents(InProcessEvents):
         self._subscribed: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[None]] = set()
+        self._publishing_fails = False
 
     async def start(self) -> None:
         await self.redis.ping()  # fail at start, with a clear error, if Redis is not there
@@ -113,20 +118,33 @@ class RedisEvents(InProcessEvents):
             try:
                 await operation
             except RedisError as exc:
-                log.warning("redis: %s", exc)
+                if not self._publishing_fails:  # once per outage, not once per event
+                    log.warning("redis: publishing fails (%s); local listeners still hear everything", exc)
+                self._publishing_fails = True
+            else:
+                if self._publishing_fails:
+                    log.warning("redis: publishing works again")
+                self._publishing_fails = False
 
         task = asyncio.create_task(run())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def _read(self) -> None:
-        """Deliver messages published by other coordinators; resubscribe after a Redis outage."""
+        """Deliver messages published by other coordinators; resubscribe after a Redis outage, and
+        then wake the local long polls: what was published meanwhile is lost."""
+        interrupted = False
         while True:
             try:
                 while True:
                     if self._channels - self._subscribed:  # only this task (and start) touch the pub/sub connection
                         await self._pubsub.subscribe(*(self._channels - self._subscribed))
                         self._subscribed |= self._channels
+                        if interrupted:
+                            interrupted = False
+                            log.warning("redis pub/sub is back")
+                            for channel in self._subscribed:
+                                self._deliver(channel, RECHECK)
                     if not self._subscribed:
                         await asyncio.sleep(1.0)
                         continue
@@ -140,7 +158,9 @@ class RedisEvents(InProcessEvents):
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, json.JSONDecodeError) as exc:
-                log.warning("redis pub/sub interrupted (%s); reconnecting in %.0fs", exc, self.RETRY_SECONDS)
+                if not interrupted:
+                    log.warning("redis pub/sub interrupted (%s); reconnecting every %.0fs", exc, self.RETRY_SECONDS)
+                interrupted = True
                 await asyncio.sleep(self.RETRY_SECONDS)
                 with contextlib.suppress(RedisError, OSError):
                     await self._pubsub.aclose()

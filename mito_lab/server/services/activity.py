@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mito_lab.server.db.engine import after_commit
 from mito_lab.server.db.models import Task
-from mito_lab.server.events import RedisEvents
+from mito_lab.server.events import RECHECK, RedisEvents
 from mito_lab.server.services.context import Context
 from mito_lab.wire import TaskState
 
@@ -30,7 +30,6 @@ _READY_ANNOUNCED = "mito_ready_announced"
 # DATABASE_WATCH_SECONDS for the whole coordinator, however many polls wait).
 RECHECK_SECONDS = 30.0
 DATABASE_WATCH_SECONDS = 2.0
-RECHECK = {"kind": "recheck"}  # wakes every waiting long poll
 T = TypeVar("T")
 
 
