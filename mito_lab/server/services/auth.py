@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import math
 import secrets
 from collections import OrderedDict
@@ -132,7 +131,7 @@ class Tokens:
         if token.count(".") != 2:  # reference clients send base64 of the JWT
             try:
                 token = base64.b64decode(token, validate=True).decode("ascii")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # not base64 (binascii.Error), not ASCII, not text
                 raise InvalidToken() from None
         try:
             claims = jwt.decode(token, self._public, algorithms=["EdDSA"], options={"require": ["exp", "sub"]})
