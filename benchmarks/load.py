@@ -33,9 +33,9 @@ from mito_lab.wire import (
     SubmitTaskReq,
     SubmitTaskResp,
     TaskQueryResp,
+    TaskSpec,
     TasksQueryReq,
     TasksQueryResp,
-    TaskSpec,
     WorkersQueryReq,
     WorkersQueryResp,
 )

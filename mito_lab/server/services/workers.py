@@ -54,9 +54,9 @@ from mito_lab.server.services.logs import append as append_log
 from mito_lab.server.services.tasks import (
     artifact_download,
     insert_tasks,
-    require_readable_references,
     load_task,
     now,
+    require_readable_references,
     reserve_artifact,
     task_response,
 )
