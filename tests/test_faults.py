@@ -14,9 +14,13 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from conftest import Platform, RedisServer, http, start_platform
 from mito_lab.testing import S3Server, wait_until
 from test_dispatch import submit
+
+pytestmark = pytest.mark.timeout(600)  # hundreds of tasks each, beside the rest of the suite on two cores
 
 # The task notes its run (task and worker process) in a ledger shared by every worker, then
 # leaves random bytes and their checksum as its result.

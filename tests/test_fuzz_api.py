@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import hypothesis.errors
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
@@ -75,6 +76,7 @@ def fuzz(operation: Any, mode: GenerationMode, path_parameters: dict[str, str], 
         pass  # nothing can be made invalid (an operation with neither parameters nor body)
 
 
+@pytest.mark.timeout(600)  # ~2,000 requests, beside the rest of the suite on two cores
 def test_generated_requests_get_documented_answers(platform: Platform) -> None:
     world = make_world(platform)
     schema = schemathesis.openapi.from_url(f"{platform.url}/openapi.json")
