@@ -17,7 +17,6 @@ CHUNK = 1 << 20
 
 class BlobHandler(ApiHandler):
     _temp: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
-    _received = 0
     _declared = 0
 
     @property
