@@ -821,6 +821,57 @@ class WatchResp(Response):
     possible: bool
 
 
+# --- the worker protocol, version 2 -------------------------------------------------------------
+
+MAX_EXCHANGE_TASKS = 256
+"""The most tasks one exchange reports on, and the most a worker may ask for at once."""
+
+ExchangeOp = Union[Literal["Finish", "Cancel", "Release"], CommitOp, ExecStateOp, ExecStatesOp]
+
+
+class TaskReport(Request):
+    """What became of one of the worker's tasks since its last exchange, in the order it happened:
+    the reference's report ops ``Finish``, ``Cancel``, ``ExecState(s)`` and ``Commit``, plus
+    ``Release`` (hand back a task the worker took but will not start; its attempt does not count)."""
+
+    id: Int32
+    ops: list[ExchangeOp] = Field(min_length=1, max_length=2 * len(TaskExecState))
+
+
+class ExchangeReq(Request):
+    """``POST /workers/exchange``: one request reports on any number of the worker's tasks and
+    takes new ones. Uploads, downstream submissions and live output keep their own report route
+    (``POST /workers/tasks``)."""
+
+    reports: list[TaskReport] = Field(default=[], max_length=MAX_EXCHANGE_TASKS)
+    want: Annotated[int, Strict()] = Field(
+        default=0, ge=0, le=MAX_EXCHANGE_TASKS,
+        description="how many more tasks the worker can take now; the coordinator hands out at most "
+        "this many, fewer while other workers wait or the queue is short",
+    )
+    holding: list[Int32] | None = Field(
+        default=None, max_length=4 * MAX_EXCHANGE_TASKS,
+        description="the ids of every task the worker holds, sent after an exchange whose answer may "
+        "have been lost: tasks assigned to it that it never received are handed over again",
+    )
+
+
+class ReportRefusal(Response):
+    """A task report that was not applied (the task is no longer the worker's, or the op does not
+    fit its state); the other reports of the exchange were."""
+
+    id: int
+    status: int
+    msg: str
+
+
+class ExchangeResp(Response):
+    tasks: list[WorkerTaskResp] = []
+    refused: list[ReportRefusal] = []
+    cancel: list[UUID] = Field(default=[], description="tasks of this worker that users cancelled: stop them")
+    retire: bool = Field(default=False, description="the worker is shutting down gracefully: take nothing new")
+
+
 class TaskLogResp(Response):
     """``GET /tasks/{uuid}/logs``: output of a task from ``offset`` on; ask again from ``next``.
     ``offset`` may be past what was asked when older output was dropped (only the newest

@@ -149,8 +149,8 @@ class Task(Timestamps, Base):
     __tablename__ = "tasks"
     __table_args__ = (
         sa.UniqueConstraint("group_id", "task_id"),
-        # dispatch: the best Ready task of a group, FIFO within a priority
-        sa.Index("ix_tasks_dispatch", "state", "group_id", "priority", "id"),
+        # dispatch: the best Ready tasks of a group, FIFO within a priority, in the claim's order
+        sa.Index("ix_tasks_dispatch", "state", "group_id", sa.text("priority DESC"), "id"),
         sa.Index("ix_tasks_group_listing", "group_id", "id"),
         sa.Index("ix_tasks_updated_at", "updated_at"),  # coordinators notice each other's changes by it
     )

@@ -13,9 +13,10 @@ from pydantic import BaseModel, ValidationError
 from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from mito_lab.server.db.models import User, Worker
+from mito_lab.server.db.models import User
 from mito_lab.server.errors import ApiError, InvalidRequest, InvalidToken, NotFound, PayloadTooLarge
 from mito_lab.server.services.context import Context
+from mito_lab.server.services.dispatch import WorkerIdentity
 from mito_lab.wire import MAX_WAIT_SECONDS
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class ApiHandler(RequestHandler):
     async def user(self) -> User:
         return await self.mito.users.authenticate(self._bearer())
 
-    async def worker(self) -> Worker:
+    async def worker(self) -> WorkerIdentity:
         return await self.mito.workers.authenticate(self._bearer())
 
     # --- output ---------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from mito_lab.server.handlers.base import (
 from mito_lab.server.handlers.tasks import TASK, content_type
 from mito_lab.wire import (
     DownloadResp,
+    ExchangeReq,
+    ExchangeResp,
     RegisterWorkerReq,
     RegisterWorkerResp,
     RemoveWorkerGroupsReq,
@@ -90,6 +92,24 @@ class WorkerTasksHandler(ApiHandler):
         """Report Finish, Cancel, Upload, Submit or Commit for the worker's task."""
         worker = await self.worker()
         self.send(await self.mito.workers.report(worker, self.body()))
+
+
+class WorkerExchangeHandler(ApiHandler):
+    _gone = False
+
+    def on_connection_close(self) -> None:
+        self._gone = True
+
+    @operation(
+        "Worker protocol v2: report on any number of the worker's tasks and take new ones",
+        ExchangeReq, ExchangeResp, auth="worker",
+        query={"wait": "with nothing reported and no task to take, seconds to long-poll for one (0 to 600)"},
+    )
+    async def post(self) -> None:
+        worker = await self.worker()
+        answer = await self.mito.workers.exchange(worker, self.body(), wait_argument(self), lambda: self._gone)
+        if not self._gone:
+            self.send(answer)
 
 
 class WorkerTaskHandler(ApiHandler):
@@ -209,6 +229,7 @@ default_handlers = [
     (r"/workers", WorkersHandler),
     (r"/workers/heartbeat", HeartbeatHandler),
     (r"/workers/tasks", WorkerTasksHandler),
+    (r"/workers/exchange", WorkerExchangeHandler),
     (rf"/workers/tasks/{TASK}", WorkerTaskHandler),
     (rf"/workers/tasks/{TASK}/artifacts/(?P<kind>[^/]+)", WorkerArtifactHandler),
     (rf"/workers/tasks/{TASK}/attachments/(?P<key>.+)", WorkerAttachmentHandler),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import uuid as uuid_module
 from collections.abc import Callable, Iterable
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,7 +21,6 @@ from mito_lab.server.db.models import (
     Group,
     GroupWorker,
     Task,
-    TaskTag,
     User,
     UserGroup,
     Worker,
@@ -43,6 +41,7 @@ from mito_lab.server.services.activity import (
     worker_changed,
 )
 from mito_lab.server.services.context import Context
+from mito_lab.server.services.dispatch import SERVING_ROLES, Dispatcher, WorkerIdentity
 from mito_lab.server.services.groups import (
     by_names,
     group_by_name,
@@ -64,10 +63,9 @@ from mito_lab.server.services.watch import reaches
 from mito_lab.server.storage import download_url_lifetime
 from mito_lab.wire import (
     ArtifactContentType,
-    CommitOp,
     DownloadResp,
-    ExecStateOp,
-    ExecStatesOp,
+    ExchangeReq,
+    ExchangeResp,
     LogOp,
     RegisterWorkerReq,
     RegisterWorkerResp,
@@ -78,7 +76,7 @@ from mito_lab.wire import (
     TaskExecState,
     TaskQueryResp,
     TaskResultMessage,
-    TaskSpec,
+    TaskReport,
     TaskState,
     UploadOp,
     UserState,
@@ -99,9 +97,6 @@ from mito_lab.wire import (
 )
 
 log = logging.getLogger(__name__)
-
-SERVING_ROLES = Role.Write.and_above()
-
 
 def parse_group_spec(spec: str) -> tuple[str, Role]:
     """``"name"`` or ``"name:role"``; the role defaults to Write."""
@@ -129,6 +124,7 @@ _ASSIGNED_TASK = sa.select(Task).where(
 class WorkerService:
     def __init__(self, context: Context) -> None:
         self.context = context
+        self.dispatch = Dispatcher(context, retire=self.unregister)
 
     # --- registration and authentication --------------------------------------------------------
 
@@ -156,118 +152,36 @@ class WorkerService:
         log.info("worker %s registered by %s for %s", worker_uuid, user.username, sorted(roles))
         return RegisterWorkerResp(worker_id=worker_uuid, token=token, redis_url=self.context.redis_worker_url)
 
-    async def authenticate(self, bearer: str) -> Worker:
+    async def authenticate(self, bearer: str) -> WorkerIdentity:
         claims = self.context.tokens.verify(bearer, "worker")
         try:
             worker_uuid = uuid_module.UUID(claims.sub)
         except ValueError:
             raise WrongCredentials() from None
-        async with self.context.db.read() as session:
-            worker = await session.scalar(_WORKER_BY_UUID, {"worker_uuid": worker_uuid})
-        if worker is None:
-            raise WrongCredentials()
-        return worker
+        return await self.dispatch.identities.get(worker_uuid)
 
     # --- dispatch -------------------------------------------------------------------------------
 
-    def _claimable(self, worker: Worker) -> sa.Select:
-        """The best task this worker may run: group role Write/Admin, task tags within the worker's."""
-        serving = sa.select(GroupWorker.group_id).where(
-            GroupWorker.worker_id == worker.id, GroupWorker.role.in_(SERVING_ROLES)
-        )
-        foreign_tag = sa.exists().where(TaskTag.task_id == Task.id, TaskTag.tag.not_in(worker.tags))
-        return (
-            sa.select(Task)
-            .where(Task.state == TaskState.Ready, Task.group_id.in_(serving), ~foreign_tag)
-            .order_by(Task.priority.desc(), Task.id)
-            .limit(1)
-        )
+    async def fetch(self, worker: WorkerIdentity, wait: float, gone: Callable[[], bool]) -> WorkerTaskResp | None:
+        """The reference's fetch: one task, waiting up to ``wait`` seconds for one. A worker of this
+        protocol asks only when idle, so a task it holds but never started is one whose answer was
+        lost (the coordinator died, the connection broke): it gets that task again."""
+        answer = await self.dispatch.exchange(worker, ExchangeReq(want=1, holding=[]), wait, gone)
+        return answer.tasks[0] if answer.tasks else None
 
-    async def claim(self, worker_pk: int) -> WorkerTaskResp | None:
-        """Assign the best eligible Ready task to the worker, or ``None`` if there is none.
-
-        The worker row is read afresh each time, so tag and role changes apply at once and a
-        worker removed while it waited gets a 401 instead of a task."""
-        async with self.context.db.read() as session:  # cheap check first: writers are serialised
-            worker = await session.get(Worker, worker_pk)
-            if worker is None:
-                raise WrongCredentials()
-            # A worker asks only when idle: a task it holds but never started is one whose answer was
-            # lost (the coordinator died, the connection broke). Hand it over again, or it is lost.
-            undelivered = await session.scalar(
-                sa.select(Task).where(Task.assigned_worker_id == worker_pk, Task.archived_at.is_(None), Task.exec_state.is_(None))
-            )
-            if undelivered is not None:
-                log.warning("task %s: handing it to worker %s again (the first answer was lost)", undelivered.uuid, worker.worker_id)
-                return self._delivery(undelivered)
-            if worker.state != WorkerState.Normal:
-                return None
-            query = self._claimable(worker)
-            if await session.scalar(query.with_only_columns(Task.id)) is None:
-                return None
-        async with self.context.db.write() as session:
-            if not self.context.db.is_sqlite:
-                query = query.with_for_update(skip_locked=True, of=Task)
-            holder = await session.get(Worker, worker_pk, with_for_update=not self.context.db.is_sqlite)
-            if holder is None:
-                raise WrongCredentials()
-            task = await session.scalar(query)
-            if task is None:
-                return None
-            task.state = TaskState.Running
-            task.assigned_worker_id = worker_pk
-            task.attempts += 1
-            task.exec_state, task.ended_at = None, None
-            task.started_at = task.updated_at = now()
-            await task_changed(self.context, session, task, worker=str(holder.worker_id))
-            return self._delivery(task)
-
-    @staticmethod
-    def _delivery(task: Task) -> WorkerTaskResp:
-        return WorkerTaskResp(
-            id=task.id,
-            uuid=task.uuid,
-            timeout=timedelta(seconds=task.timeout),
-            upstream_task_uuid=task.upstream_task_uuid,
-            spec=TaskSpec.model_validate(task.spec),
-        )
-
-    async def fetch(self, worker: Worker, wait: float, gone: Callable[[], bool]) -> WorkerTaskResp | None:
-        """Claim a task, waiting up to ``wait`` seconds for one; ``gone()`` tells if the caller left."""
-
-        async def claim_unless_gone() -> WorkerTaskResp | None:
-            if gone():
-                return None
-            task = await self.claim(worker.id)
-            if task is not None and gone():  # the worker hung up while we claimed: put the task back
-                await self.release(worker, task.id)
-                return None
-            return task
-
-        return await long_poll(self.context, claim_unless_gone, TASKS_READY, lambda _event: True, wait)
+    async def exchange(self, worker: WorkerIdentity, request: ExchangeReq, wait: float, gone: Callable[[], bool]) -> ExchangeResp:
+        return await self.dispatch.exchange(worker, request, wait, gone)
 
     def close(self) -> None:
         """Answer every waiting long poll now: the coordinator is stopping."""
         self.context.closing = True
+        self.dispatch.close()
         for channel in (TASKS_READY, CANCEL, EVENTS):
             self.context.events.publish(channel, {})
 
-    async def release(self, worker: Worker, task_pk: int) -> None:
-        """Hand back a task claimed for a worker that hung up before receiving it: it never ran,
-        so the attempt does not count."""
-        async with self.context.db.write() as session:
-            released = (await session.scalars(
-                sa.update(Task)
-                .where(Task.id == task_pk, Task.assigned_worker_id == worker.id, Task.state == TaskState.Running)
-                .values(state=TaskState.Ready, assigned_worker_id=None, attempts=Task.attempts - 1, started_at=None, updated_at=now())
-                .returning(Task)
-            )).all()
-            for task in released:
-                await task_changed(self.context, session, task)
-
     # --- the worker protocol --------------------------------------------------------------------
 
-    async def heartbeat(self, worker: Worker, wait: float = 0) -> WorkerSignal | None:
+    async def heartbeat(self, worker: WorkerIdentity, wait: float = 0) -> WorkerSignal | None:
         """Record the heartbeat. With ``wait``, also long-poll for cancellations of the worker's
         task: answer as soon as a user cancels it, or after ``wait`` seconds."""
         async with self.context.db.write() as session:
@@ -289,35 +203,30 @@ class WorkerService:
         mine = str(worker.worker_id)
         return await long_poll(self.context, cancellations, CANCEL, lambda event: event.get("worker") == mine, wait) or WorkerSignal()
 
-    async def report(self, worker: Worker, request: ReportTaskReq) -> ReportTaskResp:
+    async def report(self, worker: WorkerIdentity, request: ReportTaskReq) -> ReportTaskResp:
+        """The reference's report on one task: outcomes and exec states go through the same rules
+        as a batched exchange; uploads, downstream submissions and live output are handled here."""
+        op = request.op
+        if not isinstance(op, UploadOp | SubmitOp | LogOp):
+            answer = await self.dispatch.exchange(worker, ExchangeReq(reports=[TaskReport(id=request.id, ops=[op])]))
+            for refusal in answer.refused:
+                raise NotFound(f"Task {request.id}") if refusal.status == 404 else InvalidRequest(refusal.msg)
+            return ReportTaskResp(url=None)
         async with self.context.db.write() as session:
             task = await session.scalar(_ASSIGNED_TASK, {"task_pk": request.id, "worker_pk": worker.id})
             if task is None:
                 raise NotFound(f"Task {request.id}")
-            op = request.op
-            if op == "Finish" or op == "Cancel":
-                if task.state == TaskState.Running:
-                    task.state = TaskState.Finished if op == "Finish" else TaskState.Cancelled
-                    task.updated_at = task.ended_at = now()
-                    await task_changed(self.context, session, task)
-            elif isinstance(op, LogOp):
+            if isinstance(op, LogOp):
                 await append_log(self.context, session, task, op.Log)
-            elif isinstance(op, ExecStateOp | ExecStatesOp):
-                task.updated_at = now()
-                for state in op.ExecStates if isinstance(op, ExecStatesOp) else [op.ExecState]:
-                    task.exec_state = state
-                    await task_changed(self.context, session, task)
             elif isinstance(op, UploadOp):
                 upload = await reserve_artifact(self.context, session, task, op.Upload.content_type, op.Upload.content_length)
                 task.updated_at = now()
                 return ReportTaskResp(url=upload.url)
-            elif isinstance(op, SubmitOp):
+            else:
                 await self._submit_downstream(session, worker, task, op)
-            elif isinstance(op, CommitOp):
-                await self._commit(session, worker, task, op)
         return ReportTaskResp(url=None)
 
-    async def _submit_downstream(self, session: AsyncSession, worker: Worker, task: Task, op: SubmitOp) -> None:
+    async def _submit_downstream(self, session: AsyncSession, worker: WorkerIdentity, task: Task, op: SubmitOp) -> None:
         """A task chains one Pending task into its own group; it becomes Ready when this one commits."""
         if task.state not in (TaskState.Finished, TaskState.Cancelled):
             raise InvalidRequest("Task can not spawn new tasks")
@@ -340,30 +249,7 @@ class WorkerService:
         task.downstream_task_uuid = downstream.uuid
         await task_changed(self.context, session, downstream)
 
-    async def _commit(self, session: AsyncSession, worker: Worker, task: Task, op: CommitOp) -> None:
-        """Archive a finished task; its downstream task (if any) becomes Ready."""
-        if task.state not in (TaskState.Finished, TaskState.Cancelled):
-            raise InvalidRequest("Task can not be marked as done")
-        task.exit_status = op.Commit.exit_status
-        task.result_msg = op.Commit.msg
-        task.reporter_uuid = worker.worker_id
-        task.exec_state = TaskExecState.TaskCommitted
-        task.archived_at = task.updated_at = now()
-        await task_changed(self.context, session, task)
-        if task.downstream_task_uuid is not None:
-            released = (await session.scalars(
-                sa.update(Task)
-                .where(Task.uuid == task.downstream_task_uuid, Task.state == TaskState.Pending)
-                .values(state=TaskState.Ready, updated_at=now())
-                .returning(Task)
-            )).all()
-            for downstream in released:
-                await task_changed(self.context, session, downstream)
-        current = await session.get_one(Worker, worker.id)
-        if current.state == WorkerState.GracefulShutdown:
-            await self._remove(session, current)
-
-    async def unregister(self, worker: Worker) -> None:
+    async def unregister(self, worker: WorkerIdentity) -> None:
         async with self.context.db.write() as session:
             current = await session.get(Worker, worker.id)
             if current is not None:
@@ -371,13 +257,13 @@ class WorkerService:
         log.info("worker %s unregistered", worker.worker_id)
 
     async def _remove(self, session: AsyncSession, worker: Worker) -> None:
-        """Delete a worker. Its running task goes back to Ready, unless a user cancelled it or it
+        """Delete a worker. Each task it held goes back to Ready, unless a user cancelled it or it
         has used up its attempts (then it ends Cancelled); a task that already reported its outcome
         keeps it and never runs again."""
-        task = await session.scalar(
+        held = (await session.scalars(
             sa.select(Task).where(Task.assigned_worker_id == worker.id, Task.archived_at.is_(None))
-        )
-        if task is not None:
+        )).all()
+        for task in held:
             moment = now()
             if task.state != TaskState.Running:
                 task.archived_at = moment
@@ -394,7 +280,7 @@ class WorkerService:
         await session.execute(sa.delete(GroupWorker).where(GroupWorker.worker_id == worker.id))
         await session.delete(worker)
 
-    async def _announce(self, session: AsyncSession, worker: Worker, event: str, also_to: Iterable[str] = (), **details: Any) -> None:
+    async def _announce(self, session: AsyncSession, worker: Worker | WorkerIdentity, event: str, also_to: Iterable[str] = (), **details: Any) -> None:
         """Tell the members of the worker's groups (and of ``also_to``, e.g. a group it just left)
         that it changed, once the transaction commits."""
         groups = (await session.scalars(_WORKER_GROUP_NAMES, {"worker_pk": worker.id})).all()
@@ -416,7 +302,7 @@ class WorkerService:
 
     # --- what a worker may read -----------------------------------------------------------------
 
-    async def _serves_group_of(self, session: AsyncSession, worker: Worker, task_uuid: uuid_module.UUID) -> tuple[Task, str, str]:
+    async def _serves_group_of(self, session: AsyncSession, worker: WorkerIdentity, task_uuid: uuid_module.UUID) -> tuple[Task, str, str]:
         task, creator, group_name = await load_task(session, task_uuid)
         linked = await session.scalar(
             sa.select(GroupWorker.id).where(GroupWorker.worker_id == worker.id, GroupWorker.group_id == task.group_id)
@@ -425,19 +311,19 @@ class WorkerService:
             raise PermissionDenied(f"the worker is not attached to group {group_name}")
         return task, creator, group_name
 
-    async def get_task(self, worker: Worker, task_uuid: uuid_module.UUID) -> TaskQueryResp:
+    async def get_task(self, worker: WorkerIdentity, task_uuid: uuid_module.UUID) -> TaskQueryResp:
         async with self.context.db.read() as session:
             task, creator, group_name = await self._serves_group_of(session, worker, task_uuid)
             return await task_response(session, task, creator, group_name)
 
     async def download_artifact(
-        self, worker: Worker, task_uuid: uuid_module.UUID, content_type: ArtifactContentType
+        self, worker: WorkerIdentity, task_uuid: uuid_module.UUID, content_type: ArtifactContentType
     ) -> DownloadResp:
         async with self.context.db.read() as session:
             await self._serves_group_of(session, worker, task_uuid)
             return await artifact_download(self.context, session, task_uuid, content_type)
 
-    async def watch(self, worker: Worker, task_uuid: uuid_module.UUID, target: TaskExecState, wait: float) -> WatchResp:
+    async def watch(self, worker: WorkerIdentity, task_uuid: uuid_module.UUID, target: TaskExecState, wait: float) -> WatchResp:
         """Long-poll until the task reaches ``target`` (or can no longer), at most ``wait`` seconds."""
 
         async def status(final: bool = False) -> WatchResp | None:
@@ -450,7 +336,7 @@ class WorkerService:
         watched = str(task_uuid)
         return await long_poll(self.context, status, EVENTS, lambda event: event.get("uuid") == watched, wait) or await status(final=True)  # type: ignore[return-value]
 
-    async def download_attachment(self, worker: Worker, task_uuid: uuid_module.UUID, key: str) -> DownloadResp:
+    async def download_attachment(self, worker: WorkerIdentity, task_uuid: uuid_module.UUID, key: str) -> DownloadResp:
         """An attachment of the group of the task this worker is running."""
         async with self.context.db.read() as session:
             task, _, group_name = await load_task(session, task_uuid)

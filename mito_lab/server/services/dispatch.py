@@ -1,0 +1,445 @@
+"""The hot path of the worker protocol: claiming tasks and recording what became of them.
+
+Both protocol versions go through here. Version 2 (``POST /workers/exchange``) reports on any
+number of a worker's tasks and takes up to k new ones in one request and one transaction; the
+reference's fetch and its Finish/Cancel/ExecState/Commit reports are the same rules applied to one
+task. Statements are SQLAlchemy Core, built once: on this path the ORM's unit of work cost more
+than the rules it served.
+
+A claim is one ``UPDATE ... RETURNING`` over candidates read off the dispatch index in its own
+order (per group, so PostgreSQL serves it from the index too), guarded by ``FOR UPDATE SKIP
+LOCKED`` on PostgreSQL: any number of coordinators may share the database without handing a task
+to two workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid as uuid_module
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from mito_lab.server.db.models import GroupWorker, Task, TaskTag, Worker
+from mito_lab.server.errors import WrongCredentials
+from mito_lab.server.events import RECHECK, RedisEvents
+from mito_lab.server.services.activity import (
+    EVENTS,
+    EXEC_STATE_TTL_SECONDS,
+    TASKS_READY,
+    long_poll,
+    task_payload,
+)
+from mito_lab.server.services.context import Context
+from mito_lab.server.services.tasks import now
+from mito_lab.wire import (
+    CommitOp,
+    ExchangeOp,
+    ExchangeReq,
+    ExchangeResp,
+    ExecStateOp,
+    ExecStatesOp,
+    ReportRefusal,
+    Role,
+    TaskExecState,
+    TaskReport,
+    TaskSpec,
+    TaskState,
+    WorkerState,
+    WorkerTaskResp,
+)
+
+log = logging.getLogger(__name__)
+
+SERVING_ROLES = Role.Write.and_above()
+IDENTITY_SECONDS = 5.0
+"""How long a worker's identity is trusted without an event saying it changed: the bound on
+staleness when coordinators share a database without Redis (events do not cross between them)."""
+MAX_PROBE = 1024
+"""The most queued tasks a claim looks at to size its share: the claim's cost stays flat however
+deep the queue is."""
+
+
+# --- who a worker is ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """What the coordinator needs of a worker on every request, held in memory."""
+
+    id: int
+    worker_id: uuid_module.UUID
+    creator_id: int
+    tags: tuple[str, ...]
+    state: WorkerState
+    serving_groups: tuple[int, ...]  # groups whose tasks it may run (role Write or Admin)
+    loaded_at: float = field(compare=False)
+
+
+_WORKER_BY_UUID = sa.select(Worker.id, Worker.creator_id, Worker.tags, Worker.state).where(
+    Worker.worker_id == sa.bindparam("worker_uuid")
+)
+_SERVING_GROUPS = sa.select(GroupWorker.group_id).where(
+    GroupWorker.worker_id == sa.bindparam("worker_pk"), GroupWorker.role.in_(SERVING_ROLES)
+).order_by(GroupWorker.group_id)
+
+
+class WorkerIdentities:
+    """Workers' identities and grants, read once and dropped by the events that change them
+    (registration, tags, groups, state, removal), or after ``IDENTITY_SECONDS``."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self._known: dict[uuid_module.UUID, WorkerIdentity] = {}
+        self._stop = context.events.listen(EVENTS, self._on_event)
+
+    def close(self) -> None:
+        self._stop()
+
+    def _on_event(self, event: Any) -> None:
+        if event == RECHECK:  # events may have been missed
+            self._known.clear()
+        elif isinstance(event, dict) and event.get("kind") == "worker" and event.get("event") != "heartbeat":
+            self.forget(event.get("worker_id"))
+
+    def forget(self, worker_id: Any) -> None:
+        try:
+            self._known.pop(uuid_module.UUID(str(worker_id)), None)
+        except ValueError:
+            pass
+
+    async def get(self, worker_uuid: uuid_module.UUID) -> WorkerIdentity:
+        known = self._known.get(worker_uuid)
+        if known is not None and time.monotonic() - known.loaded_at < IDENTITY_SECONDS:
+            return known
+        async with self.context.db.engine.connect() as connection:
+            row = (await connection.execute(_WORKER_BY_UUID, {"worker_uuid": worker_uuid})).first()
+            if row is None:
+                self._known.pop(worker_uuid, None)
+                raise WrongCredentials()
+            groups = (await connection.scalars(_SERVING_GROUPS, {"worker_pk": row.id})).all()
+        identity = WorkerIdentity(
+            id=row.id, worker_id=worker_uuid, creator_id=row.creator_id, tags=tuple(row.tags), state=row.state,
+            serving_groups=tuple(groups), loaded_at=time.monotonic(),
+        )
+        self._known[worker_uuid] = identity
+        return identity
+
+
+# --- a task as the hot path sees it ----------------------------------------------------------------
+
+
+@dataclass
+class TaskRow:
+    """The columns of a task that the protocol's rules read and write (and its events show)."""
+
+    id: int
+    uuid: uuid_module.UUID
+    group_id: int
+    state: TaskState
+    exec_state: TaskExecState | None
+    exit_status: int | None
+    result_msg: Any
+    attempts: int
+    cancel_requested: bool
+    started_at: datetime | None
+    ended_at: datetime | None
+    archived_at: datetime | None
+    downstream_task_uuid: uuid_module.UUID | None
+    assigned_worker_id: int | None
+    reporter_uuid: uuid_module.UUID | None = None
+    updated_at: datetime | None = None
+
+
+_ROW_COLUMNS = [Task.__table__.c[f.name] for f in fields(TaskRow) if f.name not in ("reporter_uuid", "updated_at")]
+_WRITTEN = ("state", "exec_state", "exit_status", "result_msg", "attempts", "started_at", "ended_at", "archived_at",
+            "assigned_worker_id", "reporter_uuid", "updated_at")
+_tasks = Task.__table__
+_REPORTED = sa.select(*_ROW_COLUMNS).where(
+    _tasks.c.id.in_(sa.bindparam("ids", expanding=True)),
+    _tasks.c.assigned_worker_id == sa.bindparam("worker_pk"),
+    _tasks.c.archived_at.is_(None),
+)
+_WRITE_BACK = (
+    _tasks.update()
+    .where(_tasks.c.id == sa.bindparam("row_id"))
+    .values({name: sa.bindparam(f"new_{name}") for name in _WRITTEN})
+)
+_RELEASE_DOWNSTREAM = (
+    _tasks.update()
+    .where(_tasks.c.uuid.in_(sa.bindparam("uuids", expanding=True)), _tasks.c.state == TaskState.Pending)
+    .values(state=TaskState.Ready, updated_at=sa.bindparam("moment"))
+    .returning(*_ROW_COLUMNS)
+)
+_UNDELIVERED = sa.select(*_ROW_COLUMNS, _tasks.c.timeout, _tasks.c.upstream_task_uuid, _tasks.c.spec).where(
+    _tasks.c.assigned_worker_id == sa.bindparam("worker_pk"),
+    _tasks.c.archived_at.is_(None),
+    _tasks.c.exec_state.is_(None),
+    _tasks.c.id.not_in(sa.bindparam("holding", expanding=True)),
+)
+_STILL_HOLDING = sa.select(_tasks.c.id).where(
+    _tasks.c.assigned_worker_id == sa.bindparam("worker_pk"), _tasks.c.archived_at.is_(None)
+).limit(1)
+
+
+def _candidates(groups: int) -> sa.Select:
+    """The ids of the best Ready tasks in ``groups`` groups that a worker with the given tags may
+    run, best first. One branch per group, each read off the dispatch index in order and cut at
+    ``limit``, so neither SQLite nor PostgreSQL sorts the whole queue."""
+    branches = []
+    for index in range(groups):
+        foreign_tag = sa.exists().where(
+            TaskTag.task_id == _tasks.c.id, TaskTag.tag.not_in(sa.bindparam("tags", expanding=True))
+        )
+        branch = (
+            sa.select(_tasks.c.id, _tasks.c.priority)
+            .where(_tasks.c.state == TaskState.Ready, _tasks.c.group_id == sa.bindparam(f"group_{index}"), ~foreign_tag)
+            .order_by(_tasks.c.priority.desc(), _tasks.c.id)
+            .limit(sa.bindparam("limit"))
+            .subquery(f"g{index}")
+        )
+        branches.append(sa.select(branch.c.id, branch.c.priority))
+    union = (branches[0] if groups == 1 else sa.union_all(*branches)).subquery("candidates")
+    return sa.select(union.c.id).order_by(union.c.priority.desc(), union.c.id).limit(sa.bindparam("limit"))
+
+
+def _claim(for_update: bool) -> sa.Update:
+    """Take up to ``take`` of the candidates that are still Ready, for a worker still Normal."""
+    chosen = (
+        sa.select(_tasks.c.id)
+        .where(_tasks.c.id.in_(sa.bindparam("candidates", expanding=True)), _tasks.c.state == TaskState.Ready)
+        .order_by(_tasks.c.priority.desc(), _tasks.c.id)
+        .limit(sa.bindparam("take"))
+    )
+    if for_update:
+        chosen = chosen.with_for_update(skip_locked=True)
+    serving = sa.exists().where(Worker.id == sa.bindparam("worker_pk"), Worker.state == WorkerState.Normal)
+    return (
+        _tasks.update()
+        .where(_tasks.c.id.in_(chosen.scalar_subquery()), serving)
+        .values(
+            state=TaskState.Running, assigned_worker_id=sa.bindparam("worker_pk"), attempts=_tasks.c.attempts + 1,
+            exec_state=None, ended_at=None, started_at=sa.bindparam("moment"), updated_at=sa.bindparam("moment"),
+        )
+        .returning(*_ROW_COLUMNS, _tasks.c.priority, _tasks.c.timeout, _tasks.c.upstream_task_uuid, _tasks.c.spec)
+    )
+
+
+def _delivery(row: Any) -> WorkerTaskResp:
+    return WorkerTaskResp(
+        id=row.id, uuid=row.uuid, timeout=timedelta(seconds=row.timeout),
+        upstream_task_uuid=row.upstream_task_uuid, spec=TaskSpec.model_validate(row.spec),
+    )
+
+
+class Refused(Exception):
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status, self.msg = status, msg
+
+
+# --- the rules ----------------------------------------------------------------------------------
+
+
+def apply_op(task: TaskRow, op: ExchangeOp, worker: WorkerIdentity, moment: datetime, changed: Callable[[TaskRow], None]) -> None:
+    """One report op on a task (reference 2.6), calling ``changed`` after each state it passes
+    through (an event per exec state). Raises ``Refused`` if the op does not fit the task."""
+    if op == "Finish" or op == "Cancel":
+        if task.state == TaskState.Running:  # a repeated Finish/Cancel changes nothing
+            task.state = TaskState.Finished if op == "Finish" else TaskState.Cancelled
+            task.ended_at = moment
+            changed(task)
+    elif op == "Release":
+        if task.state != TaskState.Running or task.exec_state is not None:
+            raise Refused(400, "Task has started: it cannot be released")
+        task.state, task.assigned_worker_id, task.started_at = TaskState.Ready, None, None
+        task.attempts -= 1  # it never ran: the attempt does not count
+        changed(task)
+    elif isinstance(op, ExecStateOp | ExecStatesOp):
+        for state in op.ExecStates if isinstance(op, ExecStatesOp) else [op.ExecState]:
+            task.exec_state = state
+            changed(task)
+    elif isinstance(op, CommitOp):
+        if task.state not in (TaskState.Finished, TaskState.Cancelled):
+            raise Refused(400, "Task can not be marked as done")
+        task.exit_status, task.result_msg = op.Commit.exit_status, op.Commit.msg
+        task.reporter_uuid = worker.worker_id
+        task.exec_state, task.archived_at = TaskExecState.TaskCommitted, moment
+        changed(task)
+
+
+class Dispatcher:
+    def __init__(self, context: Context, retire: Callable[[WorkerIdentity], Awaitable[None]]) -> None:
+        """``retire`` removes a gracefully stopping worker once its last task is committed."""
+        self.context = context
+        self.retire = retire
+        self.identities = WorkerIdentities(context)
+        self.waiting = 0  # workers long-polling this coordinator for tasks right now
+        self._candidates: dict[int, sa.Select] = {}
+        self._claim = _claim(for_update=not context.db.is_sqlite)
+        # concurrent reports on one task (exec states racing an outcome) wait for each other
+        self._reported = _REPORTED if context.db.is_sqlite else _REPORTED.with_for_update()
+
+    def close(self) -> None:
+        self.identities.close()
+
+    # --- one transaction: reports, then claims ----------------------------------------------------
+
+    async def exchange(self, worker: WorkerIdentity, request: ExchangeReq, wait: float = 0, gone: Callable[[], bool] = lambda: False) -> ExchangeResp:
+        """Apply the reports and take up to ``want`` tasks; if there was nothing to report and no
+        task to take, wait up to ``wait`` seconds for one."""
+        answer = await self._exchange_once(worker, request)
+        if answer.tasks or request.reports or request.want == 0 or wait <= 0:
+            return await self._unless_gone(worker, answer, gone)
+        asking = ExchangeReq(want=request.want)
+
+        async def claim_unless_gone() -> ExchangeResp | None:
+            if gone():
+                return None
+            found = await self._unless_gone(worker, await self._exchange_once(worker, asking), gone)
+            return found if found.tasks else None
+
+        self.waiting += 1
+        try:
+            return await long_poll(self.context, claim_unless_gone, TASKS_READY, lambda _event: True, wait) or answer
+        finally:
+            self.waiting -= 1
+
+    async def _unless_gone(self, worker: WorkerIdentity, answer: ExchangeResp, gone: Callable[[], bool]) -> ExchangeResp:
+        """The worker hung up while we claimed: put the tasks back, they never reached it."""
+        if answer.tasks and gone():
+            await self.release(worker, [task.id for task in answer.tasks])
+            answer.tasks = []
+        return answer
+
+    async def _exchange_once(self, worker: WorkerIdentity, request: ExchangeReq) -> ExchangeResp:
+        moment = now()
+        events: list[tuple[TaskRow, dict[str, Any]]] = []
+        answer = ExchangeResp()
+        retiring = False
+        async with self.context.db.transaction() as connection:
+            if request.reports:
+                answer.refused, retiring = await self._apply(connection, worker, request.reports, moment, events)
+            if request.holding is not None:
+                answer.tasks = await self._undelivered(connection, worker, request.holding)
+            if request.want > len(answer.tasks):
+                answer.tasks += await self._take(connection, worker, request.want - len(answer.tasks), moment, events)
+            group_names = {row.group_id: await self.context.group_name(connection, row.group_id) for row, _ in events}  # type: ignore[arg-type]
+        self._publish(events, group_names)
+        if retiring:
+            await self.retire(worker)
+        return answer
+
+    async def _apply(
+        self, connection: AsyncConnection, worker: WorkerIdentity, reports: list[TaskReport], moment: datetime,
+        events: list[tuple[TaskRow, dict[str, Any]]],
+    ) -> tuple[list[ReportRefusal], bool]:
+        """Apply each report (all its ops or none); the refusals, and whether a gracefully stopping
+        worker has just committed its last task."""
+        rows = await connection.execute(self._reported, {"ids": [r.id for r in reports], "worker_pk": worker.id})
+        tasks = {row.id: TaskRow(**row._mapping) for row in rows}
+        refused, written, committed = [], [], []
+        for report in reports:
+            task = tasks.get(report.id)
+            if task is None:
+                refused.append(ReportRefusal(id=report.id, status=404, msg=f"Task {report.id} not found"))
+                continue
+            updated = TaskRow(**task.__dict__)
+            seen: list[tuple[TaskRow, dict[str, Any]]] = []
+            try:
+                for op in report.ops:
+                    apply_op(updated, op, worker, moment, lambda t: seen.append((t, _event_fields(t))))
+            except Refused as refusal:
+                refused.append(ReportRefusal(id=report.id, status=refusal.status, msg=refusal.msg))
+                continue
+            updated.updated_at = moment
+            tasks[report.id] = updated  # a second report on the same task builds on the first
+            written.append(updated)
+            events.extend(seen)
+            if updated.archived_at is not None:
+                committed.append(updated)
+        if written:
+            latest = {task.id: task for task in written}
+            await connection.execute(
+                _WRITE_BACK, [{"row_id": t.id, **{f"new_{name}": getattr(t, name) for name in _WRITTEN}} for t in latest.values()]
+            )
+        downstream = [t.downstream_task_uuid for t in committed if t.downstream_task_uuid is not None]
+        if downstream:  # chained tasks become Ready when their upstream commits
+            for row in await connection.execute(_RELEASE_DOWNSTREAM, {"uuids": downstream, "moment": moment}):
+                released = TaskRow(**row._mapping)
+                events.append((released, _event_fields(released)))
+        retiring = False
+        if committed and worker.state == WorkerState.GracefulShutdown:  # it goes at its last commit (reference 2.6)
+            retiring = await connection.scalar(_STILL_HOLDING, {"worker_pk": worker.id}) is None
+        return refused, retiring
+
+    async def _undelivered(self, connection: AsyncConnection, worker: WorkerIdentity, holding: list[int]) -> list[WorkerTaskResp]:
+        """Tasks assigned to the worker that it never received (an answer lost with a coordinator
+        or a connection): hand them over again, without counting a new attempt."""
+        rows = (await connection.execute(_UNDELIVERED, {"worker_pk": worker.id, "holding": holding})).all()
+        for row in rows:
+            log.warning("task %s: handing it to worker %s again (the first answer was lost)", row.uuid, worker.worker_id)
+        return [_delivery(row) for row in rows]
+
+    def _share(self, found: int, want: int) -> int:
+        """How many of ``found`` queued tasks one worker takes: all it wants while the queue is deep,
+        one when it is short, so tasks never sit on one worker while another idles."""
+        return max(1, min(want, found // (2 * (self.waiting + 1))))
+
+    async def _take(
+        self, connection: AsyncConnection, worker: WorkerIdentity, want: int, moment: datetime,
+        events: list[tuple[TaskRow, dict[str, Any]]],
+    ) -> list[WorkerTaskResp]:
+        if worker.state != WorkerState.Normal or not worker.serving_groups:
+            return []
+        groups = len(worker.serving_groups)
+        if groups not in self._candidates:
+            self._candidates[groups] = _candidates(groups)
+        probe = min(MAX_PROBE, 2 * want * (self.waiting + 1))
+        found = (await connection.scalars(self._candidates[groups], {
+            "tags": list(worker.tags), "limit": probe, **{f"group_{i}": g for i, g in enumerate(worker.serving_groups)},
+        })).all()
+        if not found:
+            return []
+        rows = (await connection.execute(self._claim, {
+            "candidates": found, "take": self._share(len(found), want), "worker_pk": worker.id, "moment": moment,
+        })).all()
+        rows.sort(key=lambda row: (-row.priority, row.id))
+        worker_uuid = str(worker.worker_id)
+        for row in rows:
+            task = TaskRow(**{f.name: getattr(row, f.name, None) for f in fields(TaskRow)})
+            events.append((task, {**_event_fields(task), "worker": worker_uuid}))
+        return [_delivery(row) for row in rows]
+
+    async def release(self, worker: WorkerIdentity, ids: Iterable[int]) -> None:
+        """Hand back tasks claimed for a worker that never received them."""
+        reports = [TaskReport(id=task_id, ops=["Release"]) for task_id in ids]
+        await self._exchange_once(worker, ExchangeReq(reports=reports))
+
+    # --- events --------------------------------------------------------------------------------
+
+    def _publish(self, events: list[tuple[TaskRow, dict[str, Any]]], group_names: dict[int, str]) -> None:
+        """After the commit: one event per state a task passed through, and one wake-up for the
+        waiting fetches if any task became Ready."""
+        bus = self.context.events
+        redis = isinstance(bus, RedisEvents)
+        ready = False
+        for task, payload in events:
+            payload["group"] = group_names[task.group_id]
+            bus.publish(EVENTS, payload)
+            ready |= payload["state"] == TaskState.Ready.value and not payload["archived"]
+            if redis and payload["exec_state"] is not None:
+                bus.publish_raw(f"task:{task.uuid}", TaskExecState(payload["exec_state"]).code, ttl=EXEC_STATE_TTL_SECONDS)
+        if ready:
+            bus.publish(TASKS_READY, {})
+
+
+def _event_fields(task: TaskRow) -> dict[str, Any]:
+    """The task's event as of now (its group's name is filled in at publication)."""
+    return task_payload(task, "")  # type: ignore[arg-type]
+
