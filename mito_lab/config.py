@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 # --- durations (humantime syntax: "600s", "5m", "7d", "1h 30m", "1year") -------------------------
 
@@ -188,6 +188,7 @@ class WorkerConfig(_Settings):
     shared_log: bool = False
     lifetime: Duration | None = None
     skip_redis: bool = False
+    slots: Annotated[int, Field(ge=1, le=256)] = 1
 
 
 class ClientConfig(_Settings):

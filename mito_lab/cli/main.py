@@ -99,6 +99,7 @@ def _worker_parser(modes: argparse._SubParsersAction) -> None:
     _flag(parser, "--shared-log", action="store_true", help="Log to one shared rolling file for all workers")
     _flag(parser, "--lifetime", help="The lifetime of the worker to alive (e.g., 7d, 1year)")
     _flag(parser, "--skip-redis", action="store_true", help="Ignore the Redis URL given at registration")
+    _flag(parser, "--slots", type=int, help="How many tasks to run at once [default: 1]")
     parser.set_defaults(run=run_worker)
 
 

@@ -1,10 +1,17 @@
-"""The worker: registers, heartbeats on its own timer, long-polls for tasks and runs them one at a
-time (reference 4.12, with SPEC's improvements: long-poll dispatch, retries with backoff instead of
-exiting on a coordinator hiccup, process-group kills, outputs streamed to files)."""
+"""The worker: registers, heartbeats on its own timer, takes tasks and runs up to ``slots`` of them
+at once (reference 4.12, with SPEC's improvements: long-poll dispatch, retries with backoff instead
+of exiting on a coordinator hiccup, process-group kills, outputs streamed to files).
+
+With a coordinator that has protocol v2 (``POST /workers/exchange``), outcomes and exec states
+wait in an outbox that the next exchange carries, and that exchange also takes the next tasks: a
+worker busy with short tasks sends one request per batch of them, and holds a few taken tasks so
+that its slots never wait for the network. With an older coordinator it speaks the reference's
+protocol, one task at a time."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
@@ -16,7 +23,7 @@ import time
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import jwt
@@ -29,11 +36,15 @@ from mito_lab.config import WorkerConfig, cache_dir
 from mito_lab.logs import setup_logging
 from mito_lab.wire import (
     LIVE_LOG_CHUNK,
+    MAX_EXCHANGE_TASKS,
     MAX_WAIT_SECONDS,
     ArtifactContentType,
     ArtifactSource,
     CommitOp,
     DownloadResp,
+    ExchangeOp,
+    ExchangeReq,
+    ExchangeResp,
     ExecStateOp,
     ExecStatesOp,
     LogChunk,
@@ -45,6 +56,7 @@ from mito_lab.wire import (
     SubmitOp,
     SubmitTaskReq,
     TaskExecState,
+    TaskReport,
     TaskResultMessage,
     TaskResultSpec,
     UploadArtifactReq,
@@ -63,6 +75,9 @@ RETIRE_MARGIN_SECONDS = 30.0
 WATCH_POLL_SECONDS = 60.0
 LOG_SHIP_SECONDS = 0.5
 UPLOAD_URL_ATTEMPTS = 3
+PREFETCH_PER_SLOT = 32  # tasks taken ahead per slot while tasks are short
+SHORT_TASK_SECONDS = 1.0  # a task that runs longer stops the prefetch
+HOLD_SECONDS = 2.0  # a task taken ahead and not started by then is handed back
 # Variables of the worker's own configuration that a task must not inherit.
 PRIVATE_ENVIRONMENT = ("MITO_PASSWORD", "MITO_USER")
 
@@ -109,6 +124,19 @@ class WorkerClient:
     async def watch(self, target: uuid_module.UUID, state: TaskExecState, wait: float) -> WatchResp:
         return await self.call("GET", f"workers/tasks/{target}/reaches/{state.value}", None, WatchResp, wait=wait)
 
+    async def exchange(self, reports: list[TaskReport], want: int, wait: float, holding: Callable[[], list[int]]) -> ExchangeResp:
+        """Protocol v2. A retry after a failure also says which tasks the worker holds: the tasks
+        an answer lost on the way took are handed over again."""
+        attempts = 0
+
+        def send() -> Awaitable[ExchangeResp]:
+            nonlocal attempts
+            attempts += 1
+            request = ExchangeReq(reports=reports, want=want, holding=holding() if attempts > 1 else None)
+            return self.session.call("POST", "workers/exchange", request, ExchangeResp, wait=wait)
+
+        return await self._retrying(send, "exchange")
+
     async def fetch(self, wait: float) -> WorkerTaskResp | None:
         return await self.call("GET", "workers/tasks", None, WorkerTaskResp, wait=wait)
 
@@ -138,7 +166,8 @@ class WorkerClient:
 
 
 class TaskDirectories:
-    """A fresh scratch tree per task under the worker's cache directory."""
+    """One slot's scratch tree under the worker's cache directory, emptied between tasks and
+    reused (a fast task's directories cost a few system calls, not a tree rebuilt)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -146,48 +175,50 @@ class TaskDirectories:
         self.std_log = root / "std-log"
         self.archives = root / "archives"
         self.new_task = root / "new_task.json"
+        self._folders = (self.result, self.exec, self.resource, self.work, self.std_log, self.archives)
 
     def reset(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-        for directory in (self.result, self.exec, self.resource, self.work, self.std_log, self.archives):
-            directory.mkdir(parents=True)
-
-
-class Agent:
-    def __init__(self, config: WorkerConfig, client: WorkerClient, root: Path) -> None:
-        self.config = config
-        self.client = client
-        self.root = root
-        self.stopping = client.stopping
-        self.process: asyncio.subprocess.Process | None = None
-        self.current: WorkerTaskResp | None = None
-        self.cancelled: set[uuid_module.UUID] = set()  # tasks a user cancelled while we ran them
-        self._busy = asyncio.Event()  # wakes the heartbeat loop when a task starts
-        self._states: asyncio.Queue[tuple[WorkerTaskResp, TaskExecState]] = asyncio.Queue()
-        self.retiring = False
-
-    # --- background loops -----------------------------------------------------------------------
-
-    async def heartbeats(self) -> None:
-        """Heartbeats on their own timer. While a task runs, each heartbeat is held open by the
-        coordinator and answers at once if the task is cancelled, so it is killed within a second."""
-        interval = min(self.config.heartbeat_interval.total_seconds(), MAX_WAIT_SECONDS)
-        while True:
-            if self.current is None:
-                await self.client.heartbeat()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._busy.wait(), interval)
+        for directory in self._folders:
+            try:
+                with os.scandir(directory) as entries:
+                    if next(entries, None) is None:
+                        continue
+            except FileNotFoundError:
+                directory.mkdir(parents=True)
                 continue
-            signal_ = await self.client.heartbeat(wait=interval)
-            current = self.current
-            if signal_ and current is not None and current.uuid in signal_.cancel and current.uuid not in self.cancelled:
-                log.info("task %s: cancelled by a user; stopping it", current.uuid)
-                self.cancelled.add(current.uuid)
-                await self.kill_current()
+            except NotADirectoryError:
+                directory.unlink()
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+        self.new_task.unlink(missing_ok=True)
 
-    async def report_states(self) -> None:
-        """Send exec states in order, off the task's critical path; the states reached while a
-        report was on its way go together in the next one."""
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class ReferenceReports:
+    """Progress through the reference's protocol: exec states sent in order off the task's
+    critical path (the ones reached while a report is on its way go together), outcomes and
+    commits one request each."""
+
+    def __init__(self, client: WorkerClient) -> None:
+        self.client = client
+        self._states: asyncio.Queue[tuple[WorkerTaskResp, TaskExecState]] = asyncio.Queue()
+
+    def state(self, task: WorkerTaskResp, state: TaskExecState) -> None:
+        self._states.put_nowait((task, state))
+
+    async def outcome(self, task: WorkerTaskResp, op: Literal["Finish", "Cancel"]) -> None:
+        await self.client.report(task, op)
+
+    async def commit(self, task: WorkerTaskResp, result: TaskResultSpec) -> None:
+        await self.settle(task)  # every exec state is recorded before the commit
+        await self.client.report(task, CommitOp(Commit=result))
+
+    async def settle(self, task: WorkerTaskResp) -> None:
+        await self._states.join()
+
+    async def run(self) -> None:
         while True:
             reached = [await self._states.get()]
             while not self._states.empty():
@@ -202,55 +233,329 @@ class Agent:
             for _ in reached:
                 self._states.task_done()
 
+
+class BatchedReports:
+    """Progress through protocol v2: every op waits in an outbox that the next exchange empties,
+    so a busy worker's reports batch themselves (one request carries what happened meanwhile)."""
+
+    def __init__(self) -> None:
+        self._outbox: dict[int, list[ExchangeOp]] = {}
+        self._settling: dict[int, asyncio.Future[None]] = {}
+        self.waiting = asyncio.Event()  # the outbox has something
+
+    def _add(self, task: WorkerTaskResp, op: ExchangeOp) -> None:
+        ops = self._outbox.setdefault(task.id, [])
+        if isinstance(op, ExecStateOp) and ops and isinstance(ops[-1], ExecStatesOp):
+            ops[-1].ExecStates.append(op.ExecState)
+        elif isinstance(op, ExecStateOp):
+            ops.append(ExecStatesOp(ExecStates=[op.ExecState]))
+        else:
+            ops.append(op)
+        self.waiting.set()
+
     def state(self, task: WorkerTaskResp, state: TaskExecState) -> None:
-        self._states.put_nowait((task, state))
+        self._add(task, ExecStateOp(ExecState=state))
+
+    async def outcome(self, task: WorkerTaskResp, op: Literal["Finish", "Cancel"]) -> None:
+        self._add(task, op)
+
+    async def commit(self, task: WorkerTaskResp, result: TaskResultSpec) -> None:
+        self._add(task, CommitOp(Commit=result))
+
+    def release(self, task: WorkerTaskResp) -> None:
+        self._add(task, "Release")
+
+    async def settle(self, task: WorkerTaskResp) -> None:
+        """Wait until the coordinator has recorded everything reported on ``task`` so far (e.g. its
+        outcome, before the task submits its downstream task)."""
+        if task.id in self._outbox or task.id in self._settling:
+            await asyncio.shield(self._settling.setdefault(task.id, asyncio.get_running_loop().create_future()))
+
+    def take(self) -> list[TaskReport]:
+        reports = [TaskReport(id=task_id, ops=ops) for task_id, ops in self._outbox.items()]
+        self._outbox = {}
+        self.waiting.clear()
+        return reports
+
+    def recorded(self, reports: list[TaskReport], refused: dict[int, str]) -> None:
+        for report in reports:
+            waiter = self._settling.get(report.id)
+            if waiter is not None and report.id not in self._outbox:
+                del self._settling[report.id]
+                if report.id in refused:
+                    waiter.set_exception(TaskGone(refused[report.id]))
+                else:
+                    waiter.set_result(None)
+
+
+Reports = ReferenceReports | BatchedReports
+
+
+class Agent:
+    def __init__(self, config: WorkerConfig, client: WorkerClient, root: Path) -> None:
+        self.config = config
+        self.client = client
+        self.root = root
+        self.stopping = client.stopping
+        self.slots = config.slots
+        self.reports: Reports = BatchedReports()
+        self.held: collections.deque[tuple[WorkerTaskResp, float]] = collections.deque()  # taken, not started; since when
+        self.running: dict[int, WorkerTaskResp] = {}
+        self.processes: dict[int, runner.Child] = {}
+        self.unsettled: set[int] = set()  # tasks taken and not yet committed or released
+        self.cancelled: set[uuid_module.UUID] = set()  # tasks a user cancelled while we held them
+        self.gone: set[int] = set()  # tasks the coordinator no longer gives to us
+        self._free_directories = [TaskDirectories(root / f"slot-{n}") for n in range(self.slots)]
+        self._longest_recent = 0.0  # seconds the last task ran: long tasks are not prefetched
+        self._changed = asyncio.Event()  # a slot freed, a task arrived, or a report is waiting
+        self._busy = asyncio.Event()  # wakes the heartbeat loop when a task is taken
+        self._asking = False  # an exchange that takes tasks is on its way
+        self.executions: set[asyncio.Task[None]] = set()
+        self._started: dict[int, float] = {}  # running tasks: when they started
+        self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.retiring = False
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running or self.held)
+
+    # --- background loops -----------------------------------------------------------------------
+
+    async def heartbeats(self) -> None:
+        """Heartbeats on their own timer. While the worker holds tasks, each heartbeat is held open
+        by the coordinator and answers at once if one is cancelled, so it is stopped within a second."""
+        interval = min(self.config.heartbeat_interval.total_seconds(), MAX_WAIT_SECONDS)
+        while True:
+            if not self.busy:
+                await self.client.heartbeat()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._busy.wait(), interval)
+                continue
+            signal_ = await self.client.heartbeat(wait=interval)
+            for task_uuid in signal_.cancel if signal_ else ():
+                await self.cancel(task_uuid)
+
+    async def cancel(self, task_uuid: uuid_module.UUID) -> None:
+        if task_uuid in self.cancelled:
+            return
+        for held in list(self.held):
+            task = held[0]
+            if task.uuid == task_uuid:  # never started: it ends here
+                log.info("task %s: cancelled by a user before it started", task.uuid)
+                self.held.remove(held)
+                self._taken_off(task)
+                await self.reports.outcome(task, "Cancel")
+                await self.reports.commit(task, TaskResultSpec(exit_status=0, msg=TaskResultMessage.UserCancellation))
+                return
+        for task_id, task in self.running.items():
+            if task.uuid == task_uuid:
+                log.info("task %s: cancelled by a user; stopping it", task.uuid)
+                self.cancelled.add(task_uuid)
+                await self.kill(task_id)
+                return
 
     async def serve(self) -> None:
-        """Fetch and run tasks until stopped, evicted, or retired at the end of the lifetime."""
+        """Take and run tasks until stopped, evicted, or retired at the end of the lifetime:
+        through protocol v2 when the coordinator has it, else the reference's protocol."""
+        try:
+            first = await self.client.exchange([], self._capacity(), 0, self._holding)
+        except MitoError as exc:
+            if exc.status not in (404, 405):
+                raise
+            log.info("the coordinator has no worker protocol v2: one task at a time, as the reference")
+            await self._serve_reference()
+            return
+        self._receive(first)
+        loops = asyncio.gather(self._send_reports(), self._poll_for_tasks(), self._release_stale())
+        try:
+            await asyncio.wait({loops, self._failed}, return_when=asyncio.FIRST_COMPLETED)
+            if self._failed.done():
+                self._failed.result()  # raises what ended a task's execution
+            await loops
+        finally:
+            loops.cancel()
+            loops.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved: no warning
+
+    async def _serve_reference(self) -> None:
+        if self.slots > 1:
+            log.warning("the reference's protocol runs one task at a time: --slots %d is not used", self.slots)
+        self.reports = ReferenceReports(self.client)
+        states = asyncio.create_task(self.reports.run())
         wait = min(self.config.polling_interval.total_seconds(), MAX_WAIT_SECONDS)
-        while not self.stopping.is_set() and not self.retiring:
-            task = await self.client.fetch(wait)
-            if task is not None:
-                await self.execute(task)
+        try:
+            while not self.stopping.is_set() and not self.retiring:
+                task = await self.client.fetch(wait)
+                if task is not None:
+                    self.unsettled.add(task.id)
+                    self.running[task.id] = task
+                    self._busy.set()
+                    self._busy.clear()
+                    await self.execute(task, self._free_directories[0])
+        finally:
+            states.cancel()
+
+    def _capacity(self) -> int:
+        """How many more tasks to ask for: free slots, plus a prefetch while tasks are short (a
+        long task must not keep others waiting behind it)."""
+        if self.retiring or self.stopping.is_set():
+            return 0
+        now = time.monotonic()
+        short = self._longest_recent < SHORT_TASK_SECONDS and all(
+            now - started < SHORT_TASK_SECONDS for started in self._started.values()
+        )
+        prefetch = PREFETCH_PER_SLOT * self.slots if short else 0
+        return max(0, min(MAX_EXCHANGE_TASKS, self.slots + prefetch - len(self.running) - len(self.held)))
+
+    def _holding(self) -> list[int]:
+        return sorted(self.unsettled)
+
+    def _receive(self, answer: ExchangeResp) -> None:
+        for refusal in answer.refused:
+            log.warning("task %s: the coordinator refused a report (%s)", refusal.id, refusal.msg)
+            self.unsettled.discard(refusal.id)
+            if refusal.status == 404:  # re-queued or ended elsewhere: stop working on it
+                self.gone.add(refusal.id)
+                if refusal.id in self.running:
+                    asyncio.ensure_future(self.kill(refusal.id))
+        arrived = time.monotonic()
+        for task in answer.tasks:
+            if task.id in self.unsettled:  # handed over again after a lost answer: we have it
+                continue
+            self.unsettled.add(task.id)
+            self.held.append((task, arrived))
+        if answer.tasks:
+            self._busy.set()
+            self._busy.clear()
+        self._start_held()
+
+    async def _send_reports(self) -> None:
+        """One exchange at a time carries every report made meanwhile, and takes tasks for the
+        slots that freed unless a long poll is already asking."""
+        reports = self.reports
+        assert isinstance(reports, BatchedReports)
+        while True:
+            await reports.waiting.wait()
+            batch = reports.take()
+            want = 0 if self._asking else self._capacity()
+            self._asking |= want > 0
+            try:
+                answer = await self.client.exchange(batch, want, 0, self._holding)
+            finally:
+                if want:
+                    self._asking = False
+            for report in batch:
+                if any(op == "Release" or isinstance(op, CommitOp) for op in report.ops):
+                    self.unsettled.discard(report.id)
+                    self.gone.discard(report.id)
+            reports.recorded(batch, {r.id: r.msg for r in answer.refused})
+            self._receive(answer)
+            self._changed.set()
+            if self.retiring and not self.busy and not reports.waiting.is_set():
+                return
+
+    async def _poll_for_tasks(self) -> None:
+        """With room for tasks and nothing to report, wait for tasks in a long poll (answered the
+        moment one is ready); reports go beside it, never behind it."""
+        wait = min(self.config.polling_interval.total_seconds(), MAX_WAIT_SECONDS)
+        reports = self.reports
+        assert isinstance(reports, BatchedReports)
+        while not self.retiring:
+            want = self._capacity()
+            if want == 0 or self._asking or reports.waiting.is_set():
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), SHORT_TASK_SECONDS)
+                continue
+            self._asking = True
+            try:
+                answer = await self.client.exchange([], want, wait, self._holding)
+            finally:
+                self._asking = False
+            self._receive(answer)
+
+    async def _release_stale(self) -> None:
+        """Hand back the tasks that waited too long behind busy slots: another worker may be idle."""
+        reports = self.reports
+        assert isinstance(reports, BatchedReports)
+        while True:
+            await asyncio.sleep(SHORT_TASK_SECONDS)
+            cutoff = time.monotonic() - HOLD_SECONDS
+            while self.held and (self.held[0][1] < cutoff or self.retiring):
+                task, _ = self.held.popleft()
+                log.info("task %s: handed back, this worker's slots are busy", task.uuid)
+                reports.release(task)
+            if self.retiring and not self.busy and not reports.waiting.is_set():
+                return
+
+    def _start_held(self) -> None:
+        while self.held and self._free_directories and not self.stopping.is_set():
+            task, _ = self.held.popleft()
+            directories = self._free_directories.pop()
+            self.running[task.id] = task
+            execution = asyncio.create_task(self._execute_in(task, directories))
+            self.executions.add(execution)
+            execution.add_done_callback(self.executions.discard)
+
+    async def _execute_in(self, task: WorkerTaskResp, directories: TaskDirectories) -> None:
+        try:
+            await self.execute(task, directories)
+        except Exception as exc:  # eviction, or a failure of the worker itself: it ends the worker
+            if not self._failed.done():
+                self._failed.set_exception(exc)
+        finally:
+            self._free_directories.append(directories)
+            self._start_held()
+            self._changed.set()
+
+    def _taken_off(self, task: WorkerTaskResp) -> None:
+        self.running.pop(task.id, None)
+        self.cancelled.discard(task.uuid)
 
     async def retire_at(self, expires: float, work: asyncio.Task[None]) -> None:
-        """Take no new task once the token is about to expire; leave after the current one, while
+        """Take no new task once the token is about to expire; leave after the current ones, while
         the token still works, so the coordinator drops the worker at once (reference pain 14)."""
         await asyncio.sleep(max(0.0, expires - time.time() - RETIRE_MARGIN_SECONDS))
-        log.info("the worker's lifetime is ending: leaving after the current task")
+        log.info("the worker's lifetime is ending: leaving after the current tasks")
         self.retiring = True
-        if self.current is None:
+        self._changed.set()
+        if isinstance(self.reports, BatchedReports):
+            self.reports.waiting.set()  # one last exchange hands back what is held and sees if we are done
+        elif not self.running:
             work.cancel()
 
     # --- one task -------------------------------------------------------------------------------
 
-    async def execute(self, task: WorkerTaskResp) -> None:
+    async def execute(self, task: WorkerTaskResp, dirs: TaskDirectories) -> None:
         log.info("task %s: %s", task.uuid, " ".join(task.spec.args))
-        dirs = TaskDirectories(self.root / "task")
-        dirs.reset()
-        self.current = task
-        self._busy.set()
-        self._busy.clear()
+        started = time.monotonic()
+        self._started[task.id] = started
         try:
+            dirs.reset()
             result = await self._prepare(task, dirs) or await self._run(task, dirs)
-            await self._states.join()  # every exec state is recorded before the commit
-            await self.client.report(task, CommitOp(Commit=result))
+            self._still_ours(task)
+            await self.reports.commit(task, result)
             log.info("task %s committed: exit status %s%s", task.uuid, result.exit_status, f" ({result.msg.value})" if result.msg else "")
         except TaskGone:
             log.warning("task %s is no longer assigned to this worker; dropping it", task.uuid)
         except MitoError as exc:  # a refusal we cannot act on must not take the worker down
             log.error("task %s: the coordinator refused a report (%s); dropping the task", task.uuid, exc)
         finally:
-            self.current = None
-            self.cancelled.discard(task.uuid)
-            shutil.rmtree(dirs.root, ignore_errors=True)
+            del self._started[task.id]
+            self._longest_recent = time.monotonic() - started
+            self._taken_off(task)
+            if isinstance(self.reports, ReferenceReports):
+                self.unsettled.discard(task.id)
+
+    def _still_ours(self, task: WorkerTaskResp) -> None:
+        if task.id in self.gone:
+            raise TaskGone(f"Task {task.id} not found")
 
     async def _prepare(self, task: WorkerTaskResp, dirs: TaskDirectories) -> TaskResultSpec | None:
         """Resources, then the watch; the outcome if the task ends here, else ``None``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PREPARE_SECONDS
         if task.spec.resources:
-            self.state(task, TaskExecState.FetchResource)
+            self.reports.state(task, TaskExecState.FetchResource)
         for resource in task.spec.resources:
             target = (dirs.resource / resource.local_path).resolve()
             if dirs.resource.resolve() not in target.parents:
@@ -267,12 +572,12 @@ class Agent:
                 return await self._cancel(task, TaskResultMessage.ResourceForbidden, TaskExecState.FetchResourceForbidden)
         if task.spec.watch is not None:
             target, state = task.spec.watch
-            self.state(task, TaskExecState.Watch)
+            self.reports.state(task, TaskExecState.Watch)
             while True:
                 remaining = deadline - loop.time()
                 answer = await self.client.watch(target, state, min(max(remaining, 0), WATCH_POLL_SECONDS))
                 if answer.reached:
-                    self.state(task, TaskExecState.WatchFinished)
+                    self.reports.state(task, TaskExecState.WatchFinished)
                     break
                 if not answer.possible or loop.time() >= deadline:
                     return await self._cancel(task, TaskResultMessage.WatchTimeout, TaskExecState.WatchTimeout)
@@ -282,8 +587,8 @@ class Agent:
 
     async def _cancel(self, task: WorkerTaskResp, message: TaskResultMessage, state: TaskExecState | None) -> TaskResultSpec:
         if state is not None:
-            self.state(task, state)
-        await self.client.report(task, "Cancel")
+            self.reports.state(task, state)
+        await self.reports.outcome(task, "Cancel")
         return TaskResultSpec(exit_status=0, msg=message)
 
     def _environment(self, task: WorkerTaskResp, dirs: TaskDirectories) -> dict[str, str]:
@@ -330,23 +635,24 @@ class Agent:
     async def _execute_process(self, task: WorkerTaskResp, dirs: TaskDirectories, stdout: Path, stderr: Path) -> runner.Outcome:
         try:
             # output always goes to files (followable live); it becomes the std-log artifact with --terminal
-            self.process = await runner.spawn(task.spec.args, self._environment(task, dirs), dirs.work, stdout, stderr)
+            child = runner.spawn(task.spec.args, self._environment(task, dirs), dirs.work, stdout, stderr)
         except OSError as exc:  # the program does not exist or cannot be executed
             log.warning("task %s: cannot start %s: %s", task.uuid, task.spec.args[0], exc)
             stderr.write_text(f"mito worker: cannot start {task.spec.args[0]!r}: {exc.strerror or exc}\n")
             return runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False)
-        self.state(task, TaskExecState.ExecSpawned)
-        if task.uuid in self.cancelled:  # cancelled while it was being started
-            asyncio.ensure_future(self.kill_current())
+        self.processes[task.id] = child
+        self.reports.state(task, TaskExecState.ExecSpawned)
+        if task.uuid in self.cancelled or task.id in self.gone:  # stopped while it was being started
+            asyncio.ensure_future(self.kill(task.id))
         try:
-            return await runner.wait(self.process, task.timeout.total_seconds())
+            return await runner.wait(child, task.timeout.total_seconds())
         finally:
-            self.process = None
+            del self.processes[task.id]
 
     async def _run(self, task: WorkerTaskResp, dirs: TaskDirectories) -> TaskResultSpec:
         terminal = task.spec.terminal_output
         stdout, stderr = dirs.std_log / "stdout.log", dirs.std_log / "stderr.log"
-        self.state(task, TaskExecState.ExecPending)
+        self.reports.state(task, TaskExecState.ExecPending)
         finished = asyncio.Event()
         shipping = asyncio.create_task(self._ship_logs(task, {"stdout": stdout, "stderr": stderr}, finished))
         try:
@@ -358,15 +664,16 @@ class Agent:
             raise asyncio.CancelledError()
         cancelled = task.uuid in self.cancelled
         stopped = outcome.timed_out or cancelled
-        self.state(task, TaskExecState.ExecTimeout if outcome.timed_out else TaskExecState.ExecFinished)
-        await self.client.report(task, "Cancel" if stopped else "Finish")
-        self.state(task, TaskExecState.UploadResult)
+        self.reports.state(task, TaskExecState.ExecTimeout if outcome.timed_out else TaskExecState.ExecFinished)
+        self._still_ours(task)
+        await self.reports.outcome(task, "Cancel" if stopped else "Finish")
+        self.reports.state(task, TaskExecState.UploadResult)
         await self._upload_outputs(task, dirs, terminal)
-        self.state(task, TaskExecState.UploadCancelledResult if stopped else TaskExecState.UploadFinishedResult)
+        self.reports.state(task, TaskExecState.UploadCancelledResult if stopped else TaskExecState.UploadFinishedResult)
         message = TaskResultMessage.ExecTimeout if outcome.timed_out else TaskResultMessage.UserCancellation if cancelled else None
         if not await self._submit_downstream(task, dirs) and message is None:
             message = TaskResultMessage.SubmitNewTaskFailed
-        self.state(task, TaskExecState.UploadResultFinished)
+        self.reports.state(task, TaskExecState.UploadResultFinished)
         return TaskResultSpec(exit_status=outcome.exit_status, msg=message)
 
     async def _upload_outputs(self, task: WorkerTaskResp, dirs: TaskDirectories, terminal: bool) -> None:
@@ -413,6 +720,7 @@ class Agent:
             log.warning("task %s: invalid downstream task in MITO_NEW_TASK: %s", task.uuid, exc)
             return False
         try:
+            await self.reports.settle(task)  # the coordinator must know the task ended
             await self.client.report(task, SubmitOp(Submit=request))
         except MitoError as exc:
             if exc.status >= 500 or exc.status == 0:
@@ -421,9 +729,14 @@ class Agent:
             return False
         return True
 
-    async def kill_current(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            await runner.stop_group(self.process, grace=runner.KILL_GRACE_SECONDS)
+    async def kill(self, task_id: int) -> None:
+        child = self.processes.get(task_id)
+        if child is not None and child.returncode is None:
+            await runner.stop_group(child, grace=runner.KILL_GRACE_SECONDS)
+
+    async def kill_all(self) -> None:
+        await asyncio.gather(*(self.kill(task_id) for task_id in list(self.processes)))
+
 
 
 async def register(config: WorkerConfig) -> tuple[HttpSession, RegisterWorkerResp]:
@@ -457,7 +770,6 @@ async def run(config: WorkerConfig) -> int:
     loop = asyncio.get_running_loop()
     work = asyncio.create_task(agent.serve())
     beats = asyncio.create_task(agent.heartbeats())
-    states = asyncio.create_task(agent.report_states())
     expires = jwt.decode(registration.token, options={"verify_signature": False})["exp"]
     retire = asyncio.create_task(agent.retire_at(expires, work))
     signals = 0
@@ -468,9 +780,9 @@ async def run(config: WorkerConfig) -> int:
         if signals > 1:
             log.warning("second signal: exiting at once")
             os._exit(1)
-        log.info("stopping: the current task (if any) is killed and handed back")
+        log.info("stopping: the running tasks (if any) are killed and handed back")
         stopping.set()
-        asyncio.ensure_future(agent.kill_current())
+        asyncio.ensure_future(agent.kill_all())
         work.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -485,10 +797,10 @@ async def run(config: WorkerConfig) -> int:
                 log.error("worker failed: %s", finished.exception(), exc_info=finished.exception())
                 code = 1
     finally:
-        for task in (work, beats, states, retire):
+        for task in (work, beats, retire, *agent.executions):
             task.cancel()
-        await asyncio.gather(work, beats, states, retire, return_exceptions=True)
-        await agent.kill_current()
+        await agent.kill_all()
+        await asyncio.gather(work, beats, retire, *agent.executions, return_exceptions=True)
         await client.unregister()
         session.close()
         shutil.rmtree(root, ignore_errors=True)

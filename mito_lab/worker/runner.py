@@ -1,4 +1,8 @@
-"""Run one task command: no shell, its own process group, output to files, a hard timeout."""
+"""Run one task command: no shell, its own process group, output to files, a hard timeout.
+
+Children are started by ``subprocess.Popen``, which uses vfork+exec when it can (no
+``preexec_fn``), and their exit is noticed through a pidfd on the event loop: no wait thread and no
+pipes per child, as asyncio's subprocesses have."""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,36 +23,65 @@ class Outcome:
     timed_out: bool
 
 
+class Child:
+    """A started task process, the leader of its own process group."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self._process = process
+        self.pid = process.pid
+        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._watch()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._exited.result() if self._exited.done() else None
+
+    def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            descriptor = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # no pidfd (an old kernel, not Linux): a thread waits
+            waiting = loop.run_in_executor(None, self._process.wait)
+            waiting.add_done_callback(lambda done: self._exited.done() or self._exited.set_result(done.result()))
+            return
+
+        def exited() -> None:
+            loop.remove_reader(descriptor)
+            os.close(descriptor)
+            self._exited.set_result(self._process.wait())  # it has exited: this only reaps it
+
+        loop.add_reader(descriptor, exited)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
 
 
-async def stop_group(process: asyncio.subprocess.Process, grace: float = KILL_GRACE_SECONDS) -> None:
+async def stop_group(child: Child, grace: float = KILL_GRACE_SECONDS) -> None:
     """SIGTERM the whole process group, then SIGKILL what is left after ``grace`` seconds."""
-    _signal_group(process.pid, signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), grace)
-    except TimeoutError:
-        pass
-    _signal_group(process.pid, signal.SIGKILL)  # grandchildren may outlive the leader
-    await process.wait()
+    _signal_group(child.pid, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(child.wait(), grace)
+    _signal_group(child.pid, signal.SIGKILL)  # grandchildren may outlive the leader
+    await child.wait()
 
 
-async def spawn(args: list[str], env: dict[str, str], cwd: Path, stdout: Path, stderr: Path) -> asyncio.subprocess.Process:
+def spawn(args: list[str], env: dict[str, str], cwd: Path, stdout: Path, stderr: Path) -> Child:
     """Start ``args`` (``args[0]`` found through the task's PATH) in a new session, its output
     written straight to files by the child itself (the worker never holds it in memory)."""
     with stdout.open("wb") as out, stderr.open("wb") as err:  # the child keeps its own copies
-        return await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True
-        )
+        return Child(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True))
 
 
-async def wait(process: asyncio.subprocess.Process, timeout: float) -> Outcome:
+async def wait(child: Child, timeout: float) -> Outcome:
     try:
-        code = await asyncio.wait_for(process.wait(), timeout)
-        _signal_group(process.pid, signal.SIGKILL)  # leftovers of a finished task do not linger
+        code = await asyncio.wait_for(child.wait(), timeout)
+        _signal_group(child.pid, signal.SIGKILL)  # leftovers of a finished task do not linger
         return Outcome(code, timed_out=False)
     except TimeoutError:
-        await stop_group(process)
-        return Outcome(process.returncode if process.returncode is not None else -signal.SIGKILL, timed_out=True)
+        await stop_group(child)
+        return Outcome(child.returncode if child.returncode is not None else -signal.SIGKILL, timed_out=True)
