@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import shlex
 import signal
 import time
 import uuid as uuid_module
@@ -78,6 +79,8 @@ UPLOAD_URL_ATTEMPTS = 3
 PREFETCH_PER_SLOT = 32  # tasks taken ahead per slot while tasks are short
 SHORT_TASK_SECONDS = 1.0  # a task that runs longer stops the prefetch
 HOLD_SECONDS = 2.0  # a task taken ahead and not started by then is handed back
+LINGER_SECONDS = 0.005  # reports wait this long for more to go with them...
+LINGER_BUSY_SECONDS = 0.05  # ...or this long while the worker works through tasks it took ahead
 # Variables of the worker's own configuration that a task must not inherit.
 PRIVATE_ENVIRONMENT = ("MITO_PASSWORD", "MITO_USER")
 
@@ -167,7 +170,8 @@ class WorkerClient:
 
 class TaskDirectories:
     """One slot's scratch tree under the worker's cache directory, emptied between tasks and
-    reused (a fast task's directories cost a few system calls, not a tree rebuilt)."""
+    reused (a fast task's directories cost a few system calls, not a tree rebuilt). The std-log
+    files are truncated by each task's start instead."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -175,7 +179,7 @@ class TaskDirectories:
         self.std_log = root / "std-log"
         self.archives = root / "archives"
         self.new_task = root / "new_task.json"
-        self._folders = (self.result, self.exec, self.resource, self.work, self.std_log, self.archives)
+        self._folders = (self.result, self.exec, self.resource, self.work, self.archives)
 
     def reset(self) -> None:
         for directory in self._folders:
@@ -190,10 +194,8 @@ class TaskDirectories:
                 directory.unlink()
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
+        self.std_log.mkdir(exist_ok=True)
         self.new_task.unlink(missing_ok=True)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 class ReferenceReports:
@@ -313,6 +315,7 @@ class Agent:
         self.executions: set[asyncio.Task[None]] = set()
         self._started: dict[int, float] = {}  # running tasks: when they started
         self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._base_environment = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
         self.retiring = False
 
     @property
@@ -435,6 +438,7 @@ class Agent:
         assert isinstance(reports, BatchedReports)
         while True:
             await reports.waiting.wait()
+            await self._linger()
             batch = reports.take()
             want = 0 if self._asking else self._capacity()
             self._asking |= want > 0
@@ -452,6 +456,21 @@ class Agent:
             self._changed.set()
             if self.retiring and not self.busy and not reports.waiting.is_set():
                 return
+
+    async def _linger(self) -> None:
+        """Let reports gather a moment, so that one exchange carries many: up to LINGER_SECONDS
+        while only a task's first states wait, longer while the worker works through tasks it
+        took ahead. An idle worker, or one running short of tasks, sends at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (LINGER_BUSY_SECONDS if self.held else LINGER_SECONDS)
+        while True:
+            short_of_tasks = len(self.held) < self.slots and self._capacity() > 0
+            remaining = deadline - loop.time()
+            if not self.busy or short_of_tasks or self.retiring or remaining <= 0:
+                return
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def _poll_for_tasks(self) -> None:
         """With room for tasks and nothing to report, wait for tasks in a long poll (answered the
@@ -526,7 +545,7 @@ class Agent:
     # --- one task -------------------------------------------------------------------------------
 
     async def execute(self, task: WorkerTaskResp, dirs: TaskDirectories) -> None:
-        log.info("task %s: %s", task.uuid, " ".join(task.spec.args))
+        log.debug("task %s: %s", task.uuid, " ".join(task.spec.args))
         started = time.monotonic()
         self._started[task.id] = started
         try:
@@ -534,12 +553,13 @@ class Agent:
             result = await self._prepare(task, dirs) or await self._run(task, dirs)
             self._still_ours(task)
             await self.reports.commit(task, result)
-            log.info("task %s committed: exit status %s%s", task.uuid, result.exit_status, f" ({result.msg.value})" if result.msg else "")
+            log.info("task %s committed: exit status %s%s: %s", task.uuid, result.exit_status, f" ({result.msg.value})" if result.msg else "", shlex.join(task.spec.args)[:200])
         except TaskGone:
             log.warning("task %s is no longer assigned to this worker; dropping it", task.uuid)
         except MitoError as exc:  # a refusal we cannot act on must not take the worker down
             log.error("task %s: the coordinator refused a report (%s); dropping the task", task.uuid, exc)
         finally:
+            dirs.reset()  # outputs do not linger on disk until the slot's next task
             del self._started[task.id]
             self._longest_recent = time.monotonic() - started
             self._taken_off(task)
@@ -592,8 +612,7 @@ class Agent:
         return TaskResultSpec(exit_status=0, msg=message)
 
     def _environment(self, task: WorkerTaskResp, dirs: TaskDirectories) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
-        env.update(task.spec.envs)
+        env = {**self._base_environment, **task.spec.envs}
         env.update(
             MITO_TASK_UUID=str(task.uuid),
             MITO_RESULT_DIR=str(dirs.result),
