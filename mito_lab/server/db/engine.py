@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -42,6 +43,9 @@ class Database:
         if self.is_sqlite:
             self.engine = create_async_engine(self.url, connect_args={"timeout": 30})
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            # the hot path's connection, used from the event loop (see ``transaction``)
+            self._loop_engine = sa.create_engine(self.url.replace("sqlite+aiosqlite:", "sqlite:", 1), connect_args={"timeout": 5})
+            event.listen(self._loop_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -63,11 +67,20 @@ class Database:
                 callback()
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A Core connection in a transaction (serialised like ``write()``), for the hot paths
-        where the ORM's unit of work costs more than the rule it serves."""
-        async with self._write_lock or contextlib.nullcontext(), self.engine.begin() as connection:
-            yield connection
+    async def transaction(self) -> AsyncIterator[AsyncConnection | LoopConnection]:
+        """A Core connection in a transaction, for the hot paths where the ORM's unit of work costs
+        more than the rule it serves. On SQLite it is a synchronous connection used right on the
+        event loop: a statement there costs tens of microseconds, where aiosqlite hands each one
+        to its thread and back. It cannot stall the loop on a lock: it holds the writers' lock of
+        this process (the only one that opens the embedded database), and WAL readers never block
+        a writer."""
+        if self._write_lock is None:
+            async with self.engine.begin() as connection:
+                yield connection
+            return
+        async with self._write_lock:
+            with self._loop_engine.begin() as connection:
+                yield LoopConnection(connection)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (alembic), once even if several coordinators start."""
@@ -84,6 +97,25 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.is_sqlite:
+            self._loop_engine.dispose()
+
+
+class LoopConnection:
+    """A synchronous connection behind ``AsyncConnection``'s methods, so that one hot-path code
+    serves SQLite (on the loop) and PostgreSQL (asyncpg)."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self._connection = connection
+
+    async def execute(self, statement: sa.Executable, parameters: Any = None) -> sa.CursorResult[Any]:
+        return self._connection.execute(statement, parameters)
+
+    async def scalars(self, statement: sa.Executable, parameters: Any = None) -> sa.ScalarResult[Any]:
+        return self._connection.scalars(statement, parameters)
+
+    async def scalar(self, statement: sa.Executable, parameters: Any = None) -> Any:
+        return self._connection.scalar(statement, parameters)
 
 
 def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
