@@ -868,8 +868,6 @@ class ReportRefusal(Response):
 class ExchangeResp(Response):
     tasks: list[WorkerTaskResp] = []
     refused: list[ReportRefusal] = []
-    cancel: list[UUID] = Field(default=[], description="tasks of this worker that users cancelled: stop them")
-    retire: bool = Field(default=False, description="the worker is shutting down gracefully: take nothing new")
 
 
 class TaskLogResp(Response):

@@ -78,7 +78,7 @@ LOG_SHIP_SECONDS = 0.5
 UPLOAD_URL_ATTEMPTS = 3
 PREFETCH_PER_SLOT = 32  # tasks taken ahead per slot while tasks are short
 SHORT_TASK_SECONDS = 1.0  # a task that runs longer stops the prefetch
-HOLD_SECONDS = 2.0  # a task taken ahead and not started by then is handed back
+HOLD_SECONDS = 2.0  # a task taken ahead and stuck behind long tasks this long is handed back
 LINGER_SECONDS = 0.005  # reports wait this long for more to go with them...
 LINGER_BUSY_SECONDS = 0.05  # ...or this long while the worker works through tasks it took ahead
 # Variables of the worker's own configuration that a task must not inherit.
@@ -493,15 +493,18 @@ class Agent:
             self._receive(answer)
 
     async def _release_stale(self) -> None:
-        """Hand back the tasks that waited too long behind busy slots: another worker may be idle."""
+        """Hand back the tasks taken ahead that wait behind long tasks (every slot busy for more
+        than SHORT_TASK_SECONDS) for HOLD_SECONDS: another worker may be idle."""
         reports = self.reports
         assert isinstance(reports, BatchedReports)
         while True:
             await asyncio.sleep(SHORT_TASK_SECONDS)
-            cutoff = time.monotonic() - HOLD_SECONDS
-            while self.held and (self.held[0][1] < cutoff or self.retiring):
+            now = time.monotonic()
+            stuck = len(self._started) >= self.slots and all(now - started > SHORT_TASK_SECONDS for started in self._started.values())
+            while self.held and (self.retiring or (stuck and self.held[0][1] < now - HOLD_SECONDS)):
                 task, _ = self.held.popleft()
-                log.info("task %s: handed back, this worker's slots are busy", task.uuid)
+                log.info("task %s: handed back, this worker's slots are busy with long tasks", task.uuid)
+                self._taken_off(task)
                 reports.release(task)
             if self.retiring and not self.busy and not reports.waiting.is_set():
                 return

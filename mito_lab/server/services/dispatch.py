@@ -181,7 +181,7 @@ _UNDELIVERED = sa.select(*_ROW_COLUMNS, _tasks.c.timeout, _tasks.c.upstream_task
     _tasks.c.archived_at.is_(None),
     _tasks.c.exec_state.is_(None),
     _tasks.c.id.not_in(sa.bindparam("holding", expanding=True)),
-)
+).order_by(_tasks.c.priority.desc(), _tasks.c.id)
 _STILL_HOLDING = sa.select(_tasks.c.id).where(
     _tasks.c.assigned_worker_id == sa.bindparam("worker_pk"), _tasks.c.archived_at.is_(None)
 ).limit(1)

@@ -1,0 +1,230 @@
+"""Worker protocol v2 (``POST /workers/exchange``): batches of reports and claims over HTTP as a
+worker sends them, then real workers with slots and tasks taken ahead, and both protocols across
+releases (the previous release's coordinator and worker, run from this repository's history)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ADMIN, Platform, http, isolated_env, require_service
+from mito_lab.testing import coordinator_command, free_port, spawn, wait_healthy, wait_until
+from test_dispatch import register, submit
+
+DONE = [
+    {"ExecStates": ["ExecPending", "ExecSpawned", "ExecFinished"]}, "Finish",
+    {"ExecStates": ["UploadResult", "UploadFinishedResult", "UploadResultFinished"]}, {"Commit": {"exit_status": 0}},
+]
+PREVIOUS_RELEASE = "04b9ceb"  # the last commit before protocol v2
+
+
+def exchange(platform: Platform, token: str, wait: float = 0, **body: Any) -> dict[str, Any]:
+    answer = http("POST", f"{platform.url}/workers/exchange?wait={wait}", body, token=token)
+    assert answer.status == 200, answer.body
+    return answer.json
+
+
+def submit_many(platform: Platform, count: int, **task: Any) -> list[str]:
+    items = [{"task_spec": {"args": ["true"]}, **task} for _ in range(count)]
+    answer = platform.api("POST", "/tasks/submit", {"tasks": items})
+    assert answer.status == 200, answer.body
+    return [item["Ok"]["uuid"] for item in answer.json["results"]]
+
+
+def info(platform: Platform, uuid: str) -> dict[str, Any]:
+    return platform.api("GET", f"/tasks/{uuid}").json["info"]
+
+
+def test_one_exchange_takes_a_batch_in_order_and_reports_it_back(platform: Platform) -> None:
+    token = register(platform)
+    urgent = submit(platform, priority=5)
+    queued = submit_many(platform, 40)
+    taken = exchange(platform, token, want=8)["tasks"]
+    # the queue is deep: the worker gets all it asked for, best first, FIFO within a priority
+    assert [t["uuid"] for t in taken] == [urgent, *queued[:7]]
+    assert all(info(platform, t["uuid"])["state"] == "Running" for t in taken)
+    answer = exchange(platform, token, reports=[{"id": t["id"], "ops": DONE} for t in taken], want=0)
+    assert answer == {"tasks": [], "refused": []}
+    for task in taken:
+        finished = info(platform, task["uuid"])
+        assert (finished["state"], finished["exec_state"], finished["result"]) == ("Finished", "TaskCommitted", {"exit_status": 0, "msg": None})
+
+
+def test_a_short_queue_is_handed_out_one_task_at_a_time(platform: Platform) -> None:
+    token = register(platform)
+    submit_many(platform, 3)
+    assert len(exchange(platform, token, want=32)["tasks"]) == 1
+
+
+def test_refused_reports_leave_the_others_applied(platform: Platform) -> None:
+    token, other = register(platform), register(platform)
+    submit_many(platform, 6)
+    mine = exchange(platform, token, want=2)["tasks"]
+    theirs = exchange(platform, other, want=1)["tasks"]
+    answer = exchange(platform, token, want=0, reports=[
+        {"id": mine[0]["id"], "ops": [{"ExecState": "ExecSpawned"}, {"Commit": {"exit_status": 0}}]},  # not ended yet
+        {"id": theirs[0]["id"], "ops": ["Finish"]},  # another worker's
+        {"id": mine[1]["id"], "ops": DONE},
+    ])
+    assert sorted((r["id"], r["status"]) for r in answer["refused"]) == sorted([(mine[0]["id"], 400), (theirs[0]["id"], 404)])
+    assert "can not be marked as done" in next(r["msg"] for r in answer["refused"] if r["id"] == mine[0]["id"])
+    assert info(platform, mine[0]["uuid"])["exec_state"] is None  # all of a refused report or nothing
+    assert info(platform, theirs[0]["uuid"])["state"] == "Running"
+    assert info(platform, mine[1]["uuid"])["state"] == "Finished"
+
+
+def test_released_tasks_go_back_without_using_an_attempt(platform: Platform) -> None:
+    token = register(platform)
+    submit_many(platform, 20)
+    first, second = exchange(platform, token, want=2)["tasks"]
+    answer = exchange(platform, token, want=0, reports=[
+        {"id": first["id"], "ops": ["Release"]},
+        {"id": second["id"], "ops": [{"ExecState": "ExecPending"}, "Release"]},  # it started: too late
+    ])
+    assert [(r["id"], r["status"]) for r in answer["refused"]] == [(second["id"], 400)]
+    released = info(platform, first["uuid"])
+    assert (released["state"], released["attempts"]) == ("Ready", 0)
+
+
+def test_tasks_taken_in_a_lost_answer_are_handed_over_again(platform: Platform) -> None:
+    token = register(platform)
+    submit_many(platform, 20)
+    lost = exchange(platform, token, want=4)["tasks"]  # as if this answer never arrived
+    started = lost[0]
+    exchange(platform, token, reports=[{"id": started["id"], "ops": [{"ExecState": "ExecPending"}]}])
+    again = exchange(platform, token, want=0, holding=[started["id"]])["tasks"]
+    assert [t["id"] for t in again] == [t["id"] for t in lost[1:]]
+    assert {info(platform, t["uuid"])["attempts"] for t in lost} == {1}
+
+
+def test_a_lost_worker_requeues_every_task_it_held(platform: Platform) -> None:
+    token = register(platform)
+    submit_many(platform, 20)
+    held = exchange(platform, token, want=6)["tasks"]
+    worker = platform.api("POST", "/workers/query", {}).json["workers"][0]["worker_id"]
+    assert platform.api("DELETE", f"/workers/{worker}?op=force").status == 200
+    assert {info(platform, t["uuid"])["state"] for t in held} == {"Ready"}
+    assert http("POST", f"{platform.url}/workers/exchange", {"want": 1}, token=token).status == 401
+
+
+def test_the_exchange_long_polls_until_a_task_is_ready(platform: Platform) -> None:
+    token = register(platform)
+    started = time.monotonic()
+    assert exchange(platform, token, wait=0.5, want=4) == {"tasks": [], "refused": []}
+    assert time.monotonic() - started >= 0.5
+    submit(platform)
+    assert len(exchange(platform, token, wait=30, want=4)["tasks"]) == 1
+
+
+def test_bad_exchanges_are_refused(platform: Platform) -> None:
+    token = register(platform)
+    for body, words in (
+        ({"want": -1}, "want"), ({"want": 10_000}, "want"), ({"want": True}, "want"),
+        ({"reports": [{"id": 1, "ops": []}]}, "ops"), ({"reports": [{"id": 1, "ops": ["Explode"]}]}, "ops"),
+    ):
+        answer = http("POST", f"{platform.url}/workers/exchange", body, token=token)
+        assert answer.status == 400 and words in answer.json["msg"], (body, answer.body)
+    assert platform.api("POST", "/workers/exchange", {"want": 1}).status == 401  # a user token
+
+
+# --- real workers ---------------------------------------------------------------------------------
+
+
+def ledger_task(ledger: Path, seconds: float) -> dict[str, Any]:
+    """A task that writes its start and end times to ``ledger``."""
+    script = f'echo "start $MITO_TASK_UUID $(date +%s.%N)" >> {ledger}; sleep {seconds}; echo "end $MITO_TASK_UUID $(date +%s.%N)" >> {ledger}'
+    return {"task_spec": {"args": ["sh", "-c", script]}}
+
+
+def test_a_worker_with_slots_runs_tasks_side_by_side(platform: Platform, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    platform.start_worker("--slots", "3")
+    answer = platform.api("POST", "/tasks/submit", {"tasks": [ledger_task(ledger, 2) for _ in range(3)]})
+    uuids = [item["Ok"]["uuid"] for item in answer.json["results"]]
+    for uuid in uuids:
+        assert platform.wait_task(uuid, timeout=60)["result"] == {"exit_status": 0, "msg": None}
+    times = {(kind, uuid): float(at) for kind, uuid, at in (line.split() for line in ledger.read_text().splitlines())}
+    assert max(times["start", u] for u in uuids) < min(times["end", u] for u in uuids)  # all three ran at once
+
+
+def test_a_worker_takes_short_tasks_ahead_and_a_cancelled_one_never_runs(platform: Platform, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    platform.start_worker()
+    wait_until(lambda: platform.api("POST", "/workers/query", {"count": True}).json["count"] == 1, "the worker")
+    answer = platform.api("POST", "/tasks/submit", {"tasks": [ledger_task(ledger, 0.2) for _ in range(30)]})
+    uuids = [item["Ok"]["uuid"] for item in answer.json["results"]]
+    wait_until(lambda: ledger.exists(), "the first task to start")
+    running = platform.api("POST", "/tasks/query", {"states": ["Running"]}).json["tasks"]
+    assert len(running) > 1  # taken ahead: Running on the coordinator, waiting for the slot here
+    last = max(running, key=lambda t: t["task_id"])["uuid"]
+    assert platform.api("DELETE", f"/tasks/{last}").status == 200
+    assert platform.wait_task(last, timeout=30)["result"] == {"exit_status": 0, "msg": "UserCancellation"}
+    for uuid in uuids:
+        platform.wait_task(uuid, timeout=60)
+    assert f"start {last}" not in ledger.read_text()
+    assert ledger.read_text().count("end ") == 29
+
+
+# --- across releases ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The previous release's source tree, from this repository's history."""
+    target = tmp_path_factory.mktemp("previous-release")
+    repository = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repository), "archive", PREVIOUS_RELEASE, "mito_lab"], capture_output=True)
+    if archive.returncode != 0:
+        require_service(f"the previous release ({PREVIOUS_RELEASE}) is not in this clone's git history")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def previous(release: Path, env: dict[str, str]) -> dict[str, str]:
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(release), env.get("PYTHONPATH", "")]))}
+
+
+@pytest.fixture
+def old_coordinator(previous_release: Path, tmp_path: Path) -> Iterator[Platform]:
+    port = free_port()
+    command = coordinator_command(tmp_path, port, "--heartbeat-timeout", "10s")
+    process = spawn(command, tmp_path / "coordinator.log", previous(previous_release, isolated_env(tmp_path)), cwd=tmp_path)
+    platform = Platform(home=tmp_path, url=f"http://127.0.0.1:{port}", coordinator=process, command=command)
+    try:
+        wait_healthy(platform.url, process, tmp_path / "coordinator.log")
+        yield platform
+    finally:
+        platform.stop()
+
+
+def test_a_new_worker_speaks_the_reference_protocol_to_an_old_coordinator(old_coordinator: Platform) -> None:
+    assert http("POST", f"{old_coordinator.url}/workers/exchange", {}).status == 404  # it really is the old one
+    old_coordinator.start_worker("--slots", "2")
+    uuids = submit_many(old_coordinator, 5)
+    for uuid in uuids:
+        assert old_coordinator.wait_task(uuid)["result"] == {"exit_status": 0, "msg": None}
+    log = (old_coordinator.home / "worker-0.log").read_text()
+    assert "no worker protocol v2" in log and "--slots 2 is not used" in log
+
+
+def test_an_old_worker_works_with_a_new_coordinator(platform: Platform, previous_release: Path) -> None:
+    log = (platform.home / "old-worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "mito_lab", "worker", "-c", platform.url, "-u", ADMIN[0], "--polling-interval", "20s"],
+        env=previous(previous_release, platform.env(MITO_PASSWORD=ADMIN[1])), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True, cwd=platform.home,
+    )
+    log.close()
+    platform.workers.append(worker)
+    uuids = submit_many(platform, 5)
+    for uuid in uuids:
+        finished = platform.wait_task(uuid)
+        assert (finished["result"], finished["exec_state"]) == ({"exit_status": 0, "msg": None}, "TaskCommitted")
+    assert f"task {uuids[0]}: true" in (platform.home / "old-worker.log").read_text()  # the old worker's own log line
