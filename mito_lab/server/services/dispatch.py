@@ -293,20 +293,20 @@ class Dispatcher:
     async def exchange(self, worker: WorkerIdentity, request: ExchangeReq, wait: float = 0, gone: Callable[[], bool] = lambda: False) -> ExchangeResp:
         """Apply the reports and take up to ``want`` tasks; if there was nothing to report and no
         task to take, wait up to ``wait`` seconds for one."""
-        answer = await self._exchange_once(worker, request)
-        if answer.tasks or request.reports or request.want == 0 or wait <= 0:
-            return await self._unless_gone(worker, answer, gone)
-        asking = ExchangeReq(want=request.want)
+        if request.reports or request.want == 0 or wait <= 0:
+            return await self._unless_gone(worker, await self._exchange_once(worker, request), gone)
+        asking = [request]  # the first look also hands over what a lost answer took (``holding``)
 
         async def claim_unless_gone() -> ExchangeResp | None:
             if gone():
                 return None
-            found = await self._unless_gone(worker, await self._exchange_once(worker, asking), gone)
+            current = asking.pop() if asking else ExchangeReq(want=request.want)
+            found = await self._unless_gone(worker, await self._exchange_once(worker, current), gone)
             return found if found.tasks else None
 
         self.waiting += 1
         try:
-            return await long_poll(self.context, claim_unless_gone, TASKS_READY, lambda _event: True, wait) or answer
+            return await long_poll(self.context, claim_unless_gone, TASKS_READY, lambda _event: True, wait) or ExchangeResp()
         finally:
             self.waiting -= 1
 
