@@ -200,12 +200,12 @@ def _candidates(groups: int) -> sa.Select:
             sa.select(_tasks.c.id, _tasks.c.priority)
             .where(_tasks.c.state == TaskState.Ready, _tasks.c.group_id == sa.bindparam(f"group_{index}"), ~foreign_tag)
             .order_by(_tasks.c.priority.desc(), _tasks.c.id)
-            .limit(sa.bindparam("limit"))
+            .limit(sa.bindparam("limit", type_=sa.Integer))
             .subquery(f"g{index}")
         )
         branches.append(sa.select(branch.c.id, branch.c.priority))
     union = (branches[0] if groups == 1 else sa.union_all(*branches)).subquery("candidates")
-    return sa.select(union.c.id).order_by(union.c.priority.desc(), union.c.id).limit(sa.bindparam("limit"))
+    return sa.select(union.c.id).order_by(union.c.priority.desc(), union.c.id).limit(sa.bindparam("limit", type_=sa.Integer))
 
 
 def _claim(for_update: bool) -> sa.Update:
@@ -214,7 +214,7 @@ def _claim(for_update: bool) -> sa.Update:
         sa.select(_tasks.c.id)
         .where(_tasks.c.id.in_(sa.bindparam("candidates", expanding=True)), _tasks.c.state == TaskState.Ready)
         .order_by(_tasks.c.priority.desc(), _tasks.c.id)
-        .limit(sa.bindparam("take"))
+        .limit(sa.bindparam("take", type_=sa.Integer))
     )
     if for_update:
         chosen = chosen.with_for_update(skip_locked=True)
