@@ -354,7 +354,7 @@ class Agent:
             if task.uuid == task_uuid:
                 log.info("task %s: cancelled by a user; stopping it", task.uuid)
                 self.cancelled.add(task_uuid)
-                await self.kill(task_id)
+                self._in_background(self.kill(task_id))  # the others' cancellations need not wait for its grace period
                 return
 
     async def serve(self) -> None:
@@ -419,7 +419,7 @@ class Agent:
             if refusal.status == 404:  # re-queued or ended elsewhere: stop working on it
                 self.gone.add(refusal.id)
                 if refusal.id in self.running:
-                    asyncio.ensure_future(self.kill(refusal.id))
+                    self._in_background(self.kill(refusal.id))
         arrived = time.monotonic()
         for task in answer.tasks:
             if task.id in self.unsettled:  # handed over again after a lost answer: we have it
@@ -514,9 +514,7 @@ class Agent:
             task, _ = self.held.popleft()
             directories = self._free_directories.pop()
             self.running[task.id] = task
-            execution = asyncio.create_task(self._execute_in(task, directories))
-            self.executions.add(execution)
-            execution.add_done_callback(self.executions.discard)
+            self._in_background(self._execute_in(task, directories))
 
     async def _execute_in(self, task: WorkerTaskResp, directories: TaskDirectories) -> None:
         try:
@@ -528,6 +526,12 @@ class Agent:
             self._free_directories.append(directories)
             self._start_held()
             self._changed.set()
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        """Run ``work`` beside the loops; it is cancelled with the executions when the worker stops."""
+        task = asyncio.ensure_future(work)
+        self.executions.add(task)
+        task.add_done_callback(self.executions.discard)
 
     def _taken_off(self, task: WorkerTaskResp) -> None:
         self.running.pop(task.id, None)
@@ -665,7 +669,7 @@ class Agent:
         self.processes[task.id] = child
         self.reports.state(task, TaskExecState.ExecSpawned)
         if task.uuid in self.cancelled or task.id in self.gone:  # stopped while it was being started
-            asyncio.ensure_future(self.kill(task.id))
+            self._in_background(self.kill(task.id))
         try:
             return await runner.wait(child, task.timeout.total_seconds())
         finally:

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mito_lab.server.db.models import GroupWorker, Task, TaskTag, Worker
 from mito_lab.server.errors import WrongCredentials
-from mito_lab.server.events import RECHECK, RedisEvents
+from mito_lab.server.events import RECHECK
 from mito_lab.server.services.activity import (
     EVENTS,
     EXEC_STATE_TTL_SECONDS,
@@ -424,20 +424,20 @@ class Dispatcher:
     # --- events --------------------------------------------------------------------------------
 
     def _publish(self, events: list[tuple[TaskRow, dict[str, Any]]], group_names: dict[int, str]) -> None:
-        """After the commit: one event per state a task passed through, and one wake-up for the
-        waiting fetches if any task became Ready."""
-        bus = self.context.events
-        redis = isinstance(bus, RedisEvents)
-        ready = False
+        """After the commit, in one batch: an event per state a task passed through (and the
+        reference's ``task:<uuid>`` keys), and one wake-up for the waiting fetches if any task
+        became Ready."""
+        messages: list[tuple[str, Any]] = []
+        raw: list[tuple[str, Any, int]] = []
         for task, payload in events:
             payload["group"] = group_names[task.group_id]
-            bus.publish(EVENTS, payload)
-            ready |= payload["state"] == TaskState.Ready.value and not payload["archived"]
-            if redis and payload["exec_state"] is not None:
-                bus.publish_raw(f"task:{task.uuid}", TaskExecState(payload["exec_state"]).code, ttl=EXEC_STATE_TTL_SECONDS)
-        if ready:
-            bus.publish(TASKS_READY, {})
-
+            messages.append((EVENTS, payload))
+            if payload["exec_state"] is not None:
+                raw.append((f"task:{task.uuid}", TaskExecState(payload["exec_state"]).code, EXEC_STATE_TTL_SECONDS))
+        if any(payload["state"] == TaskState.Ready.value and not payload["archived"] for _, payload in events):
+            messages.append((TASKS_READY, {}))
+        if messages:
+            self.context.events.publish_many(messages, raw)
 
 def _event_fields(task: TaskRow) -> dict[str, Any]:
     """The task's event as of now (its group's name is filled in at publication)."""
