@@ -406,7 +406,7 @@ class Agent:
         short = self._longest_recent < SHORT_TASK_SECONDS and all(
             now - started < SHORT_TASK_SECONDS for started in self._started.values()
         )
-        prefetch = PREFETCH_PER_SLOT * self.slots if short else 0
+        prefetch = min(PREFETCH_PER_SLOT * self.slots, MAX_EXCHANGE_TASKS) if short else 0
         return max(0, min(MAX_EXCHANGE_TASKS, self.slots + prefetch - len(self.running) - len(self.held)))
 
     def _holding(self) -> list[int]:
