@@ -3,7 +3,9 @@
     python benchmarks/run.py [--quick] [--output benchmarks/report.json] [--databases sqlite,postgres]
 
 Each benchmark gets a fresh coordinator (and, on PostgreSQL, a fresh database), so no figure is
-coloured by an earlier one. The JSON report is printed and written to ``--output``."""
+coloured by an earlier one. The throughput workload also runs through Celery and dask.distributed
+when they are installed (``pip install -e .[bench]``); without them the report says they were
+skipped. The JSON report is printed and written to ``--output``."""
 
 from __future__ import annotations
 
@@ -21,14 +23,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
+from workload import run_true  # benchmarks/ is on the path: this file runs as a script
 
 from mito_lab import Client
 from mito_lab.client.api import AsyncClient, task_request
@@ -42,6 +46,7 @@ from mito_lab.testing import (
     isolated_env,
     peak_rss_bytes,
     postgres_database,
+    redis_service,
     reset_peak_rss,
     seaweedfs,
     spawn,
@@ -129,8 +134,10 @@ def percentile(values: list[float], fraction: float) -> float:
 # --- end-to-end throughput ---------------------------------------------------------------------
 
 
-def run_true(_: int) -> int:
-    return subprocess.run(["true"], check=False).returncode
+def queue_true(client: Client, count: int) -> None:
+    """Submit ``count`` ``true`` tasks, in batches of 1,000."""
+    for offset in range(0, count, 1000):
+        client.submit_many([task_request(["true"]) for _ in range(min(1000, count - offset))])
 
 
 def pool_baseline(count: int) -> float:
@@ -141,6 +148,74 @@ def pool_baseline(count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+def celery_seconds(count: int) -> float:
+    """Seconds for a Celery worker (prefork pool, concurrency 2) on a private Redis broker and
+    result backend, from the first submission to the last result."""
+    from celery import group
+    from celery_app import app
+    from celery_app import run_true as celery_run_true
+
+    with tempfile.TemporaryDirectory(prefix="mito-bench-celery-") as scratch, redis_service(Path(scratch)) as redis:
+        app.conf.update(broker_url=redis.url, result_backend=redis.url)
+        # the worker imports celery_app and workload from here, whatever its directory
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+        worker = spawn([sys.executable, "-m", "celery", "-A", "celery_app", "-b", redis.url, "--result-backend", redis.url,
+                        "worker", "--pool", "prefork", "--concurrency", "2", "--loglevel", "WARNING"],
+                       Path(scratch) / "worker.log", env, cwd=Path(scratch))
+        try:
+            wait_until(lambda: worker.poll() is not None or app.control.ping(timeout=0.5), "the Celery worker", 60)
+            if worker.poll() is not None:
+                raise RuntimeError(f"the Celery worker exited:\n{(Path(scratch) / 'worker.log').read_text()[-3000:]}")
+            started = time.perf_counter()
+            results = group(celery_run_true.s(n) for n in range(count)).apply_async().get(timeout=1800)
+            elapsed = time.perf_counter() - started
+        finally:
+            stop_process(worker)
+            app.close()  # its pooled connections point at the Redis that is stopping
+    assert results == [0] * count, "not every Celery task ran true"
+    return elapsed
+
+
+def dask_seconds(count: int) -> float:
+    """Seconds for dask.distributed (a LocalCluster of two single-threaded worker processes),
+    from the first ``client.map`` to the gathered results."""
+    from distributed import Client as DaskClient
+    from distributed import LocalCluster
+
+    with (tempfile.TemporaryDirectory(prefix="mito-bench-dask-") as scratch,
+          LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                       local_directory=scratch) as cluster,
+          DaskClient(cluster) as dask):
+        dask.wait_for_workers(2, timeout=120)
+        started = time.perf_counter()
+        results = dask.gather(dask.map(run_true, range(count), pure=False))
+        elapsed = time.perf_counter() - started
+    assert results == [0] * count, "not every dask task ran true"
+    return elapsed
+
+
+# name -> (the module that must be installed, the function timing ``count`` tasks through it)
+PEERS: dict[str, tuple[str, Callable[[int], float]]] = {"celery": ("celery", celery_seconds), "dask": ("distributed", dask_seconds)}
+
+
+def peer_figures(count: int, pool_rate: float, mito_rate: float) -> dict[str, Any]:
+    """The same workload through each peer, each beside Pool(2) and mito_lab of the same run."""
+    figures: dict[str, Any] = {}
+    for name, (module, seconds) in PEERS.items():
+        if find_spec(module) is None:
+            figures[name] = {"skipped": f"{module} is not installed (pip install -e .[bench])"}
+            continue
+        try:
+            elapsed = seconds(count)
+        except ServiceError as exc:  # e.g. no redis-server on this machine
+            figures[name] = {"skipped": str(exc)}
+            continue
+        rate = count / elapsed
+        figures[name] = {"tasks_per_s": round(rate, 1), "ratio_to_pool2": round(rate / pool_rate, 3),
+                         "mito_lab_to_peer_ratio": round(mito_rate / rate, 3), "elapsed_s": round(elapsed, 2)}
+    return figures
+
+
 def throughput(database: str, sizes: Sizes) -> dict[str, Any]:
     with coordinator(database) as platform, platform.client() as client:
         workers = [platform.worker(i) for i in range(2)]
@@ -148,8 +223,7 @@ def throughput(database: str, sizes: Sizes) -> dict[str, Any]:
             wait_until(lambda: len(client.workers()) == 2, "two workers", 60)
             cpu_before = cpu_seconds(platform.process.pid)
             started = time.perf_counter()
-            for offset in range(0, sizes.tasks, 1000):
-                client.submit_many([task_request(["true"]) for _ in range(min(1000, sizes.tasks - offset))])
+            queue_true(client, sizes.tasks)
             # checked twice a second: the check itself must not load the coordinator being measured
             wait_until(lambda: finished_count(client) == sizes.tasks, f"{sizes.tasks} tasks", 1800, interval=0.5)
             elapsed = time.perf_counter() - started
@@ -163,7 +237,9 @@ def throughput(database: str, sizes: Sizes) -> dict[str, Any]:
     return {
         "tasks": sizes.tasks, "tasks_per_s": round(rate, 1), "pool2_tasks_per_s": round(baseline, 1),
         "ratio": round(rate / baseline, 3), "coordinator_cpu_s": round(coordinator_cpu, 2),
+        "coordinator_cpu_ms_per_task": round(coordinator_cpu / sizes.tasks * 1000, 3),
         "workers_cpu_s": round(worker_cpu, 2), "elapsed_s": round(elapsed, 2),
+        "peers": peer_figures(sizes.tasks, baseline, rate),
     }
 
 
