@@ -36,6 +36,7 @@ from workload import run_true  # benchmarks/ is on the path: this file runs as a
 
 from mito_lab import Client
 from mito_lab.client.api import AsyncClient, task_request
+from mito_lab.client.http import HttpSession
 from mito_lab.testing import (
     DEFAULT_POSTGRES,
     S3Server,
@@ -54,7 +55,13 @@ from mito_lab.testing import (
     wait_healthy,
     wait_until,
 )
-from mito_lab.wire import TasksQueryReq, TaskState
+from mito_lab.wire import (
+    RegisterWorkerReq,
+    RegisterWorkerResp,
+    TasksQueryReq,
+    TaskState,
+    WorkerTaskResp,
+)
 
 ADMIN = ("mitosis_admin", "mitosis_admin")
 MB = 1_000_000
@@ -69,10 +76,14 @@ class Sizes:
     transfer_mb: int
     idle_workers: int
     idle_seconds: float
+    claim_depths: tuple[int, int]  # Ready tasks queued when claims are timed: shallow, then deep
+    claims: int  # timed at each depth; fewer than the shallow depth
 
 
-FULL = Sizes(tasks=2000, latency_samples=200, batch=10_000, listing=100_000, transfer_mb=512, idle_workers=200, idle_seconds=30)
-QUICK = Sizes(tasks=100, latency_samples=20, batch=1000, listing=5000, transfer_mb=32, idle_workers=20, idle_seconds=5)
+FULL = Sizes(tasks=2000, latency_samples=200, batch=10_000, listing=100_000, transfer_mb=512, idle_workers=200, idle_seconds=30,
+             claim_depths=(200, 20_000), claims=100)
+QUICK = Sizes(tasks=100, latency_samples=20, batch=1000, listing=5000, transfer_mb=32, idle_workers=20, idle_seconds=5,
+              claim_depths=(50, 500), claims=20)
 TARGETS = {
     "throughput_ratio_min": 0.35,
     "dispatch_p50_ms_max": 20,
@@ -357,6 +368,47 @@ def submit_and_list(database: str, sizes: Sizes) -> dict[str, Any]:
     }
 
 
+# --- claim cost against queue depth -----------------------------------------------------------
+
+
+async def _claims(platform: Coordinator, admin: HttpSession, claims: int) -> tuple[list[float], float]:
+    """Register ``claims`` workers (the admin's user token), then let each fetch once without
+    waiting, claiming one task: the client's round trips, and the coordinator's CPU seconds over
+    the fetches alone. One fetch per worker, because a worker that fetches again before reporting
+    is handed its undelivered task again, not a new claim."""
+    tokens = [(await admin.call("POST", "workers", RegisterWorkerReq(), RegisterWorkerResp)).token for _ in range(claims)]
+    fetcher = HttpSession(platform.url)
+    try:
+        round_trips = []
+        cpu_before = cpu_seconds(platform.process.pid)
+        for token in tokens:
+            fetcher.token = token  # one session, each worker's token in turn
+            started = time.perf_counter()
+            task = await fetcher.call("GET", "workers/tasks", response=WorkerTaskResp)
+            round_trips.append(time.perf_counter() - started)
+            assert task is not None, "a fetch claimed nothing"
+        return round_trips, cpu_seconds(platform.process.pid) - cpu_before
+    finally:
+        fetcher.close()
+
+
+def claim_depth(database: str, sizes: Sizes) -> dict[str, Any]:
+    """Claim cost with a shallow and then a deep queue of Ready tasks, on one coordinator with no
+    worker running: the dispatch path should not slow down as the queue grows."""
+    shallow, deep = sizes.claim_depths
+    figures: dict[str, Any] = {"claims": sizes.claims}
+    with coordinator(database) as platform, platform.client() as client:
+        queued = 0
+        for name, depth in (("shallow", shallow), ("deep", deep)):
+            queue_true(client, depth - queued)
+            round_trips, cpu = client.run(_claims(platform, client.aio.session, sizes.claims))
+            queued = depth - sizes.claims
+            figures[name] = {"queued": depth, "p50_ms": round(statistics.median(round_trips) * 1000, 2),
+                             "coordinator_cpu_ms_per_claim": round(cpu / sizes.claims * 1000, 3)}
+    figures["deep_to_shallow_p50_ratio"] = round(figures["deep"]["p50_ms"] / figures["shallow"]["p50_ms"], 2)
+    return figures
+
+
 # --- transfers ----------------------------------------------------------------------------------
 
 
@@ -520,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{database}]", file=sys.stderr, flush=True)
             figures: dict[str, Any] = {}
             for name, bench in (("throughput", throughput), ("dispatch_latency", dispatch_latency),
-                                ("submit_and_list", submit_and_list), ("idle_workers", idle_workers)):
+                                ("submit_and_list", submit_and_list), ("claim_depth", claim_depth), ("idle_workers", idle_workers)):
                 figures[name] = bench(database, sizes)
                 print(f"  {name}: {json.dumps(figures[name])}", file=sys.stderr, flush=True)
             figures["transfer"] = transfers(database, sizes, s3)

@@ -36,6 +36,7 @@ def test_quick_benchmarks_produce_a_complete_report(tmp_path: Path, pg_url: str)
         # the peers run where the bench extra is installed, and are reported skipped elsewhere (CI)
         peers = figures["throughput"]["peers"]
         assert set(peers) == {"celery", "dask"} and all("skipped" in peer or peer["tasks_per_s"] > 0 for peer in peers.values())
+        assert [figures["claim_depth"][depth]["queued"] for depth in ("shallow", "deep")] == report["sizes"]["claim_depths"]
         assert figures["dispatch_latency"]["p50_ms"] > 0
         assert figures["submit_and_list"]["listed"] == report["sizes"]["listing"]
         assert figures["idle_workers"]["workers"] == report["sizes"]["idle_workers"]
