@@ -41,4 +41,7 @@ def test_quick_benchmarks_produce_a_complete_report(tmp_path: Path, pg_url: str)
         assert figures["submit_and_list"]["listed"] == report["sizes"]["listing"]
         assert figures["idle_workers"]["workers"] == report["sizes"]["idle_workers"]
         assert {"local", "s3", "baseline_copy_mb_s"} <= set(figures["transfer"])
-    assert set(report["met"]["sqlite"]) == {"throughput", "dispatch_p50", "batch_submit", "listing", "transfer_speed", "transfer_rss", "idle_workers"}
+    assert set(report["met"]["sqlite"]) == {
+        "throughput", "ahead_of_celery", "ahead_of_dask", "coordinator_cpu", "dispatch_p50", "batch_submit", "listing",
+        "claim_depth", "transfer_speed", "transfer_rss", "idle_workers",
+    }
