@@ -1,6 +1,6 @@
-"""The Celery peer's app and task, for ``celery -A celery_app worker`` (benchmarks/run.py starts
-that worker and gives it the broker and result backend on the command line). Imported only where
-Celery is installed: it is the optional ``bench`` extra."""
+"""The Celery peer's worker app and task, for ``celery -A celery_app worker``: benchmarks/run.py
+starts that worker, gives it the broker and result backend on the command line, and sends it
+``run_true`` by name. Imported only by that worker, where Celery (the ``bench`` extra) is installed."""
 
 import workload
 from celery import Celery

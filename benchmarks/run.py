@@ -165,27 +165,28 @@ def pool_baseline(count: int) -> float:
 def celery_seconds(count: int) -> float:
     """Seconds for a Celery worker (prefork pool, concurrency 2) on a private Redis broker and
     result backend, from the first submission to the last result."""
-    from celery import group
-    from celery_app import app
-    from celery_app import run_true as celery_run_true
+    from celery import Celery, group
+    from celery.exceptions import TimeoutError as CeleryTimeout
 
-    with tempfile.TemporaryDirectory(prefix="mito-bench-celery-") as scratch, redis_service(Path(scratch)) as redis:
-        app.conf.update(broker_url=redis.url, result_backend=redis.url)
+    # A fresh client app for each run: an app keeps its broker connections and result backend, so
+    # one reused after its Redis stopped retries that Redis forever (the second database's run hung).
+    with (tempfile.TemporaryDirectory(prefix="mito-bench-celery-") as scratch, redis_service(Path(scratch)) as redis,
+          Celery("mito-bench", broker=redis.url, backend=redis.url) as app):
+        log = Path(scratch) / "worker.log"
         # the worker imports celery_app and workload from here, whatever its directory
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
         worker = spawn([sys.executable, "-m", "celery", "-A", "celery_app", "-b", redis.url, "--result-backend", redis.url,
-                        "worker", "--pool", "prefork", "--concurrency", "2", "--loglevel", "WARNING"],
-                       Path(scratch) / "worker.log", env, cwd=Path(scratch))
+                        "worker", "--pool", "prefork", "--concurrency", "2", "--loglevel", "WARNING"], log, env, cwd=Path(scratch))
         try:
-            wait_until(lambda: worker.poll() is not None or app.control.ping(timeout=0.5), "the Celery worker", 60)
-            if worker.poll() is not None:
-                raise RuntimeError(f"the Celery worker exited:\n{(Path(scratch) / 'worker.log').read_text()[-3000:]}")
+            try:  # a first task, outside the timing, says the worker is up and consuming
+                app.signature("run_true", args=(0,)).apply_async().get(timeout=120)
+            except CeleryTimeout:
+                raise RuntimeError(f"the Celery worker ran no task in 120 s:\n{log.read_text()[-3000:]}") from None
             started = time.perf_counter()
-            results = group(celery_run_true.s(n) for n in range(count)).apply_async().get(timeout=1800)
+            results = group(app.signature("run_true", args=(n,)) for n in range(count)).apply_async().get(timeout=1800)
             elapsed = time.perf_counter() - started
         finally:
             stop_process(worker)
-            app.close()  # its pooled connections point at the Redis that is stopping
     assert results == [0] * count, "not every Celery task ran true"
     return elapsed
 
