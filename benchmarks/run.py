@@ -3,7 +3,9 @@
     python benchmarks/run.py [--quick] [--output benchmarks/report.json] [--databases sqlite,postgres]
 
 Each benchmark gets a fresh coordinator (and, on PostgreSQL, a fresh database), so no figure is
-coloured by an earlier one. The JSON report is printed and written to ``--output``."""
+coloured by an earlier one. The throughput workload also runs through Celery and dask.distributed
+when they are installed (``pip install -e .[bench]``); without them the report says they were
+skipped. The JSON report is printed and written to ``--output``."""
 
 from __future__ import annotations
 
@@ -21,17 +23,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
+from workload import run_true  # benchmarks/ is on the path: this file runs as a script
 
 from mito_lab import Client
 from mito_lab.client.api import AsyncClient, task_request
+from mito_lab.client.http import HttpSession
 from mito_lab.testing import (
     DEFAULT_POSTGRES,
     S3Server,
@@ -42,6 +47,7 @@ from mito_lab.testing import (
     isolated_env,
     peak_rss_bytes,
     postgres_database,
+    redis_service,
     reset_peak_rss,
     seaweedfs,
     spawn,
@@ -49,7 +55,13 @@ from mito_lab.testing import (
     wait_healthy,
     wait_until,
 )
-from mito_lab.wire import TasksQueryReq, TaskState
+from mito_lab.wire import (
+    RegisterWorkerReq,
+    RegisterWorkerResp,
+    TasksQueryReq,
+    TaskState,
+    WorkerTaskResp,
+)
 
 ADMIN = ("mitosis_admin", "mitosis_admin")
 MB = 1_000_000
@@ -64,15 +76,22 @@ class Sizes:
     transfer_mb: int
     idle_workers: int
     idle_seconds: float
+    claim_depths: tuple[int, int]  # Ready tasks queued when claims are timed: shallow, then deep
+    claims: int  # timed at each depth; fewer than the shallow depth
 
 
-FULL = Sizes(tasks=2000, latency_samples=200, batch=10_000, listing=100_000, transfer_mb=512, idle_workers=200, idle_seconds=30)
-QUICK = Sizes(tasks=100, latency_samples=20, batch=1000, listing=5000, transfer_mb=32, idle_workers=20, idle_seconds=5)
+FULL = Sizes(tasks=2000, latency_samples=200, batch=10_000, listing=100_000, transfer_mb=512, idle_workers=200, idle_seconds=30,
+             claim_depths=(200, 20_000), claims=100)
+QUICK = Sizes(tasks=100, latency_samples=20, batch=1000, listing=5000, transfer_mb=32, idle_workers=20, idle_seconds=5,
+              claim_depths=(50, 500), claims=20)
 TARGETS = {
-    "throughput_ratio_min": 0.35,
+    "throughput_ratio_min": 0.5,
+    "throughput_to_each_peer_min": 1.0,  # mito_lab's tasks/s over Celery's and dask's, same run
+    "coordinator_cpu_ms_per_task_max": 0.5,
     "dispatch_p50_ms_max": 20,
-    "batch_submit_10k_s_max": 2,
-    "listing_100k_s_max": 3,
+    "batch_submit_10k_s_max": 1,
+    "listing_100k_s_max": 2,
+    "claim_depth_ratio_max": 1.5,
     "transfer_fraction_of_copy_min": 0.5,
     "transfer_peak_rss_mb_max": 150,
     "idle_200_workers_core_percent_max": 5,
@@ -129,8 +148,10 @@ def percentile(values: list[float], fraction: float) -> float:
 # --- end-to-end throughput ---------------------------------------------------------------------
 
 
-def run_true(_: int) -> int:
-    return subprocess.run(["true"], check=False).returncode
+def queue_true(client: Client, count: int) -> None:
+    """Submit ``count`` ``true`` tasks, in batches of 1,000."""
+    for offset in range(0, count, 1000):
+        client.submit_many([task_request(["true"]) for _ in range(min(1000, count - offset))])
 
 
 def pool_baseline(count: int) -> float:
@@ -141,6 +162,75 @@ def pool_baseline(count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+def celery_seconds(count: int) -> float:
+    """Seconds for a Celery worker (prefork pool, concurrency 2) on a private Redis broker and
+    result backend, from the first submission to the last result."""
+    from celery import Celery, group
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    # A fresh client app for each run: an app keeps its broker connections and result backend, so
+    # one reused after its Redis stopped retries that Redis forever (the second database's run hung).
+    with (tempfile.TemporaryDirectory(prefix="mito-bench-celery-") as scratch, redis_service(Path(scratch)) as redis,
+          Celery("mito-bench", broker=redis.url, backend=redis.url) as app):
+        log = Path(scratch) / "worker.log"
+        # the worker imports celery_app and workload from here, whatever its directory
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+        worker = spawn([sys.executable, "-m", "celery", "-A", "celery_app", "-b", redis.url, "--result-backend", redis.url,
+                        "worker", "--pool", "prefork", "--concurrency", "2", "--loglevel", "WARNING"], log, env, cwd=Path(scratch))
+        try:
+            try:  # a first task, outside the timing, says the worker is up and consuming
+                app.signature("run_true", args=(0,)).apply_async().get(timeout=120)
+            except CeleryTimeout:
+                raise RuntimeError(f"the Celery worker ran no task in 120 s:\n{log.read_text()[-3000:]}") from None
+            started = time.perf_counter()
+            results = group(app.signature("run_true", args=(n,)) for n in range(count)).apply_async().get(timeout=1800)
+            elapsed = time.perf_counter() - started
+        finally:
+            stop_process(worker)
+    assert results == [0] * count, "not every Celery task ran true"
+    return elapsed
+
+
+def dask_seconds(count: int) -> float:
+    """Seconds for dask.distributed (a LocalCluster of two single-threaded worker processes),
+    from the first ``client.map`` to the gathered results."""
+    from distributed import Client as DaskClient
+    from distributed import LocalCluster
+
+    with (tempfile.TemporaryDirectory(prefix="mito-bench-dask-") as scratch,
+          LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                       local_directory=scratch) as cluster,
+          DaskClient(cluster) as dask):
+        dask.wait_for_workers(2, timeout=120)
+        started = time.perf_counter()
+        results = dask.gather(dask.map(run_true, range(count), pure=False))
+        elapsed = time.perf_counter() - started
+    assert results == [0] * count, "not every dask task ran true"
+    return elapsed
+
+
+# name -> (the module that must be installed, the function timing ``count`` tasks through it)
+PEERS: dict[str, tuple[str, Callable[[int], float]]] = {"celery": ("celery", celery_seconds), "dask": ("distributed", dask_seconds)}
+
+
+def peer_figures(count: int, pool_rate: float, mito_rate: float) -> dict[str, Any]:
+    """The same workload through each peer, each beside Pool(2) and mito_lab of the same run."""
+    figures: dict[str, Any] = {}
+    for name, (module, seconds) in PEERS.items():
+        if find_spec(module) is None:
+            figures[name] = {"skipped": f"{module} is not installed (pip install -e .[bench])"}
+            continue
+        try:
+            elapsed = seconds(count)
+        except ServiceError as exc:  # e.g. no redis-server on this machine
+            figures[name] = {"skipped": str(exc)}
+            continue
+        rate = count / elapsed
+        figures[name] = {"tasks_per_s": round(rate, 1), "ratio_to_pool2": round(rate / pool_rate, 3),
+                         "mito_lab_to_peer_ratio": round(mito_rate / rate, 3), "elapsed_s": round(elapsed, 2)}
+    return figures
+
+
 def throughput(database: str, sizes: Sizes) -> dict[str, Any]:
     with coordinator(database) as platform, platform.client() as client:
         workers = [platform.worker(i) for i in range(2)]
@@ -148,8 +238,7 @@ def throughput(database: str, sizes: Sizes) -> dict[str, Any]:
             wait_until(lambda: len(client.workers()) == 2, "two workers", 60)
             cpu_before = cpu_seconds(platform.process.pid)
             started = time.perf_counter()
-            for offset in range(0, sizes.tasks, 1000):
-                client.submit_many([task_request(["true"]) for _ in range(min(1000, sizes.tasks - offset))])
+            queue_true(client, sizes.tasks)
             # checked twice a second: the check itself must not load the coordinator being measured
             wait_until(lambda: finished_count(client) == sizes.tasks, f"{sizes.tasks} tasks", 1800, interval=0.5)
             elapsed = time.perf_counter() - started
@@ -163,7 +252,9 @@ def throughput(database: str, sizes: Sizes) -> dict[str, Any]:
     return {
         "tasks": sizes.tasks, "tasks_per_s": round(rate, 1), "pool2_tasks_per_s": round(baseline, 1),
         "ratio": round(rate / baseline, 3), "coordinator_cpu_s": round(coordinator_cpu, 2),
+        "coordinator_cpu_ms_per_task": round(coordinator_cpu / sizes.tasks * 1000, 3),
         "workers_cpu_s": round(worker_cpu, 2), "elapsed_s": round(elapsed, 2),
+        "peers": peer_figures(sizes.tasks, baseline, rate),
     }
 
 
@@ -284,6 +375,47 @@ def submit_and_list(database: str, sizes: Sizes) -> dict[str, Any]:
         "listed": len(frame), "listing_s": round(listed, 3), "baseline_db_select_to_frame_s": round(list_floor, 3),
         "coordinator_peak_rss_mb": round(rss / MB, 1),
     }
+
+
+# --- claim cost against queue depth -----------------------------------------------------------
+
+
+async def _claims(platform: Coordinator, admin: HttpSession, claims: int) -> tuple[list[float], float]:
+    """Register ``claims`` workers (the admin's user token), then let each fetch once without
+    waiting, claiming one task: the client's round trips, and the coordinator's CPU seconds over
+    the fetches alone. One fetch per worker, because a worker that fetches again before reporting
+    is handed its undelivered task again, not a new claim."""
+    tokens = [(await admin.call("POST", "workers", RegisterWorkerReq(), RegisterWorkerResp)).token for _ in range(claims)]
+    fetcher = HttpSession(platform.url)
+    try:
+        round_trips = []
+        cpu_before = cpu_seconds(platform.process.pid)
+        for token in tokens:
+            fetcher.token = token  # one session, each worker's token in turn
+            started = time.perf_counter()
+            task = await fetcher.call("GET", "workers/tasks", response=WorkerTaskResp)
+            round_trips.append(time.perf_counter() - started)
+            assert task is not None, "a fetch claimed nothing"
+        return round_trips, cpu_seconds(platform.process.pid) - cpu_before
+    finally:
+        fetcher.close()
+
+
+def claim_depth(database: str, sizes: Sizes) -> dict[str, Any]:
+    """Claim cost with a shallow and then a deep queue of Ready tasks, on one coordinator with no
+    worker running: the dispatch path should not slow down as the queue grows."""
+    shallow, deep = sizes.claim_depths
+    figures: dict[str, Any] = {"claims": sizes.claims}
+    with coordinator(database) as platform, platform.client() as client:
+        queued = 0
+        for name, depth in (("shallow", shallow), ("deep", deep)):
+            queue_true(client, depth - queued)
+            round_trips, cpu = client.run(_claims(platform, client.aio.session, sizes.claims))
+            queued = depth - sizes.claims
+            figures[name] = {"queued": depth, "p50_ms": round(statistics.median(round_trips) * 1000, 2),
+                             "coordinator_cpu_ms_per_claim": round(cpu / sizes.claims * 1000, 3)}
+    figures["deep_to_shallow_p50_ratio"] = round(figures["deep"]["p50_ms"] / figures["shallow"]["p50_ms"], 2)
+    return figures
 
 
 # --- transfers ----------------------------------------------------------------------------------
@@ -409,11 +541,17 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
     for database, figures in report["results"].items():
         transfer = figures["transfer"]
         stores = [s for s in ("local", "s3") if s in transfer]
+        throughput = figures["throughput"]
         met[database] = {
-            "throughput": figures["throughput"]["ratio"] >= TARGETS["throughput_ratio_min"],
+            "throughput": throughput["ratio"] >= TARGETS["throughput_ratio_min"],
+            # None where the peer was skipped (not installed): there is no ratio to judge
+            **{f"ahead_of_{name}": None if "skipped" in peer else peer["mito_lab_to_peer_ratio"] >= TARGETS["throughput_to_each_peer_min"]
+               for name, peer in throughput["peers"].items()},
+            "coordinator_cpu": throughput["coordinator_cpu_ms_per_task"] <= TARGETS["coordinator_cpu_ms_per_task_max"],
             "dispatch_p50": figures["dispatch_latency"]["p50_ms"] < TARGETS["dispatch_p50_ms_max"],
             "batch_submit": figures["submit_and_list"]["batch_submit_s"] < TARGETS["batch_submit_10k_s_max"],
             "listing": figures["submit_and_list"]["listing_s"] < TARGETS["listing_100k_s_max"],
+            "claim_depth": figures["claim_depth"]["deep_to_shallow_p50_ratio"] <= TARGETS["claim_depth_ratio_max"],
             "transfer_speed": all(min(transfer[s]["upload_mb_s"], transfer[s]["download_mb_s"])
                                   >= TARGETS["transfer_fraction_of_copy_min"] * transfer["baseline_copy_mb_s"] for s in stores),
             "transfer_rss": all(max(transfer[s]["client_peak_rss_mb"], transfer[s]["coordinator_peak_rss_mb"])
@@ -449,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{database}]", file=sys.stderr, flush=True)
             figures: dict[str, Any] = {}
             for name, bench in (("throughput", throughput), ("dispatch_latency", dispatch_latency),
-                                ("submit_and_list", submit_and_list), ("idle_workers", idle_workers)):
+                                ("submit_and_list", submit_and_list), ("claim_depth", claim_depth), ("idle_workers", idle_workers)):
                 figures[name] = bench(database, sizes)
                 print(f"  {name}: {json.dumps(figures[name])}", file=sys.stderr, flush=True)
             figures["transfer"] = transfers(database, sizes, s3)

@@ -210,6 +210,59 @@ def seaweedfs(root: Path) -> Iterator[S3Server]:
         server.stop()
 
 
+@dataclass
+class RedisServer:
+    """A private Redis server on a loopback port (ACL users and channels are server-wide, so tests
+    and benchmarks never share one); ``stop()`` and ``start()`` take it away and bring it back on
+    the same port (a Redis outage)."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise ServiceError("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ServiceError("redis-server did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+
+
+@contextmanager
+def redis_service(directory: Path) -> Iterator[RedisServer]:
+    """A private ``redis-server`` on a free loopback port, stopped afterwards."""
+    server = RedisServer(free_port(), directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def peak_rss_bytes(pid: int) -> int:
     """The process's peak resident set size so far (Linux ``VmHWM``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

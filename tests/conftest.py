@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,12 +26,14 @@ import pytest
 
 from mito_lab import Client
 from mito_lab.testing import (
+    RedisServer,
     S3Server,
     ServiceError,
     coordinator_command,
     free_port,
     isolated_env,
     postgres_database,
+    redis_service,
     seaweedfs,
     spawn,
     stop_process,
@@ -103,56 +104,16 @@ def s3(tmp_path: Path) -> Iterator[S3Server]:
         pytest.fail(str(exc))
 
 
-@dataclass
-class RedisServer:
-    """A private Redis server (ACL users and channels are server-wide); ``stop()`` and ``start()``
-    take it away and bring it back on the same port (a Redis outage)."""
-
-    port: int
-    directory: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        server = shutil.which("redis-server")
-        assert server is not None
-        self.process = subprocess.Popen(
-            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail("redis-server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
-            self.process = None
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private Redis server for this test, on its own port."""
     if shutil.which("redis-server") is None:
         require_service("redis-server is not installed")
-    server = RedisServer(free_port(), tmp_path)
-    server.start()
     try:
-        yield server
-    finally:
-        server.stop()
+        with redis_service(tmp_path) as server:
+            yield server
+    except ServiceError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

@@ -33,8 +33,15 @@ def test_quick_benchmarks_produce_a_complete_report(tmp_path: Path, pg_url: str)
     assert report["quick"] is True and set(report["results"]) == {"sqlite", "postgres"}
     for figures in report["results"].values():
         assert figures["throughput"]["tasks_per_s"] > 0 and figures["throughput"]["pool2_tasks_per_s"] > 0
+        # the peers run where the bench extra is installed, and are reported skipped elsewhere (CI)
+        peers = figures["throughput"]["peers"]
+        assert set(peers) == {"celery", "dask"} and all("skipped" in peer or peer["tasks_per_s"] > 0 for peer in peers.values())
+        assert [figures["claim_depth"][depth]["queued"] for depth in ("shallow", "deep")] == report["sizes"]["claim_depths"]
         assert figures["dispatch_latency"]["p50_ms"] > 0
         assert figures["submit_and_list"]["listed"] == report["sizes"]["listing"]
         assert figures["idle_workers"]["workers"] == report["sizes"]["idle_workers"]
         assert {"local", "s3", "baseline_copy_mb_s"} <= set(figures["transfer"])
-    assert set(report["met"]["sqlite"]) == {"throughput", "dispatch_p50", "batch_submit", "listing", "transfer_speed", "transfer_rss", "idle_workers"}
+    assert set(report["met"]["sqlite"]) == {
+        "throughput", "ahead_of_celery", "ahead_of_dask", "coordinator_cpu", "dispatch_p50", "batch_submit", "listing",
+        "claim_depth", "transfer_speed", "transfer_rss", "idle_workers",
+    }
