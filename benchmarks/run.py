@@ -47,8 +47,10 @@ from mito_lab.testing import (
     isolated_env,
     peak_rss_bytes,
     postgres_database,
+    previous_release,
     redis_service,
     reset_peak_rss,
+    running_release,
     seaweedfs,
     spawn,
     stop_process,
@@ -88,10 +90,12 @@ TARGETS = {
     "throughput_ratio_min": 0.5,
     "throughput_to_each_peer_min": 1.0,  # mito_lab's tasks/s over Celery's and dask's, same run
     "coordinator_cpu_ms_per_task_max": 0.5,
-    "dispatch_p50_ms_max": 20,
+    "dispatch_start_p50_ms_max": 5,  # submit -> the process started
+    "dispatch_p50_ms_max": 10,  # submit -> its ExecSpawned event
     "batch_submit_10k_s_max": 1,
     "listing_100k_s_max": 2,
     "claim_depth_ratio_max": 1.5,
+    "reference_protocol_speedup_min": 5,
     "transfer_fraction_of_copy_min": 0.5,
     "transfer_peak_rss_mb_max": 150,
     "idle_200_workers_core_percent_max": 5,
@@ -107,6 +111,7 @@ class Coordinator:
     process: subprocess.Popen[bytes]
     home: Path
     database_url: str | None
+    release: Path | None = None  # the source tree its workers run (None: this one)
 
     def client(self) -> Client:
         return Client(self.url, *ADMIN, credential_path=self.home / "credentials")
@@ -115,23 +120,24 @@ class Coordinator:
         return spawn(
             [sys.executable, "-m", "mito_lab", "worker", "-c", self.url, "-u", ADMIN[0],
              "--credential-path", str(self.home / f"worker-{index}.credentials"), *args],
-            self.home / f"worker-{index}.log", isolated_env(self.home, MITO_PASSWORD=ADMIN[1]), cwd=self.home,
+            self.home / f"worker-{index}.log", running_release(isolated_env(self.home, MITO_PASSWORD=ADMIN[1]), self.release), cwd=self.home,
         )
 
 
 @contextlib.contextmanager
-def coordinator(database: str, *args: str) -> Iterator[Coordinator]:
-    """A fresh coordinator on ``database`` (``sqlite`` or ``postgres``) in a scratch directory."""
+def coordinator(database: str, *args: str, release: Path | None = None, workers_release: Path | None = None) -> Iterator[Coordinator]:
+    """A fresh coordinator on ``database`` (``sqlite`` or ``postgres``) in a scratch directory; an
+    earlier ``release`` of the coordinator, or of its workers, if given."""
     with tempfile.TemporaryDirectory(prefix="mito-bench-") as scratch, contextlib.ExitStack() as stack:
         home = Path(scratch)
         database_url = stack.enter_context(postgres_database(os.environ.get("MITO_TEST_POSTGRES", DEFAULT_POSTGRES))) if database == "postgres" else None
         port = free_port()
         log = home / "coordinator.log"
         flags = ["--db", database_url] if database_url else []
-        process = spawn(coordinator_command(home, port, *flags, *args), log, isolated_env(home), cwd=home)
+        process = spawn(coordinator_command(home, port, *flags, *args), log, running_release(isolated_env(home), release), cwd=home)
         try:
             wait_healthy(f"http://127.0.0.1:{port}", process, log)
-            yield Coordinator(f"http://127.0.0.1:{port}", process, home, database_url)
+            yield Coordinator(f"http://127.0.0.1:{port}", process, home, database_url, workers_release)
         finally:
             stop_process(process)
 
@@ -231,30 +237,56 @@ def peer_figures(count: int, pool_rate: float, mito_rate: float) -> dict[str, An
     return figures
 
 
+def run_workload(platform: Coordinator, client: Client, count: int) -> dict[str, float]:
+    """``count`` ``true`` tasks through two workers: the seconds from the first submission to the
+    last task ended, and the CPU seconds the coordinator and the workers spent meanwhile."""
+    workers = [platform.worker(i) for i in range(2)]
+    try:
+        wait_until(lambda: len(client.workers()) == 2, "two workers", 60)
+        cpu_before = cpu_seconds(platform.process.pid)
+        started = time.perf_counter()
+        queue_true(client, count)
+        # checked twice a second: the check itself must not load the coordinator being measured
+        wait_until(lambda: finished_count(client) == count, f"{count} tasks", 1800, interval=0.5)
+        elapsed = time.perf_counter() - started
+        return {"elapsed": elapsed, "coordinator_cpu": cpu_seconds(platform.process.pid) - cpu_before,
+                "workers_cpu": sum(cpu_seconds(w.pid) for w in workers)}
+    finally:
+        for worker in workers:
+            stop_process(worker)
+
+
 def throughput(database: str, sizes: Sizes) -> dict[str, Any]:
     with coordinator(database) as platform, platform.client() as client:
-        workers = [platform.worker(i) for i in range(2)]
-        try:
-            wait_until(lambda: len(client.workers()) == 2, "two workers", 60)
-            cpu_before = cpu_seconds(platform.process.pid)
-            started = time.perf_counter()
-            queue_true(client, sizes.tasks)
-            # checked twice a second: the check itself must not load the coordinator being measured
-            wait_until(lambda: finished_count(client) == sizes.tasks, f"{sizes.tasks} tasks", 1800, interval=0.5)
-            elapsed = time.perf_counter() - started
-            coordinator_cpu = cpu_seconds(platform.process.pid) - cpu_before
-            worker_cpu = sum(cpu_seconds(w.pid) for w in workers)
-        finally:
-            for worker in workers:
-                stop_process(worker)
+        run = run_workload(platform, client, sizes.tasks)
     baseline = pool_baseline(sizes.tasks)
-    rate = sizes.tasks / elapsed
+    rate = sizes.tasks / run["elapsed"]
     return {
         "tasks": sizes.tasks, "tasks_per_s": round(rate, 1), "pool2_tasks_per_s": round(baseline, 1),
-        "ratio": round(rate / baseline, 3), "coordinator_cpu_s": round(coordinator_cpu, 2),
-        "coordinator_cpu_ms_per_task": round(coordinator_cpu / sizes.tasks * 1000, 3),
-        "workers_cpu_s": round(worker_cpu, 2), "elapsed_s": round(elapsed, 2),
+        "ratio": round(rate / baseline, 3), "coordinator_cpu_s": round(run["coordinator_cpu"], 2),
+        "coordinator_cpu_ms_per_task": round(run["coordinator_cpu"] / sizes.tasks * 1000, 3),
+        "workers_cpu_s": round(run["workers_cpu"], 2), "elapsed_s": round(run["elapsed"], 2),
         "peers": peer_figures(sizes.tasks, baseline, rate),
+    }
+
+
+def reference_protocol(database: str, sizes: Sizes) -> dict[str, Any]:
+    """Workers of the previous release (the reference's protocol, one task at a time) against this
+    coordinator, beside the previous release's coordinator and workers (today's figure) in the
+    same run."""
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            old = previous_release(Path(scratch) / "release")
+        except ServiceError as exc:
+            return {"skipped": str(exc)}
+        rates = {}
+        for name, count, coordinator_release in (("new_coordinator", sizes.tasks, None), ("previous_release", sizes.tasks // 4, old)):
+            with coordinator(database, release=coordinator_release, workers_release=old) as platform, platform.client() as client:
+                rates[name] = count / run_workload(platform, client, count)["elapsed"]
+    return {
+        "tasks": sizes.tasks, "old_workers_tasks_per_s": round(rates["new_coordinator"], 1),
+        "previous_release_tasks_per_s": round(rates["previous_release"], 1),
+        "speedup": round(rates["new_coordinator"] / rates["previous_release"], 2),
     }
 
 
@@ -548,7 +580,10 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
             **{f"ahead_of_{name}": None if "skipped" in peer else peer["mito_lab_to_peer_ratio"] >= TARGETS["throughput_to_each_peer_min"]
                for name, peer in throughput["peers"].items()},
             "coordinator_cpu": throughput["coordinator_cpu_ms_per_task"] <= TARGETS["coordinator_cpu_ms_per_task_max"],
+            "dispatch_start_p50": figures["dispatch_latency"]["start_p50_ms"] < TARGETS["dispatch_start_p50_ms_max"],
             "dispatch_p50": figures["dispatch_latency"]["p50_ms"] < TARGETS["dispatch_p50_ms_max"],
+            "reference_protocol": None if "skipped" in figures["reference_protocol"]
+            else figures["reference_protocol"]["speedup"] >= TARGETS["reference_protocol_speedup_min"],
             "batch_submit": figures["submit_and_list"]["batch_submit_s"] < TARGETS["batch_submit_10k_s_max"],
             "listing": figures["submit_and_list"]["listing_s"] < TARGETS["listing_100k_s_max"],
             "claim_depth": figures["claim_depth"]["deep_to_shallow_p50_ratio"] <= TARGETS["claim_depth_ratio_max"],
@@ -587,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{database}]", file=sys.stderr, flush=True)
             figures: dict[str, Any] = {}
             for name, bench in (("throughput", throughput), ("dispatch_latency", dispatch_latency),
-                                ("submit_and_list", submit_and_list), ("claim_depth", claim_depth), ("idle_workers", idle_workers)):
+                                ("reference_protocol", reference_protocol), ("submit_and_list", submit_and_list),
+                                ("claim_depth", claim_depth), ("idle_workers", idle_workers)):
                 figures[name] = bench(database, sizes)
                 print(f"  {name}: {json.dumps(figures[name])}", file=sys.stderr, flush=True)
             figures["transfer"] = transfers(database, sizes, s3)

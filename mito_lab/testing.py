@@ -281,3 +281,27 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time the process has used (Linux ``/proc/PID/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+PREVIOUS_RELEASE = "04b9ceb"
+"""The last commit before worker protocol v2: the "old" coordinator and worker of the tests and
+benchmarks that check both protocols against each other."""
+
+
+def previous_release(target: Path, commit: str = PREVIOUS_RELEASE) -> Path:
+    """Extract ``commit``'s ``mito_lab`` package into ``target`` (put it first on PYTHONPATH to run
+    that release); ServiceError if this clone's history lacks it."""
+    repository = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(repository), "archive", commit, "mito_lab"], capture_output=True)
+    if archive.returncode != 0:
+        raise ServiceError(f"the release {commit} is not in this clone's git history: {archive.stderr.decode().strip()}")
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def running_release(env: Mapping[str, str], release: Path | None) -> dict[str, str]:
+    """``env`` with ``release`` (from ``previous_release``) first on PYTHONPATH; unchanged for None."""
+    if release is None:
+        return dict(env)
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(release), env.get("PYTHONPATH", "")]))}

@@ -37,11 +37,12 @@ def test_quick_benchmarks_produce_a_complete_report(tmp_path: Path, pg_url: str)
         peers = figures["throughput"]["peers"]
         assert set(peers) == {"celery", "dask"} and all("skipped" in peer or peer["tasks_per_s"] > 0 for peer in peers.values())
         assert [figures["claim_depth"][depth]["queued"] for depth in ("shallow", "deep")] == report["sizes"]["claim_depths"]
-        assert figures["dispatch_latency"]["p50_ms"] > 0
+        assert figures["dispatch_latency"]["p50_ms"] > 0 and figures["dispatch_latency"]["start_p50_ms"] > 0
+        assert figures["reference_protocol"]["speedup"] > 0
         assert figures["submit_and_list"]["listed"] == report["sizes"]["listing"]
         assert figures["idle_workers"]["workers"] == report["sizes"]["idle_workers"]
         assert {"local", "s3", "baseline_copy_mb_s"} <= set(figures["transfer"])
     assert set(report["met"]["sqlite"]) == {
-        "throughput", "ahead_of_celery", "ahead_of_dask", "coordinator_cpu", "dispatch_p50", "batch_submit", "listing",
-        "claim_depth", "transfer_speed", "transfer_rss", "idle_workers",
+        "throughput", "ahead_of_celery", "ahead_of_dask", "coordinator_cpu", "dispatch_start_p50", "dispatch_p50",
+        "reference_protocol", "batch_submit", "listing", "claim_depth", "transfer_speed", "transfer_rss", "idle_workers",
     }

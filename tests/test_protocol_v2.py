@@ -4,7 +4,6 @@ releases (the previous release's coordinator and worker, run from this repositor
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -13,16 +12,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import ADMIN, Platform, http, isolated_env, require_service
-from mito_lab.testing import coordinator_command, free_port, spawn, wait_healthy, wait_until
 from test_dispatch import register, submit
+
+from mito_lab.testing import (
+    ServiceError,
+    coordinator_command,
+    free_port,
+    previous_release,
+    running_release,
+    spawn,
+    wait_healthy,
+    wait_until,
+)
 
 DONE = [
     {"ExecStates": ["ExecPending", "ExecSpawned", "ExecFinished"]}, "Finish",
     {"ExecStates": ["UploadResult", "UploadFinishedResult", "UploadResultFinished"]}, {"Commit": {"exit_status": 0}},
 ]
-PREVIOUS_RELEASE = "04b9ceb"  # the last commit before protocol v2
 
 
 def exchange(platform: Platform, token: str, wait: float = 0, **body: Any) -> dict[str, Any]:
@@ -176,26 +183,19 @@ def test_a_worker_takes_short_tasks_ahead_and_a_cancelled_one_never_runs(platfor
 
 
 @pytest.fixture(scope="module")
-def previous_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The previous release's source tree, from this repository's history."""
-    target = tmp_path_factory.mktemp("previous-release")
-    repository = Path(__file__).resolve().parent.parent
-    archive = subprocess.run(["git", "-C", str(repository), "archive", PREVIOUS_RELEASE, "mito_lab"], capture_output=True)
-    if archive.returncode != 0:
-        require_service(f"the previous release ({PREVIOUS_RELEASE}) is not in this clone's git history")
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    return target
-
-
-def previous(release: Path, env: dict[str, str]) -> dict[str, str]:
-    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(release), env.get("PYTHONPATH", "")]))}
+def old_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        return previous_release(tmp_path_factory.mktemp("previous-release"))
+    except ServiceError as exc:
+        require_service(str(exc))
+        raise
 
 
 @pytest.fixture
-def old_coordinator(previous_release: Path, tmp_path: Path) -> Iterator[Platform]:
+def old_coordinator(old_release: Path, tmp_path: Path) -> Iterator[Platform]:
     port = free_port()
     command = coordinator_command(tmp_path, port, "--heartbeat-timeout", "10s")
-    process = spawn(command, tmp_path / "coordinator.log", previous(previous_release, isolated_env(tmp_path)), cwd=tmp_path)
+    process = spawn(command, tmp_path / "coordinator.log", running_release(isolated_env(tmp_path), old_release), cwd=tmp_path)
     platform = Platform(home=tmp_path, url=f"http://127.0.0.1:{port}", coordinator=process, command=command)
     try:
         wait_healthy(platform.url, process, tmp_path / "coordinator.log")
@@ -214,11 +214,11 @@ def test_a_new_worker_speaks_the_reference_protocol_to_an_old_coordinator(old_co
     assert "no worker protocol v2" in log and "--slots 2 is not used" in log
 
 
-def test_an_old_worker_works_with_a_new_coordinator(platform: Platform, previous_release: Path) -> None:
+def test_an_old_worker_works_with_a_new_coordinator(platform: Platform, old_release: Path) -> None:
     log = (platform.home / "old-worker.log").open("wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "mito_lab", "worker", "-c", platform.url, "-u", ADMIN[0], "--polling-interval", "20s"],
-        env=previous(previous_release, platform.env(MITO_PASSWORD=ADMIN[1])), stdout=log, stderr=subprocess.STDOUT,
+        env=running_release(platform.env(MITO_PASSWORD=ADMIN[1]), old_release), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True, cwd=platform.home,
     )
     log.close()
