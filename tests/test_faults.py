@@ -97,9 +97,11 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path: Path, pg_url: str) ->
     platform = start_platform(tmp_path / "platform", "--db", pg_url)  # drops a silent worker after 10 s
     ledger = tmp_path / "ledger"
     try:
-        victim, *others = [platform.start_worker() for _ in range(3)]
+        # the victim runs four tasks at once (protocol v2), so it dies holding at least four claims
+        victim = platform.start_worker("--slots", "4")
+        others = [platform.start_worker() for _ in range(2)]
         uuids = launch(platform, ledger, 60, "batch", sleep=0.5)
-        wait_until(lambda: victim.pid in {w for ws in runs(ledger).values() for w in ws}, "the victim to run a task", timeout=60)
+        wait_until(lambda: sum(victim.pid in ws for ws in runs(ledger).values()) >= 4, "the victim to run four tasks", timeout=60)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         wait_until(lambda: ended(platform, "batch") == len(uuids), "the batch to end", timeout=180, interval=0.5)
@@ -113,7 +115,7 @@ def test_the_coordinator_killed_with_500_tasks_in_flight(tmp_path: Path) -> None
     platform = start_platform(tmp_path / "platform")  # the embedded default: SQLite and the local store
     ledger = tmp_path / "ledger"
     try:
-        workers = [platform.start_worker() for _ in range(4)]
+        workers = [platform.start_worker(*(("--slots", "2") if i % 2 else ())) for i in range(4)]
         uuids = launch(platform, ledger, 500, "batch", sleep=0.05)
         wait_for_runs(ledger, 100)
         platform.coordinator.send_signal(signal.SIGKILL)
@@ -132,7 +134,7 @@ def test_two_coordinators_on_one_database_run_1000_tasks_once(tmp_path: Path, pg
     second = start_platform(tmp_path / "b", "--db", pg_url, *s3.coordinator_args())
     ledger = tmp_path / "ledger"
     try:
-        workers = [coordinator.start_worker() for coordinator in (first, second, first, second)]
+        workers = [first.start_worker(), second.start_worker(), first.start_worker("--slots", "2"), second.start_worker("--slots", "2")]
         uuids = launch(first, ledger, 500, "batch") + launch(second, ledger, 500, "batch")
         wait_until(lambda: ended(first, "batch") == len(uuids), "1,000 tasks to end", timeout=400, interval=0.5)
         verify(first, "batch", uuids, ledger)
