@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import json
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 import sqlalchemy as sa
@@ -58,6 +60,7 @@ from mito_lab.testing import (
     wait_until,
 )
 from mito_lab.wire import (
+    GroupQueryInfo,
     RegisterWorkerReq,
     RegisterWorkerResp,
     TasksQueryReq,
@@ -80,12 +83,13 @@ class Sizes:
     idle_seconds: float
     claim_depths: tuple[int, int]  # Ready tasks queued when claims are timed: shallow, then deep
     claims: int  # timed at each depth; fewer than the shallow depth
+    api_calls: int  # small authenticated calls, one after the other
 
 
 FULL = Sizes(tasks=2000, latency_samples=200, batch=10_000, listing=100_000, transfer_mb=512, idle_workers=200, idle_seconds=30,
-             claim_depths=(200, 20_000), claims=100)
+             claim_depths=(200, 20_000), claims=100, api_calls=500)
 QUICK = Sizes(tasks=100, latency_samples=20, batch=1000, listing=5000, transfer_mb=32, idle_workers=20, idle_seconds=5,
-              claim_depths=(50, 500), claims=20)
+              claim_depths=(50, 500), claims=20, api_calls=50)
 TARGETS = {
     "throughput_ratio_min": 0.5,
     "throughput_to_each_peer_min": 1.0,  # mito_lab's tasks/s over Celery's and dask's, same run
@@ -338,6 +342,50 @@ def dispatch_latency(database: str, sizes: Sizes) -> dict[str, Any]:
         "start_p50_ms": round(percentile(ms["start"], 0.5), 2), "start_p99_ms": round(percentile(ms["start"], 0.99), 2),
         "p50_ms": round(percentile(ms["spawned_event"], 0.5), 2), "p99_ms": round(percentile(ms["spawned_event"], 0.99), 2),
         "baseline_http_round_trip_p50_ms": round(statistics.median(ms["round_trip"]), 2),
+    }
+
+
+# --- API calls ----------------------------------------------------------------------------------
+
+
+async def _session_calls(client: AsyncClient, path: str, calls: int) -> list[float]:
+    """Seconds of each ``GET path`` through the SDK's own HTTP session, one call after the other."""
+    seconds = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await client.session.call("GET", path, None, GroupQueryInfo)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def _plain_calls(url: str, token: str, path: str, calls: int) -> list[float]:
+    """The same calls through one kept-alive ``http.client`` connection: the floor of this call."""
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port)
+    seconds = []
+    try:
+        for _ in range(calls):
+            started = time.perf_counter()
+            connection.request("GET", f"/{path}", headers={"Authorization": f"Bearer {token}"})
+            answer = connection.getresponse()
+            GroupQueryInfo.model_validate_json(answer.read())
+            seconds.append(time.perf_counter() - started)
+            assert answer.status == 200, answer.status
+    finally:
+        connection.close()
+    return seconds
+
+
+def api_calls(database: str, sizes: Sizes) -> dict[str, Any]:
+    """The cost of a small authenticated call (the group's details) through the SDK, sequential."""
+    path = f"groups/{ADMIN[0]}"
+    with coordinator(database) as platform, platform.client() as client:
+        through_sdk = client.run(_session_calls(client.aio, path, sizes.api_calls))
+        plain = _plain_calls(platform.url, client.aio.session.token or "", path, sizes.api_calls)
+    return {
+        "calls": sizes.api_calls, "p50_ms": round(statistics.median(through_sdk) * 1000, 2),
+        "p99_ms": round(percentile(through_sdk, 0.99) * 1000, 2),
+        "baseline_keep_alive_http_client_p50_ms": round(statistics.median(plain) * 1000, 2),
     }
 
 
@@ -621,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         for database in args.databases.split(","):
             print(f"[{database}]", file=sys.stderr, flush=True)
             figures: dict[str, Any] = {}
-            for name, bench in (("throughput", throughput), ("dispatch_latency", dispatch_latency),
+            for name, bench in (("throughput", throughput), ("dispatch_latency", dispatch_latency), ("api_calls", api_calls),
                                 ("reference_protocol", reference_protocol), ("submit_and_list", submit_and_list),
                                 ("claim_depth", claim_depth), ("idle_workers", idle_workers)):
                 figures[name] = bench(database, sizes)
