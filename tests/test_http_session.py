@@ -1,6 +1,6 @@
 """The HTTP session of the SDK and the worker (``mito_lab.client.http``): one kept-alive connection
 for many calls, long polls beside other calls, errors mapped as they always were, transfers streamed
-in pieces."""
+in pieces; and a stopping coordinator answering 503, never 500."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import contextlib
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tornado.httpserver import HTTPServer
@@ -22,6 +24,8 @@ from tornado.web import Application, RequestHandler
 from conftest import ADMIN, Platform, backend_args, start_platform
 from mito_lab.client.api import AsyncClient
 from mito_lab.client.http import HttpSession, MitoConnectionError, MitoError
+from mito_lab.config import CoordinatorConfig
+from mito_lab.server.app import Coordinator
 from mito_lab.testing import free_port
 from mito_lab.wire import HealthResp, RegisterWorkerReq, RegisterWorkerResp, TaskQueryResp, WorkerTaskResp
 
@@ -207,3 +211,39 @@ def test_a_large_file_goes_up_and_down_in_pieces(stored: Platform, tmp_path: Pat
         assert sum(pieces) == 24 * MiB and len(pieces) > 24 and max(pieces) <= MiB
     assert forged.status == 403 and forged.msg and not forged.msg.startswith(("<", "{"))
     assert not (tmp_path / "forged.bin").exists() and not (tmp_path / ".forged.bin.part").exists()
+
+
+# --- a coordinator stopping --------------------------------------------------------------------------
+
+
+def test_a_stopping_coordinator_answers_503_then_closes_its_connections(tmp_path: Path) -> None:
+    """The coordinator runs in this process, so the request is sent just as ``stop()`` begins: on
+    the connection kept alive from the call before, which stays open 0.1 s more (the long polls'
+    answers flush meanwhile)."""
+
+    async def scenario() -> tuple[Any, float]:
+        port = free_port()
+        coordinator = Coordinator(CoordinatorConfig(bind=f"127.0.0.1:{port}", data_dir=tmp_path / "data"))
+        await coordinator.start()
+        session = HttpSession(f"http://127.0.0.1:{port}")
+        try:
+            assert await session.call("GET", "health", None, HealthResp) is not None
+            stopping = asyncio.create_task(coordinator.stop())
+            await asyncio.sleep(0)  # stop() has begun
+            started = time.monotonic()
+            try:
+                outcome: Any = await session.call("GET", "health", None, HealthResp)
+            except MitoError as exc:
+                outcome = exc
+            elapsed = time.monotonic() - started
+            await stopping
+            with pytest.raises(MitoConnectionError):  # refused: nothing listens any more
+                await session.call("GET", "health", None, HealthResp)
+        finally:
+            session.close()
+        return outcome, elapsed
+
+    outcome, elapsed = asyncio.run(scenario())
+    assert isinstance(outcome, MitoError)
+    # a machine stalled past the 0.1 s finds the connection closed, a connection error; never a 500
+    assert (outcome.status, outcome.msg) == (503, "coordinator is shutting down") or (elapsed >= 0.1 and outcome.status == 0)
