@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import json
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 import sqlalchemy as sa
@@ -80,12 +82,13 @@ class Sizes:
     idle_seconds: float
     claim_depths: tuple[int, int]  # Ready tasks queued when claims are timed: shallow, then deep
     claims: int  # timed at each depth; fewer than the shallow depth
+    api_calls: int  # small authenticated calls, one after the other
 
 
 FULL = Sizes(tasks=2000, latency_samples=200, batch=10_000, listing=100_000, transfer_mb=512, idle_workers=200, idle_seconds=30,
-             claim_depths=(200, 20_000), claims=100)
+             claim_depths=(200, 20_000), claims=100, api_calls=500)
 QUICK = Sizes(tasks=100, latency_samples=20, batch=1000, listing=5000, transfer_mb=32, idle_workers=20, idle_seconds=5,
-              claim_depths=(50, 500), claims=20)
+              claim_depths=(50, 500), claims=20, api_calls=50)
 TARGETS = {
     "throughput_ratio_min": 0.5,
     "throughput_to_each_peer_min": 1.0,  # mito_lab's tasks/s over Celery's and dask's, same run
@@ -338,6 +341,58 @@ def dispatch_latency(database: str, sizes: Sizes) -> dict[str, Any]:
         "start_p50_ms": round(percentile(ms["start"], 0.5), 2), "start_p99_ms": round(percentile(ms["start"], 0.99), 2),
         "p50_ms": round(percentile(ms["spawned_event"], 0.5), 2), "p99_ms": round(percentile(ms["spawned_event"], 0.99), 2),
         "baseline_http_round_trip_p50_ms": round(statistics.median(ms["round_trip"]), 2),
+    }
+
+
+# --- API calls ----------------------------------------------------------------------------------
+
+API_CALL = "auth"  # GET /auth, who am I: a token checked and its user read, the smallest authenticated call
+
+
+async def _session_calls(client: AsyncClient, calls: int) -> tuple[list[float], float]:
+    """Seconds of each call through the SDK's own HTTP session, one after the other, and the CPU
+    seconds this process spent on them all."""
+    seconds = []
+    cpu = time.process_time()
+    for _ in range(calls):
+        started = time.perf_counter()
+        await client.session.call("GET", API_CALL)
+        seconds.append(time.perf_counter() - started)
+    return seconds, time.process_time() - cpu
+
+
+def _plain_calls(url: str, token: str, calls: int) -> list[float]:
+    """The same calls through one kept-alive ``http.client`` connection: the floor of this call."""
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port)
+    seconds = []
+    try:
+        for _ in range(calls):
+            started = time.perf_counter()
+            connection.request("GET", f"/{API_CALL}", headers={"Authorization": f"Bearer {token}"})
+            answer = connection.getresponse()
+            answer.read()
+            seconds.append(time.perf_counter() - started)
+            assert answer.status == 200, answer.status
+    finally:
+        connection.close()
+    return seconds
+
+
+def api_calls(database: str, sizes: Sizes) -> dict[str, Any]:
+    """A small authenticated call through the SDK, sequential: its latency, and the CPU it costs
+    the client and the coordinator (a new connection per request costs both)."""
+    with coordinator(database) as platform, platform.client() as client:
+        before = cpu_seconds(platform.process.pid)
+        through_sdk, client_cpu = client.run(_session_calls(client.aio, sizes.api_calls))
+        coordinator_cpu = cpu_seconds(platform.process.pid) - before
+        plain = _plain_calls(platform.url, client.aio.session.token or "", sizes.api_calls)
+    return {
+        "calls": sizes.api_calls, "p50_ms": round(statistics.median(through_sdk) * 1000, 2),
+        "p99_ms": round(percentile(through_sdk, 0.99) * 1000, 2),
+        "client_cpu_ms_per_call": round(client_cpu / sizes.api_calls * 1000, 3),
+        "coordinator_cpu_ms_per_call": round(coordinator_cpu / sizes.api_calls * 1000, 3),
+        "baseline_keep_alive_http_client_p50_ms": round(statistics.median(plain) * 1000, 2),
     }
 
 
@@ -621,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         for database in args.databases.split(","):
             print(f"[{database}]", file=sys.stderr, flush=True)
             figures: dict[str, Any] = {}
-            for name, bench in (("throughput", throughput), ("dispatch_latency", dispatch_latency),
+            for name, bench in (("throughput", throughput), ("dispatch_latency", dispatch_latency), ("api_calls", api_calls),
                                 ("reference_protocol", reference_protocol), ("submit_and_list", submit_and_list),
                                 ("claim_depth", claim_depth), ("idle_workers", idle_workers)):
                 figures[name] = bench(database, sizes)

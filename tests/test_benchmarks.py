@@ -38,6 +38,7 @@ def test_quick_benchmarks_produce_a_complete_report(tmp_path: Path, pg_url: str)
         assert set(peers) == {"celery", "dask"} and all("skipped" in peer or peer["tasks_per_s"] > 0 for peer in peers.values())
         assert [figures["claim_depth"][depth]["queued"] for depth in ("shallow", "deep")] == report["sizes"]["claim_depths"]
         assert figures["dispatch_latency"]["p50_ms"] > 0 and figures["dispatch_latency"]["start_p50_ms"] > 0
+        assert figures["api_calls"]["calls"] == report["sizes"]["api_calls"] and figures["api_calls"]["p50_ms"] > 0
         assert figures["reference_protocol"]["speedup"] > 0
         assert figures["submit_and_list"]["listed"] == report["sizes"]["listing"]
         assert figures["idle_workers"]["workers"] == report["sizes"]["idle_workers"]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from mito_lab.cli import EXIT_ERROR, EXIT_USAGE
-from mito_lab.client.http import MitoError
 from mito_lab.config import (
     ClientConfig,
     ConfigError,
@@ -137,6 +136,7 @@ def _client_parser(modes: argparse._SubParsersAction) -> None:
 def run_client(namespace: argparse.Namespace) -> int:
     from mito_lab.cli.grammar import GrammarError, HelpShown, build_parser
     from mito_lab.cli.shell import connect, interactive, run_line
+    from mito_lab.client.http import MitoError  # libcurl is loaded by the modes that talk HTTP, not by the coordinator
 
     config: ClientConfig = _load("client", ClientConfig, namespace)
     if not namespace.command and not namespace.interactive:

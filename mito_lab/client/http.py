@@ -1,8 +1,13 @@
 """One HTTP session for the SDK and the worker: JSON through the wire models, errors as exceptions,
-and file transfers to and from signed URLs streamed in chunks (never whole in memory)."""
+and file transfers to and from signed URLs streamed in chunks (never whole in memory).
+
+Requests go through libcurl (Tornado's ``CurlAsyncHTTPClient``): it keeps connections alive and
+reuses them, and resolves a host name once (its DNS cache), where Tornado's own client opens a
+connection, and asks a resolver thread for the address, for every request."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable
@@ -10,21 +15,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urljoin
 
+import pycurl
 from pydantic import BaseModel, ValidationError
-from tornado.httpclient import (
-    AsyncHTTPClient,
-    HTTPClientError,
-    HTTPRequest,
-    HTTPResponse,
-)
+from tornado.curl_httpclient import CurlAsyncHTTPClient
+from tornado.httpclient import HTTPClientError, HTTPRequest, HTTPResponse
+from tornado.ioloop import IOLoop
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-CHUNK = 1 << 20
 # A long poll's HTTP timeout is its wait plus this, so the server answers before the client gives up.
 LONG_POLL_SLACK_SECONDS = 30.0
 Progress = Callable[[int], None]
 MAX_ANSWER_BYTES = 256 * 1024 * 1024  # a JSON answer read into memory
 MAX_TRANSFER_BYTES = 1 << 50  # a file streamed to disk
+# Requests a session runs at once (more wait their turn): a long poll holds one the whole time.
+DEFAULT_PARALLEL_REQUESTS = 10
 
 
 class MitoError(Exception):
@@ -61,34 +65,59 @@ def _error_message(raw: bytes | None, fallback: str) -> str:
     return body.strip()[:500] or fallback
 
 
-class HttpSession:
-    """Talks to one coordinator with an optional bearer token."""
+class _CurlClient(CurlAsyncHTTPClient):
+    """Tornado's libcurl client, closable while a request is still under way (e.g. a cancelled long
+    poll): libcurl re-arms its timer as ``close()`` drops that request, and the timer would then
+    fire on the closed client (tornado#3289)."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0) -> None:
+    def close(self) -> None:
+        super().close()
+        if self._timeout is not None:
+            self.io_loop.remove_timeout(self._timeout)
+            self._timeout = None
+
+
+class HttpSession:
+    """Talks to one coordinator with an optional bearer token, ``parallel`` requests at a time."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0, parallel: int = DEFAULT_PARALLEL_REQUESTS) -> None:
         self.base_url = base_url.rstrip("/") + "/"
         self.token = token
         self.timeout = timeout
-        self._http = AsyncHTTPClient(force_instance=True, max_body_size=MAX_ANSWER_BYTES)
-        # downloads are streamed to files, so their size is not bounded by memory
-        self._transfers = AsyncHTTPClient(force_instance=True, max_body_size=MAX_TRANSFER_BYTES)
+        self.parallel = parallel
+        self._loop: IOLoop | None = None
+        self._clients: dict[int, _CurlClient] = {}  # by the largest answer they read
+
+    def _client(self, max_answer: int) -> _CurlClient:
+        """A client on the running event loop, made at its first request, and again when a request
+        comes on another loop (``asyncio.run`` twice): libcurl's sockets are watched by the loop
+        that made the client."""
+        loop = IOLoop.current()
+        if self._loop is not loop:
+            self.close()
+            self._loop = loop
+        if max_answer not in self._clients:
+            self._clients[max_answer] = _CurlClient(force_instance=True, max_clients=self.parallel, max_body_size=max_answer)
+        return self._clients[max_answer]
 
     def close(self) -> None:
-        self._http.close()
-        self._transfers.close()
+        """Close the connections. A request still under way is dropped: cancel its caller first."""
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        self._loop = None
 
     def url(self, path: str) -> str:
         return urljoin(self.base_url, path.lstrip("/"))
 
-    async def _fetch(self, request: HTTPRequest, client: AsyncHTTPClient | None = None) -> HTTPResponse:
+    async def _fetch(self, request: HTTPRequest, max_answer: int = MAX_ANSWER_BYTES) -> HTTPResponse:
         try:
-            return await (client or self._http).fetch(request)
+            return await self._client(max_answer).fetch(request)
         except HTTPClientError as exc:
-            if exc.code == 599:
+            if exc.code == 599:  # libcurl's own errors: refused, reset, timed out, unresolved
                 raise MitoConnectionError(request.url, str(exc.message or "timeout")) from None
             raw = exc.response.body if exc.response is not None else None
             raise MitoError(exc.code, _error_message(raw, f"HTTP {exc.code}")) from None
-        except OSError as exc:
-            raise MitoConnectionError(request.url, exc.strerror or str(exc)) from None
 
     async def call(
         self,
@@ -134,23 +163,35 @@ class HttpSession:
     async def upload_file(self, url: str, path: Path, progress: Progress | None = None) -> None:
         """PUT a file to a signed URL, streamed, as ``application/octet-stream``."""
         size = path.stat().st_size
+        loop = asyncio.get_running_loop()
+        with path.open("rb") as handle:
 
-        async def produce(write: Callable[[bytes], Any]) -> None:
-            with path.open("rb") as handle:
-                while chunk := handle.read(CHUNK):
-                    await write(chunk)
-                    if progress:
-                        progress(len(chunk))
+            def read(amount: int) -> bytes:
+                chunk = handle.read(amount)
+                if progress and chunk:
+                    loop.call_soon(progress, len(chunk))  # not inside libcurl's callback
+                return chunk
 
-        request = HTTPRequest(
-            self.url(url),
-            method="PUT",
-            headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
-            body_producer=produce if size else None,
-            body=b"" if not size else None,
-            request_timeout=max(self.timeout, size / 5_000_000 + 60),
-        )
-        await self._fetch(request)
+            def rewind(offset: int, origin: int) -> int:
+                """libcurl sends the body again when a kept-alive connection turns out closed."""
+                handle.seek(offset, origin)
+                return pycurl.SEEKFUNC_OK
+
+            def stream_body(curl: pycurl.Curl) -> None:
+                # Tornado's libcurl client sends ``body`` from memory: read the file instead
+                curl.setopt(pycurl.READFUNCTION, read)
+                curl.setopt(pycurl.SEEKFUNCTION, rewind)
+                curl.setopt(pycurl.INFILESIZE_LARGE, size)
+
+            request = HTTPRequest(
+                self.url(url),
+                method="PUT",
+                headers={"Content-Type": "application/octet-stream"},
+                body=b"",
+                prepare_curl_callback=stream_body,
+                request_timeout=max(self.timeout, size / 5_000_000 + 60),
+            )
+            await self._fetch(request)
 
     async def download_file(self, url: str, path: Path, progress: Progress | None = None) -> int:
         """GET a signed URL into ``path`` (written to a temporary file, then renamed)."""
@@ -168,7 +209,8 @@ class HttpSession:
 
             request = HTTPRequest(self.url(url), streaming_callback=consume, request_timeout=24 * 3600)
             try:
-                await self._fetch(request, self._transfers)
+                # the answer is streamed to a file, so its size is not bounded by memory
+                await self._fetch(request, MAX_TRANSFER_BYTES)
             except MitoError as exc:
                 handle.close()
                 if exc.status:  # an error body went to the streaming callback: read its message

@@ -149,6 +149,9 @@ class Coordinator:
             self.context.redis_client_url = access_url(config.redis_url, "mitosis_client", client_password)
 
     async def stop(self) -> None:
+        """Refuse new requests (503) and connections, answer the long polls, close every connection
+        (the idle kept-alive ones too), then the services."""
+        self.context.closing = True
         if self._server is not None:
             self._server.stop()
             self.workers.close()

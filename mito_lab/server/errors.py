@@ -60,6 +60,16 @@ class PayloadTooLarge(ApiError):
         super().__init__(f"Payload too large: the body has {size} bytes, the limit is {limit}")
 
 
+class ShuttingDown(ApiError):
+    """Answered to every request once the coordinator is stopping: clients retry as after a
+    lost connection (the worker backs off and tries again)."""
+
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("coordinator is shutting down")
+
+
 class AlreadyExists(ApiError):
     status = 409
 

@@ -61,7 +61,7 @@ def build(handlers: list[tuple[str, type]]) -> dict[str, Any]:
                 {"name": name, "in": "query", "required": False, "description": description, "schema": {"type": "string"}}
                 for name, description in op.query
             ],
-            "responses": {str(status): error for status in (400, 401, 403, 404, *op.errors)},
+            "responses": {str(status): error for status in (400, 401, 403, 404, 503, *op.errors)},
         }
         if op.request:
             schema = refs[(op.request, "validation")]

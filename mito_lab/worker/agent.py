@@ -81,6 +81,11 @@ SHORT_TASK_SECONDS = 1.0  # a task that runs longer stops the prefetch
 HOLD_SECONDS = 2.0  # a task taken ahead and stuck behind long tasks this long is handed back
 LINGER_SECONDS = 0.005  # reports wait this long for more to go with them...
 LINGER_BUSY_SECONDS = 0.05  # ...or this long while the worker works through tasks it took ahead
+# Requests under way at once: the two long polls (tasks, heartbeat), the reports beside them and a
+# cancelled poll still waiting for its answer; then per running task a watch long poll and its live
+# output. The session runs this many at once, so that no long poll holds a report back.
+REQUESTS_BESIDE_TASKS = 8
+REQUESTS_PER_SLOT = 2
 # Variables of the worker's own configuration that a task must not inherit.
 PRIVATE_ENVIRONMENT = ("MITO_PASSWORD", "MITO_USER")
 
@@ -766,7 +771,7 @@ class Agent:
 
 
 async def register(config: WorkerConfig) -> tuple[HttpSession, RegisterWorkerResp]:
-    session = HttpSession(config.coordinator_addr)
+    session = HttpSession(config.coordinator_addr, parallel=REQUESTS_BESIDE_TASKS + REQUESTS_PER_SLOT * config.slots)
     # retain: registering a worker must not log its user out of their other sessions (the reference does)
     user, token = await login_token(session, Credentials(config.credential_path), config.user, config.password, retain=True)
     session.token = token

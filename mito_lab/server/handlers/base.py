@@ -14,7 +14,7 @@ from tornado import httputil
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from mito_lab.server.db.models import User
-from mito_lab.server.errors import ApiError, InvalidRequest, InvalidToken, NotFound, PayloadTooLarge
+from mito_lab.server.errors import ApiError, InvalidRequest, InvalidToken, NotFound, PayloadTooLarge, ShuttingDown
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.dispatch import WorkerIdentity
 from mito_lab.wire import MAX_WAIT_SECONDS
@@ -108,6 +108,8 @@ class ApiHandler(RequestHandler):
     _received = 0
 
     def prepare(self) -> None:
+        if self.context.closing:  # the services are closing: a request on a kept-alive connection must not reach them
+            raise ShuttingDown()
         self._chunks = []
         query = self.request.query_arguments
         if any("\x00" in value for value in self.path_kwargs.values()) or any(b"\x00" in v for values in query.values() for v in values):

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from mito_lab.server.db.models import Group, UserGroup
-from mito_lab.server.errors import ApiError, InvalidToken
+from mito_lab.server.errors import ApiError, InvalidToken, ShuttingDown
 from mito_lab.server.services.activity import EVENTS
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ class EventsHandler(WebSocketHandler):
         header = self.request.headers.get("Authorization", "")
         token = header.partition(" ")[2] if header.lower().startswith("bearer ") else self.get_query_argument("token", "")
         try:
+            if self.mito.context.closing:
+                raise ShuttingDown()
             if not token:
                 raise InvalidToken()
             self.user = await self.mito.users.authenticate(token)

@@ -173,8 +173,8 @@ class WorkerService:
         return await self.dispatch.exchange(worker, request, wait, gone)
 
     def close(self) -> None:
-        """Answer every waiting long poll now: the coordinator is stopping."""
-        self.context.closing = True
+        """Answer every waiting long poll now: the coordinator is stopping (``context.closing``
+        is set, so none waits again)."""
         self.dispatch.close()
         for channel in (TASKS_READY, CANCEL, EVENTS):
             self.context.events.publish(channel, {})
