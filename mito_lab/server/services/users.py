@@ -70,7 +70,7 @@ class UserService:
     async def authenticate(self, bearer: str) -> User:
         """The user behind a bearer token (reference 6.1: token, existence, state, signature)."""
         claims = self.context.tokens.verify(bearer, "user")
-        async with self.context.db.read() as session:
+        async with self.context.db.lookup() as session:
             user = await session.scalar(sa.select(User).where(User.username == claims.sub))
         if user is None:
             raise WrongCredentials()
