@@ -442,7 +442,7 @@ class TaskService:
     async def query_columns(self, user: User, request: TasksQueryReq) -> AsyncIterator[pa.RecordBatch]:
         """The tasks ``query`` lists, as Arrow record batches (``task_columns``); the group and role
         are checked before the first batch."""
-        # pyarrow, and pandas which it loads, add some 80 MB to the coordinator: loaded by the first
+        # pyarrow, and pandas which it loads, add some 70 MB to the coordinator: loaded by the first
         # columnar listing, not at start
         from mito_lab.server.services.task_columns import task_column_batches
 
