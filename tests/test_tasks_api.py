@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from conftest import ADMIN, Answer, Platform, http
+from mito_lab.server.services.task_columns import ROWS_PER_BATCH
 from mito_lab.wire import task_columns_schema
 from test_dispatch import fetch, register, report, submit
 
@@ -160,3 +161,16 @@ def test_the_columns_refuse_what_the_query_refuses(platform: Platform) -> None:
     assert counted.status == 400 and "POST /tasks/query counts" in counted.json["msg"]
     assert platform.api("PUT", f"/groups/{ADMIN[0]}/users", {"relations": {"lee": "Read"}}).status == 200
     assert arrow_table(platform.api("POST", "/tasks/query/columns", {"group_name": ADMIN[0]}, user="lee")).num_rows == 1
+
+
+def test_a_long_listing_comes_in_record_batches(platform: Platform) -> None:
+    count = ROWS_PER_BATCH + 5
+    answer = platform.api("POST", "/tasks/submit", {"tasks": [{"task_spec": {"args": ["true"]}, "labels": [f"n{n % 3}"]} for n in range(count)]})
+    assert answer.status == 200 and all(item["Ok"] for item in answer.json["results"])
+    reader = pa.ipc.open_stream(platform.api("POST", "/tasks/query/columns", {}).body)
+    batches = list(reader)
+    assert [batch.num_rows for batch in batches] == [ROWS_PER_BATCH, 5]
+    table = pa.Table.from_batches(batches)
+    assert table.column("task_id").to_pylist() == list(range(count, 0, -1))
+    assert table.column("labels").to_pylist()[:3] == [[f"n{n % 3}"] for n in range(count - 1, count - 4, -1)]
+    assert set(table.column("state").to_pylist()) == {"Ready"}
