@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from conftest import ADMIN, Platform, adopt_env, login_env
 from mito_lab import Client, MitoError
 from mito_lab.client.api import task_request
 from mito_lab.client.frames import TASK_COLUMNS, tasks_frame
+from mito_lab.testing import wait_until
 from mito_lab.wire import TaskState, TasksQueryReq
 
 
@@ -46,6 +48,23 @@ def test_listings_are_typed_dataframes(platform: Platform, client: Client) -> No
     assert str(workers["last_heartbeat"].dt.tz) == "UTC"
     groups = client.groups()
     assert groups.to_dict("records") == [{"group": ADMIN[0], "role": "Admin"}]
+
+
+def test_a_batch_announces_each_task_and_runs_where_its_tags_match(platform: Platform, client: Client) -> None:
+    seen: list[dict[str, Any]] = []
+    stop = client.run(client.aio.listen(seen.append))
+    batch = [task_request(["true"], tags=["gpu"] if n % 2 else [], labels=[f"n{n}"]) for n in range(40)]
+    uuids = [str(handle.uuid) for handle in client.submit_many(batch)]
+
+    def announced() -> set[str]:
+        return {event["uuid"] for event in list(seen) if event.get("kind") == "task" and event.get("state") == "Ready"}
+
+    wait_until(lambda: announced() >= set(uuids), "an event per task of the batch")
+    stop()
+    platform.start_worker()  # untagged: it may run only the untagged half
+    wait_until(lambda: len(client.tasks(states=["Finished"])) == 20, "the untagged tasks to run")
+    ready = client.tasks(states=["Ready"])
+    assert set(ready["uuid"]) == set(uuids[1::2]) and all(tags == ["gpu"] for tags in ready["tags"])
 
 
 def test_the_columnar_listing_makes_the_frame_of_the_json_one(platform: Platform, client: Client) -> None:
