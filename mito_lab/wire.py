@@ -5,12 +5,13 @@ SPEC.md differs (ISO datetimes, plain ``password`` at login, optional fields wit
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid as uuid_module
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -25,6 +26,9 @@ from pydantic import (
 )
 
 from mito_lab.config import format_duration, parse_duration
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 UUID = uuid_module.UUID
 
@@ -657,6 +661,33 @@ class DeleteArtifactsResp(Response):
 
 class DeleteArtifactsListResp(DeleteArtifactsResp):
     failed_uuids: list[UUID]
+
+
+# --- tasks as columns -----------------------------------------------------------------------------
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+"""The media type of ``POST /tasks/query/columns``'s answer: an Arrow IPC stream."""
+
+
+@functools.cache
+def task_columns_schema() -> pa.Schema:
+    """``POST /tasks/query/columns`` answers the tasks that ``POST /tasks/query`` lists (same body,
+    same order) as an Arrow IPC stream of record batches with these columns, those of the SDK's
+    DataFrame of tasks: ``state`` and ``exec_state`` are dictionaries over every state name, in
+    their order; ``command`` is the task's args as one shell-quoted line; ``exit_status`` and
+    ``msg`` are its result, null until it has one; ``worker`` is the uuid of the worker that
+    reported it; ``duration`` is ``ended_at - started_at``."""
+    import pyarrow as pa  # the listings need it; the worker and the CLI do not import it
+
+    text, moment, span = pa.string(), pa.timestamp("us", tz="UTC"), pa.duration("us")
+    return pa.schema([
+        ("uuid", text), ("task_id", pa.int64()), ("group", text), ("creator", text),
+        ("state", pa.dictionary(pa.int8(), text, ordered=True)), ("exec_state", pa.dictionary(pa.int8(), text)),
+        ("command", text), ("tags", pa.list_(text)), ("labels", pa.list_(text)), ("priority", pa.int64()),
+        ("timeout", span), ("attempts", pa.int64()), ("exit_status", pa.int64()), ("msg", text),
+        ("created_at", moment), ("updated_at", moment), ("started_at", moment), ("ended_at", moment), ("duration", span),
+        ("worker", text), ("upstream", text), ("downstream", text),
+    ])
 
 
 # --- workers ------------------------------------------------------------------------------------

@@ -33,7 +33,9 @@ from mito_lab.testing import (
     free_port,
     isolated_env,
     postgres_database,
+    previous_release,
     redis_service,
+    running_release,
     seaweedfs,
     spawn,
     stop_process,
@@ -236,6 +238,30 @@ def platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platfor
     running = start_platform(tmp_path / "platform", *backend_args(request.param, request))
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def old_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The previous release's ``mito_lab`` package, from this repository's history."""
+    try:
+        return previous_release(tmp_path_factory.mktemp("previous-release"))
+    except ServiceError as exc:
+        require_service(str(exc))
+        raise
+
+
+@pytest.fixture
+def old_coordinator(old_release: Path, tmp_path: Path) -> Iterator[Platform]:
+    """A coordinator of the previous release (SQLite); ``start_coordinator`` restarts it as this one."""
+    port = free_port()
+    command = coordinator_command(tmp_path, port, "--heartbeat-timeout", "10s")
+    process = spawn(command, tmp_path / "coordinator.log", running_release(isolated_env(tmp_path), old_release), cwd=tmp_path)
+    platform = Platform(home=tmp_path, url=f"http://127.0.0.1:{port}", coordinator=process, command=command)
+    try:
+        wait_healthy(platform.url, process, tmp_path / "coordinator.log")
+        yield platform
+    finally:
+        platform.stop()
 
 
 def login_env(platform: Platform) -> dict[str, str]:

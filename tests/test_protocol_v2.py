@@ -7,24 +7,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from conftest import ADMIN, Platform, http, isolated_env, require_service
+from conftest import ADMIN, Platform, http
 from test_dispatch import register, submit
 
-from mito_lab.testing import (
-    ServiceError,
-    coordinator_command,
-    free_port,
-    previous_release,
-    running_release,
-    spawn,
-    wait_healthy,
-    wait_until,
-)
+from mito_lab.testing import running_release, wait_until
 
 DONE = [
     {"ExecStates": ["ExecPending", "ExecSpawned", "ExecFinished"]}, "Finish",
@@ -180,28 +169,6 @@ def test_a_worker_takes_short_tasks_ahead_and_a_cancelled_one_never_runs(platfor
 
 
 # --- across releases ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def old_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    try:
-        return previous_release(tmp_path_factory.mktemp("previous-release"))
-    except ServiceError as exc:
-        require_service(str(exc))
-        raise
-
-
-@pytest.fixture
-def old_coordinator(old_release: Path, tmp_path: Path) -> Iterator[Platform]:
-    port = free_port()
-    command = coordinator_command(tmp_path, port, "--heartbeat-timeout", "10s")
-    process = spawn(command, tmp_path / "coordinator.log", running_release(isolated_env(tmp_path), old_release), cwd=tmp_path)
-    platform = Platform(home=tmp_path, url=f"http://127.0.0.1:{port}", coordinator=process, command=command)
-    try:
-        wait_healthy(platform.url, process, tmp_path / "coordinator.log")
-        yield platform
-    finally:
-        platform.stop()
 
 
 def test_a_new_worker_speaks_the_reference_protocol_to_an_old_coordinator(old_coordinator: Platform) -> None:

@@ -81,6 +81,7 @@ GROUP_ENDPOINTS: list[tuple[str, Endpoint]] = [
     ("Read", lambda w: ("GET", f"/groups/{w.group}", None)),
     ("Read", lambda w: ("GET", f"/tasks/{w.task}", None)),
     ("Read", lambda w: ("POST", "/tasks/query", {"group_name": w.group})),
+    ("Read", lambda w: ("POST", "/tasks/query/columns", {"group_name": w.group})),
     ("Read", lambda w: ("GET", f"/tasks/{w.task}/download/artifacts/result", None)),
     ("Read", lambda w: ("GET", f"/tasks/{w.task}/logs", None)),
     ("Read", lambda w: ("POST", "/tasks/download/artifacts", {"group_name": w.group, "content_type": "result"})),

@@ -1,10 +1,12 @@
-"""The SDK as a notebook uses it: the synchronous ``Client``, typed DataFrames with paging, task
-handles (wait, result, logs, cancel, await), the event stream, and transfers."""
+"""The SDK as a notebook uses it: the synchronous ``Client``, typed DataFrames (from the columnar
+listing, or page by page from a coordinator without it), task handles (wait, result, logs, cancel,
+await), the event stream, and transfers."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -12,12 +14,13 @@ import pytest
 import mito_lab.client.api
 from conftest import ADMIN, Platform, adopt_env, login_env
 from mito_lab import Client, MitoError
-from mito_lab.client.frames import TASK_COLUMNS
-from mito_lab.wire import TaskState
+from mito_lab.client.api import task_request
+from mito_lab.client.frames import TASK_COLUMNS, tasks_frame
+from mito_lab.testing import wait_until
+from mito_lab.wire import TaskState, TasksQueryReq
 
 
-def test_listings_are_typed_dataframes_read_page_by_page(platform: Platform, client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mito_lab.client.api, "PAGE_SIZE", 2)  # five tasks take three pages
+def test_listings_are_typed_dataframes(platform: Platform, client: Client) -> None:
     platform.start_worker("-t", "cpu")
     handles = [client.submit(["sh", "-c", f"exit {n % 2}"], labels=["sweep", f"n{n}"], tags=["cpu"]) for n in range(5)]
     for handle in handles:
@@ -45,6 +48,59 @@ def test_listings_are_typed_dataframes_read_page_by_page(platform: Platform, cli
     assert str(workers["last_heartbeat"].dt.tz) == "UTC"
     groups = client.groups()
     assert groups.to_dict("records") == [{"group": ADMIN[0], "role": "Admin"}]
+
+
+def test_a_batch_announces_each_task_and_runs_where_its_tags_match(platform: Platform, client: Client) -> None:
+    seen: list[dict[str, Any]] = []
+    stop = client.run(client.aio.listen(seen.append))
+    batch = [task_request(["true"], tags=["gpu"] if n % 2 else [], labels=[f"n{n}"]) for n in range(40)]
+    uuids = [str(handle.uuid) for handle in client.submit_many(batch)]
+
+    def announced() -> set[str]:
+        return {event["uuid"] for event in list(seen) if event.get("kind") == "task" and event.get("state") == "Ready"}
+
+    wait_until(lambda: announced() >= set(uuids), "an event per task of the batch")
+    stop()
+    platform.start_worker()  # untagged: it may run only the untagged half
+    wait_until(lambda: len(client.tasks(states=["Finished"])) == 20, "the untagged tasks to run")
+    ready = client.tasks(states=["Ready"])
+    assert set(ready["uuid"]) == set(uuids[1::2]) and all(tags == ["gpu"] for tags in ready["tags"])
+
+
+def test_the_columnar_listing_makes_the_frame_of_the_json_one(platform: Platform, client: Client) -> None:
+    platform.start_worker("-t", "cpu")
+    finished = [client.submit(["sh", "-c", f"exit {n}"], labels=["mix", f"n{n}"], tags=["cpu"]) for n in range(3)]
+    for handle in finished:
+        handle.wait(timeout=60)
+    client.submit(["echo", "it's", "queued"], tags=["nobody-has-this"], priority=4, labels=["mix"]).cancel()
+    client.submit_many([task_request(["true"], tags=["nobody-has-this"], timeout="2h", labels=["mix"]) for _ in range(3)])
+    for filters in ({}, {"labels": ["mix"], "limit": 4}, {"states": ["Finished"]}, {"exit_status": ">0"}, {"labels": ["none"]}):
+        json_frame = tasks_frame(client.query_tasks(TasksQueryReq(**filters)).tasks)
+        pd.testing.assert_frame_equal(client.tasks(**filters), json_frame, check_exact=True)  # columns, dtypes, values
+
+
+def test_an_older_coordinator_is_listed_page_by_page_into_the_same_frame(
+    old_coordinator: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous release has no columnar route: the SDK pages through the JSON one (two tasks a
+    page here). Restarted as this release on the same database, the coordinator answers the same
+    DataFrame through the columnar route."""
+    adopt_env(old_coordinator, monkeypatch)
+    monkeypatch.setattr(mito_lab.client.api, "PAGE_SIZE", 2)
+    assert old_coordinator.api("POST", "/tasks/query/columns", {}).status == 404  # it really is the old one
+    old_coordinator.start_worker("-t", "cpu")
+    with Client(old_coordinator.url, *ADMIN, credential_path=tmp_path / "credentials") as client:
+        for handle in [client.submit(["sh", "-c", f"exit {n}"], labels=["old", f"n{n}"], tags=["cpu"]) for n in range(3)]:
+            handle.wait(timeout=60)
+        client.submit(["true"], tags=["nobody-has-this"]).cancel()
+        client.submit(["echo", "it's", "queued"], tags=["nobody-has-this"], priority=4)
+        paged = client.tasks()
+        assert len(paged) == 5 and len(client.tasks(limit=3)) == 3
+    old_coordinator.stop()
+    old_coordinator.start_coordinator()
+    with Client(old_coordinator.url, *ADMIN, credential_path=tmp_path / "credentials") as client:
+        assert old_coordinator.api("POST", "/tasks/query/columns", {}).status == 200
+        pd.testing.assert_frame_equal(client.tasks(), paged, check_exact=True)
 
 
 def test_attachments_listing_and_transfers(platform: Platform, client: Client, tmp_path: Path) -> None:

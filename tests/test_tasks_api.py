@@ -1,10 +1,18 @@
-"""Task routes beyond submit/get/query: batches, changes, labels, cancellation, artifact batches."""
+"""Task routes beyond submit/get/query: batches, changes, labels, cancellation, artifact batches,
+and the columnar listing."""
 
 from __future__ import annotations
 
+import shlex
 import uuid
+from datetime import datetime
+from typing import Any
 
-from conftest import ADMIN, Platform, http
+import pyarrow as pa
+
+from conftest import ADMIN, Answer, Platform, http
+from mito_lab.server.services.task_columns import ROWS_PER_BATCH
+from mito_lab.wire import task_columns_schema
 from test_dispatch import fetch, register, report, submit
 
 OCTETS = {"Content-Type": "application/octet-stream"}
@@ -92,3 +100,77 @@ def test_artifact_batches_respect_groups_and_the_guard(platform: Platform) -> No
     assert platform.api("GET", f"/tasks/{mine[0]}/download/artifacts/result").status == 404
     assert platform.api("DELETE", f"/admin/tasks/{mine[0]}/artifacts/result").status == 404
     assert platform.api("DELETE", f"/admin/tasks/{theirs}/artifacts/exec-log", user="jay").status == 403
+
+
+def arrow_table(answer: Answer) -> pa.Table:
+    assert answer.status == 200, answer.body[:500]
+    return pa.ipc.open_stream(answer.body).read_all()
+
+
+def as_columns(task: dict[str, Any]) -> dict[str, Any]:
+    """A task of ``POST /tasks/query`` as the columnar route's row should show it."""
+    moment = {name: task[name] and datetime.fromisoformat(task[name]) for name in ("created_at", "updated_at", "started_at", "ended_at")}
+    result = task["result"] or {}
+    return {
+        "uuid": task["uuid"], "task_id": task["task_id"], "group": task["group_name"], "creator": task["creator_username"],
+        "state": task["state"], "exec_state": task["exec_state"], "command": shlex.join(task["spec"]["args"]),
+        "tags": task["tags"], "labels": task["labels"], "priority": task["priority"], "timeout": task["timeout"],
+        "attempts": task["attempts"], "exit_status": result.get("exit_status"), "msg": result.get("msg"), **moment,
+        "duration": moment["ended_at"] - moment["started_at"] if task["started_at"] and task["ended_at"] else None,
+        "worker": task["reporter_uuid"], "upstream": task["upstream_task_uuid"], "downstream": task["downstream_task_uuid"],
+    }
+
+
+def test_the_columns_list_what_the_query_lists(platform: Platform) -> None:
+    token = register(platform)
+    done = submit(platform, labels=["col", "done"], task_spec={"args": ["sh", "-c", "exit 3"]})
+    work = fetch(platform, token)
+    report(platform, token, work["id"], {"ExecState": "ExecSpawned"})
+    report(platform, token, work["id"], "Finish")
+    report(platform, token, work["id"], {"Commit": {"exit_status": 3}})
+    cancelled = submit(platform, labels=["col"], tags=["gpu"])
+    assert platform.api("DELETE", f"/tasks/{cancelled}").status == 200
+    for priority in range(4):
+        submit(platform, labels=["col"], tags=["gpu", "big"], priority=priority, task_spec={"args": ["echo", "it's", str(priority)]})
+    submit(platform, labels=["other"])
+    schema = task_columns_schema()
+    for body in ({}, {"labels": ["col"], "limit": 3, "offset": 1}, {"labels": ["col"], "states": ["Finished", "Cancelled"]},
+                 {"tags": ["gpu", "big"], "priority": ">=2"}, {"exit_status": "3"}, {"labels": ["nothing-has-this"]}):
+        listed = platform.api("POST", "/tasks/query", body).json["tasks"]
+        table = arrow_table(platform.api("POST", "/tasks/query/columns", body))
+        assert table.schema == schema
+        rows = table.to_pylist()
+        for row in rows:  # timeouts and durations come as timedeltas: compare seconds
+            row["timeout"] = row["timeout"].total_seconds()
+        assert rows == [as_columns(task) for task in listed], body
+    finished = arrow_table(platform.api("POST", "/tasks/query/columns", {"labels": ["done"]})).to_pylist()[0]
+    assert (finished["uuid"], finished["state"], finished["exit_status"], finished["exec_state"]) == (done, "Finished", 3, "TaskCommitted")
+    assert finished["duration"].total_seconds() >= 0 and finished["worker"] is not None
+
+
+def test_the_columns_refuse_what_the_query_refuses(platform: Platform) -> None:
+    platform.add_user("lee")
+    submit(platform)
+    for body in ({"limit": -1}, {"states": []}, {"nope": 1}, {"priority": ">x"}, {"group_name": ADMIN[0]}, {"group_name": "nowhere"}):
+        paged = platform.api("POST", "/tasks/query", body, user="lee")
+        columns = platform.api("POST", "/tasks/query/columns", body, user="lee")
+        assert paged.status in (400, 403, 404) and (columns.status, columns.json) == (paged.status, paged.json), body
+    not_json = platform.api("POST", "/tasks/query/columns", raw=b"{not json")
+    assert not_json.status == 400 and "the body is not valid JSON" in not_json.json["msg"]
+    counted = platform.api("POST", "/tasks/query/columns", {"count": True})
+    assert counted.status == 400 and "POST /tasks/query counts" in counted.json["msg"]
+    assert platform.api("PUT", f"/groups/{ADMIN[0]}/users", {"relations": {"lee": "Read"}}).status == 200
+    assert arrow_table(platform.api("POST", "/tasks/query/columns", {"group_name": ADMIN[0]}, user="lee")).num_rows == 1
+
+
+def test_a_long_listing_comes_in_record_batches(platform: Platform) -> None:
+    count = ROWS_PER_BATCH + 5
+    answer = platform.api("POST", "/tasks/submit", {"tasks": [{"task_spec": {"args": ["true"]}, "labels": [f"n{n % 3}"]} for n in range(count)]})
+    assert answer.status == 200 and all(item["Ok"] for item in answer.json["results"])
+    reader = pa.ipc.open_stream(platform.api("POST", "/tasks/query/columns", {}).body)
+    batches = list(reader)
+    assert [batch.num_rows for batch in batches] == [ROWS_PER_BATCH, 5]
+    table = pa.Table.from_batches(batches)
+    assert table.column("task_id").to_pylist() == list(range(count, 0, -1))
+    assert table.column("labels").to_pylist()[:3] == [[f"n{n % 3}"] for n in range(count - 1, count - 4, -1)]
+    assert set(table.column("state").to_pylist()) == {"Ready"}

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 
 from mito_lab.wire import (
     AttachmentQueryInfo,
@@ -22,6 +23,7 @@ from mito_lab.wire import (
     WorkerInfo,
     WorkersQueryResp,
     WorkerState,
+    task_columns_schema,
 )
 
 TASK_STATES = pd.CategoricalDtype([s.value for s in TaskState], ordered=True)
@@ -29,13 +31,11 @@ EXEC_STATES = pd.CategoricalDtype([s.value for s in TaskExecState], ordered=Fals
 WORKER_STATES = pd.CategoricalDtype([s.value for s in WorkerState], ordered=False)
 ROLES = pd.CategoricalDtype([r.value for r in Role], ordered=True)
 
-TASK_COLUMNS = [
-    "uuid", "task_id", "group", "creator", "state", "exec_state", "command", "tags", "labels", "priority",
-    "timeout", "attempts", "exit_status", "msg", "created_at", "updated_at", "started_at", "ended_at",
-    "duration", "worker", "upstream", "downstream",
-]
+TASK_COLUMNS = task_columns_schema().names  # the columnar listing's, on the wire
 WORKER_COLUMNS = ["worker_id", "state", "tags", "labels", "creator", "last_heartbeat", "task", "created_at", "updated_at"]
 ATTACHMENT_COLUMNS = ["key", "size", "created_at", "updated_at"]
+# Arrow types read into pandas' nullable types (then cast to the reference's dtypes)
+_PANDAS_TYPES = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype()}
 
 
 def _utc(values: Iterable[datetime | None]) -> pd.Series:
@@ -83,6 +83,20 @@ def tasks_frame(tasks: Sequence[TaskInfo]) -> pd.DataFrame:
         "upstream": _text(t.upstream_task_uuid for t in tasks),
         "downstream": _text(t.downstream_task_uuid for t in tasks),
     }
+    return _frame(columns, TASK_COLUMNS)
+
+
+def tasks_frame_from_columns(table: pa.Table) -> pd.DataFrame:
+    """``tasks_frame`` of the same tasks, from the columnar listing's Arrow table: the same columns,
+    dtypes and values."""
+    dtypes = tasks_frame([]).dtypes  # the paged listing's frame is the reference
+    columns: dict[str, pd.Series] = {}
+    for name in TASK_COLUMNS:
+        column = table.column(name)
+        if pa.types.is_list(column.type):
+            columns[name] = pd.Series(column.to_pylist(), dtype=object)  # fresh lists, one per row
+        else:
+            columns[name] = column.to_pandas(types_mapper=_PANDAS_TYPES.get).astype(dtypes[name])
     return _frame(columns, TASK_COLUMNS)
 
 

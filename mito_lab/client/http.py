@@ -119,6 +119,31 @@ class HttpSession:
             raw = exc.response.body if exc.response is not None else None
             raise MitoError(exc.code, _error_message(raw, f"HTTP {exc.code}")) from None
 
+    def _json_request(
+        self, method: str, path: str, body: BaseModel | None,
+        *, timeout: float | None = None, query: str = "", wait: float | None = None, **options: Any,
+    ) -> HTTPRequest:
+        """``body`` as JSON to ``path``; ``wait`` makes it a long poll: ``?wait=SECONDS``, with the
+        HTTP timeout stretched to match."""
+        if wait:
+            query += f"{'&' if query else '?'}wait={wait:g}"
+            timeout = wait + LONG_POLL_SLACK_SECONDS
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        payload = body.model_dump_json(exclude_none=False).encode() if body is not None else None
+        if payload is None and method in ("POST", "PUT"):
+            payload = b""
+        return HTTPRequest(
+            self.url(path) + query,
+            method=method,
+            headers=headers,
+            body=payload,
+            request_timeout=timeout or self.timeout,
+            allow_nonstandard_methods=True,
+            **options,
+        )
+
     async def call(
         self,
         method: str,
@@ -130,26 +155,8 @@ class HttpSession:
         query: str = "",
         wait: float | None = None,
     ) -> Any:
-        """Send ``body`` as JSON; parse the answer into ``response`` (``None`` for an empty or null body).
-        ``wait`` makes it a long poll: ``?wait=SECONDS``, with the HTTP timeout stretched to match."""
-        if wait:
-            query += f"{'&' if query else '?'}wait={wait:g}"
-            timeout = wait + LONG_POLL_SLACK_SECONDS
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        payload = body.model_dump_json(exclude_none=False).encode() if body is not None else None
-        if payload is None and method in ("POST", "PUT"):
-            payload = b""
-        request = HTTPRequest(
-            self.url(path) + query,
-            method=method,
-            headers=headers,
-            body=payload,
-            request_timeout=timeout or self.timeout,
-            allow_nonstandard_methods=True,
-        )
-        answer = await self._fetch(request)
+        """Send ``body`` as JSON; parse the answer into ``response`` (``None`` for an empty or null body)."""
+        answer = await self._fetch(self._json_request(method, path, body, timeout=timeout, query=query, wait=wait))
         text = answer.body.decode("utf-8") if answer.body else ""
         if response is None:
             return text
@@ -159,6 +166,19 @@ class HttpSession:
             return response.model_validate_json(text)
         except ValidationError as exc:
             raise MitoError(answer.code, f"unexpected answer from {path}: {exc.errors()[0]['msg']}") from None
+
+    async def call_binary(self, method: str, path: str, body: BaseModel | None = None) -> bytearray:
+        """Send ``body`` as JSON; the answer's bytes (e.g. an Arrow stream), received in chunks and,
+        unlike a JSON answer, not bounded by ``MAX_ANSWER_BYTES``."""
+        received = bytearray()
+        request = self._json_request(method, path, body, streaming_callback=received.extend)
+        try:
+            await self._fetch(request, self._transfers)
+        except MitoError as exc:
+            if exc.status:  # an error body went to the streaming callback: read its message
+                exc.msg = _error_message(bytes(received[:65536]), exc.msg)
+            raise
+        return received
 
     async def upload_file(self, url: str, path: Path, progress: Progress | None = None) -> None:
         """PUT a file to a signed URL, streamed, as ``application/octet-stream``."""

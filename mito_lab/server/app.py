@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import logging
 import secrets
@@ -106,6 +107,10 @@ class Coordinator:
         host, port = parse_bind(self.config.bind)
         self._server = HTTPServer(self.make_app(), max_body_size=MAX_DRAINED_BODY, idle_connection_timeout=3600)
         self._server.listen(port, host)
+        # What start-up built (modules, models, schemas: over 100,000 objects) lives as long as the
+        # process: frozen out of the collector's sight, a full collection scans only what came since.
+        # A 10,000-task batch triggers a few; over the start-up heap they took a third of its time.
+        gc.freeze()
         self._background.append(asyncio.create_task(self._housekeeping()))
         if not isinstance(self.context.events, RedisEvents):  # Redis already carries every coordinator's events
             self._background.append(asyncio.create_task(self._watch_database()))

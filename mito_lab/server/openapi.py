@@ -10,6 +10,7 @@ from pydantic.json_schema import models_json_schema
 
 from mito_lab import __version__
 from mito_lab.server.handlers.base import Operation
+from mito_lab.wire import ARROW_STREAM
 
 _GROUP = re.compile(r"\(\?P<(\w+)>([^)]*)\)")
 _AUTH = {
@@ -74,6 +75,12 @@ def build(handlers: list[tuple[str, type]]) -> dict[str, Any]:
             entry["responses"]["200"] = {"description": "OK", "content": {"application/json": {"schema": schema}}}
         elif op.answer == "null":
             entry["responses"]["200"] = {"description": "OK", "content": {"application/json": {"schema": {"type": "null"}}}}
+        elif op.answer == "arrow" and op.columns:
+            columns = ", ".join(f"{field.name} ({field.type})" for field in op.columns())
+            entry["responses"]["200"] = {
+                "description": f"OK: an Arrow IPC stream of record batches with the columns {columns}",
+                "content": {ARROW_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+            }
         elif op.answer == "text":
             entry["responses"]["200"] = {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}
         else:

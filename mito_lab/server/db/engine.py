@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -18,6 +19,9 @@ from sqlalchemy.orm import Session
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x6D69746F  # "mito": serialises migrations of coordinators starting together
 _AFTER_COMMIT = "mito_after_commit"
+# JSON columns (specs, tags, labels) through orjson: a 10,000-task batch or a 100,000-row listing
+# encodes or decodes three values per task, several times faster than with the json module.
+JSON_CODEC: dict[str, Any] = {"json_serializer": lambda value: orjson.dumps(value).decode(), "json_deserializer": orjson.loads}
 
 
 def async_url(url: str) -> str:
@@ -42,13 +46,13 @@ class Database:
         self.url = async_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
-            self.engine = create_async_engine(self.url, connect_args={"timeout": 30})
+            self.engine = create_async_engine(self.url, connect_args={"timeout": 30}, **JSON_CODEC)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             # the hot path's connection, used from the event loop (see ``transaction``)
-            self._loop_engine = sa.create_engine(self.url.replace("sqlite+aiosqlite:", "sqlite:", 1), connect_args={"timeout": 5})
+            self._loop_engine = sa.create_engine(self.url.replace("sqlite+aiosqlite:", "sqlite:", 1), connect_args={"timeout": 5}, **JSON_CODEC)
             event.listen(self._loop_engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_async_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            self.engine = create_async_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True, **JSON_CODEC)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
@@ -133,6 +137,10 @@ class LoopConnection:
     def __init__(self, connection: sa.Connection) -> None:
         self._connection = connection
 
+    @property
+    def dialect(self) -> sa.Dialect:
+        return self._connection.dialect
+
     async def execute(self, statement: sa.Executable, parameters: Any = None) -> sa.CursorResult[Any]:
         return self._connection.execute(statement, parameters)
 
@@ -180,6 +188,30 @@ class LoopSession:
 
     def add_all(self, instances: Any) -> None:
         self.sync_session.add_all(instances)
+
+
+async def bulk_insert(session: AsyncSession, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT ``rows`` (dicts with the same keys) in the session's transaction. On PostgreSQL it is
+    a COPY on the session's own connection, of the values bound as SQLAlchemy binds them: for a
+    10,000-task batch, half the time of an executemany (parameters bound per row, then an INSERT
+    per row on the server), and no slower for one row."""
+    if not rows:
+        return
+    connection = await session.connection()
+    if connection.dialect.name != "postgresql":
+        await connection.execute(table.insert(), rows)
+        return
+    dialect = connection.dialect
+    columns = list(rows[0])
+    values = []
+    for name in columns:  # column by column: one map() per column, not a call per value
+        column = [row[name] for row in rows]
+        bind = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        values.append(column if bind is None else list(map(bind, column)))
+    driver = (await connection.get_raw_connection()).driver_connection
+    # SQLAlchemy begins asyncpg's transaction at its first statement: a COPY before any would commit alone
+    assert driver.is_in_transaction(), "bulk_insert needs a statement run before it in the transaction"  # type: ignore[union-attr]
+    await driver.copy_records_to_table(table.name, records=list(zip(*values, strict=True)), columns=columns)  # type: ignore[union-attr]
 
 
 def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:

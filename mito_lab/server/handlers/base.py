@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from tornado import httputil
+from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from mito_lab.server.db.models import User
 from mito_lab.server.errors import ApiError, InvalidRequest, InvalidToken, NotFound, PayloadTooLarge, ShuttingDown
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.dispatch import WorkerIdentity
-from mito_lab.wire import MAX_WAIT_SECONDS
+from mito_lab.wire import ARROW_STREAM, MAX_WAIT_SECONDS
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,7 +46,8 @@ class Operation:
     request: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     auth: str = "user"  # "user", "worker", "admin" or "none"
-    answer: str = "json"  # "json", "empty" (empty 200), "null" (JSON null), "text" (plain text)
+    answer: str = "json"  # "json", "empty" (empty 200), "null" (JSON null), "text" (plain text), "arrow" (Arrow IPC stream)
+    columns: Callable[[], pa.Schema] | None = None  # the schema of an "arrow" answer
     nullable: bool = False  # the JSON answer may be null
     query: tuple[tuple[str, str], ...] = ()  # (name, description) of query parameters
     errors: tuple[int, ...] = ()  # statuses beyond 400, 401, 403, 404 (and 413 for a body)
@@ -185,6 +192,31 @@ class ApiHandler(RequestHandler):
         else:
             self.finish("null" if null else b"")
 
+    async def send_arrow(self, batches: AsyncIterator[pa.RecordBatch]) -> None:
+        """An Arrow IPC stream of the schema the method declares, written and flushed a record
+        batch at a time: the memory held is a batch's, however many rows. The first batch is
+        awaited before anything is sent, so that an error until then (no such group, no role)
+        still answers as JSON."""
+        import pyarrow as pa  # loaded by the first such answer, not at start (see TaskService.query_columns)
+
+        declared = self._operation()
+        assert declared is not None and declared.columns is not None, "the handler method declares no Arrow schema"
+        schema = declared.columns()
+        async with contextlib.aclosing(batches):
+            batch = await anext(batches, None)
+            self.set_header("Content-Type", ARROW_STREAM)
+            sink = _Chunks()
+            try:
+                with pa.ipc.new_stream(sink, schema) as writer:
+                    while batch is not None:
+                        writer.write_batch(batch)
+                        self.write(sink.take())
+                        await self.flush()  # waits for the socket: a slow reader slows the query, not memory
+                        batch = await anext(batches, None)
+                self.finish(sink.take())
+            except StreamClosedError:
+                pass  # the client went away: nothing to answer
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, HTTPError) and exc.log_message:
@@ -209,6 +241,32 @@ class ApiHandler(RequestHandler):
         if isinstance(value, HTTPError) and value.status_code < 500:
             return
         super().log_exception(typ, value, tb)
+
+
+class _Chunks(io.RawIOBase):
+    """Where an Arrow stream writer writes: bytes taken out as they come."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: list[bytes] = []
+        self._written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)  # the writer may reuse its buffer
+        self._chunks.append(chunk)
+        self._written += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self._written
+
+    def take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
 
 
 def wait_argument(handler: RequestHandler) -> float:

@@ -34,6 +34,7 @@ from mito_lab.wire import (
     UploadArtifactReq,
     UploadResp,
     UuidsReq,
+    task_columns_schema,
 )
 
 TASK = rf"(?P<task_uuid>{UUID_PATTERN})"
@@ -92,6 +93,14 @@ class TasksQueryHandler(ApiHandler):
     async def post(self) -> None:
         user = await self.user()
         self.send(await self.mito.tasks.query(user, self.body()))
+
+
+class TasksColumnsHandler(ApiHandler):
+    @operation("Query a group's tasks as columns (an Arrow IPC stream), newest first", TasksQueryReq,
+               answer="arrow", columns=task_columns_schema)
+    async def post(self) -> None:
+        user = await self.user()
+        await self.send_arrow(self.mito.tasks.query_columns(user, self.body()))
 
 
 class TasksCancelHandler(ApiHandler):
@@ -186,6 +195,7 @@ default_handlers = [
     (r"/tasks", TasksHandler),
     (r"/tasks/submit", BatchSubmitHandler),
     (r"/tasks/query", TasksQueryHandler),
+    (r"/tasks/query/columns", TasksColumnsHandler),
     (r"/tasks/cancel", TasksCancelHandler),
     (r"/tasks/cancel/list", TasksCancelListHandler),
     (r"/tasks/download/artifacts", ArtifactsDownloadHandler),

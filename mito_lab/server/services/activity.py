@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid as uuid_module
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,6 +19,9 @@ from mito_lab.server.db.models import Task
 from mito_lab.server.events import RECHECK, RedisEvents
 from mito_lab.server.services.context import Context
 from mito_lab.wire import TaskState
+
+if TYPE_CHECKING:  # tasks.py imports this module
+    from mito_lab.server.services.tasks import NewTask
 
 EVENTS = "mito:events"  # {"kind": "task" | "worker" | "log", ...}
 TASKS_READY = "mito:tasks-ready"  # wakes the waiting fetches of every coordinator
@@ -72,7 +75,7 @@ async def watch_database(context: Context) -> None:
         last = mark
 
 
-def task_payload(task: Task, group: str) -> dict[str, Any]:
+def task_payload(task: Task | NewTask, group: str) -> dict[str, Any]:
     return {
         "kind": "task",
         "uuid": str(task.uuid),
@@ -107,6 +110,16 @@ async def task_changed(context: Context, session: AsyncSession, task: Task, **de
     if task.exec_state is not None and isinstance(context.events, RedisEvents):
         key, code = f"task:{task.uuid}", task.exec_state.code
         after_commit(session, lambda: context.events.publish_raw(key, code, ttl=EXEC_STATE_TTL_SECONDS))
+
+
+async def tasks_created(context: Context, session: AsyncSession, tasks: Sequence[NewTask]) -> None:
+    """Publish the events of new tasks in one batch once the transaction commits (one Redis
+    pipeline for a batch of any size), and wake fetches if any is Ready."""
+    groups = {group_id: await context.group_name(session, group_id) for group_id in {task.group_id for task in tasks}}
+    messages = [(EVENTS, task_payload(task, groups[task.group_id])) for task in tasks]
+    after_commit(session, lambda: context.events.publish_many(messages))
+    if any(task.state == TaskState.Ready for task in tasks):
+        announce_ready(context, session)
 
 
 def worker_changed(context: Context, session: AsyncSession, worker_id: uuid_module.UUID, groups: list[str], event: str, **details: Any) -> None:

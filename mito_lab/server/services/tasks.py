@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 import uuid as uuid_module
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mito_lab.server.db.engine import bulk_insert
 from mito_lab.server.db.models import (
     Artifact,
     Group,
@@ -23,7 +25,7 @@ from mito_lab.server.db.models import (
     Worker,
 )
 from mito_lab.server.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
-from mito_lab.server.services.activity import cancel_requested, task_changed
+from mito_lab.server.services.activity import cancel_requested, task_changed, tasks_created
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import (
     charge_storage,
@@ -53,6 +55,7 @@ from mito_lab.wire import (
     Role,
     SubmitTaskReq,
     SubmitTaskResp,
+    TaskExecState,
     TaskFilter,
     TaskInfo,
     TaskQueryResp,
@@ -65,6 +68,9 @@ from mito_lab.wire import (
     TaskState,
     UploadResp,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 # Objects younger than this cannot be deleted by non-administrators (reference 2.3, 2.4).
 DELETE_GUARD = timedelta(hours=1)
@@ -200,29 +206,59 @@ async def artifact_download(
     return DownloadResp(url=url, size=artifact.size)
 
 
+@dataclass(frozen=True)
+class NewTask:
+    """A task just inserted, as its answer and its event read it (a batch makes thousands: no ORM
+    objects). A new task has not run: the fields after ``state`` are those of any new task."""
+
+    id: int
+    uuid: uuid_module.UUID
+    task_id: int
+    group_id: int
+    state: TaskState
+    exec_state: TaskExecState | None = None
+    exit_status: int | None = None
+    result_msg: TaskResultMessage | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    archived_at: datetime | None = None
+
+
+_TASKS = Task.__table__
+# The ids of a group's tasks by their task_id range, off the (group_id, task_id) unique index.
+_IDS_BY_TASK_ID = sa.select(_TASKS.c.task_id, _TASKS.c.id).where(
+    _TASKS.c.group_id == sa.bindparam("group_id"), _TASKS.c.task_id.between(sa.bindparam("first"), sa.bindparam("last"))
+)
+
+
 async def insert_tasks(
     session: AsyncSession,
     creator_id: int,
     items: Sequence[tuple[Group, SubmitTaskReq]],
     state: TaskState,
     upstream_task_uuid: uuid_module.UUID | None = None,
-) -> list[Task]:
-    """Create tasks in bulk, in order: each group's ``task_id`` range is taken in one UPDATE, and
-    the rows, tags and labels go in one INSERT each (a 10,000-task batch is a handful of
-    statements). Returns the new tasks as detached objects (for answers and events)."""
+) -> list[NewTask]:
+    """Create tasks in bulk, in order, in a handful of statements whatever their number: each
+    group's ``task_id`` range is taken in one UPDATE; the rows go in one bulk insert without
+    RETURNING (on SQLite, RETURNING in parameter order costs one statement per row) and their ids
+    are read back by that range, which the UPDATE's lock keeps ours; tags and labels go in one
+    bulk insert each."""
     counts = Counter(group.id for group, _ in items)
-    next_ids: dict[int, int] = {}
+    ranges: dict[int, tuple[int, int]] = {}
     for group_id, count in counts.items():
         last = await session.scalar(
             sa.update(Group).where(Group.id == group_id).values(task_count=Group.task_count + count).returning(Group.task_count)
         )
-        next_ids[group_id] = (last or count) - count + 1
+        ranges[group_id] = ((last or count) - count + 1, last or count)
+    next_ids = {group_id: first for group_id, (first, _) in ranges.items()}
     moment = now()
     rows = []
     for group, request in items:
         rows.append({
             "uuid": uuid_module.uuid4(), "creator_id": creator_id, "group_id": group.id, "task_id": next_ids[group.id],
-            "tags": list(request.tags), "labels": list(request.labels), "state": state,
+            "tags": request.tags, "labels": request.labels, "state": state,
             "timeout": int(request.timeout.total_seconds()), "priority": request.priority,
             "spec": request.task_spec.model_dump(mode="json"), "upstream_task_uuid": upstream_task_uuid,
             "max_attempts": request.max_attempts, "attempts": 0, "cancel_requested": False,
@@ -231,12 +267,16 @@ async def insert_tasks(
         next_ids[group.id] += 1
     if not rows:
         return []
-    ids = (await session.scalars(sa.insert(Task).returning(Task.id, sort_by_parameter_order=True), rows)).all()
+    await bulk_insert(session, _TASKS, rows)
+    ids: dict[tuple[int, int], int] = {}
+    for group_id, (first, last) in ranges.items():
+        found = await session.execute(_IDS_BY_TASK_ID, {"group_id": group_id, "first": first, "last": last})
+        ids.update(((group_id, task_id), row_id) for task_id, row_id in found)
+    tasks = [NewTask(ids[row["group_id"], row["task_id"]], row["uuid"], row["task_id"], row["group_id"], state) for row in rows]
     for model, column, mark in ((TaskTag, "tags", "tag"), (TaskLabel, "labels", "label")):
-        marks = [{"task_id": task_id, mark: value} for task_id, row in zip(ids, rows, strict=True) for value in row[column]]
-        if marks:
-            await session.execute(sa.insert(model), marks)
-    return [Task(id=task_id, **row) for task_id, row in zip(ids, rows, strict=True)]
+        marks = [{"task_id": task.id, mark: value} for task, row in zip(tasks, rows, strict=True) for value in row[column]]
+        await bulk_insert(session, model.__table__, marks)
+    return tasks
 
 
 async def require_readable_references(session: AsyncSession, user: User, spec: TaskSpec) -> None:
@@ -315,7 +355,7 @@ class TaskService:
             group = await self._group_with_role(session, user, request.group_name, Role.Write)
             await require_readable_references(session, user, request.task_spec)
             [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready)
-            await task_changed(self.context, session, task)
+            await tasks_created(self.context, session, [task])
         return SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)
 
     async def submit_many(self, user: User, request: BatchSubmitReq) -> BatchSubmitResp:
@@ -329,14 +369,15 @@ class TaskService:
                     groups[name] = exc
             refusals = [await self._refusal(session, user, item, groups[item.group_name]) for item in request.tasks]
             accepted = [(groups[item.group_name], item) for item, refusal in zip(request.tasks, refusals, strict=True) if refusal is None]
-            created = iter(await insert_tasks(session, user.id, accepted, TaskState.Ready))  # type: ignore[arg-type]
-            results = []
-            for refusal in refusals:
-                if refusal is not None:
-                    results.append(BatchSubmitItem(Err=ErrorMsg(msg=refusal.msg)))
-                    continue
+            tasks = await insert_tasks(session, user.id, accepted, TaskState.Ready)  # type: ignore[arg-type]
+            await tasks_created(self.context, session, tasks)
+        created = iter(tasks)
+        results = []
+        for refusal in refusals:
+            if refusal is not None:
+                results.append(BatchSubmitItem(Err=ErrorMsg(msg=refusal.msg)))
+            else:
                 task = next(created)
-                await task_changed(self.context, session, task)
                 results.append(BatchSubmitItem(Ok=SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)))
         return BatchSubmitResp(results=results)
 
@@ -397,6 +438,20 @@ class TaskService:
             # validated in one call: pydantic's core loops over the rows much faster than Python
             fields = [task_fields(task, creator, group_name) for task, creator, group_name in rows]
             return TasksQueryResp.model_validate({"count": len(fields), "tasks": fields, "group_name": group.group_name})
+
+    async def query_columns(self, user: User, request: TasksQueryReq) -> AsyncIterator[pa.RecordBatch]:
+        """The tasks ``query`` lists, as Arrow record batches (``task_columns``); the group and role
+        are checked before the first batch."""
+        # pyarrow, and pandas which it loads, add some 70 MB to the coordinator: loaded by the first
+        # columnar listing, not at start
+        from mito_lab.server.services.task_columns import task_column_batches
+
+        if request.count:
+            raise InvalidRequest("count: this route lists tasks as columns; POST /tasks/query counts them")
+        async with self.context.db.read() as session:
+            group = await self._group_with_role(session, user, request.group_name, Role.Read)
+            async for batch in task_column_batches(session, task_conditions(request, group), request.limit, request.offset):
+                yield batch
 
     # --- cancelling -----------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from mito_lab.server.services.activity import (
     announce_ready,
     long_poll,
     task_changed,
+    tasks_created,
     worker_changed,
 )
 from mito_lab.server.services.context import Context
@@ -247,7 +248,7 @@ class WorkerService:
         await require_readable_references(session, creator, request.task_spec)
         [downstream] = await insert_tasks(session, creator.id, [(group, request)], TaskState.Pending, task.uuid)
         task.downstream_task_uuid = downstream.uuid
-        await task_changed(self.context, session, downstream)
+        await tasks_created(self.context, session, [downstream])
 
     async def unregister(self, worker: WorkerIdentity) -> None:
         async with self.context.db.write() as session:
