@@ -173,7 +173,7 @@ class HttpSession:
         received = bytearray()
         request = self._json_request(method, path, body, streaming_callback=received.extend)
         try:
-            await self._fetch(request, self._transfers)
+            await self._fetch(request, MAX_TRANSFER_BYTES)
         except MitoError as exc:
             if exc.status:  # an error body went to the streaming callback: read its message
                 exc.msg = _error_message(bytes(received[:65536]), exc.msg)
