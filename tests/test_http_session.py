@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -247,3 +248,22 @@ def test_a_stopping_coordinator_answers_503_then_closes_its_connections(tmp_path
     assert isinstance(outcome, MitoError)
     # a machine stalled past the 0.1 s finds the connection closed, a connection error; never a 500
     assert (outcome.status, outcome.msg) == (503, "coordinator is shutting down") or (elapsed >= 0.1 and outcome.status == 0)
+
+
+def test_the_coordinator_takes_the_hard_limit_of_open_files(tmp_path: Path) -> None:
+    """Kept-alive connections hold a descriptor each: a coordinator started under a low soft
+    limit raises it to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 512:
+        pytest.skip(f"the hard limit of open files is only {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        platform = start_platform(tmp_path / "platform")  # inherits the low soft limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        limits = Path(f"/proc/{platform.coordinator.pid}/limits").read_text()
+        [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
+        assert line.split()[3] == ("65536" if hard == resource.RLIM_INFINITY else str(hard)), line
+    finally:
+        platform.stop()

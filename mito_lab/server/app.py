@@ -8,6 +8,7 @@ import functools
 import gc
 import json
 import logging
+import resource
 import secrets
 import signal
 from importlib import import_module
@@ -170,8 +171,19 @@ class Coordinator:
         await self.context.db.close()
 
 
+def raise_open_files_limit() -> None:
+    """Every worker keeps a connection or two open (kept alive, plus its long poll), so the
+    common soft limit of 1,024 descriptors would cap a fleet at a few hundred workers: take the
+    hard limit, as servers do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))
+
+
 async def serve(config: CoordinatorConfig) -> None:
     """Run until SIGINT or SIGTERM, then shut down cleanly."""
+    raise_open_files_limit()
     coordinator = Coordinator(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
