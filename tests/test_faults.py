@@ -5,6 +5,7 @@ every result artifact downloads intact (checked against a checksum the task itse
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import signal
@@ -187,5 +188,33 @@ def test_the_object_store_away_for_10_seconds_during_uploads(tmp_path: Path, s3:
         wait_until(lambda: ended(platform, "batch") == len(uuids), "the batch to end", timeout=240, interval=0.5)
         verify(platform, "batch", uuids, ledger)
         assert all(worker.poll() is None for worker in workers)
+    finally:
+        platform.stop()
+
+
+def test_database_connections_dropped_under_the_coordinator(tmp_path: Path, pg_url: str) -> None:
+    """PostgreSQL ends every connection of the coordinator (as on a restart): a request that met a
+    dead one answers 503 with a message (clients retry it), never 500, and the pool is renewed."""
+    import asyncpg
+
+    platform = start_platform(tmp_path / "platform", "--db", pg_url)
+    try:
+        assert all(platform.api("GET", "/auth").status == 200 for _ in range(5))
+
+        async def terminate() -> int:
+            connection = await asyncpg.connect(pg_url)
+            try:
+                return len(await connection.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ))
+            finally:
+                await connection.close()
+
+        assert asyncio.run(terminate()) > 0
+        answers = [platform.api("GET", "/auth") for _ in range(10)]
+        assert {answer.status for answer in answers} <= {200, 503}, [(a.status, a.body) for a in answers]
+        assert all(a.json == {"msg": "the coordinator lost its database connection; retry"} for a in answers if a.status == 503)
+        assert answers[-1].status == 200
+        assert "Traceback" not in platform.log, platform.log[-3000:]
     finally:
         platform.stop()

@@ -70,6 +70,16 @@ class ShuttingDown(ApiError):
         super().__init__("coordinator is shutting down")
 
 
+class DatabaseConnectionLost(ApiError):
+    """A pooled connection turned out closed (the database restarted or dropped it). The pool is
+    renewed at once; the client retries, as after a lost connection of its own."""
+
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("the coordinator lost its database connection; retry")
+
+
 class AlreadyExists(ApiError):
     status = 409
 

@@ -52,7 +52,7 @@ class Database:
             self._loop_engine = sa.create_engine(self.url.replace("sqlite+aiosqlite:", "sqlite:", 1), connect_args={"timeout": 5}, **JSON_CODEC)
             event.listen(self._loop_engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_async_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True, **JSON_CODEC)
+            self.engine = create_async_engine(self.url, pool_size=10, max_overflow=20, **JSON_CODEC)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 

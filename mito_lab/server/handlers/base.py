@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DBAPIError
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from mito_lab.server.db.models import User
-from mito_lab.server.errors import ApiError, InvalidRequest, InvalidToken, NotFound, PayloadTooLarge, ShuttingDown
+from mito_lab.server.errors import ApiError, DatabaseConnectionLost, InvalidRequest, InvalidToken, NotFound, PayloadTooLarge, ShuttingDown
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.dispatch import WorkerIdentity
 from mito_lab.wire import ARROW_STREAM, MAX_WAIT_SECONDS
@@ -231,6 +232,11 @@ class ApiHandler(RequestHandler):
         self.finish(json.dumps({"msg": message}))
 
     def _handle_request_exception(self, e: BaseException) -> None:
+        # connections are not pinged before each use (a round trip per request): a dead one
+        # shows up here, once, and SQLAlchemy has already renewed the pool
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
+            log.warning("%s %s: the database connection was lost (%s)", self.request.method, self.request.path, e.orig)
+            e = DatabaseConnectionLost()
         if isinstance(e, ApiError):  # expected outcomes: no traceback in the log
             if not self._finished:
                 self.send_error(e.status, exc_info=(type(e), e, e.__traceback__))

@@ -267,11 +267,14 @@ async def insert_tasks(
         next_ids[group.id] += 1
     if not rows:
         return []
-    await bulk_insert(session, _TASKS, rows)
-    ids: dict[tuple[int, int], int] = {}
-    for group_id, (first, last) in ranges.items():
-        found = await session.execute(_IDS_BY_TASK_ID, {"group_id": group_id, "first": first, "last": last})
-        ids.update(((group_id, task_id), row_id) for task_id, row_id in found)
+    if len(rows) == 1:  # a single submit, the latency path: one INSERT ... RETURNING, no COPY, no read-back
+        ids = {(rows[0]["group_id"], rows[0]["task_id"]): await session.scalar(_TASKS.insert().returning(_TASKS.c.id), rows[0])}
+    else:
+        await bulk_insert(session, _TASKS, rows)
+        ids = {}
+        for group_id, (first, last) in ranges.items():
+            found = await session.execute(_IDS_BY_TASK_ID, {"group_id": group_id, "first": first, "last": last})
+            ids.update(((group_id, task_id), row_id) for task_id, row_id in found)
     tasks = [NewTask(ids[row["group_id"], row["task_id"]], row["uuid"], row["task_id"], row["group_id"], state) for row in rows]
     for model, column, mark in ((TaskTag, "tags", "tag"), (TaskLabel, "labels", "label")):
         marks = [{"task_id": task.id, mark: value} for task, row in zip(tasks, rows, strict=True) for value in row[column]]
