@@ -282,14 +282,20 @@ def reference_protocol(database: str, sizes: Sizes) -> dict[str, Any]:
             old = previous_release(Path(scratch) / "release")
         except ServiceError as exc:
             return {"skipped": str(exc)}
-        rates = {}
+        runs = {}
         for name, count, coordinator_release in (("new_coordinator", sizes.tasks, None), ("previous_release", sizes.tasks // 4, old)):
             with coordinator(database, release=coordinator_release, workers_release=old) as platform, platform.client() as client:
-                rates[name] = count / run_workload(platform, client, count)["elapsed"]
+                runs[name] = {"count": count, **run_workload(platform, client, count)}
+    rates = {name: run["count"] / run["elapsed"] for name, run in runs.items()}
+    cpu_ms = {name: {part: round(run[f"{part}_cpu"] / run["count"] * 1000, 2) for part in ("coordinator", "workers")} for name, run in runs.items()}
     return {
         "tasks": sizes.tasks, "old_workers_tasks_per_s": round(rates["new_coordinator"], 1),
         "previous_release_tasks_per_s": round(rates["previous_release"], 1),
         "speedup": round(rates["new_coordinator"] / rates["previous_release"], 2),
+        # CPU per task: what is left of the coordinator's share, and the old workers' own, which
+        # bounds the rate even with a free coordinator (all cores on the old workers alone)
+        "cpu_ms_per_task": cpu_ms,
+        "old_workers_alone_bound_tasks_per_s": round((os.cpu_count() or 1) * 1000 / cpu_ms["new_coordinator"]["workers"], 1),
     }
 
 
