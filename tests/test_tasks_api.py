@@ -3,15 +3,19 @@ and the columnar listing."""
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 import uuid
+from pathlib import Path
 from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 
-from conftest import ADMIN, Answer, Platform, http
+from conftest import ADMIN, Answer, Platform, http, start_platform
 from mito_lab.server.services.task_columns import ROWS_PER_BATCH
+from mito_lab.server.services.tasks import BULK_LOAD_TASKS
+from mito_lab.testing import wait_until
 from mito_lab.wire import task_columns_schema
 from test_dispatch import fetch, register, report, submit
 
@@ -174,3 +178,30 @@ def test_a_long_listing_comes_in_record_batches(platform: Platform) -> None:
     assert table.column("task_id").to_pylist() == list(range(count, 0, -1))
     assert table.column("labels").to_pylist()[:3] == [[f"n{n % 3}"] for n in range(count - 1, count - 4, -1)]
     assert set(table.column("state").to_pylist()) == {"Ready"}
+
+
+def test_a_large_batch_refreshes_the_planner_statistics_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """Until PostgreSQL analyzes the tasks again, it plans claims for the table as it was before a
+    large batch (scanning every Ready task): the coordinator analyzes it after such a batch."""
+    import asyncpg
+
+    async def last_analyze() -> Any:
+        connection = await asyncpg.connect(pg_url)
+        try:
+            return await connection.fetchval("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'tasks'")
+        finally:
+            await connection.close()
+
+    platform = start_platform(tmp_path / "platform", "--db", pg_url)
+    try:
+        def batch(count: int) -> None:
+            body = {"tasks": [{"task_spec": {"args": ["true"]}} for _ in range(count)]}
+            assert platform.api("POST", "/tasks/submit", body).status == 200
+
+        batch(BULK_LOAD_TASKS - 1)
+        batch(10)
+        assert asyncio.run(last_analyze()) is None  # small batches leave it to autovacuum
+        batch(BULK_LOAD_TASKS)
+        wait_until(lambda: asyncio.run(last_analyze()) is not None, "the tasks to be analyzed", timeout=20)
+    finally:
+        platform.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ from sqlalchemy.orm import Session
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x6D69746F  # "mito": serialises migrations of coordinators starting together
 _AFTER_COMMIT = "mito_after_commit"
+# PostgreSQL's statistics of a table are refreshed after bulk loads at most this often
+STATISTICS_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
 # JSON columns (specs, tags, labels) through orjson: a 10,000-task batch or a 100,000-row listing
 # encodes or decodes three values per task, several times faster than with the json module.
 JSON_CODEC: dict[str, Any] = {"json_serializer": lambda value: orjson.dumps(value).decode(), "json_deserializer": orjson.loads}
@@ -55,6 +60,39 @@ class Database:
             self.engine = create_async_engine(self.url, pool_size=10, max_overflow=20, **JSON_CODEC)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._refreshing: dict[str, bool] = {}  # table -> more bulk loads since the last ANALYZE
+        self._analyzing: set[asyncio.Task[None]] = set()
+
+    def bulk_loaded(self, table: sa.Table) -> None:
+        """Refresh PostgreSQL's statistics of ``table`` in the background after a bulk load, and
+        again STATISTICS_SECONDS later if more loads came meanwhile. Until autovacuum gets to it,
+        which may take a minute, the planner takes the table for as small as it was: a claim
+        among 20,000 new tasks then scanned every Ready one (+3 ms) instead of reading its few
+        candidates by key."""
+        if self.is_sqlite:
+            return
+        if table.name in self._refreshing:  # a refresh is running or resting: it looks again
+            self._refreshing[table.name] = True
+            return
+        self._refreshing[table.name] = False
+        task = asyncio.create_task(self._refresh_statistics(table.name))
+        self._analyzing.add(task)
+        task.add_done_callback(self._analyzing.discard)
+
+    async def _refresh_statistics(self, name: str) -> None:
+        try:
+            while True:
+                async with self.engine.connect() as connection:
+                    await connection.execute(sa.text(f'ANALYZE "{name}"'))
+                    await connection.commit()
+                await asyncio.sleep(STATISTICS_SECONDS)
+                if not self._refreshing[name]:
+                    return
+                self._refreshing[name] = False
+        except Exception:  # statistics are an optimisation: autovacuum refreshes them anyway
+            log.exception("refreshing the statistics of %s failed", name)
+        finally:
+            del self._refreshing[name]
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -125,6 +163,9 @@ class Database:
                     await connection.commit()
 
     async def close(self) -> None:
+        for task in self._analyzing:
+            task.cancel()
+        await asyncio.gather(*self._analyzing, return_exceptions=True)
         await self.engine.dispose()
         if self.is_sqlite:
             self._loop_engine.dispose()

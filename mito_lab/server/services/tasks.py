@@ -72,6 +72,8 @@ from mito_lab.wire import (
 if TYPE_CHECKING:
     import pyarrow as pa
 
+# A batch at least this large refreshes the database's statistics of the tasks (Database.bulk_loaded).
+BULK_LOAD_TASKS = 500
 # Objects younger than this cannot be deleted by non-administrators (reference 2.3, 2.4).
 DELETE_GUARD = timedelta(hours=1)
 
@@ -374,6 +376,8 @@ class TaskService:
             accepted = [(groups[item.group_name], item) for item, refusal in zip(request.tasks, refusals, strict=True) if refusal is None]
             tasks = await insert_tasks(session, user.id, accepted, TaskState.Ready)  # type: ignore[arg-type]
             await tasks_created(self.context, session, tasks)
+        if len(tasks) >= BULK_LOAD_TASKS:
+            self.context.db.bulk_loaded(_TASKS)
         created = iter(tasks)
         results = []
         for refusal in refusals:
