@@ -4,9 +4,11 @@ releases (the previous release's coordinator and worker, run from this repositor
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +197,29 @@ def test_an_old_worker_works_with_a_new_coordinator(platform: Platform, old_rele
         finished = platform.wait_task(uuid)
         assert (finished["result"], finished["exec_state"]) == ({"exit_status": 0, "msg": None}, "TaskCommitted")
     assert f"task {uuids[0]}: true" in (platform.home / "old-worker.log").read_text()  # the old worker's own log line
+
+
+def test_a_task_handed_back_and_taken_again_before_the_release_is_answered_runs(tmp_path: Path) -> None:
+    """A worker hands back a task taken ahead; its own long poll takes the task again (it is Ready
+    once the release is applied) before the release's answer arrives. The worker must run it, not
+    take it for a task it already holds (it stayed Running, never run, until the worker died)."""
+    from mito_lab.client.http import HttpSession
+    from mito_lab.config import WorkerConfig
+    from mito_lab.wire import ExchangeResp, TaskSpec, WorkerTaskResp
+    from mito_lab.worker.agent import Agent, WorkerClient
+
+    async def scenario() -> tuple[bool, bool]:
+        session = HttpSession("http://127.0.0.1:9")  # never called: the exchanges are played below
+        agent = Agent(WorkerConfig(), WorkerClient(session, asyncio.Event()), tmp_path)
+        try:
+            agent._free_directories.clear()  # every slot busy with a long task
+            task = WorkerTaskResp(id=7, uuid=uuid.uuid4(), timeout="1h", spec=TaskSpec(args=["true"]))
+            agent._receive(ExchangeResp(tasks=[task]))  # taken ahead
+            agent.hand_back_oldest()
+            assert not agent.held
+            agent._receive(ExchangeResp(tasks=[task]))  # the long poll's answer: taken again
+            return [held.id for held, _ in agent.held] == [task.id], task.id in agent.unsettled
+        finally:
+            session.close()
+
+    assert asyncio.run(scenario()) == (True, True)

@@ -453,9 +453,13 @@ class Agent:
                 if want:
                     self._asking = False
             for report in batch:
-                if any(op == "Release" or isinstance(op, CommitOp) for op in report.ops):
+                if any(isinstance(op, CommitOp) for op in report.ops):
                     self.unsettled.discard(report.id)
                     self.gone.discard(report.id)
+            # a refused release (the task had gone back already: a retried request) leaves nothing
+            # to do, and must not touch the task if a long poll of ours has taken it again since
+            released = {report.id for report in batch if report.ops == ["Release"]}
+            answer.refused = [refusal for refusal in answer.refused if refusal.id not in released]
             reports.recorded(batch, {r.id: r.msg for r in answer.refused})
             self._receive(answer)
             self._changed.set()
@@ -507,12 +511,21 @@ class Agent:
             now = time.monotonic()
             stuck = len(self._started) >= self.slots and all(now - started > SHORT_TASK_SECONDS for started in self._started.values())
             while self.held and (self.retiring or (stuck and self.held[0][1] < now - HOLD_SECONDS)):
-                task, _ = self.held.popleft()
-                log.info("task %s: handed back, this worker's slots are busy with long tasks", task.uuid)
-                self._taken_off(task)
-                reports.release(task)
+                self.hand_back_oldest()
             if self.retiring and not self.busy and not reports.waiting.is_set():
                 return
+
+    def hand_back_oldest(self) -> None:
+        """Release the task taken ahead longest ago. It is no longer ours from now on: the
+        coordinator may hand it to us again before this release's answer arrives (a long poll of
+        ours takes it back once it is Ready), and then it is a new claim to run, not one we hold."""
+        assert isinstance(self.reports, BatchedReports)
+        task, _ = self.held.popleft()
+        log.info("task %s: handed back, this worker's slots are busy with long tasks", task.uuid)
+        self._taken_off(task)
+        self.unsettled.discard(task.id)
+        self.gone.discard(task.id)
+        self.reports.release(task)
 
     def _start_held(self) -> None:
         while self.held and self._free_directories and not self.stopping.is_set():
