@@ -216,7 +216,7 @@ def test_a_task_handed_back_and_taken_again_before_the_release_is_answered_runs(
             task = WorkerTaskResp(id=7, uuid=uuid.uuid4(), timeout="1h", spec=TaskSpec(args=["true"]))
             agent._receive(ExchangeResp(tasks=[task]))  # taken ahead
             agent.hand_back_oldest()
-            assert not agent.held
+            assert not agent.held and agent._holding() == [task.id]  # a retried exchange must not get it back
             agent._receive(ExchangeResp(tasks=[task]))  # the long poll's answer: taken again
             return [held.id for held, _ in agent.held] == [task.id], task.id in agent.unsettled
         finally:

@@ -310,6 +310,7 @@ class Agent:
         self.running: dict[int, WorkerTaskResp] = {}
         self.processes: dict[int, runner.Child] = {}
         self.unsettled: set[int] = set()  # tasks taken and not yet committed or released
+        self.releasing: set[int] = set()  # handed back, the coordinator's answer not yet here
         self.cancelled: set[uuid_module.UUID] = set()  # tasks a user cancelled while we held them
         self.gone: set[int] = set()  # tasks the coordinator no longer gives to us
         self._free_directories = [TaskDirectories(root / f"slot-{n}") for n in range(self.slots)]
@@ -427,7 +428,9 @@ class Agent:
                     self._in_background(self.kill(refusal.id))
         arrived = time.monotonic()
         for task in answer.tasks:
-            if task.id in self.unsettled:  # handed over again after a lost answer: we have it
+            if task.id in self.releasing:  # taken again once our release applied: a new claim
+                self.releasing.discard(task.id)
+            elif task.id in self.unsettled:  # handed over again after a lost answer: we have it
                 continue
             self.unsettled.add(task.id)
             self.held.append((task, arrived))
@@ -452,13 +455,14 @@ class Agent:
             finally:
                 if want:
                     self._asking = False
+            released = {report.id for report in batch if report.ops == ["Release"]}
             for report in batch:
-                if any(isinstance(op, CommitOp) for op in report.ops):
+                if any(isinstance(op, CommitOp) for op in report.ops) or report.id in released & self.releasing:
+                    self.releasing.discard(report.id)
                     self.unsettled.discard(report.id)
                     self.gone.discard(report.id)
             # a refused release (the task had gone back already: a retried request) leaves nothing
             # to do, and must not touch the task if a long poll of ours has taken it again since
-            released = {report.id for report in batch if report.ops == ["Release"]}
             answer.refused = [refusal for refusal in answer.refused if refusal.id not in released]
             reports.recorded(batch, {r.id: r.msg for r in answer.refused})
             self._receive(answer)
@@ -516,15 +520,14 @@ class Agent:
                 return
 
     def hand_back_oldest(self) -> None:
-        """Release the task taken ahead longest ago. It is no longer ours from now on: the
-        coordinator may hand it to us again before this release's answer arrives (a long poll of
-        ours takes it back once it is Ready), and then it is a new claim to run, not one we hold."""
+        """Release the task taken ahead longest ago. Until the coordinator answers, the task still
+        counts as held (so a retried exchange does not get it handed over again), but if it comes
+        back meanwhile it is a new claim to run (a long poll of ours took it once it was Ready)."""
         assert isinstance(self.reports, BatchedReports)
         task, _ = self.held.popleft()
         log.info("task %s: handed back, this worker's slots are busy with long tasks", task.uuid)
         self._taken_off(task)
-        self.unsettled.discard(task.id)
-        self.gone.discard(task.id)
+        self.releasing.add(task.id)
         self.reports.release(task)
 
     def _start_held(self) -> None:
@@ -581,6 +584,8 @@ class Agent:
             log.info("task %s committed: exit status %s%s: %s", task.uuid, result.exit_status, f" ({result.msg.value})" if result.msg else "", shlex.join(task.spec.args)[:200])
         except TaskGone:
             log.warning("task %s is no longer assigned to this worker; dropping it", task.uuid)
+            self.unsettled.discard(task.id)  # should it be handed to us again, that is a new claim
+            self.gone.discard(task.id)
         except MitoError as exc:  # a refusal we cannot act on must not take the worker down
             log.error("task %s: the coordinator refused a report (%s); dropping the task", task.uuid, exc)
         finally:
