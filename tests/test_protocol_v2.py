@@ -202,24 +202,33 @@ def test_an_old_worker_works_with_a_new_coordinator(platform: Platform, old_rele
 def test_a_task_handed_back_and_taken_again_before_the_release_is_answered_runs(tmp_path: Path) -> None:
     """A worker hands back a task taken ahead; its own long poll takes the task again (it is Ready
     once the release is applied) before the release's answer arrives. The worker must run it, not
-    take it for a task it already holds (it stayed Running, never run, until the worker died)."""
+    take it for a task it already holds (it stayed Running, never run, until the worker died).
+    Handed over again before the release left (a retried exchange), the task is kept and the
+    release withdrawn: sent later, it would take the task away from under its run."""
     from mito_lab.client.http import HttpSession
     from mito_lab.config import WorkerConfig
     from mito_lab.wire import ExchangeResp, TaskSpec, WorkerTaskResp
-    from mito_lab.worker.agent import Agent, WorkerClient
+    from mito_lab.worker.agent import Agent, BatchedReports, WorkerClient
 
-    async def scenario() -> tuple[bool, bool]:
+    async def scenario() -> tuple[list[int], list[int], list[int], list[int]]:
         session = HttpSession("http://127.0.0.1:9")  # never called: the exchanges are played below
         agent = Agent(WorkerConfig(), WorkerClient(session, asyncio.Event()), tmp_path)
+        reports = agent.reports
+        assert isinstance(reports, BatchedReports)
         try:
             agent._free_directories.clear()  # every slot busy with a long task
             task = WorkerTaskResp(id=7, uuid=uuid.uuid4(), timeout="1h", spec=TaskSpec(args=["true"]))
             agent._receive(ExchangeResp(tasks=[task]))  # taken ahead
             agent.hand_back_oldest()
             assert not agent.held and agent._holding() == [task.id]  # a retried exchange must not get it back
+            agent._receive(ExchangeResp(tasks=[task]))  # handed over again before the release left
+            kept = [held.id for held, _ in agent.held]
+            withdrawn = [report.id for report in reports.take()]
+            agent.hand_back_oldest()
+            sent = [report.id for report in reports.take()]  # the release is on its way
             agent._receive(ExchangeResp(tasks=[task]))  # the long poll's answer: taken again
-            return [held.id for held, _ in agent.held] == [task.id], task.id in agent.unsettled
+            return kept + withdrawn, sent, [held.id for held, _ in agent.held], agent._holding()
         finally:
             session.close()
 
-    assert asyncio.run(scenario()) == (True, True)
+    assert asyncio.run(scenario()) == ([7], [7], [7], [7])

@@ -272,6 +272,13 @@ class BatchedReports:
     def release(self, task: WorkerTaskResp) -> None:
         self._add(task, "Release")
 
+    def withdraw_release(self, task_id: int) -> None:
+        """Take back a release not sent yet."""
+        if self._outbox.get(task_id) == ["Release"]:
+            del self._outbox[task_id]
+            if not self._outbox:
+                self.waiting.clear()
+
     async def settle(self, task: WorkerTaskResp) -> None:
         """Wait until the coordinator has recorded everything reported on ``task`` so far (e.g. its
         outcome, before the task submits its downstream task)."""
@@ -428,7 +435,11 @@ class Agent:
                     self._in_background(self.kill(refusal.id))
         arrived = time.monotonic()
         for task in answer.tasks:
-            if task.id in self.releasing:  # taken again once our release applied: a new claim
+            if task.id in self.releasing:
+                # taken again once our release applied (a new claim), or handed over again before
+                # the release left (a retried exchange): then the release must not leave at all
+                assert isinstance(self.reports, BatchedReports)
+                self.reports.withdraw_release(task.id)
                 self.releasing.discard(task.id)
             elif task.id in self.unsettled:  # handed over again after a lost answer: we have it
                 continue
