@@ -57,8 +57,12 @@ class Kernel:
         """Start a cell without waiting for it."""
         return self.client.execute(code)
 
-    def wait_for(self, condition: Callable[[Message], bool], what: str, timeout: float = 60) -> Message:
-        """Read published messages until one satisfies ``condition``."""
+    def wait_for(self, condition: Callable[[Message], bool], what: str, timeout: float = 60, since: int | None = None) -> Message:
+        """Read published messages until one satisfies ``condition``; first among those already
+        read from index ``since`` on, if given (updates of one change may come in any order)."""
+        for message in self.seen[since:] if since is not None else ():
+            if condition(message):
+                return message
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -164,15 +168,17 @@ def test_the_dashboard_follows_tasks_and_workers_live(live: Platform, kernel: Ke
     live.start_worker("-t", "gpu")
     kernel.wait_for(widget_update("gpu"), "the new worker in the workers tab")
 
+    submitted = len(kernel.seen)
     first = live.api("POST", "/tasks", {"task_spec": {"args": ["true"]}, "labels": ["idle-kernel"]}).json["uuid"]
-    kernel.wait_for(widget_update(first[:8]), "a row for the new task")
-    kernel.wait_for(widget_update("Finished"), "the task shown Finished while the kernel is idle")
-    kernel.wait_for(widget_update("Finished 1"), "the count of Finished tasks")
+    kernel.wait_for(widget_update(first[:8]), "a row for the new task", since=submitted)
+    kernel.wait_for(widget_update(">Finished</span>"), "the task's badge Finished while the kernel is idle", since=submitted)
+    kernel.wait_for(widget_update("Finished 1"), "the count of Finished tasks", since=submitted)
 
     busy = kernel.start("import time\ntime.sleep(20)")  # the kernel is busy with another cell...
+    submitted = len(kernel.seen)
     second = live.api("POST", "/tasks", {"task_spec": {"args": ["sh", "-c", "echo working; sleep 1"]}}).json["uuid"]
-    kernel.wait_for(widget_update(second[:8]), "a row for the second task")
-    kernel.wait_for(widget_update("Finished 2"), "the second task counted Finished while another cell runs")
+    kernel.wait_for(widget_update(second[:8]), "a row for the second task", since=submitted)
+    kernel.wait_for(widget_update("Finished 2"), "the second task counted Finished while another cell runs", since=submitted)
     still_busy = not any(m["parent_header"].get("msg_id") == busy and m["msg_type"] == "status"
                          and m["content"]["execution_state"] == "idle" for m in kernel.seen)
     assert still_busy, "the updates must have come while the sleeping cell ran"
