@@ -58,6 +58,9 @@ class Database:
             event.listen(self._loop_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(self.url, pool_size=10, max_overflow=20, **JSON_CODEC)
+            # statements that stand alone need no BEGIN before and ROLLBACK or COMMIT after: two
+            # round trips to the server each, as many as the statement itself (see ``statements``)
+            self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._refreshing: dict[str, bool] = {}  # table -> more bulk loads since the last ANALYZE
@@ -103,10 +106,11 @@ class Database:
     async def lookup(self) -> AsyncIterator[AsyncSession]:
         """A session for a few reads by key, as every request's authentication makes. On SQLite
         they run on the loop's own connections (tens of microseconds; a WAL reader never waits),
-        where a read through aiosqlite costs a hand-off to its thread and back. Listings, which
-        may read for long, use ``read``."""
+        where a read through aiosqlite costs a hand-off to its thread and back; on PostgreSQL
+        outside a transaction (see ``statements``). Listings, which may read for long, use
+        ``read``."""
         if self._write_lock is None:
-            async with self.sessions() as session:
+            async with self.sessions(bind=self._autocommit) as session:
                 yield session
             return
         with Session(self._loop_engine, expire_on_commit=False) as sync_session:
@@ -148,6 +152,19 @@ class Database:
         async with self._write_lock:
             with self._loop_engine.begin() as connection:
                 yield LoopConnection(connection)
+
+    @contextlib.asynccontextmanager
+    async def statements(self) -> AsyncIterator[AsyncConnection | LoopConnection]:
+        """A Core connection for statements that each stand alone (a read by key, a claim that
+        checks its own conditions as it updates): on PostgreSQL each commits by itself, with no
+        round trips to begin and end a transaction. On SQLite it is ``transaction``, whose
+        BEGIN and COMMIT cost microseconds."""
+        if self._write_lock is None:
+            async with self._autocommit.connect() as connection:
+                yield connection
+            return
+        async with self.transaction() as connection:
+            yield connection
 
     async def migrate(self) -> None:
         """Bring the schema to the newest revision (alembic), once even if several coordinators start."""

@@ -117,7 +117,7 @@ class WorkerIdentities:
         known = self._known.get(worker_uuid)
         if known is not None and time.monotonic() - known.loaded_at < IDENTITY_SECONDS:
             return known
-        async with self.context.db.engine.connect() as connection:
+        async with self.context.db.statements() as connection:
             row = (await connection.execute(_WORKER_BY_UUID, {"worker_uuid": worker_uuid})).first()
             if row is None:
                 self._known.pop(worker_uuid, None)
@@ -322,7 +322,9 @@ class Dispatcher:
         events: list[tuple[TaskRow, dict[str, Any]]] = []
         answer = ExchangeResp()
         retiring = False
-        async with self.context.db.transaction() as connection:
+        # reports read their tasks locked, then write them back: a transaction. A claim alone is
+        # one statement that re-checks what it takes as it takes it.
+        async with self.context.db.transaction() if request.reports else self.context.db.statements() as connection:
             if request.reports:
                 answer.refused, retiring = await self._apply(connection, worker, request.reports, moment, events)
             if request.holding is not None:
