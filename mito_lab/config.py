@@ -189,6 +189,7 @@ class WorkerConfig(_Settings):
     lifetime: Duration | None = None
     skip_redis: bool = False
     slots: Annotated[int, Field(ge=1, le=256)] = 1
+    task_cgroup: bool = True  # a cgroup v2 per task where the host lets the worker make one
 
 
 class ClientConfig(_Settings):

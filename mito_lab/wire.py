@@ -11,6 +11,7 @@ import re
 import uuid as uuid_module
 from datetime import datetime, timedelta, timezone
 from enum import Enum
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -21,6 +22,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     Strict,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -192,6 +194,9 @@ class TaskResultMessage(_LenientEnum):
     SubmitNewTaskFailed = "SubmitNewTaskFailed"
     # mito_lab: every attempt lost its worker (it was re-queued max_attempts times)
     AttemptsExhausted = "AttemptsExhausted"
+    # mito_lab: the worker could not make the task's files (a resource's path, a full disk) or pack
+    # what it left; the reason ends the task's stderr log or the worker's
+    WorkerError = "WorkerError"
 
 
 class TaskExecState(_LenientEnum):
@@ -481,6 +486,26 @@ class TaskSpec(Request):
         return args
 
 
+def describe_validation_error(error: ValidationError) -> str:
+    """One readable line: ``field.path: problem; other: problem``."""
+    parts = []
+    for item in error.errors(include_url=False):
+        where = ".".join(str(p) for p in item["loc"]) or "body"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def _separate_resource_paths(spec: TaskSpec) -> TaskSpec:
+    """Resources land at distinct paths, none inside another's: ``a`` and ``a/b`` cannot both be
+    written. Checked on what is submitted, not on specs read back (stored ones stay readable)."""
+    paths = sorted(PurePosixPath(resource.local_path) for resource in spec.resources)
+    for first, second in zip(paths, paths[1:]):
+        if first == second or first in second.parents:
+            raise ValueError(f"resource local paths {str(first)!r} and {str(second)!r} clash: one would be written over the other")
+    return spec
+
+
+SubmittedSpec = Annotated[TaskSpec, AfterValidator(_separate_resource_paths)]
 TaskTimeout = Annotated[WireDuration, Field(gt=timedelta(0), le=timedelta(seconds=INT32_MAX))]
 
 
@@ -490,7 +515,7 @@ class SubmitTaskReq(Request):
     labels: StrSet = []
     timeout: TaskTimeout = timedelta(minutes=10)
     priority: Int32 = 0
-    task_spec: TaskSpec
+    task_spec: SubmittedSpec
     max_attempts: Annotated[int, Strict()] = Field(default=3, ge=1, le=100, description="runs allowed when workers are lost")
 
 
@@ -503,7 +528,7 @@ class ChangeTaskReq(Request):
     tags: StrSet | None = None
     timeout: TaskTimeout | None = None
     priority: Int32 | None = None
-    task_spec: TaskSpec | None = None
+    task_spec: SubmittedSpec | None = None
 
 
 class UpdateLabelsReq(Request):

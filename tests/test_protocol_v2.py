@@ -216,7 +216,7 @@ def test_a_task_handed_back_and_taken_again_before_the_release_is_answered_runs(
         reports = agent.reports
         assert isinstance(reports, BatchedReports)
         try:
-            agent._free_directories.clear()  # every slot busy with a long task
+            agent._free_slots.clear()  # every slot busy with a long task
             task = WorkerTaskResp(id=7, uuid=uuid.uuid4(), timeout="1h", spec=TaskSpec(args=["true"]))
             agent._receive(ExchangeResp(tasks=[task]))  # taken ahead
             agent.hand_back_oldest()

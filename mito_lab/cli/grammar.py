@@ -42,6 +42,7 @@ from mito_lab.wire import (
     WorkersQueryReq,
     WorkersShutdownListReq,
     WorkersShutdownReq,
+    describe_validation_error,
 )
 
 Command = Callable[[AsyncClient, argparse.Namespace], Awaitable[Any]]
@@ -161,18 +162,21 @@ async def cmd_create_group(client: AsyncClient, args: argparse.Namespace) -> str
 async def cmd_submit(client: AsyncClient, args: argparse.Namespace) -> Any:
     if not args.command:
         raise GrammarError("submit: give the command to run after --, e.g. submit -- echo hello")
-    request = task_request(
-        args.command,
-        group=args.group_name,
-        tags=args.tags or [],
-        labels=args.labels or [],
-        timeout=args.timeout,
-        priority=args.priority,
-        envs=dict(args.envs or []),
-        terminal=args.terminal,
-        resources=args.resources or [],
-        watch=args.watch,
-    )
+    try:
+        request = task_request(
+            args.command,
+            group=args.group_name,
+            tags=args.tags or [],
+            labels=args.labels or [],
+            timeout=args.timeout,
+            priority=args.priority,
+            envs=dict(args.envs or []),
+            terminal=args.terminal,
+            resources=args.resources or [],
+            watch=args.watch,
+        )
+    except ValidationError as exc:
+        raise GrammarError(f"submit: {describe_validation_error(exc)}") from None
     return await client.submit(request)
 
 

@@ -32,7 +32,7 @@ def _load(mode: str, model: type, namespace: argparse.Namespace) -> Any:
 
 
 def _flag(parser: argparse.ArgumentParser, *names: str, **options: Any) -> None:
-    if options.get("action") == "store_true":
+    if options.get("action") in ("store_true", "store_false"):
         options["default"] = None
     parser.add_argument(*names, **options)
 
@@ -99,6 +99,8 @@ def _worker_parser(modes: argparse._SubParsersAction) -> None:
     _flag(parser, "--lifetime", help="The lifetime of the worker to alive (e.g., 7d, 1year)")
     _flag(parser, "--skip-redis", action="store_true", help="Ignore the Redis URL given at registration")
     _flag(parser, "--slots", type=int, help="How many tasks to run at once [default: 1]")
+    _flag(parser, "--no-task-cgroup", dest="task_cgroup", action="store_false",
+          help="Do not run each task in a cgroup of its own (the processes a task detaches are still killed)")
     parser.set_defaults(run=run_worker)
 
 

@@ -67,6 +67,8 @@ from mito_lab.wire import (
     WorkerTaskResp,
 )
 from mito_lab.worker import packing, runner
+from mito_lab.worker.containment import Containment, UnsafeFile, read_regular_file
+from mito_lab.worker.workspace import STREAMS, Slot, TaskFolders, TaskOutput
 
 log = logging.getLogger("mito_lab.worker")
 T = TypeVar("T")
@@ -76,6 +78,8 @@ RETIRE_MARGIN_SECONDS = 30.0
 WATCH_POLL_SECONDS = 60.0
 LOG_SHIP_SECONDS = 0.5
 UPLOAD_URL_ATTEMPTS = 3
+UPLOAD_SECONDS = 600  # packing and uploading a task's outputs, as the reference
+MAX_NEW_TASK_BYTES = 1 << 20  # the most of $MITO_NEW_TASK the worker reads
 PREFETCH_PER_SLOT = 32  # tasks taken ahead per slot while tasks are short
 SHORT_TASK_SECONDS = 1.0  # a task that runs longer stops the prefetch
 HOLD_SECONDS = 2.0  # a task taken ahead and stuck behind long tasks this long is handed back
@@ -171,36 +175,6 @@ class WorkerClient:
     async def unregister(self) -> None:
         with contextlib.suppress(MitoError):
             await self.session.call("DELETE", "workers", timeout=3)
-
-
-class TaskDirectories:
-    """One slot's scratch tree under the worker's cache directory, emptied between tasks and
-    reused (a fast task's directories cost a few system calls, not a tree rebuilt). The std-log
-    files are truncated by each task's start instead."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.result, self.exec, self.resource, self.work = (root / n for n in ("result", "exec", "resource", "work"))
-        self.std_log = root / "std-log"
-        self.archives = root / "archives"
-        self.new_task = root / "new_task.json"
-        self._folders = (self.result, self.exec, self.resource, self.work, self.archives)
-
-    def reset(self) -> None:
-        for directory in self._folders:
-            try:
-                with os.scandir(directory) as entries:
-                    if next(entries, None) is None:
-                        continue
-            except FileNotFoundError:
-                directory.mkdir(parents=True)
-                continue
-            except NotADirectoryError:
-                directory.unlink()
-            shutil.rmtree(directory, ignore_errors=True)
-            directory.mkdir(parents=True)
-        self.std_log.mkdir(exist_ok=True)
-        self.new_task.unlink(missing_ok=True)
 
 
 class ReferenceReports:
@@ -306,10 +280,11 @@ Reports = ReferenceReports | BatchedReports
 
 
 class Agent:
-    def __init__(self, config: WorkerConfig, client: WorkerClient, root: Path) -> None:
+    def __init__(self, config: WorkerConfig, client: WorkerClient, root: Path, containment: Containment | None = None) -> None:
         self.config = config
         self.client = client
         self.root = root
+        self.containment = containment or Containment()
         self.stopping = client.stopping
         self.slots = config.slots
         self.reports: Reports = BatchedReports()
@@ -320,7 +295,7 @@ class Agent:
         self.releasing: set[int] = set()  # handed back, the coordinator's answer not yet here
         self.cancelled: set[uuid_module.UUID] = set()  # tasks a user cancelled while we held them
         self.gone: set[int] = set()  # tasks the coordinator no longer gives to us
-        self._free_directories = [TaskDirectories(root / f"slot-{n}") for n in range(self.slots)]
+        self._free_slots = [Slot(n, root) for n in reversed(range(self.slots))]
         self._longest_recent = 0.0  # seconds the last task ran: long tasks are not prefetched
         self._changed = asyncio.Event()  # a slot freed, a task arrived, or a report is waiting
         self._busy = asyncio.Event()  # wakes the heartbeat loop when a task is taken
@@ -406,7 +381,7 @@ class Agent:
                     self.running[task.id] = task
                     self._busy.set()
                     self._busy.clear()
-                    await self.execute(task, self._free_directories[0])
+                    await self.execute(task, self._free_slots[0])
         finally:
             states.cancel()
 
@@ -542,20 +517,20 @@ class Agent:
         self.reports.release(task)
 
     def _start_held(self) -> None:
-        while self.held and self._free_directories and not self.stopping.is_set():
+        while self.held and self._free_slots and not self.stopping.is_set():
             task, _ = self.held.popleft()
-            directories = self._free_directories.pop()
+            slot = self._free_slots.pop()
             self.running[task.id] = task
-            self._in_background(self._execute_in(task, directories))
+            self._in_background(self._execute_in(task, slot))
 
-    async def _execute_in(self, task: WorkerTaskResp, directories: TaskDirectories) -> None:
+    async def _execute_in(self, task: WorkerTaskResp, slot: Slot) -> None:
         try:
-            await self.execute(task, directories)
+            await self.execute(task, slot)
         except Exception as exc:  # eviction, or a failure of the worker itself: it ends the worker
             if not self._failed.done():
                 self._failed.set_exception(exc)
         finally:
-            self._free_directories.append(directories)
+            self._free_slots.append(slot)
             self._start_held()
             self._changed.set()
 
@@ -583,13 +558,31 @@ class Agent:
 
     # --- one task -------------------------------------------------------------------------------
 
-    async def execute(self, task: WorkerTaskResp, dirs: TaskDirectories) -> None:
+    async def execute(self, task: WorkerTaskResp, slot: Slot) -> None:
         log.debug("task %s: %s", task.uuid, " ".join(task.spec.args))
         started = time.monotonic()
         self._started[task.id] = started
+        folders: TaskFolders | None = None
+        output: TaskOutput | None = None
+        finished = asyncio.Event()
+        shipping: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        shipping.set_result(None)
+
+        async def flush_output() -> None:  # before the outcome: the log is whole once the task ends
+            finished.set()
+            await asyncio.gather(shipping, return_exceptions=True)
+
         try:
-            dirs.reset()
-            result = await self._prepare(task, dirs) or await self._run(task, dirs)
+            try:
+                output = slot.output()
+                folders = TaskFolders.create(self.root / "tasks")
+            except OSError as exc:  # e.g. a full disk: this task ends, the worker goes on
+                log.error("task %s: its folders cannot be made: %s", task.uuid, exc)
+                result = await self._cancel(task, TaskResultMessage.WorkerError, None)
+            else:
+                shipping = asyncio.ensure_future(self._ship_logs(task, output, finished))
+                result = await self._prepare(task, folders, output) or await self._run(task, slot, folders, output, flush_output)
+            await flush_output()
             self._still_ours(task)
             await self.reports.commit(task, result)
             log.info("task %s committed: exit status %s%s: %s", task.uuid, result.exit_status, f" ({result.msg.value})" if result.msg else "", shlex.join(task.spec.args)[:200])
@@ -600,7 +593,11 @@ class Agent:
         except MitoError as exc:  # a refusal we cannot act on must not take the worker down
             log.error("task %s: the coordinator refused a report (%s); dropping the task", task.uuid, exc)
         finally:
-            dirs.reset()  # outputs do not linger on disk until the slot's next task
+            await flush_output()
+            if output is not None:
+                output.close()
+            if folders is not None:
+                folders.remove()  # outputs do not linger on disk
             del self._started[task.id]
             self._longest_recent = time.monotonic() - started
             self._taken_off(task)
@@ -611,15 +608,15 @@ class Agent:
         if task.id in self.gone:
             raise TaskGone(f"Task {task.id} not found")
 
-    async def _prepare(self, task: WorkerTaskResp, dirs: TaskDirectories) -> TaskResultSpec | None:
+    async def _prepare(self, task: WorkerTaskResp, folders: TaskFolders, output: TaskOutput) -> TaskResultSpec | None:
         """Resources, then the watch; the outcome if the task ends here, else ``None``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PREPARE_SECONDS
         if task.spec.resources:
             self.reports.state(task, TaskExecState.FetchResource)
         for resource in task.spec.resources:
-            target = (dirs.resource / resource.local_path).resolve()
-            if dirs.resource.resolve() not in target.parents:
+            target = (folders.resource / resource.local_path).resolve()
+            if folders.resource.resolve() not in target.parents:
                 return await self._cancel(task, TaskResultMessage.ResourceForbidden, TaskExecState.FetchResourceForbidden)
             try:
                 link = await self.client.resource_url(task, resource.remote_file)
@@ -631,12 +628,16 @@ class Agent:
                 if exc.status == 404:
                     return await self._cancel(task, TaskResultMessage.ResourceNotFound, TaskExecState.FetchResourceNotFound)
                 return await self._cancel(task, TaskResultMessage.ResourceForbidden, TaskExecState.FetchResourceForbidden)
+            except OSError as exc:  # the task's own folders cannot take it (paths that clash, a full disk)
+                log.warning("task %s: resource %s cannot be written: %s", task.uuid, resource.local_path, exc)
+                output.note(f"resource {resource.local_path} cannot be written: {exc.strerror or exc}")
+                return await self._cancel(task, TaskResultMessage.WorkerError, TaskExecState.FetchResourceError)
         if task.spec.watch is not None:
-            target, state = task.spec.watch
+            target_uuid, state = task.spec.watch
             self.reports.state(task, TaskExecState.Watch)
             while True:
                 remaining = deadline - loop.time()
-                answer = await self.client.watch(target, state, min(max(remaining, 0), WATCH_POLL_SECONDS))
+                answer = await self.client.watch(target_uuid, state, min(max(remaining, 0), WATCH_POLL_SECONDS))
                 if answer.reached:
                     self.reports.state(task, TaskExecState.WatchFinished)
                     break
@@ -652,35 +653,36 @@ class Agent:
         await self.reports.outcome(task, "Cancel")
         return TaskResultSpec(exit_status=0, msg=message)
 
-    def _environment(self, task: WorkerTaskResp, dirs: TaskDirectories) -> dict[str, str]:
+    def _environment(self, task: WorkerTaskResp, folders: TaskFolders) -> dict[str, str]:
         env = {**self._base_environment, **task.spec.envs}
         env.update(
             MITO_TASK_UUID=str(task.uuid),
-            MITO_RESULT_DIR=str(dirs.result),
-            MITO_EXEC_DIR=str(dirs.exec),
-            MITO_RESOURCE_DIR=str(dirs.resource),
-            MITO_NEW_TASK=str(dirs.new_task),
+            MITO_RESULT_DIR=str(folders.result),
+            MITO_EXEC_DIR=str(folders.exec),
+            MITO_RESOURCE_DIR=str(folders.resource),
+            MITO_NEW_TASK=str(folders.new_task),
         )
         if task.upstream_task_uuid:
             env["MITO_UPSTREAM_TASK_UUID"] = str(task.upstream_task_uuid)
         return env
 
-    async def _ship_logs(self, task: WorkerTaskResp, streams: dict[str, Path], finished: asyncio.Event) -> None:
+    async def _ship_logs(self, task: WorkerTaskResp, output: TaskOutput, finished: asyncio.Event) -> None:
         """Send new output while the task runs (and what is left once it ended). At most one
         chunk per stream per tick: a flood skips ahead to its newest part, so neither memory nor
-        the coordinator is overwhelmed; sending before reading more gives backpressure."""
-        offsets = dict.fromkeys(streams, 0)
+        the coordinator is overwhelmed; sending before reading more gives backpressure. Any bytes
+        reach the log view as text (see ``TaskOutput.text``)."""
+        offsets = dict.fromkeys(STREAMS, 0)
         while True:
             ended = finished.is_set()
-            for stream, path in streams.items():
-                size = path.stat().st_size if path.exists() else 0
+            for stream in STREAMS:
+                size = output.size(stream)
+                skipped = size - LIVE_LOG_CHUNK > offsets[stream]
                 offsets[stream] = max(offsets[stream], size - LIVE_LOG_CHUNK)
                 if size <= offsets[stream]:
                     continue
-                with path.open("rb") as handle:
-                    handle.seek(offsets[stream])
-                    data = handle.read(LIVE_LOG_CHUNK)
-                chunk = LogChunk(stream=stream, offset=offsets[stream], length=len(data), data=data.decode("utf-8", "replace"))
+                data = output.read(stream, offsets[stream], LIVE_LOG_CHUNK)
+                text = output.text(stream, data, final=ended and offsets[stream] + len(data) >= size, skipped=skipped)
+                chunk = LogChunk(stream=stream, offset=offsets[stream], length=len(data), data=text)
                 try:
                     await self.client.report(task, LogOp(Log=chunk))
                 except (TaskGone, MitoError) as exc:
@@ -692,13 +694,13 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), LOG_SHIP_SECONDS)
 
-    async def _execute_process(self, task: WorkerTaskResp, dirs: TaskDirectories, stdout: Path, stderr: Path) -> runner.Outcome:
+    async def _execute_process(self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput) -> runner.Outcome:
         try:
-            # output always goes to files (followable live); it becomes the std-log artifact with --terminal
-            child = runner.spawn(task.spec.args, self._environment(task, dirs), dirs.work, stdout, stderr)
+            with self.containment.spawning(slot.index):
+                child = runner.spawn(task.spec.args, self._environment(task, folders), folders.work, output.descriptors["stdout"], output.descriptors["stderr"])
         except OSError as exc:  # the program does not exist or cannot be executed
             log.warning("task %s: cannot start %s: %s", task.uuid, task.spec.args[0], exc)
-            stderr.write_text(f"mito worker: cannot start {task.spec.args[0]!r}: {exc.strerror or exc}\n")
+            output.note(f"cannot start {task.spec.args[0]!r}: {exc.strerror or exc}")
             return runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False)
         self.processes[task.id] = child
         self.reports.state(task, TaskExecState.ExecSpawned)
@@ -708,18 +710,17 @@ class Agent:
             return await runner.wait(child, task.timeout.total_seconds())
         finally:
             del self.processes[task.id]
+            others = {str(running.uuid) for running in self.running.values() if running.id != task.id}
+            self.containment.end(slot.index, [other.pid for other in self.processes.values()], others)
 
-    async def _run(self, task: WorkerTaskResp, dirs: TaskDirectories) -> TaskResultSpec:
-        terminal = task.spec.terminal_output
-        stdout, stderr = dirs.std_log / "stdout.log", dirs.std_log / "stderr.log"
+    async def _run(
+        self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput, flush_output: Callable[[], Awaitable[None]],
+    ) -> TaskResultSpec:
         self.reports.state(task, TaskExecState.ExecPending)
-        finished = asyncio.Event()
-        shipping = asyncio.create_task(self._ship_logs(task, {"stdout": stdout, "stderr": stderr}, finished))
         try:
-            outcome = await self._execute_process(task, dirs, stdout, stderr)
+            outcome = await self._execute_process(task, slot, folders, output)
         finally:
-            finished.set()  # the shipper sends what is left and stops
-        await shipping
+            await flush_output()  # the shipper sends what is left and stops
         if self.stopping.is_set():  # killed by our own shutdown: unregistering re-queues it
             raise asyncio.CancelledError()
         cancelled = task.uuid in self.cancelled
@@ -728,22 +729,31 @@ class Agent:
         self._still_ours(task)
         await self.reports.outcome(task, "Cancel" if stopped else "Finish")
         self.reports.state(task, TaskExecState.UploadResult)
-        await self._upload_outputs(task, dirs, terminal)
+        try:
+            await asyncio.wait_for(self._upload_outputs(task, slot, folders, output), UPLOAD_SECONDS)
+        except TimeoutError:
+            log.warning("task %s: its outputs were not uploaded within %d s", task.uuid, UPLOAD_SECONDS)
+            self.reports.state(task, TaskExecState.UploadResultTimeout)
+            return TaskResultSpec(exit_status=outcome.exit_status, msg=TaskResultMessage.UploadResultTimeout)
+        except OSError as exc:  # what the task left cannot be packed
+            log.warning("task %s: its outputs cannot be packed: %s", task.uuid, exc)
+            return TaskResultSpec(exit_status=outcome.exit_status, msg=TaskResultMessage.WorkerError)
         self.reports.state(task, TaskExecState.UploadCancelledResult if stopped else TaskExecState.UploadFinishedResult)
         message = TaskResultMessage.ExecTimeout if outcome.timed_out else TaskResultMessage.UserCancellation if cancelled else None
-        if not await self._submit_downstream(task, dirs) and message is None:
+        if not await self._submit_downstream(task, folders) and message is None:
             message = TaskResultMessage.SubmitNewTaskFailed
         self.reports.state(task, TaskExecState.UploadResultFinished)
         return TaskResultSpec(exit_status=outcome.exit_status, msg=message)
 
-    async def _upload_outputs(self, task: WorkerTaskResp, dirs: TaskDirectories, terminal: bool) -> None:
+    async def _upload_outputs(self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput) -> None:
+        deadline = time.monotonic() + UPLOAD_SECONDS
         packs: list[tuple[ArtifactContentType, Callable[[], Path]]] = []
-        if packing.has_files(dirs.result):
-            packs.append((ArtifactContentType.result, lambda: packing.pack_directory(dirs.result, "result", dirs.archives / "result.tar.gz")))
-        if packing.has_files(dirs.exec):
-            packs.append((ArtifactContentType.exec_log, lambda: packing.pack_directory(dirs.exec, "exec-log", dirs.archives / "exec-log.tar.gz")))
-        if terminal:
-            packs.append((ArtifactContentType.std_log, lambda: packing.pack_std_logs(dirs.std_log / "stdout.log", dirs.std_log / "stderr.log", dirs.archives / "std-log.tar.gz")))
+        if packing.has_files(folders.result):
+            packs.append((ArtifactContentType.result, lambda: packing.pack_directory(folders.result, "result", slot.archive("result.tar.gz"), deadline)))
+        if packing.has_files(folders.exec):
+            packs.append((ArtifactContentType.exec_log, lambda: packing.pack_directory(folders.exec, "exec-log", slot.archive("exec-log.tar.gz"), deadline)))
+        if task.spec.terminal_output:
+            packs.append((ArtifactContentType.std_log, lambda: packing.pack_std_logs(output, slot.archive("std-log.tar.gz"))))
         for content_type, pack in packs:
             archive = await asyncio.to_thread(pack)  # packing must not starve the event loop
             request = UploadOp(Upload=UploadArtifactReq(content_type=content_type, content_length=archive.stat().st_size))
@@ -763,20 +773,20 @@ class Agent:
                     if attempt + 1 == UPLOAD_URL_ATTEMPTS:
                         raise
                     log.warning("task %s: uploading %s failed (%s); asking for a new URL", task.uuid, content_type.value, exc)
+            archive.unlink()
 
-    async def _submit_downstream(self, task: WorkerTaskResp, dirs: TaskDirectories) -> bool:
+    async def _submit_downstream(self, task: WorkerTaskResp, folders: TaskFolders) -> bool:
         """Submit the task the command wrote to ``$MITO_NEW_TASK``, if any. False if it was invalid."""
         try:
-            text = dirs.new_task.read_text()
-        except FileNotFoundError:
-            return True
-        except OSError:
+            data = read_regular_file(folders.new_task, MAX_NEW_TASK_BYTES)
+        except UnsafeFile as exc:
+            log.warning("task %s: MITO_NEW_TASK not read: %s", task.uuid, exc)
             return False
-        if not text.strip():
+        if data is None or not data.strip():
             return True
         try:
-            request = SubmitTaskReq.model_validate(json.loads(text))
-        except (json.JSONDecodeError, ValidationError) as exc:
+            request = SubmitTaskReq.model_validate(json.loads(data))
+        except (ValueError, ValidationError) as exc:
             log.warning("task %s: invalid downstream task in MITO_NEW_TASK: %s", task.uuid, exc)
             return False
         try:
@@ -826,7 +836,8 @@ async def run(config: WorkerConfig) -> int:
     stopping = asyncio.Event()
     client = WorkerClient(session, stopping)
     root = cache_dir() / str(registration.worker_id)
-    agent = Agent(config, client, root)
+    containment = Containment.start(config.task_cgroup)
+    agent = Agent(config, client, root, containment)
     loop = asyncio.get_running_loop()
     work = asyncio.create_task(agent.serve())
     beats = asyncio.create_task(agent.heartbeats())
@@ -863,5 +874,6 @@ async def run(config: WorkerConfig) -> int:
         await asyncio.gather(work, beats, retire, *agent.executions, return_exceptions=True)
         await client.unregister()
         session.close()
+        containment.close()
         shutil.rmtree(root, ignore_errors=True)
     return code

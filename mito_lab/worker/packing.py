@@ -2,29 +2,42 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
+import time
 from pathlib import Path
+
+from mito_lab.worker.workspace import STREAMS, TaskOutput
 
 
 def has_files(directory: Path) -> bool:
-    return directory.is_dir() and any(directory.iterdir())
+    return directory.is_dir() and not directory.is_symlink() and any(directory.iterdir())
 
 
-def pack_directory(directory: Path, top: str, archive: Path) -> Path:
-    """``directory``'s contents under ``top/`` in ``archive`` (symlinks stored as links, not followed)."""
+def pack_directory(directory: Path, top: str, archive: Path, deadline: float) -> Path:
+    """``directory``'s contents under ``top/`` in ``archive``: symbolic links stored as links,
+    never followed; FIFOs and devices left out (never opened, and no client would unpack them).
+    Raises ``TimeoutError`` once the monotonic clock passes ``deadline`` (a task may leave more
+    than can be packed in time)."""
+
+    def in_time(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"packing {top} took too long")
+        return member if member.isreg() or member.isdir() or member.issym() or member.islnk() else None
+
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(directory, arcname=top, recursive=True)
+        tar.add(directory, arcname=top, recursive=True, filter=in_time)
     return archive
 
 
-def pack_std_logs(stdout: Path, stderr: Path, archive: Path) -> Path:
-    """``std-log/stdout.log`` and ``std-log/stderr.log`` (mode 0664), even when empty."""
+def pack_std_logs(output: TaskOutput, archive: Path) -> Path:
+    """``std-log/stdout.log`` and ``std-log/stderr.log`` (mode 0664), even when empty, read
+    through the worker's own descriptors."""
     with tarfile.open(archive, "w:gz") as tar:
-        for path in (stdout, stderr):
-            if not path.exists():
-                path.touch()
-            info = tar.gettarinfo(path, arcname=f"std-log/{path.name}")
-            info.mode = 0o664
-            with path.open("rb") as handle:
+        for stream in STREAMS:
+            info = tarfile.TarInfo(f"std-log/{stream}.log")
+            info.size, info.mode, info.mtime = output.size(stream), 0o664, int(time.time())
+            with os.fdopen(os.dup(output.descriptors[stream]), "rb") as handle:
+                handle.seek(0)
                 tar.addfile(info, handle)
     return archive

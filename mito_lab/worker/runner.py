@@ -70,11 +70,11 @@ async def stop_group(child: Child, grace: float = KILL_GRACE_SECONDS) -> None:
     await child.wait()
 
 
-def spawn(args: list[str], env: dict[str, str], cwd: Path, stdout: Path, stderr: Path) -> Child:
+def spawn(args: list[str], env: dict[str, str], cwd: Path, stdout: int, stderr: int) -> Child:
     """Start ``args`` (``args[0]`` found through the task's PATH) in a new session, its output
-    written straight to files by the child itself (the worker never holds it in memory)."""
-    with stdout.open("wb") as out, stderr.open("wb") as err:  # the child keeps its own copies
-        return Child(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True))
+    written straight to the descriptors ``stdout`` and ``stderr`` by the child itself (the worker
+    never holds it in memory)."""
+    return Child(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=cwd, start_new_session=True))
 
 
 async def wait(child: Child, timeout: float) -> Outcome:

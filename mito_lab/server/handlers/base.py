@@ -21,7 +21,7 @@ from mito_lab.server.db.models import User
 from mito_lab.server.errors import ApiError, DatabaseConnectionLost, InvalidRequest, InvalidToken, NotFound, PayloadTooLarge, ShuttingDown
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.dispatch import WorkerIdentity
-from mito_lab.wire import ARROW_STREAM, MAX_WAIT_SECONDS
+from mito_lab.wire import ARROW_STREAM, MAX_WAIT_SECONDS, describe_validation_error
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -94,15 +94,6 @@ def _unstorable_text(data: Any) -> str | None:
             except UnicodeEncodeError:
                 return f"{where.removeprefix('body.')}: contains an unpaired surrogate"
     return None
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """One readable line: ``field.path: problem; other: problem``."""
-    parts = []
-    for item in error.errors(include_url=False):
-        where = ".".join(str(p) for p in item["loc"]) or "body"
-        parts.append(f"{where}: {item['msg']}")
-    return "; ".join(parts)
 
 
 @stream_request_body

@@ -1,0 +1,248 @@
+"""What keeps a task inside its own bounds on the worker's machine.
+
+- Every descendant of a task dies with it. The worker is a child subreaper, so a process a task
+  detaches (``setsid ... &``) is re-parented to the worker instead of init; and where the host
+  offers a writable cgroup v2 hierarchy, each task runs in a cgroup of its own, which is killed as
+  a whole (``cgroup.kill``) however its processes tried to escape. Without one, the worker kills
+  the processes it adopted that no running task claims.
+- Files a task controls are read only as regular files (``O_NOFOLLOW | O_NONBLOCK``, then
+  ``S_ISREG``), and never more than a bound: a FIFO, a device or a symbolic link there cannot
+  block or redirect the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import stat
+import time
+from collections.abc import Collection, Iterator
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger("mito_lab.worker")
+
+PR_SET_CHILD_SUBREAPER = 36
+TASK_ENVIRONMENT_MARK = "MITO_TASK_UUID"  # how an adopted process tells which task it came from
+KILL_ROUNDS = 5  # a process forking while it is killed may leave a child: look again, a few times
+
+
+class UnsafeFile(OSError):
+    """A path a task controls is not a regular file, or is larger than the worker reads."""
+
+
+def read_regular_file(path: Path, limit: int) -> bytes | None:
+    """The contents of ``path`` if it is a regular file of at most ``limit`` bytes; ``None`` if
+    there is nothing there. Raises ``UnsafeFile`` for anything else (a FIFO, a device, a symbolic
+    link, a directory, a file too large) without blocking on it."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a symbolic link; EISDIR, ENXIO: not something to read
+        raise UnsafeFile(exc.errno, f"{path.name} is not a regular file") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise UnsafeFile(f"{path.name} is not a regular file")
+        if status.st_size > limit:
+            raise UnsafeFile(f"{path.name} is larger than {limit} bytes")
+        data = handle.read(limit + 1)
+    if len(data) > limit:  # it grew while we read
+        raise UnsafeFile(f"{path.name} is larger than {limit} bytes")
+    return data
+
+
+def become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux only)."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("cannot become a child subreaper (%s): processes a task detaches may outlive it", os.strerror(ctypes.get_errno()))
+        return False
+    return True
+
+
+# --- cgroups ----------------------------------------------------------------------------------------
+
+
+def _own_cgroup_v2() -> Path | None:
+    """The directory of this process's cgroup in the v2 hierarchy, if one is mounted."""
+    mount = None
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                mount = Path(fields[1])
+                break
+    if mount is None:
+        return None
+    with open("/proc/self/cgroup") as groups:
+        for line in groups:
+            if line.startswith("0::"):
+                return mount / line[3:].strip().lstrip("/")
+    return None
+
+
+class TaskCgroups:
+    """A cgroup v2 per slot, under one of this worker's own (``mito-worker-<pid>``), holding one
+    task at a time. A task's process is started inside it: the worker steps into the cgroup for
+    the fork and back out (a process moved after it started could fork before the move). Both
+    steps together cost ~0.1 ms."""
+
+    def __init__(self, home: Path, parent: Path) -> None:
+        self.home = home  # the worker's own cgroup, where it returns after each start
+        self.parent = parent
+
+    @classmethod
+    def offered(cls) -> TaskCgroups | None:
+        """The task cgroups, if the host lets this process create and enter them."""
+        home = _own_cgroup_v2()
+        if home is None or not (home / "cgroup.procs").exists():
+            return None
+        parent = home / f"mito-worker-{os.getpid()}"
+        try:
+            parent.mkdir(exist_ok=True)
+            cgroups = cls(home, parent)
+            with cgroups.entered(cgroups.slot(0)):
+                pass
+        except OSError as exc:
+            log.info("no cgroup per task (%s): the processes a task detaches are found as orphans instead", exc)
+            with contextlib.suppress(OSError):
+                (parent / "slot-0").rmdir()
+                parent.rmdir()
+            return None
+        return cgroups
+
+    def slot(self, index: int) -> Path:
+        path = self.parent / f"slot-{index}"
+        path.mkdir(exist_ok=True)
+        return path
+
+    @contextlib.contextmanager
+    def entered(self, cgroup: Path) -> Iterator[None]:
+        """Run the block with this process in ``cgroup``: what it forks starts there."""
+        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        try:
+            yield
+        finally:
+            (self.home / "cgroup.procs").write_text(str(os.getpid()))
+
+    @staticmethod
+    def populated(cgroup: Path) -> bool:
+        return "populated 1" in (cgroup / "cgroup.events").read_text()
+
+    def kill(self, cgroup: Path) -> None:
+        """Kill every process in ``cgroup``, and wait until they are gone."""
+        for _ in range(200):
+            (cgroup / "cgroup.kill").write_text("1")
+            if not self.populated(cgroup):
+                return
+            time.sleep(0.005)  # the kernel delivers the kills, then the processes exit
+        log.warning("processes of cgroup %s survive SIGKILL (stuck in the kernel?)", cgroup)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            for cgroup in self.parent.iterdir():
+                if cgroup.is_dir():
+                    self.kill(cgroup)
+                    cgroup.rmdir()
+            self.parent.rmdir()
+
+
+# --- orphans ------------------------------------------------------------------------------------
+
+
+def adopted(leaders: Collection[int]) -> list[int]:
+    """This process's children other than ``leaders`` (the running tasks' own processes): the
+    orphans it adopted as a subreaper. Reads the kernel's list of each thread's children, tens
+    of microseconds, so it can run after every task."""
+    children: list[int] = []
+    try:
+        for thread in os.listdir("/proc/self/task"):
+            with contextlib.suppress(FileNotFoundError):  # the thread ended meanwhile
+                children += map(int, Path(f"/proc/self/task/{thread}/children").read_text().split())
+    except OSError:  # no such list (CONFIG_PROC_CHILDREN): psutil reads every process's parent
+        children = [child.pid for child in psutil.Process().children()]
+    return [pid for pid in children if pid not in leaders]
+
+
+def _task_of(process: psutil.Process) -> str | None:
+    with contextlib.suppress(psutil.Error):
+        return process.environ().get(TASK_ENVIRONMENT_MARK)
+    return None
+
+
+def reap(pids: Collection[int]) -> None:
+    """Collect the exit status of those of ``pids`` (adopted processes) that ended."""
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def kill_orphans(leaders: Collection[int], running_tasks: Collection[str]) -> int:
+    """Kill the processes this worker adopted that no running task claims, with everything they
+    started; returns how many. A process is claimed by the task whose UUID its environment
+    carries; one whose environment cannot be read, or carries none, belongs to no running task."""
+    killed = 0
+    for _ in range(KILL_ROUNDS):
+        orphans = adopted(leaders)
+        reap(orphans)
+        doomed = []
+        for pid in orphans:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                if process.status() != psutil.STATUS_ZOMBIE and _task_of(process) not in running_tasks:
+                    doomed.append(process)
+        if not doomed:
+            break
+        for process in doomed:
+            with contextlib.suppress(psutil.Error):
+                for descendant in [process, *process.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        descendant.send_signal(signal.SIGKILL)
+                        killed += 1
+        psutil.wait_procs(doomed, timeout=1)
+    return killed
+
+
+class Containment:
+    """How this worker ends a task completely: its slot's cgroup where the host offers them,
+    else the orphans it adopted as a subreaper."""
+
+    def __init__(self, cgroups: TaskCgroups | None = None) -> None:
+        self.cgroups = cgroups
+
+    @classmethod
+    def start(cls, use_cgroups: bool = True) -> Containment:
+        become_subreaper()
+        return cls(TaskCgroups.offered() if use_cgroups else None)
+
+    def spawning(self, slot: int) -> contextlib.AbstractContextManager[None]:
+        """Around a task's start: what starts in the block runs in the slot's cgroup."""
+        return self.cgroups.entered(self.cgroups.slot(slot)) if self.cgroups else contextlib.nullcontext()
+
+    def end(self, slot: int, leaders: Collection[int], running_tasks: Collection[str]) -> None:
+        """Once a task's own process has exited: kill what it left running. ``leaders`` are the
+        other running tasks' processes, ``running_tasks`` their UUIDs."""
+        if self.cgroups is None:
+            killed = kill_orphans(leaders, running_tasks)
+        else:
+            cgroup = self.cgroups.slot(slot)
+            killed = self.cgroups.populated(cgroup)
+            if killed:
+                self.cgroups.kill(cgroup)
+            reap(adopted(leaders))
+        if killed:
+            log.info("killed what a task left running in slot %d", slot)
+
+    def close(self) -> None:
+        if self.cgroups is not None:
+            self.cgroups.close()

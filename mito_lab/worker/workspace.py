@@ -1,0 +1,113 @@
+"""Where a task's files live on the worker, kept apart from the worker's own.
+
+A task gets fresh folders at an unguessable path under ``<root>/tasks`` (a folder others may
+cross but not list), removed once it ends: nothing of one task is left for the next, and no task
+can find another's. The worker's own files for a slot (the task's output logs, the archives it
+packs) live under ``<root>/slot-N``, which no task folder is inside of: a task that empties its
+folders' parents does not touch them, and they are made again for every task anyway. The output
+logs are read through descriptors the worker opened itself, so a task that replaces them by path
+(with a FIFO, say) changes nothing the worker reads.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+STREAMS = ("stdout", "stderr")
+
+
+class TaskFolders:
+    """A task's own folders: result, exec, resource, work, and where it may leave a new task."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.result, self.exec, self.resource, self.work = (root / name for name in ("result", "exec", "resource", "work"))
+        self.new_task = root / "new_task.json"
+
+    @classmethod
+    def create(cls, base: Path) -> TaskFolders:
+        base.mkdir(parents=True, exist_ok=True)
+        base.chmod(0o711)  # crossed to reach a task's folders, never listed
+        folders = cls(Path(tempfile.mkdtemp(prefix="task-", dir=base)))
+        for folder in (folders.result, folders.exec, folders.resource, folders.work):
+            folder.mkdir()
+        return folders
+
+    def remove(self) -> None:
+        """Remove the folders, whatever the task did to their permissions."""
+
+        def unlock(_function: object, path: str, _error: object) -> None:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.dirname(path), stat.S_IRWXU)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    os.chmod(path, stat.S_IRWXU)
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+
+        shutil.rmtree(self.root, onerror=unlock)
+
+
+class TaskOutput:
+    """A task's stdout and stderr: files the worker opens (and the task's process inherits), read
+    back through the worker's own descriptors."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.descriptors: dict[str, int] = {}
+        for stream in STREAMS:
+            path = folder / f"{stream}.log"
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # whatever a task left there (a FIFO, a link), it is not opened
+            self.descriptors[stream] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._decoders = {stream: _decoder() for stream in STREAMS}
+
+    def size(self, stream: str) -> int:
+        return os.fstat(self.descriptors[stream]).st_size
+
+    def read(self, stream: str, offset: int, length: int) -> bytes:
+        return os.pread(self.descriptors[stream], length, offset)
+
+    def text(self, stream: str, data: bytes, final: bool, skipped: bool) -> str:
+        """``data`` read from ``stream`` as text for the log view: invalid UTF-8 and NUL replaced
+        by U+FFFD, a character cut by the end of ``data`` kept for the next read (unless
+        ``final``), the state dropped when the read ``skipped`` ahead of the last one."""
+        if skipped:
+            self._decoders[stream] = _decoder()
+        return self._decoders[stream].decode(data, final).replace("\x00", "\ufffd")
+
+    def note(self, line: str) -> None:
+        """Add a line from the worker to the task's stderr (why the worker ended it, say)."""
+        os.write(self.descriptors["stderr"], f"mito worker: {line}\n".encode())
+
+    def close(self) -> None:
+        for descriptor in self.descriptors.values():
+            os.close(descriptor)
+        self.descriptors = {}
+
+
+def _decoder() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+
+class Slot:
+    """One of the tasks a worker runs at once: the worker's own files for the task in it."""
+
+    def __init__(self, index: int, root: Path) -> None:
+        self.index = index
+        self.root = root / f"slot-{index}"
+        self.archives = self.root / "archives"
+
+    def output(self) -> TaskOutput:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # again: a task may have removed it
+        return TaskOutput(self.root / "std-log")
+
+    def archive(self, name: str) -> Path:
+        self.archives.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.archives / name
