@@ -68,7 +68,7 @@ from mito_lab.wire import (
 )
 from mito_lab.worker import packing, runner
 from mito_lab.worker.containment import Containment, UnsafeFile, read_regular_file
-from mito_lab.worker.workspace import STREAMS, Slot, TaskFolders, TaskOutput
+from mito_lab.worker.workspace import STREAMS, FolderPool, Slot, TaskFolders, TaskOutput
 
 log = logging.getLogger("mito_lab.worker")
 T = TypeVar("T")
@@ -296,6 +296,7 @@ class Agent:
         self.cancelled: set[uuid_module.UUID] = set()  # tasks a user cancelled while we held them
         self.gone: set[int] = set()  # tasks the coordinator no longer gives to us
         self._free_slots = [Slot(n, root) for n in reversed(range(self.slots))]
+        self.folders = FolderPool(root / "tasks")
         self._longest_recent = 0.0  # seconds the last task ran: long tasks are not prefetched
         self._changed = asyncio.Event()  # a slot freed, a task arrived, or a report is waiting
         self._busy = asyncio.Event()  # wakes the heartbeat loop when a task is taken
@@ -575,7 +576,7 @@ class Agent:
         try:
             try:
                 output = slot.output()
-                folders = TaskFolders.create(self.root / "tasks")
+                folders = self.folders.take()
             except OSError as exc:  # e.g. a full disk: this task ends, the worker goes on
                 log.error("task %s: its folders cannot be made: %s", task.uuid, exc)
                 result = await self._cancel(task, TaskResultMessage.WorkerError, None)
@@ -597,7 +598,7 @@ class Agent:
             if output is not None:
                 output.close()
             if folders is not None:
-                folders.remove()  # outputs do not linger on disk
+                self.folders.give_back(folders)  # outputs do not linger on disk
             del self._started[task.id]
             self._longest_recent = time.monotonic() - started
             self._taken_off(task)

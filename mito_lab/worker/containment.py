@@ -100,6 +100,8 @@ class TaskCgroups:
     def __init__(self, home: Path, parent: Path) -> None:
         self.home = home  # the worker's own cgroup, where it returns after each start
         self.parent = parent
+        self._members: dict[Path, int] = {}  # cgroup -> its cgroup.procs, opened once
+        self._pid = str(os.getpid()).encode()
 
     @classmethod
     def offered(cls) -> TaskCgroups | None:
@@ -129,11 +131,16 @@ class TaskCgroups:
     @contextlib.contextmanager
     def entered(self, cgroup: Path) -> Iterator[None]:
         """Run the block with this process in ``cgroup``: what it forks starts there."""
-        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        os.write(self._procs(cgroup), self._pid)
         try:
             yield
         finally:
-            (self.home / "cgroup.procs").write_text(str(os.getpid()))
+            os.write(self._procs(self.home), self._pid)
+
+    def _procs(self, cgroup: Path) -> int:
+        if cgroup not in self._members:
+            self._members[cgroup] = os.open(cgroup / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        return self._members[cgroup]
 
     @staticmethod
     def populated(cgroup: Path) -> bool:
@@ -149,6 +156,9 @@ class TaskCgroups:
         log.warning("processes of cgroup %s survive SIGKILL (stuck in the kernel?)", cgroup)
 
     def close(self) -> None:
+        for descriptor in self._members.values():
+            os.close(descriptor)
+        self._members = {}
         with contextlib.suppress(OSError):
             for cgroup in self.parent.iterdir():
                 if cgroup.is_dir():

@@ -1,7 +1,7 @@
 """Where a task's files live on the worker, kept apart from the worker's own.
 
-A task gets fresh folders at an unguessable path under ``<root>/tasks`` (a folder others may
-cross but not list), removed once it ends: nothing of one task is left for the next, and no task
+A task gets its folders at a new unguessable path under ``<root>/tasks`` (a folder others may
+cross but not list), emptied once it ends: nothing of one task is left for the next, and no task
 can find another's. The worker's own files for a slot (the task's output logs, the archives it
 packs) live under ``<root>/slot-N``, which no task folder is inside of: a task that empties its
 folders' parents does not touch them, and they are made again for every task anyway. The output
@@ -14,30 +14,43 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import secrets
 import shutil
 import stat
 import tempfile
 from pathlib import Path
 
 STREAMS = ("stdout", "stderr")
+FOLDER_MODE = 0o700  # as tempfile.mkdtemp makes the task's root
 
 
 class TaskFolders:
     """A task's own folders: result, exec, resource, work, and where it may leave a new task."""
 
+    NAMES = ("result", "exec", "resource", "work")
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.result, self.exec, self.resource, self.work = (root / name for name in ("result", "exec", "resource", "work"))
+        self.result, self.exec, self.resource, self.work = (root / name for name in self.NAMES)
         self.new_task = root / "new_task.json"
 
-    @classmethod
-    def create(cls, base: Path) -> TaskFolders:
-        base.mkdir(parents=True, exist_ok=True)
-        base.chmod(0o711)  # crossed to reach a task's folders, never listed
-        folders = cls(Path(tempfile.mkdtemp(prefix="task-", dir=base)))
-        for folder in (folders.result, folders.exec, folders.resource, folders.work):
-            folder.mkdir()
-        return folders
+    def clean(self) -> bool:
+        """Whether the folders are as made and empty: then they may serve another task."""
+        try:
+            with os.scandir(self.root) as entries:
+                if sorted(entry.name for entry in entries) != sorted(self.NAMES):
+                    return False
+            for folder in (self.root, self.result, self.exec, self.resource, self.work):
+                status = os.lstat(folder)
+                if not stat.S_ISDIR(status.st_mode) or stat.S_IMODE(status.st_mode) != FOLDER_MODE or status.st_uid != os.getuid():
+                    return False
+                if folder != self.root:
+                    with os.scandir(folder) as entries:
+                        if next(entries, None) is not None:
+                            return False
+        except OSError:
+            return False
+        return True
 
     def remove(self) -> None:
         """Remove the folders, whatever the task did to their permissions."""
@@ -52,6 +65,39 @@ class TaskFolders:
                     os.unlink(path)
 
         shutil.rmtree(self.root, onerror=unlock)
+
+
+class FolderPool:
+    """Task folders under ``base``, a folder that others may cross but not list. Each task gets
+    its folders at a new unguessable path; folders a task left as it found them are renamed for
+    the next one instead of rebuilt (removing and making five folders cost more than a short task
+    itself), the others are removed."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._spare: list[TaskFolders] = []
+
+    def take(self) -> TaskFolders:
+        while self._spare:
+            spare = self._spare.pop()
+            fresh = self.base / f"task-{secrets.token_hex(8)}"
+            try:
+                spare.root.rename(fresh)
+            except OSError:  # a task removed it meanwhile
+                continue
+            return TaskFolders(fresh)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.base.chmod(0o711)
+        folders = TaskFolders(Path(tempfile.mkdtemp(prefix="task-", dir=self.base)))
+        for folder in (folders.result, folders.exec, folders.resource, folders.work):
+            folder.mkdir(mode=FOLDER_MODE)
+        return folders
+
+    def give_back(self, folders: TaskFolders) -> None:
+        if folders.clean():
+            self._spare.append(folders)
+        else:
+            folders.remove()
 
 
 class TaskOutput:
