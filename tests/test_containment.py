@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -137,3 +138,15 @@ def test_each_task_gets_fresh_folders_that_are_removed_afterwards(platform: Plat
     assert folders[0] != folders[1] and folders[0].parent.parent == folders[1].parent.parent
     assert len(folders[0].parent.name) > 10  # not guessable from the worker's id or a slot number
     assert not folders[0].parent.exists() and not folders[1].parent.exists()
+
+
+@pytest.mark.parametrize("cgroup", [True, False], ids=["cgroup", "orphans"])
+def test_nothing_a_task_started_outlives_its_stopped_worker(platform: Platform, cgroup: bool) -> None:
+    worker = platform.start_worker(*([] if cgroup else ["--no-task-cgroup"]))
+    suffix = secrets.token_hex(4)
+    detach = f"m=mito-outlives-; setsid sh -c 'while :; do sleep 0.2; done' \"${{m}}{suffix}\" & sleep 60"
+    submit(platform, task_spec={"args": ["sh", "-c", detach]})
+    wait_for(lambda: processes_with(f"mito-outlives-{suffix}"), "the detached process")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    wait_for(lambda: not processes_with(f"mito-outlives-{suffix}"), "the detached process to be killed", timeout=10)

@@ -254,5 +254,8 @@ class Containment:
             log.info("killed what a task left running in slot %d", slot)
 
     def close(self) -> None:
+        """The worker stops: nothing any task started outlives it (an orphan would go to init)."""
         if self.cgroups is not None:
             self.cgroups.close()
+        else:
+            kill_orphans((), ())
