@@ -91,6 +91,17 @@ def _own_cgroup_v2() -> Path | None:
     return None
 
 
+def _remove_stale(home: Path) -> None:
+    """Remove the cgroups of workers that are gone (killed before they could remove their own),
+    with whatever their tasks left running in them."""
+    for stale in home.glob("mito-worker-*"):
+        pid = stale.name.removeprefix("mito-worker-")
+        if not pid.isdigit() or psutil.pid_exists(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            TaskCgroups(home, stale).close()
+
+
 class TaskCgroups:
     """A cgroup v2 per slot, under one of this worker's own (``mito-worker-<pid>``), holding one
     task at a time. A task's process is started inside it: the worker steps into the cgroup for
@@ -110,6 +121,7 @@ class TaskCgroups:
         if home is None or not (home / "cgroup.procs").exists():
             return None
         parent = home / f"mito-worker-{os.getpid()}"
+        _remove_stale(home)
         try:
             parent.mkdir(exist_ok=True)
             cgroups = cls(home, parent)
