@@ -194,8 +194,8 @@ class TaskResultMessage(_LenientEnum):
     SubmitNewTaskFailed = "SubmitNewTaskFailed"
     # mito_lab: every attempt lost its worker (it was re-queued max_attempts times)
     AttemptsExhausted = "AttemptsExhausted"
-    # mito_lab: the worker could not make the task's files (a resource's path, a full disk) or pack
-    # what it left; the reason ends the task's stderr log or the worker's
+    # mito_lab: the worker could not make the task's files (a resource's path, a full disk), or pack
+    # or store what it left; the reason ends the task's stderr log, or the worker's log
     WorkerError = "WorkerError"
 
 

@@ -102,6 +102,10 @@ class TaskGone(Exception):
     """The coordinator no longer has this task assigned to us (re-queued or cancelled)."""
 
 
+class UploadFailed(Exception):
+    """An output of the task could not be stored, even with new upload URLs."""
+
+
 class WorkerClient:
     """The worker protocol. Connection errors and 5xx are retried with capped exponential backoff;
     401 means eviction; 404 on a report means the task is no longer ours."""
@@ -736,8 +740,8 @@ class Agent:
             log.warning("task %s: its outputs were not uploaded within %d s", task.uuid, UPLOAD_SECONDS)
             self.reports.state(task, TaskExecState.UploadResultTimeout)
             return TaskResultSpec(exit_status=outcome.exit_status, msg=TaskResultMessage.UploadResultTimeout)
-        except OSError as exc:  # what the task left cannot be packed
-            log.warning("task %s: its outputs cannot be packed: %s", task.uuid, exc)
+        except (OSError, UploadFailed) as exc:  # what the task left cannot be packed, or stored
+            log.warning("task %s: its outputs were not kept: %s", task.uuid, exc)
             return TaskResultSpec(exit_status=outcome.exit_status, msg=TaskResultMessage.WorkerError)
         self.reports.state(task, TaskExecState.UploadCancelledResult if stopped else TaskExecState.UploadFinishedResult)
         message = TaskResultMessage.ExecTimeout if outcome.timed_out else TaskResultMessage.UserCancellation if cancelled else None
@@ -772,7 +776,7 @@ class Agent:
                     break
                 except MitoError as exc:  # e.g. the signed URL expired during a long outage: ask for a new one
                     if attempt + 1 == UPLOAD_URL_ATTEMPTS:
-                        raise
+                        raise UploadFailed(f"{content_type.value}: {exc}") from exc
                     log.warning("task %s: uploading %s failed (%s); asking for a new URL", task.uuid, content_type.value, exc)
             archive.unlink()
 
