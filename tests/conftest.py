@@ -171,12 +171,14 @@ class Platform:
             assert done.returncode == 0, f"{args} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
         return done
 
-    def start_worker(self, *args: str, user: str = ADMIN[0]) -> subprocess.Popen[bytes]:
+    def start_worker(self, *args: str, user: str = ADMIN[0], wrapper: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+        """A ``mito worker`` of ``user`` (its password in ``MITO_PASSWORD``), started through the
+        ``wrapper`` command if one is given (e.g. ``setpriv`` options)."""
         password = ADMIN[1] if user == ADMIN[0] else f"{user}-password"
         index = len(self.workers)
         log = (self.home / f"worker-{index}.log").open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "mito_lab", "worker", "-c", self.url, "-u", user,
+            [*wrapper, sys.executable, "-m", "mito_lab", "worker", "-c", self.url, "-u", user,
              "--credential-path", str(self.home / f"worker-{index}.credentials"),
              "--polling-interval", "20s", "--heartbeat-interval", "2s", *args],
             env=self.env(MITO_PASSWORD=password), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home,
@@ -185,11 +187,11 @@ class Platform:
         self.workers.append(process)
         return process
 
-    def wait_task(self, uuid: str, states: tuple[str, ...] = ("Finished", "Cancelled"), timeout: float = 60) -> dict[str, Any]:
-        """Poll until the task is archived in one of ``states``; fail with the logs otherwise."""
+    def wait_task(self, uuid: str, states: tuple[str, ...] = ("Finished", "Cancelled"), timeout: float = 60, user: str = ADMIN[0]) -> dict[str, Any]:
+        """Poll (as ``user``) until the task is archived in one of ``states``; fail with the logs otherwise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            info = self.api("GET", f"/tasks/{uuid}").json["info"]
+            info = self.api("GET", f"/tasks/{uuid}", user=user).json["info"]
             if info["state"] in states and info["result"] is not None:
                 return info
             time.sleep(0.1)

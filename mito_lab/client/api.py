@@ -118,10 +118,11 @@ async def login_token(
     password: str | None = None,
     retain: bool = True,
     ask: AskCredentials | None = None,
+    save: bool = True,
 ) -> tuple[str, str]:
     """A valid user token, as the reference client finds one (6.4): the saved line of ``user`` (or the
     first line) if ``GET /auth`` accepts it; otherwise log in with the given or asked-for password
-    and save the new token. Returns ``(username, token)``."""
+    and save the new token (unless not ``save``). Returns ``(username, token)``."""
     saved = credentials.find(user)
     if saved is not None:
         probe = HttpSession(session.base_url, saved[1], timeout=session.timeout)
@@ -142,7 +143,8 @@ async def login_token(
     answer: LoginResp = await session.call(
         "POST", "login", LoginReq(username=user, password=password, retain=retain), LoginResp
     )
-    credentials.save(user, answer.token)
+    if save:
+        credentials.save(user, answer.token)
     return user, answer.token
 
 

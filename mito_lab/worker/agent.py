@@ -66,7 +66,7 @@ from mito_lab.wire import (
     WorkerSignal,
     WorkerTaskResp,
 )
-from mito_lab.worker import packing, runner
+from mito_lab.worker import identity, packing, runner
 from mito_lab.worker.containment import Containment, UnsafeFile, read_regular_file
 from mito_lab.worker.workspace import STREAMS, FolderPool, Slot, TaskFolders, TaskOutput
 
@@ -816,8 +816,9 @@ class Agent:
 
 async def register(config: WorkerConfig) -> tuple[HttpSession, RegisterWorkerResp]:
     session = HttpSession(config.coordinator_addr, parallel=REQUESTS_BESIDE_TASKS + REQUESTS_PER_SLOT * config.slots)
-    # retain: registering a worker must not log its user out of their other sessions (the reference does)
-    user, token = await login_token(session, Credentials(config.credential_path), config.user, config.password, retain=True)
+    # retain: registering a worker must not log its user out of their other sessions (the reference does);
+    # not saved: the user token is only traded for the worker's, and tasks can read the credentials file
+    user, token = await login_token(session, Credentials(config.credential_path), config.user, config.password, retain=True, save=False)
     session.token = token
     request = RegisterWorkerReq(tags=config.tags, labels=config.labels, groups=config.groups, lifetime=config.lifetime)
     registration: RegisterWorkerResp = await session.call("POST", "workers", request, RegisterWorkerResp)
@@ -828,6 +829,7 @@ async def register(config: WorkerConfig) -> tuple[HttpSession, RegisterWorkerRes
 
 async def run(config: WorkerConfig) -> int:
     """The ``mito worker`` process: returns its exit code."""
+    identity.conceal(config.password)
     setup_logging("worker", "", file_log=False, log_path=None)  # the log file is named after the worker's UUID
     try:
         session, registration = await register(config)

@@ -1,0 +1,109 @@
+"""A task cannot take the worker owner's identity (SPEC section 7, containment): real workers run
+real tasks that try to read the owner's password and user token from the worker (its command
+line, its environment, its memory, its credentials file)."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Platform, http, start_platform
+from test_dispatch import submit
+
+OWNER = "owner"
+PASSWORD = f"{OWNER}-password"  # the password conftest gives the users it creates
+JWT = re.compile(r"eyJ[\w-]+\.eyJ[\w-]+\.[\w-]+")
+
+# Everything a task can read of the worker that started it, gathered into its result.
+ATTACK = r"""
+{
+  echo "== cmdline"; tr '\0' ' ' < /proc/$PPID/cmdline; echo
+  echo "== environ"; tr '\0' '\n' < /proc/$PPID/environ
+  echo "== credentials"; cat "$WORKER_CREDENTIALS"
+  echo "== own environment"; env
+} > "$MITO_RESULT_DIR/loot.txt" 2>&1
+"""
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> Iterator[Platform]:
+    """One coordinator (SQLite): what a task can read of its worker does not depend on the database."""
+    running = start_platform(tmp_path / "platform")
+    running.add_user(OWNER)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def nobody() -> pwd.struct_passwd:
+    """The unprivileged account the tests hand a worker to: switching needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("running a worker as another account needs root")
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("this machine has no `nobody` account")
+
+
+def result_files(platform: Platform, task: str) -> dict[str, str]:
+    info = platform.wait_task(task, user=OWNER)
+    assert info["result"] == {"exit_status": 0, "msg": None}, info
+    platform.mito("get", "artifact", task, "result", "-o", "result.tgz", user=OWNER)
+    with tarfile.open(platform.home / "result.tgz") as tar:
+        return {
+            member.name.removeprefix("result/"): tar.extractfile(member).read().decode(errors="replace")  # type: ignore[union-attr]
+            for member in tar.getmembers() if member.isfile()
+        }
+
+
+def attack(platform: Platform) -> str:
+    """Run ATTACK on the owner's worker (the first one started); what it read."""
+    credentials = platform.home / "worker-0.credentials"
+    task = submit(platform, OWNER, task_spec={"args": ["sh", "-c", ATTACK], "envs": {"WORKER_CREDENTIALS": str(credentials)}})
+    return result_files(platform, task)["loot.txt"]
+
+
+def assert_no_owner_secrets(platform: Platform, loot: str) -> None:
+    assert PASSWORD not in loot
+    for token in set(JWT.findall(loot)):  # a user token is one that a user route accepts
+        assert http("GET", f"{platform.url}/auth", token=token).status == 401, f"a user token leaked:\n{loot}"
+
+
+def test_a_task_reads_no_password_or_user_token_of_the_worker(platform: Platform) -> None:
+    # the password both as a flag and in the environment; the task runs as the worker's own account
+    platform.start_worker("-p", PASSWORD, user=OWNER)
+    loot = attack(platform)
+    assert_no_owner_secrets(platform, loot)
+    assert "mito_lab worker" in loot and "-p ***" in loot  # it did read its worker's command line
+    assert not (platform.home / "worker-0.credentials").exists()  # the worker saved no token
+
+
+def test_the_workers_own_account_cannot_read_its_environment_or_memory(platform: Platform, nobody: pwd.struct_passwd) -> None:
+    # A worker owned by an unprivileged account, whose task runs as that same account. (As root,
+    # any process may read any other: CAP_SYS_PTRACE.) CAP_DAC_READ_SEARCH only lets that account
+    # read this test's Python and files, which live in root's directories.
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    cache = platform.home / "cache" / "mitosis"
+    cache.mkdir(parents=True)
+    os.chown(cache, nobody.pw_uid, nobody.pw_gid)
+    as_nobody = ("setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+                 "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search")
+    platform.start_worker("-p", PASSWORD, "--credential-path", str(cache / "credentials"), user=OWNER, wrapper=as_nobody)
+    probe = r"""
+    id -u
+    tr '\0' ' ' < /proc/$PPID/cmdline; echo
+    for file in environ mem maps; do
+      if (exec 3< /proc/$PPID/$file) 2>/dev/null; then echo "$file: opened"; else echo "$file: refused"; fi
+    done
+    """
+    task = submit(platform, OWNER, task_spec={"args": ["sh", "-c", f'{{ {probe} }} > "$MITO_RESULT_DIR/probe.txt" 2>&1']})
+    uid, command, *opened = result_files(platform, task)["probe.txt"].splitlines()
+    assert uid == str(nobody.pw_uid) and "mito_lab worker" in command  # the same account, its worker
+    assert opened == ["environ: refused", "mem: refused", "maps: refused"]
