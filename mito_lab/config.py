@@ -190,6 +190,7 @@ class WorkerConfig(_Settings):
     skip_redis: bool = False
     slots: Annotated[int, Field(ge=1, le=256)] = 1
     task_cgroup: bool = True  # a cgroup v2 per task where the host lets the worker make one
+    task_user: str | None = None  # the account that runs the tasks (the worker must be root); None: the worker's own
 
 
 class ClientConfig(_Settings):

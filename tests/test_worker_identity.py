@@ -1,6 +1,7 @@
 """A task cannot take the worker owner's identity (SPEC section 7, containment): real workers run
 real tasks that try to read the owner's password and user token from the worker (its command
-line, its environment, its memory, its credentials file)."""
+line, its environment, its memory, its credentials file); with ``--task-user`` tasks run under
+another account and reach none of the worker's files."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pwd
 import re
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,9 +44,9 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
 
 @pytest.fixture
 def nobody() -> pwd.struct_passwd:
-    """The unprivileged account the tests hand a worker to: switching needs root."""
+    """The unprivileged account the tests hand tasks (or a worker) to: switching needs root."""
     if os.geteuid() != 0:
-        pytest.skip("running a worker as another account needs root")
+        pytest.skip("running tasks or a worker as another account needs root")
     try:
         return pwd.getpwnam("nobody")
     except KeyError:
@@ -107,3 +109,40 @@ def test_the_workers_own_account_cannot_read_its_environment_or_memory(platform:
     uid, command, *opened = result_files(platform, task)["probe.txt"].splitlines()
     assert uid == str(nobody.pw_uid) and "mito_lab worker" in command  # the same account, its worker
     assert opened == ["environ: refused", "mem: refused", "maps: refused"]
+
+
+@pytest.fixture
+def root_only_file() -> Iterator[Path]:
+    """A file that only root may read, in a directory every account can traverse."""
+    descriptor, name = tempfile.mkstemp(prefix="mito-root-only-")  # mode 0600, owned by root
+    os.write(descriptor, b"root's secret\n")
+    os.close(descriptor)
+    yield Path(name)
+    os.unlink(name)
+
+
+def test_tasks_run_as_the_task_user(platform: Platform, nobody: pwd.struct_passwd, root_only_file: Path) -> None:
+    platform.start_worker("-p", PASSWORD, "--task-user", "nobody", user=OWNER)
+    script = r"""
+    id -u > "$MITO_RESULT_DIR/uid"
+    stat -c %u "$MITO_RESULT_DIR" "$MITO_EXEC_DIR" "$MITO_RESOURCE_DIR" . "$MITO_NEW_TASK" > "$MITO_RESULT_DIR/owners"
+    echo "$HOME $USER" > "$MITO_RESULT_DIR/home"
+    cat "$ROOT_ONLY" > "$MITO_RESULT_DIR/stolen" 2>&1 || echo refused >> "$MITO_RESULT_DIR/stolen"
+    echo '{"labels": ["downstream"], "task_spec": {"args": ["true"]}}' > "$MITO_NEW_TASK"
+    """
+    task = submit(platform, OWNER, task_spec={"args": ["sh", "-c", script], "envs": {"ROOT_ONLY": str(root_only_file)}})
+    files = result_files(platform, task)
+    assert files["uid"] == f"{nobody.pw_uid}\n"
+    assert files["owners"].split() == [str(nobody.pw_uid)] * 5  # its directories (and the work dir) are its own
+    assert files["home"] == f"{nobody.pw_dir} nobody\n"
+    assert "root's secret" not in files["stolen"] and files["stolen"].endswith("refused\n")
+    query = platform.api("POST", "/tasks/query", {"labels": ["downstream"], "count": True}, user=OWNER).json
+    assert query["count"] == 1  # the worker read the downstream task the account wrote
+    assert_no_owner_secrets(platform, attack(platform))
+
+
+def test_task_user_needs_a_known_account(platform: Platform) -> None:
+    unknown = platform.start_worker("-p", PASSWORD, "--task-user", "mito-no-such-account", user=OWNER)
+    assert unknown.wait(60) == 2
+    log = (platform.home / "worker-0.log").read_text()
+    assert "the worker must be started as root" in log if os.geteuid() != 0 else "no such account" in log

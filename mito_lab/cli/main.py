@@ -101,6 +101,7 @@ def _worker_parser(modes: argparse._SubParsersAction) -> None:
     _flag(parser, "--slots", type=int, help="How many tasks to run at once [default: 1]")
     _flag(parser, "--no-task-cgroup", dest="task_cgroup", action="store_false",
           help="Do not run each task in a cgroup of its own (the processes a task detaches are still killed)")
+    _flag(parser, "--task-user", metavar="NAME", help="Run the tasks as this OS account (the worker must be started as root) [default: the worker's own]")
     parser.set_defaults(run=run_worker)
 
 

@@ -284,8 +284,11 @@ Reports = ReferenceReports | BatchedReports
 
 
 class Agent:
-    def __init__(self, config: WorkerConfig, client: WorkerClient, root: Path, containment: Containment | None = None) -> None:
+    def __init__(
+        self, config: WorkerConfig, client: WorkerClient, root: Path, containment: Containment | None = None, account: identity.Account | None = None,
+    ) -> None:
         self.config = config
+        self.account = account  # the tasks' OS account (--task-user), else the worker's own
         self.client = client
         self.root = root
         self.containment = containment or Containment()
@@ -309,6 +312,11 @@ class Agent:
         self._started: dict[int, float] = {}  # running tasks: when they started
         self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._base_environment = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
+        if account is not None:
+            self._base_environment.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
+            log.info("tasks run as %s (uid %d)", account.name, account.uid)
+        elif os.geteuid() == 0:
+            log.warning("tasks run as root: they can read this worker's memory and do anything on this host (see --task-user)")
         self.retiring = False
 
     @property
@@ -700,9 +708,10 @@ class Agent:
                 await asyncio.wait_for(finished.wait(), LOG_SHIP_SECONDS)
 
     async def _execute_process(self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput) -> runner.Outcome:
+        self._hand_over(folders)
         try:
             with self.containment.spawning(slot.index):
-                child = runner.spawn(task.spec.args, self._environment(task, folders), folders.work, output.descriptors["stdout"], output.descriptors["stderr"])
+                child = runner.spawn(task.spec.args, self._environment(task, folders), folders.work, output.descriptors["stdout"], output.descriptors["stderr"], self.account)
         except OSError as exc:  # the program does not exist or cannot be executed
             log.warning("task %s: cannot start %s: %s", task.uuid, task.spec.args[0], exc)
             output.note(f"cannot start {task.spec.args[0]!r}: {exc.strerror or exc}")
@@ -717,6 +726,12 @@ class Agent:
             del self.processes[task.id]
             others = {str(running.uuid) for running in self.running.values() if running.id != task.id}
             self.containment.end(slot.index, [other.pid for other in self.processes.values()], others)
+
+    def _hand_over(self, folders: TaskFolders) -> None:
+        """Under --task-user, the task's folders (the resources fetched into them included)
+        become the account's; the slot's files (output logs, archives) stay the worker's."""
+        if self.account is not None:
+            self.account.own(folders.root)
 
     async def _run(
         self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput, flush_output: Callable[[], Awaitable[None]],
@@ -830,6 +845,7 @@ async def register(config: WorkerConfig) -> tuple[HttpSession, RegisterWorkerRes
 async def run(config: WorkerConfig) -> int:
     """The ``mito worker`` process: returns its exit code."""
     identity.conceal(config.password)
+    account = identity.Account.named(config.task_user) if config.task_user else None  # refused before registering
     setup_logging("worker", "", file_log=False, log_path=None)  # the log file is named after the worker's UUID
     try:
         session, registration = await register(config)
@@ -842,9 +858,9 @@ async def run(config: WorkerConfig) -> int:
         setup_logging("worker", str(registration.worker_id), config.file_log, config.log_path)
     stopping = asyncio.Event()
     client = WorkerClient(session, stopping)
-    root = cache_dir() / str(registration.worker_id)
+    root = account.scratch_root(str(registration.worker_id)) if account else cache_dir() / str(registration.worker_id)
     containment = Containment.start(config.task_cgroup)
-    agent = Agent(config, client, root, containment)
+    agent = Agent(config, client, root, containment, account)
     loop = asyncio.get_running_loop()
     work = asyncio.create_task(agent.serve())
     beats = asyncio.create_task(agent.heartbeats())

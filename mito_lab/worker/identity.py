@@ -1,15 +1,22 @@
 """What a task may learn of the worker that runs it.
 
-A task is untrusted code started by the worker: the worker hides its owner's secrets from it
-(``conceal``)."""
+A task is untrusted code started by the worker. The worker hides its owner's secrets from it
+(``conceal``), and ``--task-user`` runs tasks under another OS account (``Account``), so that they
+reach neither the worker's files nor its processes."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+import pwd
 import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
 
 import setproctitle
+
+from mito_lab.config import ConfigError
 
 PR_SET_DUMPABLE = 4
 HIDDEN = "***"
@@ -40,3 +47,41 @@ def conceal(password: str | None) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+@dataclass(frozen=True)
+class Account:
+    """The OS account that runs the tasks (``--task-user``)."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: list[int]  # its supplementary groups: the child must not keep root's
+    home: str
+
+    @classmethod
+    def named(cls, name: str) -> Account:
+        if os.geteuid() != 0:
+            raise ConfigError(f"--task-user {name}: the worker must be started as root to run tasks as another account")
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError(f"--task-user {name}: no such account") from None
+        return cls(name, entry.pw_uid, entry.pw_gid, os.getgrouplist(name, entry.pw_gid), entry.pw_dir)
+
+    def scratch_root(self, worker: str) -> Path:
+        """The worker's directory for its slots. Root's cache dir is usually out of the account's
+        reach (``/root`` is 0700): this one is a fresh temporary directory that it may traverse
+        but not list."""
+        root = Path(tempfile.mkdtemp(prefix=f"mito-worker-{worker}-"))
+        root.chmod(0o711)
+        return root
+
+    def own(self, folder: Path) -> None:
+        """Give ``folder`` and what is in it (the resources the worker fetched) to the account,
+        private to it. Symbolic links are changed, never followed."""
+        os.chown(folder, self.uid, self.gid)
+        folder.chmod(0o700)
+        for parent, names, files in os.walk(folder):
+            for name in names + files:
+                os.chown(os.path.join(parent, name), self.uid, self.gid, follow_symlinks=False)

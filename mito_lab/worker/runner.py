@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from mito_lab.worker.identity import Account
+
 KILL_GRACE_SECONDS = 10.0
 
 
@@ -70,11 +72,13 @@ async def stop_group(child: Child, grace: float = KILL_GRACE_SECONDS) -> None:
     await child.wait()
 
 
-def spawn(args: list[str], env: dict[str, str], cwd: Path, stdout: int, stderr: int) -> Child:
+def spawn(args: list[str], env: dict[str, str], cwd: Path, stdout: int, stderr: int, account: Account | None = None) -> Child:
     """Start ``args`` (``args[0]`` found through the task's PATH) in a new session, its output
     written straight to the descriptors ``stdout`` and ``stderr`` by the child itself (the worker
-    never holds it in memory)."""
-    return Child(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=cwd, start_new_session=True))
+    never holds it in memory); as ``account`` (its groups only) when one is given."""
+    # (switching the account costs a fork instead of a vfork: CPython does not vfork to set ids)
+    as_account = {} if account is None else {"user": account.uid, "group": account.gid, "extra_groups": account.groups}
+    return Child(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=cwd, start_new_session=True, **as_account))
 
 
 async def wait(child: Child, timeout: float) -> Outcome:
