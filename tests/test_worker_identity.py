@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import Platform, http, start_platform
 from test_dispatch import submit
+from test_manager import manager
 
 OWNER = "owner"
 PASSWORD = f"{OWNER}-password"  # the password conftest gives the users it creates
@@ -28,6 +29,7 @@ ATTACK = r"""
   echo "== cmdline"; tr '\0' ' ' < /proc/$PPID/cmdline; echo
   echo "== environ"; tr '\0' '\n' < /proc/$PPID/environ
   echo "== credentials"; cat "$WORKER_CREDENTIALS"
+  echo "== manager"; cat "$XDG_CACHE_HOME/mitosis/manager/workers.json"
   echo "== own environment"; env
 } > "$MITO_RESULT_DIR/loot.txt" 2>&1
 """
@@ -64,9 +66,8 @@ def result_files(platform: Platform, task: str) -> dict[str, str]:
         }
 
 
-def attack(platform: Platform) -> str:
-    """Run ATTACK on the owner's worker (the first one started); what it read."""
-    credentials = platform.home / "worker-0.credentials"
+def attack(platform: Platform, credentials: Path) -> str:
+    """Run ATTACK on the owner's worker (its credentials file at ``credentials``); what it read."""
     task = submit(platform, OWNER, task_spec={"args": ["sh", "-c", ATTACK], "envs": {"WORKER_CREDENTIALS": str(credentials)}})
     return result_files(platform, task)["loot.txt"]
 
@@ -80,10 +81,24 @@ def assert_no_owner_secrets(platform: Platform, loot: str) -> None:
 def test_a_task_reads_no_password_or_user_token_of_the_worker(platform: Platform) -> None:
     # the password both as a flag and in the environment; the task runs as the worker's own account
     platform.start_worker("-p", PASSWORD, user=OWNER)
-    loot = attack(platform)
+    loot = attack(platform, platform.home / "worker-0.credentials")
     assert_no_owner_secrets(platform, loot)
     assert "mito_lab worker" in loot and "-p ***" in loot  # it did read its worker's command line
     assert not (platform.home / "worker-0.credentials").exists()  # the worker saved no token
+
+
+def test_a_task_of_a_managed_worker_reads_no_password(platform: Platform) -> None:
+    # `mito manager` records the options of the workers it spawns, where their tasks can read them
+    credentials = platform.home / "managed.credentials"
+    try:
+        spawned = manager(platform, "spawn", "1", "-c", platform.url, "-u", OWNER, "-p", PASSWORD, "--credential-path", str(credentials))
+        assert spawned.returncode == 0, spawned.stdout + spawned.stderr
+        loot = attack(platform, credentials)
+        status = manager(platform, "status").stdout
+    finally:
+        manager(platform, "kill", "--force")
+    assert_no_owner_secrets(platform, loot + status)
+    assert '"***"' in loot.partition("== manager")[2] and "-p ***" in status  # it did read the manager's records
 
 
 def test_the_workers_own_account_cannot_read_its_environment_or_memory(platform: Platform, nobody: pwd.struct_passwd) -> None:
@@ -138,7 +153,7 @@ def test_tasks_run_as_the_task_user(platform: Platform, nobody: pwd.struct_passw
     assert "root's secret" not in files["stolen"] and files["stolen"].endswith("refused\n")
     query = platform.api("POST", "/tasks/query", {"labels": ["downstream"], "count": True}, user=OWNER).json
     assert query["count"] == 1  # the worker read the downstream task the account wrote
-    assert_no_owner_secrets(platform, attack(platform))
+    assert_no_owner_secrets(platform, attack(platform, platform.home / "worker-0.credentials"))
 
 
 def test_task_user_needs_a_known_account(platform: Platform) -> None:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from mito_lab.cli.main import build_parser
 from mito_lab.config import cache_dir
+from mito_lab.worker.identity import masked
 
 STOP_GRACE_SECONDS = 20.0
 STARTUP_SECONDS = 60.0
@@ -63,10 +65,18 @@ def save(workers: list[Managed]) -> None:
     os.replace(temporary, path)
 
 
+def shown(worker_args: list[str]) -> list[str]:
+    """The options as the state file records them and ``status`` shows them: without the password
+    (the workers' tasks can read that file)."""
+    options, _ = build_parser().parse_known_args(["worker", *worker_args])  # a usage error exits here
+    return masked(worker_args, options.password)
+
+
 def spawn(count: int, worker_args: list[str]) -> int:
     if count <= 0:
         print("warning: nothing to spawn (COUNT is 0)", file=sys.stderr)
         return 0
+    recorded = shown(worker_args)
     logs = state_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     workers = [w for w in load() if alive(w)]
@@ -80,7 +90,7 @@ def spawn(count: int, worker_args: list[str]) -> int:
             )
         started = _start_time(process.pid)
         if started is not None:
-            workers.append(Managed(process.pid, started, worker_args, str(log_path)))
+            workers.append(Managed(process.pid, started, recorded, str(log_path)))
     save(workers)
     # a worker with bad options or credentials exits at once: wait until each has registered or exited
     deadline = time.monotonic() + STARTUP_SECONDS
