@@ -138,17 +138,21 @@ def root_only_file() -> Iterator[Path]:
 
 def test_tasks_run_as_the_task_user(platform: Platform, nobody: pwd.struct_passwd, root_only_file: Path) -> None:
     platform.start_worker("-p", PASSWORD, "--task-user", "nobody", user=OWNER)
+    upload = platform.api("POST", f"/groups/{OWNER}/attachments", {"key": "input.txt", "content_length": 6}, user=OWNER).json
+    assert http("PUT", platform.url + upload["url"], raw=b"input\n", headers={"Content-Type": "application/octet-stream"}).status == 200
+    resource = {"remote_file": {"Attachment": {"key": "input.txt"}}, "local_path": "data/input.txt"}
     script = r"""
     id -u > "$MITO_RESULT_DIR/uid"
-    stat -c %u "$MITO_RESULT_DIR" "$MITO_EXEC_DIR" "$MITO_RESOURCE_DIR" . "$MITO_NEW_TASK" > "$MITO_RESULT_DIR/owners"
+    stat -c %u "$MITO_RESULT_DIR" "$MITO_EXEC_DIR" "$MITO_RESOURCE_DIR" "$MITO_RESOURCE_DIR/data" "$MITO_RESOURCE_DIR/data/input.txt" \
+      . "$MITO_NEW_TASK" > "$MITO_RESULT_DIR/owners"
     echo "$HOME $USER" > "$MITO_RESULT_DIR/home"
     cat "$ROOT_ONLY" > "$MITO_RESULT_DIR/stolen" 2>&1 || echo refused >> "$MITO_RESULT_DIR/stolen"
     echo '{"labels": ["downstream"], "task_spec": {"args": ["true"]}}' > "$MITO_NEW_TASK"
     """
-    task = submit(platform, OWNER, task_spec={"args": ["sh", "-c", script], "envs": {"ROOT_ONLY": str(root_only_file)}})
+    task = submit(platform, OWNER, task_spec={"args": ["sh", "-c", script], "envs": {"ROOT_ONLY": str(root_only_file)}, "resources": [resource]})
     files = result_files(platform, task)
     assert files["uid"] == f"{nobody.pw_uid}\n"
-    assert files["owners"].split() == [str(nobody.pw_uid)] * 5  # its directories (and the work dir) are its own
+    assert files["owners"].split() == [str(nobody.pw_uid)] * 7  # its directories, the work dir and the fetched resource are its own
     assert files["home"] == f"{nobody.pw_dir} nobody\n"
     assert "root's secret" not in files["stolen"] and files["stolen"].endswith("refused\n")
     query = platform.api("POST", "/tasks/query", {"labels": ["downstream"], "count": True}, user=OWNER).json
