@@ -41,7 +41,9 @@ def conceal(password: str | None) -> None:
     # setproctitle moves the environment away and clears the area the kernel shows as
     # /proc/PID/environ (the start-time environment), unless SPT_NOENV is set. It clears as far as
     # the variables lie end to end: none may be unset before it.
+    name = setproctitle.getthreadtitle()
     setproctitle.setproctitle(" ".join(masked(sys.orig_argv, password)))
+    setproctitle.setthreadtitle(name)  # it also renames the process after the title's start: ps, top and pgrep keep "python"
     os.environ.pop("MITO_PASSWORD", None)
     if sys.platform == "linux":
         libc = ctypes.CDLL(None, use_errno=True)
