@@ -46,9 +46,12 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
 
 @pytest.fixture
 def nobody() -> pwd.struct_passwd:
-    """The unprivileged account the tests hand tasks (or a worker) to: switching needs root."""
+    """The unprivileged account the tests hand tasks (or a worker) to: switching needs root (and
+    the tests start workers through setpriv)."""
     if os.geteuid() != 0:
         pytest.skip("running tasks or a worker as another account needs root")
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
     try:
         return pwd.getpwnam("nobody")
     except KeyError:
@@ -105,8 +108,6 @@ def test_the_workers_own_account_cannot_read_its_environment_or_memory(platform:
     # A worker owned by an unprivileged account, whose task runs as that same account. (As root,
     # any process may read any other: CAP_SYS_PTRACE.) CAP_DAC_READ_SEARCH only lets that account
     # read this test's Python and files, which live in root's directories.
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
     cache = platform.home / "cache" / "mitosis"
     cache.mkdir(parents=True)
     os.chown(cache, nobody.pw_uid, nobody.pw_gid)
@@ -137,12 +138,14 @@ def root_only_file() -> Iterator[Path]:
 
 
 def test_tasks_run_as_the_task_user(platform: Platform, nobody: pwd.struct_passwd, root_only_file: Path) -> None:
-    platform.start_worker("-p", PASSWORD, "--task-user", "nobody", user=OWNER)
+    # the worker in root's group, as a supplementary group too (as root logins are), which its tasks must not keep
+    platform.start_worker("-p", PASSWORD, "--task-user", "nobody", user=OWNER, wrapper=("setpriv", "--groups=0"))
     upload = platform.api("POST", f"/groups/{OWNER}/attachments", {"key": "input.txt", "content_length": 6}, user=OWNER).json
     assert http("PUT", platform.url + upload["url"], raw=b"input\n", headers={"Content-Type": "application/octet-stream"}).status == 200
     resource = {"remote_file": {"Attachment": {"key": "input.txt"}}, "local_path": "data/input.txt"}
     script = r"""
     id -u > "$MITO_RESULT_DIR/uid"
+    id -G > "$MITO_RESULT_DIR/groups"
     stat -c %u "$MITO_RESULT_DIR" "$MITO_EXEC_DIR" "$MITO_RESOURCE_DIR" "$MITO_RESOURCE_DIR/data" "$MITO_RESOURCE_DIR/data/input.txt" \
       . "$MITO_NEW_TASK" > "$MITO_RESULT_DIR/owners"
     echo "$HOME $USER" > "$MITO_RESULT_DIR/home"
@@ -152,6 +155,7 @@ def test_tasks_run_as_the_task_user(platform: Platform, nobody: pwd.struct_passw
     task = submit(platform, OWNER, task_spec={"args": ["sh", "-c", script], "envs": {"ROOT_ONLY": str(root_only_file)}, "resources": [resource]})
     files = result_files(platform, task)
     assert files["uid"] == f"{nobody.pw_uid}\n"
+    assert set(files["groups"].split()) == {str(gid) for gid in os.getgrouplist("nobody", nobody.pw_gid)}  # none of root's
     assert files["owners"].split() == [str(nobody.pw_uid)] * 7  # its directories, the work dir and the fetched resource are its own
     assert files["home"] == f"{nobody.pw_dir} nobody\n"
     assert "root's secret" not in files["stolen"] and files["stolen"].endswith("refused\n")

@@ -58,7 +58,7 @@ class Account:
     name: str
     uid: int
     gid: int
-    groups: list[int]  # its supplementary groups: the child must not keep root's
+    groups: tuple[int, ...]  # its supplementary groups: the child must not keep root's
     home: str
 
     @classmethod
@@ -69,7 +69,7 @@ class Account:
             entry = pwd.getpwnam(name)
         except KeyError:
             raise ConfigError(f"--task-user {name}: no such account") from None
-        return cls(name, entry.pw_uid, entry.pw_gid, os.getgrouplist(name, entry.pw_gid), entry.pw_dir)
+        return cls(name, entry.pw_uid, entry.pw_gid, tuple(os.getgrouplist(name, entry.pw_gid)), entry.pw_dir)
 
     def scratch_root(self, worker: str) -> Path:
         """The worker's directory for its slots. Root's cache dir is usually out of the account's
