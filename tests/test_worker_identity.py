@@ -147,7 +147,7 @@ def test_tasks_run_as_the_task_user(platform: Platform, nobody: pwd.struct_passw
     id -u > "$MITO_RESULT_DIR/uid"
     id -G > "$MITO_RESULT_DIR/groups"
     stat -c %u "$MITO_RESULT_DIR" "$MITO_EXEC_DIR" "$MITO_RESOURCE_DIR" "$MITO_RESOURCE_DIR/data" "$MITO_RESOURCE_DIR/data/input.txt" \
-      . "$MITO_NEW_TASK" > "$MITO_RESULT_DIR/owners"
+      . "${MITO_NEW_TASK%/*}" > "$MITO_RESULT_DIR/owners"
     echo "$HOME $USER" > "$MITO_RESULT_DIR/home"
     cat "$ROOT_ONLY" > "$MITO_RESULT_DIR/stolen" 2>&1 || echo refused >> "$MITO_RESULT_DIR/stolen"
     echo '{"labels": ["downstream"], "task_spec": {"args": ["true"]}}' > "$MITO_NEW_TASK"
@@ -156,7 +156,7 @@ def test_tasks_run_as_the_task_user(platform: Platform, nobody: pwd.struct_passw
     files = result_files(platform, task)
     assert files["uid"] == f"{nobody.pw_uid}\n"
     assert set(files["groups"].split()) == {str(gid) for gid in os.getgrouplist("nobody", nobody.pw_gid)}  # none of root's
-    assert files["owners"].split() == [str(nobody.pw_uid)] * 7  # its directories, the work dir and the fetched resource are its own
+    assert files["owners"].split() == [str(nobody.pw_uid)] * 7  # its folders (and the one its new task goes in), the fetched resource
     assert files["home"] == f"{nobody.pw_dir} nobody\n"
     assert "root's secret" not in files["stolen"] and files["stolen"].endswith("refused\n")
     query = platform.api("POST", "/tasks/query", {"labels": ["downstream"], "count": True}, user=OWNER).json
