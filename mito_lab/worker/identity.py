@@ -72,9 +72,9 @@ class Account:
         return cls(name, entry.pw_uid, entry.pw_gid, tuple(os.getgrouplist(name, entry.pw_gid)), entry.pw_dir)
 
     def scratch_root(self, worker: str) -> Path:
-        """The worker's directory for its slots. Root's cache dir is usually out of the account's
-        reach (``/root`` is 0700): this one is a fresh temporary directory that it may traverse
-        but not list."""
+        """The worker's directory for its slots and its tasks' folders. Root's cache dir is
+        usually out of the account's reach (``/root`` is 0700): this one is a fresh temporary
+        directory that it may cross but not list."""
         root = Path(tempfile.mkdtemp(prefix=f"mito-worker-{worker}-"))
         root.chmod(0o711)
         return root
