@@ -704,6 +704,12 @@ class RegisterWorkerResp(Response):
     worker_id: UUID
     token: str
     redis_url: str | None = None
+    # mito_lab: durations from the moment of this answer, so that a worker times them on its own
+    # monotonic clock, whatever its wall clock says (a coordinator of the reference sends neither)
+    lifetime: WireDuration | None = Field(default=None, description="how long the worker's token is valid from now")
+    heartbeat_timeout: WireDuration | None = Field(
+        default=None, description="a worker that does not heartbeat for this long is removed and its tasks re-queued"
+    )
 
 
 class WorkerInfo(Response):

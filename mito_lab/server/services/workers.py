@@ -151,7 +151,10 @@ class WorkerService:
         lifetime = request.lifetime or self.context.config.access_token_expires_in
         token = self.context.tokens.issue(str(worker_uuid), "worker", lifetime)
         log.info("worker %s registered by %s for %s", worker_uuid, user.username, sorted(roles))
-        return RegisterWorkerResp(worker_id=worker_uuid, token=token, redis_url=self.context.redis_worker_url)
+        return RegisterWorkerResp(
+            worker_id=worker_uuid, token=token, redis_url=self.context.redis_worker_url,
+            lifetime=lifetime, heartbeat_timeout=self.context.config.heartbeat_timeout,
+        )
 
     async def authenticate(self, bearer: str) -> WorkerIdentity:
         claims = self.context.tokens.verify(bearer, "worker")
