@@ -192,6 +192,8 @@ class TaskResultMessage(_LenientEnum):
     SubmitNewTaskFailed = "SubmitNewTaskFailed"
     # mito_lab: every attempt lost its worker (it was re-queued max_attempts times)
     AttemptsExhausted = "AttemptsExhausted"
+    # mito_lab: the coordinator refused a report of the task's worker, which then drops the task
+    ReportRefused = "ReportRefused"
 
 
 class TaskExecState(_LenientEnum):

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import tarfile
 import time
+import uuid
 from pathlib import Path
 
-from conftest import Platform, require_service
-from test_dispatch import submit
+from conftest import Platform, http, require_service
+from test_dispatch import fetch, register, submit
 from test_end_to_end import submitted_uuid
+from test_protocol_v2 import exchange, info
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
@@ -37,3 +39,49 @@ def test_a_worker_whose_clock_is_days_ahead_lives_its_lifetime(platform: Platfor
     with tarfile.open(platform.home / "now.tgz") as tar:
         worker_now = int(tar.extractfile("result/now").read())  # type: ignore[union-attr]
     assert worker_now > time.time() + 86400  # the clock really was skewed
+
+
+def test_a_watch_on_an_unknown_task_is_refused_at_submit(platform: Platform) -> None:
+    unknown = platform.mito("submit", "--watch", f"{uuid.uuid4()},ExecFinished", "--", "true", check=False)
+    assert unknown.returncode != 0 and "the task to watch" in unknown.stdout + unknown.stderr
+    assert platform.api("POST", "/tasks/query", {"count": True}).json["count"] == 0
+
+
+def test_a_watch_that_is_refused_ends_the_task(platform: Platform) -> None:
+    platform.start_worker()
+    # a task of a group that the worker does not serve: the worker may not watch it
+    assert platform.api("POST", "/groups", {"group_name": "elsewhere"}).status == 200
+    watched = submit(platform, group_name="elsewhere")
+    watching = submit(platform, task_spec={"args": ["true"], "watch": [watched, "ExecFinished"]})
+    ended = platform.wait_task(watching)
+    assert ended["state"] == "Cancelled" and ended["result"] == {"exit_status": 0, "msg": "WatchTimeout"}
+    assert ended["exec_state"] == "TaskCommitted"
+
+
+def test_a_refused_report_ends_the_task_on_both_protocols(platform: Platform) -> None:
+    token = register(platform)
+    batched = submit(platform)
+    [taken] = exchange(platform, token, want=1)["tasks"]
+    answer = exchange(platform, token, reports=[{"id": taken["id"], "ops": [{"Commit": {"exit_status": 0}}]}])  # it never ended
+    assert [(r["id"], r["status"]) for r in answer["refused"]] == [(taken["id"], 400)]
+    reference = submit(platform)
+    task_id = fetch(platform, token)["id"]
+    refused = http("POST", f"{platform.url}/workers/tasks", {"id": task_id, "op": {"Commit": {"exit_status": 0}}}, token=token)
+    assert refused.status == 400 and "ReportRefused" in refused.json["msg"]
+    for task in (batched, reference):  # neither is left Running on a worker that dropped it
+        assert info(platform, task)["state"] == "Cancelled"
+        assert info(platform, task)["result"] == {"exit_status": 0, "msg": "ReportRefused"}
+
+
+def test_cancelling_a_running_task_says_what_it_did(platform: Platform) -> None:
+    token = register(platform)
+    task = submit(platform)
+    fetch(platform, token)  # a worker holds it and has not stopped it yet
+    asked = platform.mito("manage", "task", task, "cancel").stdout
+    assert "its worker was told to stop it" in asked and "cancelled" not in asked
+    again = platform.mito("manage", "task", task, "cancel", check=False)
+    assert again.returncode != 0 and "being cancelled" in again.stdout + again.stderr  # it changes nothing, and says so
+    assert info(platform, task)["state"] == "Running"
+    waiting = submit(platform)
+    assert "cancelled" in platform.mito("manage", "task", waiting, "cancel").stdout
+    assert info(platform, waiting)["state"] == "Cancelled"

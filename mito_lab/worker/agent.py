@@ -655,7 +655,11 @@ class Agent:
             self.reports.state(task, TaskExecState.Watch)
             while True:
                 remaining = deadline - loop.time()
-                answer = await self.client.watch(target, state, min(max(remaining, 0), WATCH_POLL_SECONDS))
+                try:
+                    answer = await self.client.watch(target, state, min(max(remaining, 0), WATCH_POLL_SECONDS))
+                except MitoError as exc:  # e.g. its group is not served here: the state can never be seen
+                    log.warning("task %s: watching task %s refused: %s", task.uuid, target, exc)
+                    return await self._cancel(task, TaskResultMessage.WatchTimeout, TaskExecState.WatchTimeout)
                 if answer.reached:
                     self.reports.state(task, TaskExecState.WatchFinished)
                     break
