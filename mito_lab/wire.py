@@ -194,6 +194,8 @@ class TaskResultMessage(_LenientEnum):
     AttemptsExhausted = "AttemptsExhausted"
     # mito_lab: the coordinator refused a report of the task's worker, which then drops the task
     ReportRefused = "ReportRefused"
+    # mito_lab: an output's upload never arrived whole in the object store (it was not recorded)
+    OutputsLost = "OutputsLost"
 
 
 class TaskExecState(_LenientEnum):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import Platform, http, require_service
-from test_dispatch import fetch, register, submit
+from test_dispatch import fetch, register, report, submit
 from test_end_to_end import submitted_uuid
 from test_protocol_v2 import exchange, info
 
@@ -109,3 +109,37 @@ def test_cancelling_a_running_task_says_what_it_did(platform: Platform) -> None:
     assert "cancelled" in platform.mito("manage", "task", waiting, "cancel").stdout
     assert info(platform, waiting)["state"] == "Cancelled"
 
+
+def storage_used(platform: Platform) -> int:
+    return platform.api("GET", "/groups/mitosis_admin").json["storage_used"]
+
+
+def test_a_worker_lost_before_its_upload_arrived_runs_the_task_again(platform: Platform) -> None:
+    token = register(platform)  # this worker dies before the first byte of its result arrives
+    task = submit(platform, task_spec={"args": ["sh", "-c", 'echo made > "$MITO_RESULT_DIR/made.txt"']})
+    held = fetch(platform, token)
+    assert report(platform, token, held["id"], "Finish").status == 200
+    upload = report(platform, token, held["id"], {"Upload": {"content_type": "result", "content_length": 1000}})
+    assert upload.status == 200 and upload.json["url"]
+    assert platform.api("GET", f"/tasks/{task}").json["artifacts"] == []  # nothing recorded (or charged) before it arrived
+    assert storage_used(platform) == 0
+    platform.start_worker()  # takes the task once the coordinator gave up on the dead worker (10 s)
+    ended = platform.wait_task(task, timeout=90)
+    assert ended["state"] == "Finished" and ended["result"] == {"exit_status": 0, "msg": None} and ended["attempts"] == 2
+    [result] = platform.api("GET", f"/tasks/{task}").json["artifacts"]
+    assert result["content_type"] == "result" and storage_used(platform) == result["size"]
+    platform.mito("get", "artifact", task, "result", "-o", "out.tgz")
+    with tarfile.open(platform.home / "out.tgz") as tar:
+        assert tar.extractfile("result/made.txt").read() == b"made\n"  # type: ignore[union-attr]
+
+
+def test_a_commit_whose_output_never_arrived_says_so(platform: Platform) -> None:
+    token = register(platform)
+    task = submit(platform)
+    [taken] = exchange(platform, token, want=1)["tasks"]
+    upload = report(platform, token, taken["id"], {"Upload": {"content_type": "result", "content_length": 1000}})
+    assert upload.status == 200 and upload.json["url"]  # and never used
+    exchange(platform, token, reports=[{"id": taken["id"], "ops": ["Finish", {"Commit": {"exit_status": 0}}]}])
+    ended = info(platform, task)
+    assert ended["state"] == "Finished" and ended["result"] == {"exit_status": 0, "msg": "OutputsLost"}
+    assert platform.api("GET", f"/tasks/{task}").json["artifacts"] == [] and storage_used(platform) == 0

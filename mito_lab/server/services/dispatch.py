@@ -36,6 +36,7 @@ from mito_lab.server.services.activity import (
     task_payload,
 )
 from mito_lab.server.services.context import Context
+from mito_lab.server.services.outputs import confirm_outputs
 from mito_lab.server.services.tasks import now
 from mito_lab.wire import (
     CommitOp,
@@ -379,6 +380,14 @@ class Dispatcher:
             events.extend(seen)
             if updated.archived_at is not None:
                 committed.append(updated)
+        if committed:  # outputs are recorded once the store has them whole
+            lost = await confirm_outputs(self.context, connection, [task.uuid for task in committed])
+            for task in committed:
+                if task.uuid in lost and task.result_msg is None:
+                    task.result_msg = TaskResultMessage.OutputsLost
+            for task, payload in events:
+                if task.uuid in lost and payload["archived"]:
+                    payload["msg"] = task.result_msg.value if task.result_msg else None
         if written:
             latest = {task.id: task for task in written}
             await connection.execute(
