@@ -850,10 +850,10 @@ async def run(config: WorkerConfig) -> int:
     client = WorkerClient(session, stopping)
     root = cache_dir() / str(registration.worker_id)
     agent = Agent(config, client, root)
+    expires = time.monotonic() + agent.agree(registration)  # before the loops that follow its terms start
     loop = asyncio.get_running_loop()
     work = asyncio.create_task(agent.serve())
     beats = asyncio.create_task(agent.heartbeats())
-    expires = time.monotonic() + agent.agree(registration)
     retire = asyncio.create_task(agent.retire_at(expires, work))
     signals = 0
 
