@@ -197,6 +197,10 @@ class TaskResultMessage(_LenientEnum):
     # mito_lab: the worker could not make the task's files (a resource's path, a full disk), or pack
     # or store what it left; the reason ends the task's stderr log, or the worker's log
     WorkerError = "WorkerError"
+    # mito_lab: the coordinator refused a report of the task's worker, which then drops the task
+    ReportRefused = "ReportRefused"
+    # mito_lab: an output's upload never arrived whole in the object store (it was not recorded)
+    OutputsLost = "OutputsLost"
 
 
 class TaskExecState(_LenientEnum):
@@ -729,6 +733,12 @@ class RegisterWorkerResp(Response):
     worker_id: UUID
     token: str
     redis_url: str | None = None
+    # mito_lab: durations from the moment of this answer, so that a worker times them on its own
+    # monotonic clock, whatever its wall clock says (a coordinator of the reference sends neither)
+    lifetime: WireDuration | None = Field(default=None, description="how long the worker's token is valid from now")
+    heartbeat_timeout: WireDuration | None = Field(
+        default=None, description="a worker that does not heartbeat for this long is removed and its tasks re-queued"
+    )
 
 
 class WorkerInfo(Response):

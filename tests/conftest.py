@@ -171,9 +171,12 @@ class Platform:
             assert done.returncode == 0, f"{args} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
         return done
 
-    def start_worker(self, *args: str, user: str = ADMIN[0], wrapper: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, *args: str, user: str = ADMIN[0], wrapper: tuple[str, ...] = (), env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         """A ``mito worker`` of ``user`` (its password in ``MITO_PASSWORD``), started through the
-        ``wrapper`` command if one is given (e.g. ``setpriv`` options)."""
+        ``wrapper`` command if one is given (e.g. ``setpriv`` options); ``env``: variables added to
+        its environment."""
         password = ADMIN[1] if user == ADMIN[0] else f"{user}-password"
         index = len(self.workers)
         log = (self.home / f"worker-{index}.log").open("wb")
@@ -181,7 +184,7 @@ class Platform:
             [*wrapper, sys.executable, "-m", "mito_lab", "worker", "-c", self.url, "-u", user,
              "--credential-path", str(self.home / f"worker-{index}.credentials"),
              "--polling-interval", "20s", "--heartbeat-interval", "2s", *args],
-            env=self.env(MITO_PASSWORD=password), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home,
+            env=self.env(MITO_PASSWORD=password, **(env or {})), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home,
         )
         log.close()
         self.workers.append(process)

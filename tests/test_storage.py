@@ -87,6 +87,8 @@ def test_s3_store_against_seaweedfs(s3: S3Server) -> None:
                                  headers={"Content-Type": "application/octet-stream"})
     with urllib.request.urlopen(put) as answer:
         assert answer.status == 200
+    assert asyncio.run(store.size("mito-artifacts", "t/result.tar.gz")) == 5  # what arrived
+    assert asyncio.run(store.size("mito-artifacts", "t/never-uploaded")) is None
     link = store.download_url("mito-artifacts", "t/result.tar.gz", timedelta(hours=1))
     with urllib.request.urlopen(link) as answer:
         assert answer.read() == b"hello"

@@ -293,6 +293,9 @@ async def cmd_manage_task(client: AsyncClient, args: argparse.Namespace) -> Any:
     action = args.task_action
     if action == "cancel":
         await client.cancel_task(args.uuid)
+        info = (await client.get_task(args.uuid)).info
+        if info.state is TaskState.Running:  # only asked: it ends when its worker has stopped it
+            return f"Task {args.uuid} is running: its worker was told to stop it"
         return f"Task {args.uuid} cancelled"
     if action == "update-labels":
         await client.update_task_labels(args.uuid, args.values)

@@ -44,6 +44,9 @@ class ObjectStore(Protocol):
     async def delete(self, bucket: str, key: str) -> None:
         """Remove the object; a missing object is not an error."""
 
+    async def size(self, bucket: str, key: str) -> int | None:
+        """The object's size in bytes, ``None`` if there is none (an upload lands whole or not at all)."""
+
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
@@ -133,6 +136,12 @@ class LocalStore:
     async def delete(self, bucket: str, key: str) -> None:
         self.path(bucket, key).unlink(missing_ok=True)
 
+    async def size(self, bucket: str, key: str) -> int | None:
+        try:
+            return self.path(bucket, key).stat().st_size
+        except FileNotFoundError:
+            return None
+
 
 class S3Store:
     """S3 through minio; presigning is a local computation, bucket calls run in a thread."""
@@ -168,3 +177,12 @@ class S3Store:
 
     async def delete(self, bucket: str, key: str) -> None:
         await asyncio.to_thread(self.client.remove_object, bucket, key)
+
+    async def size(self, bucket: str, key: str) -> int | None:
+        try:
+            found = await asyncio.to_thread(self.client.stat_object, bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return None
+            raise
+        return found.size

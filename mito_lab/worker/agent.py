@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from mito_lab.client.api import login_token
 from mito_lab.client.credentials import Credentials
 from mito_lab.client.http import HttpSession, MitoError
-from mito_lab.config import WorkerConfig, cache_dir
+from mito_lab.config import WorkerConfig, cache_dir, format_duration
 from mito_lab.logs import setup_logging
 from mito_lab.wire import (
     LIVE_LOG_CHUNK,
@@ -75,6 +75,7 @@ T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 30.0
 PREPARE_SECONDS = 30 * 60  # resources plus watch, as the reference
 RETIRE_MARGIN_SECONDS = 30.0
+HEARTBEATS_PER_TIMEOUT = 3  # a worker heartbeats at least this often within the coordinator's timeout
 WATCH_POLL_SECONDS = 60.0
 LOG_SHIP_SECONDS = 0.5
 UPLOAD_URL_ATTEMPTS = 3
@@ -318,6 +319,23 @@ class Agent:
         elif os.geteuid() == 0:
             log.warning("tasks run as root: they can read this worker's memory and do anything on this host (see --task-user)")
         self.retiring = False
+        self.heartbeat_interval = config.heartbeat_interval.total_seconds()  # lowered by ``agree``
+
+    def agree(self, registration: RegisterWorkerResp) -> float:
+        """Take the coordinator's terms: heartbeat well within its heartbeat timeout (a longer
+        interval would get the worker removed while it runs, and its tasks run twice). Returns the
+        worker's lifetime in seconds from now."""
+        timeout = registration.heartbeat_timeout
+        if timeout is not None and self.heartbeat_interval > timeout.total_seconds() / HEARTBEATS_PER_TIMEOUT:
+            self.heartbeat_interval = timeout.total_seconds() / HEARTBEATS_PER_TIMEOUT
+            log.warning(
+                "--heartbeat-interval %s is too long for the coordinator's heartbeat timeout of %s: heartbeating every %.1fs",
+                format_duration(self.config.heartbeat_interval), format_duration(timeout), self.heartbeat_interval,
+            )
+        if registration.lifetime is not None:
+            return registration.lifetime.total_seconds()
+        # a coordinator of the reference says only when the token expires, by its wall clock
+        return float(jwt.decode(registration.token, options={"verify_signature": False})["exp"]) - time.time()
 
     @property
     def busy(self) -> bool:
@@ -328,7 +346,7 @@ class Agent:
     async def heartbeats(self) -> None:
         """Heartbeats on their own timer. While the worker holds tasks, each heartbeat is held open
         by the coordinator and answers at once if one is cancelled, so it is stopped within a second."""
-        interval = min(self.config.heartbeat_interval.total_seconds(), MAX_WAIT_SECONDS)
+        interval = min(self.heartbeat_interval, MAX_WAIT_SECONDS)
         while True:
             if not self.busy:
                 await self.client.heartbeat()
@@ -558,9 +576,10 @@ class Agent:
         self.cancelled.discard(task.uuid)
 
     async def retire_at(self, expires: float, work: asyncio.Task[None]) -> None:
-        """Take no new task once the token is about to expire; leave after the current ones, while
-        the token still works, so the coordinator drops the worker at once (reference pain 14)."""
-        await asyncio.sleep(max(0.0, expires - time.time() - RETIRE_MARGIN_SECONDS))
+        """Take no new task once the token is about to expire (``expires``: on the monotonic
+        clock, which a wrong or changed wall clock does not move); leave after the current ones,
+        while the token still works, so the coordinator drops the worker at once (reference pain 14)."""
+        await asyncio.sleep(max(0.0, expires - time.monotonic() - RETIRE_MARGIN_SECONDS))
         log.info("the worker's lifetime is ending: leaving after the current tasks")
         self.retiring = True
         self._changed.set()
@@ -650,7 +669,11 @@ class Agent:
             self.reports.state(task, TaskExecState.Watch)
             while True:
                 remaining = deadline - loop.time()
-                answer = await self.client.watch(target_uuid, state, min(max(remaining, 0), WATCH_POLL_SECONDS))
+                try:
+                    answer = await self.client.watch(target_uuid, state, min(max(remaining, 0), WATCH_POLL_SECONDS))
+                except MitoError as exc:  # e.g. its group is not served here: the state can never be seen
+                    log.warning("task %s: watching task %s refused: %s", task.uuid, target_uuid, exc)
+                    return await self._cancel(task, TaskResultMessage.WatchTimeout, TaskExecState.WatchTimeout)
                 if answer.reached:
                     self.reports.state(task, TaskExecState.WatchFinished)
                     break
@@ -861,10 +884,10 @@ async def run(config: WorkerConfig) -> int:
     root = account.scratch_root(str(registration.worker_id)) if account else cache_dir() / str(registration.worker_id)
     containment = Containment.start(config.task_cgroup)
     agent = Agent(config, client, root, containment, account)
+    expires = time.monotonic() + agent.agree(registration)  # before the loops that follow its terms start
     loop = asyncio.get_running_loop()
     work = asyncio.create_task(agent.serve())
     beats = asyncio.create_task(agent.heartbeats())
-    expires = jwt.decode(registration.token, options={"verify_signature": False})["exp"]
     retire = asyncio.create_task(agent.retire_at(expires, work))
     signals = 0
 

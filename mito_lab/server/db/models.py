@@ -255,6 +255,19 @@ class Artifact(Timestamps, Base):
     size: Mapped[int] = mapped_column(sa.BigInteger)
 
 
+class ArtifactUpload(Timestamps, Base):
+    """An output whose upload URL a worker was given, not yet seen in the store: it becomes an
+    ``Artifact`` (and is charged) when its task is committed or its worker lost, if the object
+    arrived with this size (``services/outputs.py``)."""
+
+    __tablename__ = "artifact_uploads"
+    __table_args__ = (sa.UniqueConstraint("task_uuid", "content_type"),)
+
+    task_uuid: Mapped[uuid_module.UUID] = mapped_column(sa.Uuid)
+    content_type: Mapped[ArtifactContentType] = mapped_column(_enum(ArtifactContentType, "artifact_type"))
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+
+
 class Attachment(Timestamps, Base):
     __tablename__ = "attachments"
     __table_args__ = (sa.UniqueConstraint("group_id", "key"),)

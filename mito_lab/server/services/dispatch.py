@@ -36,6 +36,7 @@ from mito_lab.server.services.activity import (
     task_payload,
 )
 from mito_lab.server.services.context import Context
+from mito_lab.server.services.outputs import confirm_outputs
 from mito_lab.server.services.tasks import now
 from mito_lab.wire import (
     CommitOp,
@@ -48,6 +49,7 @@ from mito_lab.wire import (
     Role,
     TaskExecState,
     TaskReport,
+    TaskResultMessage,
     TaskSpec,
     TaskState,
     WorkerState,
@@ -273,6 +275,14 @@ def apply_op(task: TaskRow, op: ExchangeOp, worker: WorkerIdentity, moment: date
         changed(task)
 
 
+def end_refused(task: TaskRow, moment: datetime, changed: Callable[[TaskRow], None]) -> None:
+    """The task whose report was refused ends here: its worker drops it, so no one would end it."""
+    if task.state == TaskState.Running:
+        task.state, task.ended_at = TaskState.Cancelled, moment
+    task.exit_status, task.result_msg, task.archived_at = 0, TaskResultMessage.ReportRefused, moment
+    changed(task)
+
+
 class Dispatcher:
     def __init__(self, context: Context, retire: Callable[[WorkerIdentity], Awaitable[None]]) -> None:
         """``retire`` removes a gracefully stopping worker once its last task is committed."""
@@ -357,14 +367,27 @@ class Dispatcher:
                 for op in report.ops:
                     apply_op(updated, op, worker, moment, lambda t: seen.append((t, _event_fields(t))))
             except Refused as refusal:
-                refused.append(ReportRefusal(id=report.id, status=refusal.status, msg=refusal.msg))
-                continue
+                if op == "Release":  # a retried release: the task may be running here again since
+                    refused.append(ReportRefusal(id=report.id, status=refusal.status, msg=refusal.msg))
+                    continue
+                refused.append(ReportRefusal(id=report.id, status=refusal.status, msg=f"{refusal.msg}: the task ends {TaskResultMessage.ReportRefused.value}"))
+                log.warning("task %s ends: worker %s reported %s, refused: %s", task.uuid, worker.worker_id, op, refusal.msg)
+                updated, seen = TaskRow(**task.__dict__), []  # none of the report's ops apply
+                end_refused(updated, moment, lambda t: seen.append((t, _event_fields(t))))
             updated.updated_at = moment
             tasks[report.id] = updated  # a second report on the same task builds on the first
             written.append(updated)
             events.extend(seen)
             if updated.archived_at is not None:
                 committed.append(updated)
+        if committed:  # outputs are recorded once the store has them whole
+            lost = await confirm_outputs(self.context, connection, [task.uuid for task in committed])
+            for task in committed:
+                if task.uuid in lost and task.result_msg is None:
+                    task.result_msg = TaskResultMessage.OutputsLost
+            for task, payload in events:
+                if task.uuid in lost and payload["archived"]:
+                    payload["msg"] = task.result_msg.value if task.result_msg else None
         if written:
             latest = {task.id: task for task in written}
             await connection.execute(

@@ -97,15 +97,20 @@ async def add_group(session: AsyncSession, creator: User, name: str) -> Group:
     return group
 
 
-async def charge_storage(session: AsyncSession, group: Group, old_size: int, new_size: int) -> None:
-    """Account an object of ``group`` going from ``old_size`` to ``new_size`` bytes (0 = absent).
-    Growth must fit in the storage quota (403); shrinking gives space back."""
+def require_room(group: Group, old_size: int, new_size: int) -> None:
+    """An object of ``group`` may go from ``old_size`` to ``new_size`` bytes (0 = absent): growth
+    must fit in the storage quota (403); shrinking is always allowed."""
     if new_size and group.state != GroupState.Active:  # deleting is always allowed
         raise InvalidRequest(f"group {group.group_name} is {group.state.value}")
     growth = new_size - old_size
     if growth > 0 and group.storage_used + growth > group.storage_quota:
         raise QuotaExceeded()
-    group.storage_used = max(0, group.storage_used + growth)
+
+
+async def charge_storage(session: AsyncSession, group: Group, old_size: int, new_size: int) -> None:
+    """Account an object of ``group`` going from ``old_size`` to ``new_size`` bytes (``require_room``)."""
+    require_room(group, old_size, new_size)
+    group.storage_used = max(0, group.storage_used + new_size - old_size)
 
 
 async def locked_group(context: Context, session: AsyncSession, group_id: int) -> Group:

@@ -292,13 +292,17 @@ async def require_readable_references(session: AsyncSession, user: User, spec: T
         referenced.add(spec.watch[0])
     if not referenced:
         return
-    groups = (await session.execute(
-        sa.select(Group.id, Group.group_name).join(Task, Task.group_id == Group.id).where(Task.uuid.in_(referenced)).distinct()
+    found = (await session.execute(
+        sa.select(Task.uuid, Group.id, Group.group_name).join(Task, Task.group_id == Group.id).where(Task.uuid.in_(referenced))
     )).all()
+    if spec.watch is not None and spec.watch[0] not in {row.uuid for row in found}:
+        # its worker would wait for a state that no task can reach
+        raise NotFound(f"Task {spec.watch[0]} (the task to watch)")
+    groups = {(row.id, row.group_name) for row in found}
     readable = set((await session.scalars(
-        sa.select(UserGroup.group_id).where(UserGroup.user_id == user.id, UserGroup.group_id.in_([g.id for g in groups]))
+        sa.select(UserGroup.group_id).where(UserGroup.user_id == user.id, UserGroup.group_id.in_([g for g, _ in groups]))
     )).all())
-    for group_id, name in groups:
+    for group_id, name in sorted(groups):
         if group_id not in readable:
             raise PermissionDenied(f"the task refers to a task of group {name}, which you cannot read")
 

@@ -51,13 +51,13 @@ from mito_lab.server.services.groups import (
     require_role,
 )
 from mito_lab.server.services.logs import append as append_log
+from mito_lab.server.services.outputs import confirm_outputs, reserve_output
 from mito_lab.server.services.tasks import (
     artifact_download,
     insert_tasks,
     load_task,
     now,
     require_readable_references,
-    reserve_artifact,
     task_response,
 )
 from mito_lab.server.services.watch import reaches
@@ -151,7 +151,10 @@ class WorkerService:
         lifetime = request.lifetime or self.context.config.access_token_expires_in
         token = self.context.tokens.issue(str(worker_uuid), "worker", lifetime)
         log.info("worker %s registered by %s for %s", worker_uuid, user.username, sorted(roles))
-        return RegisterWorkerResp(worker_id=worker_uuid, token=token, redis_url=self.context.redis_worker_url)
+        return RegisterWorkerResp(
+            worker_id=worker_uuid, token=token, redis_url=self.context.redis_worker_url,
+            lifetime=lifetime, heartbeat_timeout=self.context.config.heartbeat_timeout,
+        )
 
     async def authenticate(self, bearer: str) -> WorkerIdentity:
         claims = self.context.tokens.verify(bearer, "worker")
@@ -220,7 +223,7 @@ class WorkerService:
             if isinstance(op, LogOp):
                 await append_log(self.context, session, task, op.Log)
             elif isinstance(op, UploadOp):
-                upload = await reserve_artifact(self.context, session, task, op.Upload.content_type, op.Upload.content_length)
+                upload = await reserve_output(self.context, session, task, op.Upload.content_type, op.Upload.content_length)
                 task.updated_at = now()
                 return ReportTaskResp(url=upload.url)
             else:
@@ -260,17 +263,22 @@ class WorkerService:
     async def _remove(self, session: AsyncSession, worker: Worker) -> None:
         """Delete a worker. Each task it held goes back to Ready, unless a user cancelled it or it
         has used up its attempts (then it ends Cancelled); a task that already reported its outcome
-        keeps it and never runs again."""
+        keeps it and never runs again, unless its outputs were lost on the way (it runs again, or
+        ends OutputsLost if it has used up its attempts)."""
         held = (await session.scalars(
             sa.select(Task).where(Task.assigned_worker_id == worker.id, Task.archived_at.is_(None))
         )).all()
+        lost = await confirm_outputs(self.context, await session.connection(), [task.uuid for task in held])
         for task in held:
             moment = now()
-            if task.state != TaskState.Running:
+            if task.state != TaskState.Running and task.uuid not in lost:
                 task.archived_at = moment
             elif task.cancel_requested or task.attempts >= task.max_attempts:
                 task.state, task.exit_status, task.archived_at, task.ended_at = TaskState.Cancelled, 0, moment, moment
-                task.result_msg = TaskResultMessage.UserCancellation if task.cancel_requested else TaskResultMessage.AttemptsExhausted
+                task.result_msg = (
+                    TaskResultMessage.UserCancellation if task.cancel_requested
+                    else TaskResultMessage.OutputsLost if task.uuid in lost else TaskResultMessage.AttemptsExhausted
+                )
                 log.warning("task %s ends %s: its worker %s is gone", task.uuid, task.result_msg.value, worker.worker_id)
             else:
                 task.state, task.assigned_worker_id, task.exec_state, task.started_at = TaskState.Ready, None, None, None
