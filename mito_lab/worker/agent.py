@@ -67,7 +67,7 @@ from mito_lab.wire import (
     WorkerTaskResp,
 )
 from mito_lab.worker import identity, packing, runner
-from mito_lab.worker.containment import Containment, UnsafeFile, read_regular_file
+from mito_lab.worker.containment import TASK_ENVIRONMENT_MARK, Containment, UnsafeFile, read_regular_file
 from mito_lab.worker.workspace import STREAMS, FolderPool, Slot, TaskFolders, TaskOutput
 
 log = logging.getLogger("mito_lab.worker")
@@ -691,8 +691,8 @@ class Agent:
 
     def _environment(self, task: WorkerTaskResp, folders: TaskFolders) -> dict[str, str]:
         env = {**self._base_environment, **task.spec.envs}
+        env[TASK_ENVIRONMENT_MARK] = str(task.uuid)  # MITO_TASK_UUID: also how its orphans are told apart
         env.update(
-            MITO_TASK_UUID=str(task.uuid),
             MITO_RESULT_DIR=str(folders.result),
             MITO_EXEC_DIR=str(folders.exec),
             MITO_RESOURCE_DIR=str(folders.resource),

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import errno
 import logging
 import os
 import signal
 import stat
+import sys
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -58,16 +59,21 @@ def read_regular_file(path: Path, limit: int) -> bytes | None:
     return data
 
 
-def become_subreaper() -> bool:
-    """Make this process the reaper of its orphaned descendants (Linux only)."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        log.warning("cannot become a child subreaper (%s): processes a task detaches may outlive it", os.strerror(ctypes.get_errno()))
-        return False
-    return True
+def prctl(option: int, value: int) -> None:
+    """``prctl(option, value)`` on this process (Linux only); ``OSError`` if it is refused."""
+    if sys.platform != "linux":
+        raise OSError(errno.ENOSYS, "prctl is Linux only")
+    if ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"prctl({option}, {value}): {os.strerror(code)}")
+
+
+def become_subreaper() -> None:
+    """Make this process the reaper of its orphaned descendants."""
+    try:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except OSError as exc:
+        log.warning("cannot become a child subreaper (%s): processes a task detaches may outlive it", exc.strerror)
 
 
 # --- cgroups ----------------------------------------------------------------------------------------
@@ -112,6 +118,7 @@ class TaskCgroups:
         self.home = home  # the worker's own cgroup, where it returns after each start
         self.parent = parent
         self._members: dict[Path, int] = {}  # cgroup -> its cgroup.procs, opened once
+        self._slots: dict[int, Path] = {}  # made once
         self._pid = str(os.getpid()).encode()
 
     @classmethod
@@ -136,9 +143,10 @@ class TaskCgroups:
         return cgroups
 
     def slot(self, index: int) -> Path:
-        path = self.parent / f"slot-{index}"
-        path.mkdir(exist_ok=True)
-        return path
+        if index not in self._slots:
+            self._slots[index] = self.parent / f"slot-{index}"
+            self._slots[index].mkdir(exist_ok=True)
+        return self._slots[index]
 
     @contextlib.contextmanager
     def entered(self, cgroup: Path) -> Iterator[None]:

@@ -6,7 +6,6 @@ reach neither the worker's files nor its processes."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pwd
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import setproctitle
 
 from mito_lab.config import ConfigError
+from mito_lab.worker.containment import prctl
 
 PR_SET_DUMPABLE = 4
 HIDDEN = "***"
@@ -46,9 +46,7 @@ def conceal(password: str | None) -> None:
     setproctitle.setthreadtitle(name)  # it also renames the process after the title's start: ps, top and pgrep keep "python"
     os.environ.pop("MITO_PASSWORD", None)
     if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+        prctl(PR_SET_DUMPABLE, 0)
 
 
 @dataclass(frozen=True)
