@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from mito_lab.server.db.models import GroupWorker, Task, TaskTag, Worker
+from mito_lab.server.db.models import ArtifactUpload, GroupWorker, Task, TaskTag, Worker
 from mito_lab.server.errors import WrongCredentials
 from mito_lab.server.events import RECHECK
 from mito_lab.server.services.activity import (
@@ -156,13 +156,15 @@ class TaskRow:
     assigned_worker_id: int | None
     reporter_uuid: uuid_module.UUID | None = None
     updated_at: datetime | None = None
+    uploading: bool = False  # an output's upload URL was handed out, the upload not yet confirmed
 
 
-_ROW_COLUMNS = [Task.__table__.c[f.name] for f in fields(TaskRow) if f.name not in ("reporter_uuid", "updated_at")]
+_ROW_COLUMNS = [Task.__table__.c[f.name] for f in fields(TaskRow) if f.name not in ("reporter_uuid", "updated_at", "uploading")]
 _WRITTEN = ("state", "exec_state", "exit_status", "result_msg", "attempts", "started_at", "ended_at", "archived_at",
             "assigned_worker_id", "reporter_uuid", "updated_at")
 _tasks = Task.__table__
-_REPORTED = sa.select(*_ROW_COLUMNS).where(
+_UPLOADING = sa.exists().where(ArtifactUpload.task_uuid == _tasks.c.uuid).label("uploading")
+_REPORTED = sa.select(*_ROW_COLUMNS, _UPLOADING).where(
     _tasks.c.id.in_(sa.bindparam("ids", expanding=True)),
     _tasks.c.assigned_worker_id == sa.bindparam("worker_pk"),
     _tasks.c.archived_at.is_(None),
@@ -380,8 +382,9 @@ class Dispatcher:
             events.extend(seen)
             if updated.archived_at is not None:
                 committed.append(updated)
-        if committed:  # outputs are recorded once the store has them whole
-            lost = await confirm_outputs(self.context, connection, [task.uuid for task in committed])
+        uploaded = [task.uuid for task in committed if task.uploading]
+        if uploaded:  # outputs are recorded once the store has them whole
+            lost = await confirm_outputs(self.context, connection, uploaded)
             for task in committed:
                 if task.uuid in lost and task.result_msg is None:
                     task.result_msg = TaskResultMessage.OutputsLost
