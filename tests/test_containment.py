@@ -17,6 +17,8 @@ from conftest import Platform, http
 from test_dispatch import submit
 from test_lifecycle import processes_with, wait_for
 
+from mito_lab.worker.containment import TaskCgroups
+
 OCTETS = {"Content-Type": "application/octet-stream"}
 # what the worker does with a task does not depend on the database
 pytestmark = pytest.mark.parametrize("platform", ["sqlite-local"], indirect=True)
@@ -113,10 +115,13 @@ def test_every_process_of_a_task_ends_with_it(platform: Platform, cgroup: bool) 
     def detaching(prefix: str, seconds: float) -> list[str]:
         # the marker is assembled by the shell, so that only the detached process's command line has it
         loop = 'while :; do echo tampered > "$1/../../tampered"; sleep 0.2; done'
-        return ["sh", "-c", f"m={prefix}; setsid sh -c '{loop}' \"${{m}}{suffix}\" \"$MITO_RESULT_DIR\" & sleep {seconds}"]
+        # it detaches after a moment: what a task forks before its move into the cgroup is an orphan only
+        return ["sh", "-c", f"m={prefix}; sleep 0.3; setsid sh -c '{loop}' \"${{m}}{suffix}\" \"$MITO_RESULT_DIR\" & sleep {seconds}"]
 
     long = submit(platform, task_spec={"args": detaching("mito-stays-", 6)})
-    wait_for(lambda: processes_with(long_marker), "the long task's detached process")
+    [detached] = wait_for(lambda: processes_with(long_marker), "the long task's detached process")
+    if cgroup and host_offers_cgroups():  # the task's process went into its slot's cgroup, and its children with it
+        assert "/mito-worker-" in Path(f"/proc/{detached}/cgroup").read_text()
     short = submit(platform, task_spec={"args": detaching("mito-escape-", 0.5)})
     assert platform.wait_task(short)["result"] == {"exit_status": 0, "msg": None}
     wait_for(lambda: not processes_with(marker), "the short task's detached process to be killed", timeout=10)
@@ -124,6 +129,13 @@ def test_every_process_of_a_task_ends_with_it(platform: Platform, cgroup: bool) 
     platform.wait_task(long, timeout=30)
     wait_for(lambda: not processes_with(long_marker), "the long task's detached process to be killed", timeout=10)
     still_serves(platform)
+
+
+def host_offers_cgroups() -> bool:
+    offered = TaskCgroups.offered()
+    if offered is not None:
+        offered.close()
+    return offered is not None
 
 
 def test_each_task_gets_fresh_folders_that_are_removed_afterwards(platform: Platform) -> None:

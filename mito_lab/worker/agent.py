@@ -733,19 +733,20 @@ class Agent:
     async def _execute_process(self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput) -> runner.Outcome:
         self._hand_over(folders)
         try:
-            with self.containment.spawning(slot.index):
-                child = runner.spawn(task.spec.args, self._environment(task, folders), folders.work, output.descriptors["stdout"], output.descriptors["stderr"], self.account)
+            child = runner.spawn(task.spec.args, self._environment(task, folders), folders.work, output.descriptors["stdout"], output.descriptors["stderr"], self.account)
         except OSError as exc:  # the program does not exist or cannot be executed
             log.warning("task %s: cannot start %s: %s", task.uuid, task.spec.args[0], exc)
             output.note(f"cannot start {task.spec.args[0]!r}: {exc.strerror or exc}")
             return runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False)
         self.processes[task.id] = child
+        moving = asyncio.ensure_future(self.containment.started(slot.index, child.pid))
         self.reports.state(task, TaskExecState.ExecSpawned)
         if task.uuid in self.cancelled or task.id in self.gone:  # stopped while it was being started
             self._in_background(self.kill(task.id))
         try:
             return await runner.wait(child, task.timeout.total_seconds())
         finally:
+            await moving
             del self.processes[task.id]
             others = {str(running.uuid) for running in self.running.values() if running.id != task.id}
             self.containment.end(slot.index, [other.pid for other in self.processes.values()], others)
