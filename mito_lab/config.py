@@ -8,6 +8,7 @@ Precedence, lowest to highest (as the reference): built-in defaults, the global 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -41,26 +42,34 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
     if isinstance(text, timedelta):
         return text
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        if not isinstance(text, str):
-            raise ValueError(f"invalid duration {text!r}")
-        raw = text.strip()
-        if raw.isdigit():
-            seconds = float(raw)
-        else:
-            pos, seconds = 0, 0.0
-            for match in _DURATION_PART.finditer(raw):
-                if match.start() != pos:
-                    break
-                unit = match.group(2)
-                factor = _DURATION_UNITS.get(unit) or _DURATION_UNITS.get(unit.lower())
-                if factor is None:
-                    raise ValueError(f"invalid duration {text!r}: unknown unit {unit!r}")
-                seconds += int(match.group(1)) * factor
-                pos = match.end()
-            if pos == 0 or raw[pos:].strip():
-                raise ValueError(f"invalid duration {text!r} (examples: 600s, 10min, 1h 30m, 7d)")
+        return _bounded(float(text), text)
+    if not isinstance(text, str):
+        raise ValueError(f"invalid duration {text!r}")
+    return _parse_duration_text(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_duration_text(text: str) -> timedelta:
+    """Cached: a batch of 10,000 tasks carries the same few timeouts."""
+    raw = text.strip()
+    if raw.isdigit():
+        return _bounded(float(raw), text)
+    pos, seconds = 0, 0.0
+    for match in _DURATION_PART.finditer(raw):
+        if match.start() != pos:
+            break
+        unit = match.group(2)
+        factor = _DURATION_UNITS.get(unit) or _DURATION_UNITS.get(unit.lower())
+        if factor is None:
+            raise ValueError(f"invalid duration {text!r}: unknown unit {unit!r}")
+        seconds += int(match.group(1)) * factor
+        pos = match.end()
+    if pos == 0 or raw[pos:].strip():
+        raise ValueError(f"invalid duration {text!r} (examples: 600s, 10min, 1h 30m, 7d)")
+    return _bounded(seconds, text)
+
+
+def _bounded(seconds: float, text: object) -> timedelta:
     if seconds < 0 or seconds > MAX_DURATION.total_seconds():
         raise ValueError(f"duration {text!r} is out of range (0 to 100 years)")
     return timedelta(seconds=seconds)

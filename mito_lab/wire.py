@@ -78,6 +78,8 @@ def _dedupe(values: Any) -> Any:
     """Sets travel as JSON arrays; duplicates collapse, order is kept. Items of the wrong type are
     left for the item validator to refuse."""
     if isinstance(values, (list, tuple)):
+        if len(values) < 2:  # most sets of a batch's tasks: nothing to collapse
+            return list(values)
         try:
             return list(dict.fromkeys(values))
         except TypeError:  # unhashable items (objects, arrays)
@@ -502,6 +504,8 @@ def describe_validation_error(error: ValidationError) -> str:
 def _separate_resource_paths(spec: TaskSpec) -> TaskSpec:
     """Resources land at distinct paths, none inside another's: ``a`` and ``a/b`` cannot both be
     written. Checked on what is submitted, not on specs read back (stored ones stay readable)."""
+    if len(spec.resources) < 2:
+        return spec
     paths = sorted(PurePosixPath(resource.local_path) for resource in spec.resources)
     for first, second in zip(paths, paths[1:]):
         if first == second or first in second.parents:

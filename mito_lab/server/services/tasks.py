@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import uuid as uuid_module
 from collections import Counter
@@ -235,6 +236,13 @@ _IDS_BY_TASK_ID = sa.select(_TASKS.c.task_id, _TASKS.c.id).where(
 )
 
 
+def new_uuids(count: int) -> list[uuid_module.UUID]:
+    """``count`` random (version 4) UUIDs from one read of the system's random source, not one
+    each: a batch of 10,000 tasks spent 5% of its submit in ``uuid4``."""
+    entropy = os.urandom(16 * count)
+    return [uuid_module.UUID(bytes=entropy[at:at + 16], version=4) for at in range(0, 16 * count, 16)]
+
+
 async def insert_tasks(
     session: AsyncSession,
     creator_id: int,
@@ -257,9 +265,9 @@ async def insert_tasks(
     next_ids = {group_id: first for group_id, (first, _) in ranges.items()}
     moment = now()
     rows = []
-    for group, request in items:
+    for (group, request), uuid in zip(items, new_uuids(len(items)), strict=True):
         rows.append({
-            "uuid": uuid_module.uuid4(), "creator_id": creator_id, "group_id": group.id, "task_id": next_ids[group.id],
+            "uuid": uuid, "creator_id": creator_id, "group_id": group.id, "task_id": next_ids[group.id],
             "tags": request.tags, "labels": request.labels, "state": state,
             "timeout": int(request.timeout.total_seconds()), "priority": request.priority,
             "spec": request.task_spec.model_dump(mode="json"), "upstream_task_uuid": upstream_task_uuid,
