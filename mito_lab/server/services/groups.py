@@ -58,12 +58,35 @@ async def require_role(session: AsyncSession, user: User | None, group: Group, m
     which call services with ``user=None`` (already authorised, acting on any group)."""
     if user is None:
         return Role.Admin
-    role = await role_in_group(session, user, group.id)
+    return _sufficient(await role_in_group(session, user, group.id), group, minimum)
+
+
+def _sufficient(role: Role | None, group: Group, minimum: Role) -> Role:
     if role is None:
         raise PermissionDenied(f"you are not a member of group {group.group_name}")
     if role.rank < minimum.rank:
         raise PermissionDenied(f"this needs role {minimum.value} in group {group.group_name}, you have {role.value}")
     return role
+
+
+# built once: a submit's group and role are read on every call, and building the statement cost
+# more than running it on SQLite
+_GROUP_AND_ROLE = (
+    sa.select(Group, UserGroup.role)
+    .outerjoin(UserGroup, sa.and_(UserGroup.group_id == Group.id, UserGroup.user_id == sa.bindparam("user_id")))
+    .where(Group.group_name == sa.bindparam("name"))
+)
+
+
+async def group_with_role(session: AsyncSession, user: User, name: str | None, minimum: Role) -> Group:
+    """The named group (the caller's personal group when no name is given) if the caller's role
+    in it is at least ``minimum``: one statement reads both."""
+    row = (await session.execute(_GROUP_AND_ROLE, {"user_id": user.id, "name": name or user.username})).first()
+    if row is None:
+        raise NotFound(f"User or group with name {name or user.username}")
+    group, role = row
+    _sufficient(role, group, minimum)
+    return group
 
 
 async def require_grant(session: AsyncSession, user: User | None, group: Group, role: Role) -> None:

@@ -23,6 +23,10 @@ from mito_lab.wire import UserState, md5_password
 log = logging.getLogger(__name__)
 
 
+# built once: every authenticated request reads its user
+_USER_BY_NAME = sa.select(User).where(User.username == sa.bindparam("name"))
+
+
 class UserService:
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -71,7 +75,7 @@ class UserService:
         """The user behind a bearer token (reference 6.1: token, existence, state, signature)."""
         claims = self.context.tokens.verify(bearer, "user")
         async with self.context.db.lookup() as session:
-            user = await session.scalar(sa.select(User).where(User.username == claims.sub))
+            user = await session.scalar(_USER_BY_NAME, {"name": claims.sub})
         if user is None:
             raise WrongCredentials()
         if user.state != UserState.Active:
