@@ -590,6 +590,11 @@ class Agent:
 
     # --- one task -------------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """The worker stops, its tasks ended: the slots' output files go."""
+        for slot in self._free_slots:
+            slot.close()
+
     async def execute(self, task: WorkerTaskResp, slot: Slot) -> None:
         log.debug("task %s: %s", task.uuid, " ".join(task.spec.args))
         started = time.monotonic()
@@ -626,8 +631,6 @@ class Agent:
             log.error("task %s: the coordinator refused a report (%s); dropping the task", task.uuid, exc)
         finally:
             await flush_output()
-            if output is not None:
-                output.close()
             if folders is not None:
                 self.folders.give_back(folders)  # outputs do not linger on disk
             del self._started[task.id]
@@ -921,6 +924,7 @@ async def run(config: WorkerConfig) -> int:
         await asyncio.gather(work, beats, retire, *agent.executions, return_exceptions=True)
         await client.unregister()
         session.close()
+        agent.close()
         containment.close()
         shutil.rmtree(root, ignore_errors=True)
     return code

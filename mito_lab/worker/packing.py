@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 import time
 from pathlib import Path
@@ -11,7 +12,14 @@ from mito_lab.worker.workspace import STREAMS, TaskOutput
 
 
 def has_files(directory: Path) -> bool:
-    return directory.is_dir() and not directory.is_symlink() and any(directory.iterdir())
+    """Whether ``directory`` is a folder (not a link to one) with anything in it."""
+    try:
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            return False
+        with os.scandir(directory) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return False
 
 
 def pack_directory(directory: Path, top: str, archive: Path, deadline: float) -> Path:

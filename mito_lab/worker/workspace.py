@@ -2,17 +2,17 @@
 
 A task gets its folders at a new unguessable path under ``<root>/tasks`` (a folder others may
 cross but not list), emptied once it ends: nothing of one task is left for the next, and no task
-can find another's. The worker's own files for a slot (the task's output logs, the archives it
-packs) live under ``<root>/slot-N``, which no task folder is inside of: a task that empties its
-folders' parents does not touch them, and they are made again for every task anyway. The output
-logs are read through descriptors the worker opened itself, so a task that replaces them by path
-(with a FIFO, say) changes nothing the worker reads.
+can find another's. The worker's own files for a slot (the archives it packs) live under
+``<root>/slot-N``, which no task folder is inside of: a task that empties its folders' parents
+does not touch them, and they are made again for every task anyway. The output logs have no
+path at all: the worker holds them open and reads them through its own descriptors.
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -36,13 +36,14 @@ class TaskFolders:
 
     def clean(self) -> bool:
         """Whether the folders are as made and empty: then they may serve another task."""
+        owner = os.getuid()
         try:
             with os.scandir(self.root) as entries:
                 if sorted(entry.name for entry in entries) != sorted(self.NAMES):
                     return False
             for folder in (self.root, self.result, self.exec, self.resource, self.work):
                 status = os.lstat(folder)
-                if not stat.S_ISDIR(status.st_mode) or stat.S_IMODE(status.st_mode) != FOLDER_MODE or status.st_uid != os.getuid():
+                if not stat.S_ISDIR(status.st_mode) or stat.S_IMODE(status.st_mode) != FOLDER_MODE or status.st_uid != owner:
                     return False
                 if folder != self.root:
                     with os.scandir(folder) as entries:
@@ -101,18 +102,21 @@ class FolderPool:
 
 
 class TaskOutput:
-    """A task's stdout and stderr: files the worker opens (and the task's process inherits), read
-    back through the worker's own descriptors."""
+    """A slot's stdout and stderr for its tasks: files without a name (no task can replace or
+    reach them by path), which the task's process inherits and the worker reads back through its
+    own descriptors. They serve every task of the slot, emptied for each: opening and naming
+    files anew cost a tenth of a short task."""
 
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.descriptors: dict[str, int] = {}
-        for stream in STREAMS:
-            path = folder / f"{stream}.log"
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # whatever a task left there (a FIFO, a link), it is not opened
-            self.descriptors[stream] = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.descriptors = {stream: _anonymous_file(folder) for stream in STREAMS}
         self._decoders = {stream: _decoder() for stream in STREAMS}
+
+    def reset(self) -> None:
+        """Empty for the next task (the last one's processes are gone: see ``Containment.end``)."""
+        for stream, descriptor in self.descriptors.items():
+            os.ftruncate(descriptor, 0)
+            self._decoders[stream] = _decoder()
 
     def size(self, stream: str) -> int:
         return os.fstat(self.descriptors[stream]).st_size
@@ -138,6 +142,17 @@ class TaskOutput:
         self.descriptors = {}
 
 
+def _anonymous_file(folder: Path) -> int:
+    """A file in ``folder``'s file system that no path leads to, open for reading and appending."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+    with contextlib.suppress(OSError):  # O_TMPFILE: Linux, on most file systems
+        return os.open(folder, flags | os.O_TMPFILE, 0o600)
+    descriptor, path = tempfile.mkstemp(dir=folder)  # not inherited, as every descriptor Python opens
+    os.unlink(path)
+    fcntl.fcntl(descriptor, fcntl.F_SETFL, os.O_APPEND)  # a task's two streams never overwrite each other
+    return descriptor
+
+
 def _decoder() -> codecs.IncrementalDecoder:
     return codecs.getincrementaldecoder("utf-8")(errors="replace")
 
@@ -149,11 +164,21 @@ class Slot:
         self.index = index
         self.root = root / f"slot-{index}"
         self.archives = self.root / "archives"
+        self._output: TaskOutput | None = None
 
     def output(self) -> TaskOutput:
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # again: a task may have removed it
-        return TaskOutput(self.root / "std-log")
+        """The output files, emptied for a new task."""
+        if self._output is None:
+            self._output = TaskOutput(self.root)
+        else:
+            self._output.reset()
+        return self._output
+
+    def close(self) -> None:
+        if self._output is not None:
+            self._output.close()
+            self._output = None
 
     def archive(self, name: str) -> Path:
-        self.archives.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.archives.mkdir(mode=0o700, parents=True, exist_ok=True)  # again: a task may have removed it
         return self.archives / name
