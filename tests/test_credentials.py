@@ -22,8 +22,9 @@ def test_concurrent_logins_share_one_file(tmp_path: Path) -> None:
     for saver in savers:
         saver.join(60)
     assert [saver.exitcode for saver in savers] == [0] * 6  # none crashed on another's temporary file
-    entry = Credentials(path).find()
-    assert entry is not None and entry[1] == "token-49"
+    lines = path.read_text().splitlines()
+    assert lines and all(line.startswith("user") and ":token-" in line for line in lines)  # whole lines only
+    assert any(line.endswith(":token-49") for line in lines)  # the last save of all is there
     assert path.stat().st_mode & 0o777 == 0o600
     assert not [p for p in tmp_path.iterdir() if p.name != "credentials"]  # no temporary file left behind
 
@@ -33,7 +34,9 @@ def test_lines_are_found_by_user_and_replaced(tmp_path: Path) -> None:
     assert credentials.find() is None
     credentials.save("ann", "a1")
     credentials.save("bob", "b1")
-    credentials.save("ann", "a2")
-    assert credentials.find() == ("ann", "a2")  # the newest login is the default
-    assert credentials.find("bob") == ("bob", "b1")
-    assert (tmp_path / "sub" / "credentials").read_text() == "ann:a2\nbob:b1\n"
+    credentials.save("bob", "b2")  # replaced in place, as the reference: the default user stays
+    assert credentials.find() == ("ann", "a1")
+    assert credentials.find("bob") == ("bob", "b2")
+    credentials.save("bob", "b3", default=True)  # the login command: bob becomes the default
+    assert credentials.find() == ("bob", "b3")
+    assert (tmp_path / "sub" / "credentials").read_text() == "bob:b3\nann:a1\n"

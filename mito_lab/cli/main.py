@@ -137,7 +137,7 @@ def _client_parser(modes: argparse._SubParsersAction) -> None:
 
 
 def run_client(namespace: argparse.Namespace) -> int:
-    from mito_lab.cli.grammar import GrammarError, HelpShown, build_parser
+    from mito_lab.cli.grammar import GrammarError, HelpShown, build_parser, cmd_login
     from mito_lab.cli.shell import connect, interactive, run_line
     from mito_lab.client.http import MitoError  # libcurl is loaded by the modes that talk HTTP, not by the coordinator
 
@@ -145,6 +145,7 @@ def run_client(namespace: argparse.Namespace) -> int:
     if not namespace.command and not namespace.interactive:
         print(build_parser().format_help().rstrip())
         return 0
+    args = None
     if namespace.command:  # a usage error is reported before any login
         try:
             args = build_parser().parse_args(namespace.command)
@@ -157,9 +158,11 @@ def run_client(namespace: argparse.Namespace) -> int:
         if getattr(args, "offline", False) and not namespace.interactive:
             return asyncio.run(run_line(None, namespace.command, namespace.json, prog="mito client"))
 
+    logging_in = args is not None and args.func is cmd_login and bool(args.username and args.password)
+
     async def session() -> int:
         try:
-            client = await connect(config)
+            client = await connect(config, logging_in)
         except MitoError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_ERROR

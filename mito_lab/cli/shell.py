@@ -31,10 +31,18 @@ def ask_credentials(user: str | None) -> tuple[str, str]:
     return user, getpass.getpass(f"Password for {user}: ")
 
 
-async def connect(config: ClientConfig) -> AsyncClient:
-    return await AsyncClient.connect(
-        config.coordinator_addr, config.user, config.password, config.credential_path, config.retain, ask_credentials
-    )
+async def connect(config: ClientConfig, logging_in: bool = False) -> AsyncClient:
+    """A session from the saved credentials or ``-u``/``-p`` (asked for on a terminal). When the
+    command itself is ``login USER PASSWORD`` (``logging_in``), nothing saved is needed: the
+    command logs in. Says which user it acts as when several are saved and none was named."""
+    credentials = Credentials(config.credential_path)
+    if logging_in:
+        return AsyncClient(config.coordinator_addr, credentials=credentials)
+    client = await AsyncClient.connect(config.coordinator_addr, config.user, config.password, config.credential_path, config.retain, ask_credentials)
+    saved = credentials.users()
+    if config.user is None and len(saved) > 1 and client.username == saved[0]:
+        print(f"(as {client.username}, the first of {len(saved)} saved users: -u USER for another)", file=sys.stderr)
+    return client
 
 
 def _show(result: Any, json_output: bool, verbose: bool) -> None:

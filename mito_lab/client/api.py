@@ -196,9 +196,12 @@ async def every_page(
 class AsyncClient:
     """A logged-in connection to a coordinator."""
 
-    def __init__(self, coordinator: str = DEFAULT_COORDINATOR, token: str | None = None, username: str | None = None) -> None:
+    def __init__(
+        self, coordinator: str = DEFAULT_COORDINATOR, token: str | None = None, username: str | None = None, credentials: Credentials | None = None,
+    ) -> None:
         self.session = HttpSession(coordinator, token)
         self.username = username
+        self.credentials = credentials  # where ``login`` keeps its token (the file the session came from)
         self._events: EventStream | None = None
 
     @property
@@ -215,11 +218,9 @@ class AsyncClient:
         retain: bool = True,
         ask: AskCredentials | None = None,
     ) -> "AsyncClient":
-        client = cls(coordinator)
+        client = cls(coordinator, credentials=Credentials(credential_path))
         try:
-            client.username, client.session.token = await login_token(
-                client.session, Credentials(credential_path), user, password, retain, ask
-            )
+            client.username, client.session.token = await login_token(client.session, client.credentials, user, password, retain, ask)
         except BaseException:
             client.close()
             raise
@@ -414,8 +415,12 @@ class AsyncClient:
     # --- accounts and administration -----------------------------------------------------------
 
     async def login(self, username: str, password: str, retain: bool = True) -> str:
+        """Log in (again, or as another user); the new token is saved as the default user's
+        when the session came from a credentials file, so later commands use it."""
         answer: LoginResp = await self.session.call("POST", "login", LoginReq(username=username, password=password, retain=retain), LoginResp)
         self.username, self.session.token = username, answer.token
+        if self.credentials is not None:
+            self.credentials.save(username, answer.token, default=True)
         return answer.token
 
     async def change_password(self, old: str, new: str) -> str:

@@ -32,10 +32,20 @@ class Credentials:
                 return entry
         return None
 
-    def save(self, user: str, token: str) -> None:
-        """Replace ``user``'s line or append one; the file and its directory are created if needed."""
-        entries = [entry for entry in self._lines() if entry[0] != user]
-        entries.insert(0, (user, token))  # the newest login becomes the default one
+    def users(self) -> list[str]:
+        return [user for user, _ in self._lines()]
+
+    def save(self, user: str, token: str, default: bool = False) -> None:
+        """Replace ``user``'s line in place or append one, as the reference; with ``default``
+        (the ``login`` command) it becomes the first line, the default user. A one-off ``-u``
+        does not change who the default is. The file and its directory are created if needed."""
+        entries = self._lines()
+        names = [name for name, _ in entries]
+        if user in names and not default:
+            entries[names.index(user)] = (user, token)
+        else:
+            entries = [entry for entry in entries if entry[0] != user]
+            entries.insert(0 if default else len(entries), (user, token))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # a temporary file of its own (mkstemp: mode 0600): workers started together log in at once
         descriptor, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")

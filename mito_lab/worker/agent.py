@@ -865,7 +865,7 @@ async def register(config: WorkerConfig) -> tuple[HttpSession, RegisterWorkerRes
     request = RegisterWorkerReq(tags=config.tags, labels=config.labels, groups=config.groups, lifetime=config.lifetime)
     registration: RegisterWorkerResp = await session.call("POST", "workers", request, RegisterWorkerResp)
     session.token = registration.token
-    log.info("registered as worker %s (user %s)", registration.worker_id, user)
+    log.info("registered as worker %s (user %s%s)", registration.worker_id, user, "" if config.user else ", the first in the credentials file")
     return session, registration
 
 
