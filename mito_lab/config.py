@@ -13,6 +13,7 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -153,12 +154,59 @@ def _comma_list(value: Any) -> Any:
 CommaList = Annotated[list[str], BeforeValidator(_comma_list)]
 
 
+def _coordinator_address(value: Any) -> Any:
+    """A coordinator's URL; ``HOST:PORT`` alone, as people type it, means ``http://HOST:PORT``."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if "://" not in text:
+        text = f"http://{text}"
+    try:
+        parsed = urllib.parse.urlsplit(text)
+        parsed.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"{value!r} is not a coordinator address: give http://HOST:PORT (or HOST:PORT)")
+    return text
+
+
+CoordinatorAddress = Annotated[str, BeforeValidator(_coordinator_address)]
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[IPv6]:PORT``; an empty host is every address) as a host and a port."""
+    host, _, port = bind.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise ValueError(f"invalid bind address {bind!r}: use HOST:PORT, e.g. 127.0.0.1:5000")
+    return host.strip("[]") or "0.0.0.0", number
+
+
+def _bind(value: Any) -> Any:
+    if isinstance(value, str):
+        parse_bind(value)
+    return value
+
+
+def without_password(url: str) -> str:
+    """``url`` as it may be shown: its password, if any, replaced by ``***``."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+
+
 class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class CoordinatorConfig(_Settings):
-    bind: str = "127.0.0.1:5000"
+    bind: Annotated[str, BeforeValidator(_bind)] = "127.0.0.1:5000"
     data_dir: Path = default_data_dir()
     db_url: str | None = None  # None: embedded SQLite in the data dir
     s3_url: str | None = None  # None: local object store in the data dir
@@ -183,7 +231,7 @@ class CoordinatorConfig(_Settings):
 
 
 class WorkerConfig(_Settings):
-    coordinator_addr: str = "http://127.0.0.1:5000"
+    coordinator_addr: CoordinatorAddress = "http://127.0.0.1:5000"
     polling_interval: Duration = timedelta(minutes=3)
     heartbeat_interval: Duration = timedelta(minutes=5)
     credential_path: Path | None = None
@@ -203,7 +251,7 @@ class WorkerConfig(_Settings):
 
 
 class ClientConfig(_Settings):
-    coordinator_addr: str = "http://127.0.0.1:5000"
+    coordinator_addr: CoordinatorAddress = "http://127.0.0.1:5000"
     credential_path: Path | None = None
     user: str | None = None
     password: str | None = None

@@ -3,10 +3,15 @@ for every mistake (issue 20)."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import ADMIN, Platform
+from conftest import ADMIN, Platform, free_port, isolated_env
 
 
 def bare(platform: Platform, *args: str, coordinator: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -37,3 +42,68 @@ def test_a_one_off_user_does_not_become_the_default_and_a_saved_one_needs_no_pas
     switched = bare(platform, "login", "alice", "alice-password")  # the login command makes alice the default
     assert switched.returncode == 0
     assert bare(platform, "auth").stdout.strip() == "alice"
+
+
+def test_an_address_without_scheme_works_and_a_wrong_one_says_why(platform: Platform) -> None:
+    bare_address = platform.url.removeprefix("http://")
+    plain = bare(platform, "-u", ADMIN[0], "-p", ADMIN[1], "auth", coordinator=bare_address)
+    assert plain.returncode == 0 and plain.stdout.strip() == ADMIN[0], plain.stderr
+    wrong_path = bare(platform, "-u", ADMIN[0], "-p", ADMIN[1], "auth", coordinator=f"{platform.url}/api")
+    assert wrong_path.returncode == 1 and wrong_path.stderr.count("\n") == 1
+    assert f"answered 404 Not Found: is {platform.url}/api the coordinator's address" in wrong_path.stderr
+    worker = subprocess.run([sys.executable, "-m", "mito_lab", "worker", "-c", "127.0.0.1:50x0"], env=platform.env(),
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert worker.returncode == 2 and worker.stderr.count("\n") == 1 and "is not a coordinator address" in worker.stderr
+
+
+def coordinator_fails(tmp_path: Path, *args: str) -> str:
+    """Start a coordinator that cannot start; returns its one line on stderr."""
+    done = subprocess.run([sys.executable, "-m", "mito_lab", "coordinator", *args], env=isolated_env(tmp_path), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert done.returncode in (1, 2) and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("mito: ") and done.stderr.count("\n") == 1, done.stderr
+    return done.stderr
+
+
+def test_a_coordinator_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
+    assert "invalid bind address 'nonsense'" in coordinator_fails(tmp_path, "--bind", "nonsense")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in coordinator_fails(tmp_path, "--bind", f"127.0.0.1:{port}")
+    free = free_port()
+    role = coordinator_fails(tmp_path, "--bind", f"127.0.0.1:{free}", "--db", "postgres://nobody:secret@127.0.0.1:5432/test")
+    assert "cannot use the database at postgresql+asyncpg://nobody:***@127.0.0.1:5432/test" in role and "secret" not in role
+    assert 'role "nobody" does not exist' in role
+    closed = coordinator_fails(tmp_path, "--bind", f"127.0.0.1:{free}", "--db", f"postgres://postgres@127.0.0.1:{free_port()}/test")
+    assert "cannot use the database at postgresql+asyncpg://postgres@127.0.0.1:" in closed and "Connect call failed" in closed
+
+
+def test_every_mode_has_a_version_and_the_help_names_every_command(tmp_path: Path) -> None:
+    from mito_lab.cli.grammar import build_parser  # the grammar itself: the help's list must not drift from it
+    from mito_lab.cli.main import CLIENT_COMMANDS
+
+    for mode in ("coordinator", "worker", "client", "manager", "up"):
+        shown = mito_command(tmp_path, mode, "-V")
+        assert shown.returncode == 0 and shown.stdout.startswith("mito "), (mode, shown.stderr)
+    commands = next(action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)).choices
+    assert set(CLIENT_COMMANDS) == set(commands)
+    client_help = mito_command(tmp_path, "client", "--help").stdout
+    for command in commands:
+        assert re.search(rf"\b{command}\b", client_help), command
+    change = mito_command(tmp_path, "client", "manage", "task", "change", "--help")
+    assert change.returncode == 0 and "manage task UUID change" in change.stdout and "--priority" in change.stdout, change.stderr
+
+
+def test_json_after_the_command(platform: Platform) -> None:
+    after = platform.mito("get", "tasks", "--json")
+    assert json.loads(after.stdout) == json.loads(platform.mito("--json", "get", "tasks").stdout)
+    assert json.loads(platform.mito("auth", "--json").stdout) == ADMIN[0]
+    echoed = platform.mito("submit", "--terminal", "--", "echo", "--json")  # after --, it belongs to the task
+    assert echoed.returncode == 0 and "--json" not in echoed.stderr
+
+
+def mito_command(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mito_lab", *args], env=isolated_env(home), capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL, cwd=home)

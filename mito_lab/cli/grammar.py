@@ -68,6 +68,24 @@ class Parser(argparse.ArgumentParser):
         raise HelpShown(self.format_help())
 
 
+class CommandParser(Parser):
+    """A command's parser: ``--json`` is also accepted after the command (``get tasks --json``).
+    For ``manage task UUID <ACTION>`` and the like, ``manage task <ACTION> --help`` shows the
+    action's help without a UUID (``actions``: the actions after the target)."""
+
+    actions: argparse._SubParsersAction | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        words = list(sys.argv[1:] if args is None else args)
+        if self.actions is not None and words and words[0] in self.actions.choices and {"-h", "--help"} & set(words[1:]):
+            self.actions.choices[words[0]].print_help()
+        return super().parse_known_args(words, namespace)
+
+
 class CommaList(argparse.Action):
     """``-t a,b c`` -> ``["a", "b", "c"]`` (as the reference's comma delimiter); repeated flags
     accumulate; ``convert`` turns each item into its value."""
@@ -495,7 +513,7 @@ def _pair(text: str) -> tuple[str, Role]:
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
-    commands = parser.add_subparsers(title="commands", metavar="<COMMAND>", parser_class=Parser)
+    commands = parser.add_subparsers(title="commands", metavar="<COMMAND>", parser_class=CommandParser)
     commands.required = True
     return commands
 
@@ -644,7 +662,7 @@ def build_parser(prog: str = "mito client") -> Parser:
     manage_commands = _subcommands(manage)
     worker_m = manage_commands.add_parser("worker", help="Manage a worker", usage="manage worker UUID <ACTION> ...")
     worker_m.add_argument("uuid", type=UUID_ARG, metavar="UUID")
-    worker_actions = _subcommands(worker_m)
+    worker_actions = worker_m.actions = _subcommands(worker_m)
     cancel_w = worker_actions.add_parser("cancel", help="Shut the worker down (graceful: after its current task)")
     cancel_w.add_argument("-f", "--force", action="store_true", help="at once; its task goes back to the queue")
     for action, help_text, metavar, nargs, convert in (
@@ -660,18 +678,18 @@ def build_parser(prog: str = "mito client") -> Parser:
 
     task_m = manage_commands.add_parser("task", help="Manage a task", usage="manage task UUID <ACTION> ...")
     task_m.add_argument("uuid", type=UUID_ARG, metavar="UUID")
-    task_actions = _subcommands(task_m)
+    task_actions = task_m.actions = _subcommands(task_m)
     task_actions.add_parser("cancel", help="Cancel the task (a running one is stopped)")
     labels_t = task_actions.add_parser("update-labels", help="Replace the task's labels")
     labels_t.add_argument("values", nargs="*", action=CommaList, metavar="LABELS")
-    change = task_actions.add_parser("change", help="Change a task that has not started", usage="change [OPTIONS] [-- <COMMAND>...]")
+    change = task_actions.add_parser("change", help="Change a task that has not started", usage="manage task UUID change [OPTIONS] [-- <COMMAND>...]")
     _add_change_options(change)
     for name, sub in task_actions.choices.items():
         sub.set_defaults(func=cmd_manage_task, task_action=name)
 
     group_m = manage_commands.add_parser("group", help="Manage a group", usage="manage group GROUP_NAME <ACTION> ...")
     group_m.add_argument("name", metavar="GROUP_NAME")
-    group_actions = _subcommands(group_m)
+    group_actions = group_m.actions = _subcommands(group_m)
     update_user = group_actions.add_parser("update-user", help="Add members or change their roles")
     update_user.add_argument("values", nargs="+", action=CommaList, convert=_pair, metavar="USER:ROLE")
     remove_user = group_actions.add_parser("remove-user", help="Remove members")

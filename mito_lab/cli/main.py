@@ -70,11 +70,15 @@ def _coordinator_parser(modes: argparse._SubParsersAction) -> None:
 
 def run_coordinator(namespace: argparse.Namespace) -> int:
     from mito_lab.logs import setup_logging
-    from mito_lab.server.app import serve
+    from mito_lab.server.app import StartupError, serve
 
     config: CoordinatorConfig = _load("coordinator", CoordinatorConfig, namespace)
     setup_logging("coordinator", config.bind.replace(":", "_"), config.file_log, config.log_path)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"mito: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     return 0
 
 
@@ -115,13 +119,18 @@ def run_worker(namespace: argparse.Namespace) -> int:
 # --- client -------------------------------------------------------------------------------------
 
 
+# The commands of cli/grammar.py, named here so that `mito --help` need not import the client.
+CLIENT_COMMANDS = ("auth", "login", "create", "submit", "get", "upload", "manage", "sweep", "shutdown",
+                   "users", "groups", "tasks", "workers", "admin", "help", "quit", "exit")
+
+
 def _client_parser(modes: argparse._SubParsersAction) -> None:
     parser = modes.add_parser(
         "client",
         help="Run a mitosis client",
         description="Run a mitosis client",
         usage="mito client [OPTIONS] [COMMAND]",
-        epilog="Commands: auth, create, get, submit, upload, manage, shutdown, quit, help. "
+        epilog=f"Commands: {', '.join(CLIENT_COMMANDS)}. "
         "Run `mito client <COMMAND> --help` for each. Exit status: 0 done, 1 refused or failed, 2 usage error.",
     )
     _flag(parser, "--config", type=Path, help="The path of the config file")
@@ -227,13 +236,16 @@ def run_up(namespace: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mito", description="mito_lab: run experiment fleets from a notebook or a shell")
-    parser.add_argument("-V", "--version", action="version", version=f"mito {version('mito-lab')}")
+    shown = f"mito {version('mito-lab')}"
+    parser.add_argument("-V", "--version", action="version", version=shown)
     modes = parser.add_subparsers(title="modes", metavar="<MODE>", required=True)
     _coordinator_parser(modes)
     _worker_parser(modes)
     _client_parser(modes)
     _manager_parser(modes)
     _up_parser(modes)
+    for mode in modes.choices.values():  # `mito worker -V` as well as `mito -V`
+        mode.add_argument("-V", "--version", action="version", version=shown)
     return parser
 
 

@@ -130,6 +130,8 @@ async def login_token(
             if await probe.call("GET", "auth") == saved[0]:
                 return saved
         except MitoError as exc:
+            if exc.status == 404:
+                raise _not_a_coordinator(session, "auth") from None
             if exc.status == 0 or exc.status >= 500:
                 raise
         finally:
@@ -140,12 +142,20 @@ async def login_token(
         user, password = ask(user)
     if not user:
         raise NoCredentials()
-    answer: LoginResp = await session.call(
-        "POST", "login", LoginReq(username=user, password=password, retain=retain), LoginResp
-    )
+    try:
+        answer: LoginResp = await session.call("POST", "login", LoginReq(username=user, password=password, retain=retain), LoginResp)
+    except MitoError as exc:
+        if exc.status == 404:
+            raise _not_a_coordinator(session, "login") from None
+        raise
     if save:
         credentials.save(user, answer.token)
     return user, answer.token
+
+
+def _not_a_coordinator(session: HttpSession, path: str) -> MitoError:
+    url = session.base_url.rstrip("/")
+    return MitoError(404, f"{url}/{path} answered 404 Not Found: is {url} the coordinator's address (http://HOST:PORT)?")
 
 
 def task_request(

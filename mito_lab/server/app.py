@@ -11,12 +11,14 @@ import logging
 import resource
 import secrets
 import signal
+from collections.abc import Awaitable, Callable
 from importlib import import_module
+from typing import Any
 
 from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
-from mito_lab.config import CoordinatorConfig
+from mito_lab.config import CoordinatorConfig, parse_bind, without_password
 from mito_lab.server import openapi
 from mito_lab.server.db.engine import Database
 from mito_lab.server.events import (
@@ -43,12 +45,17 @@ log = logging.getLogger(__name__)
 HANDLER_MODULES = ("workers", "tasks", "blobs", "misc", "users", "admin", "groups", "attachments", "events")
 
 
-def parse_bind(bind: str) -> tuple[str, int]:
-    host, _, port = bind.rpartition(":")
+class StartupError(Exception):
+    """The coordinator cannot start; the message says which service, where, and why, in one line."""
+
+
+async def _using(service: str, where: str, step: Callable[[], Awaitable[Any]]) -> None:
     try:
-        return host.strip("[]") or "0.0.0.0", int(port)
-    except ValueError:
-        raise ValueError(f"invalid bind address {bind!r}: use HOST:PORT, e.g. 127.0.0.1:5000") from None
+        await step()
+    except Exception as exc:
+        cause = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps the driver's error
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise StartupError(f"cannot use {service} at {where}: {reason}") from exc
 
 
 def make_store(config: CoordinatorConfig) -> ObjectStore:
@@ -100,14 +107,25 @@ class Coordinator:
         return Application(self.routes(), default_handler_class=NotFoundHandler, mito=self, compress_response=False)
 
     async def start(self) -> None:
-        await self._start_events()
-        await self.context.store.start()
-        await self.context.db.migrate()
+        """Start, or raise ``StartupError`` saying which service failed (a database or object
+        store that cannot be reached, a port in use)."""
+        config = self.config
+        if config.redis_url:
+            await _using("Redis", without_password(config.redis_url), self._start_events)
+        else:
+            await self._start_events()
+        store = "the S3 store" if config.s3_url else "the local object store"
+        await _using(store, config.s3_url or str(config.data_dir / "objects"), self.context.store.start)
+        database = self.context.db.engine.url.render_as_string(hide_password=True)
+        await _using("the database", database, self.context.db.migrate)
         await self.users.ensure_admin()
         await self.workers.restore()
-        host, port = parse_bind(self.config.bind)
+        host, port = parse_bind(config.bind)
         self._server = HTTPServer(self.make_app(), max_body_size=MAX_DRAINED_BODY, idle_connection_timeout=3600)
-        self._server.listen(port, host)
+        try:
+            self._server.listen(port, host)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {config.bind}: {exc.strerror or exc}") from exc
         # What start-up built (modules, models, schemas: over 100,000 objects) lives as long as the
         # process: frozen out of the collector's sight, a full collection scans only what came since.
         # A 10,000-task batch triggers a few; over the start-up heap they took a third of its time.
