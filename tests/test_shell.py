@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -72,6 +73,13 @@ def test_the_interactive_client(platform: Platform) -> None:
         task = shell.read_until(" ")
         shell.read_until(PROMPT)
         shell.expect("get nonsense", "invalid choice: 'nonsense'")  # an error does not end the shell
+        shell.type(f"get logs {task} --follow\r")  # no worker here: it waits for output that never comes
+        shell.read_until(f"--follow\n")
+        time.sleep(1)
+        shell.process.send_signal(signal.SIGINT)  # Ctrl-C, as the terminal sends it to the running command
+        shell.read_until("^C (stopped)")
+        shell.read_until(PROMPT)
+        shell.expect("auth", "tom\n")  # the shell is still there
         shell.expect("help get", "attachment-meta")
         shell.type("half typed words")
         shell.type("\x03")  # Ctrl-C clears the line and prompts again

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import shlex
+import signal
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 from prompt_toolkit import PromptSession
@@ -20,6 +23,7 @@ from mito_lab.client.http import MitoError
 from mito_lab.config import ClientConfig, cache_dir
 
 PROMPT = "[mito::client]> "
+EXIT_INTERRUPTED = 130  # as a shell reports a command ended by SIGINT
 
 
 def ask_credentials(user: str | None) -> tuple[str, str]:
@@ -107,13 +111,30 @@ async def interactive(client: AsyncClient, config: ClientConfig, json_output: bo
             continue
         if argv[0] in ("exit", "quit"):
             return 0
-        if await run_line(client, argv, json_output) == EXIT_ERROR and not await client_alive(client):
+        if await _interruptible(run_line(client, argv, json_output)) == EXIT_ERROR and not await client_alive(client):
             try:
                 await _relogin(client, config)
             except MitoError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 continue
-            await run_line(client, argv, json_output)
+            await _interruptible(run_line(client, argv, json_output))
+
+
+async def _interruptible(command: Coroutine[Any, Any, int]) -> int:
+    """Run a command of the shell; Ctrl-C (SIGINT) stops it (``get logs --follow``, a long
+    download) and the shell goes back to its prompt instead of ending."""
+    loop = asyncio.get_running_loop()
+    running = asyncio.ensure_future(command)
+    loop.add_signal_handler(signal.SIGINT, running.cancel)
+    try:
+        return await running
+    except asyncio.CancelledError:
+        if running.cancelled() and not asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            print("^C (stopped)", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 async def client_alive(client: AsyncClient) -> bool:
