@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,3 +48,17 @@ def test_up_runs_tasks_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     finally:
         stop_process(process)
         process.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_second_up_on_a_busy_port_starts_nothing(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        second = subprocess.run(
+            [sys.executable, "-m", "mito_lab", "up", "--workers", "1", "--bind", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data")],
+            env=isolated_env(tmp_path), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+    assert second.returncode == 1 and "mito_lab is up" not in second.stdout
+    assert second.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use") and second.stderr.count("\n") == 1
+    assert not (tmp_path / "data").exists()  # nothing started: no coordinator made its data dir, no worker registered

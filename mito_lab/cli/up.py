@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
-from mito_lab.config import CoordinatorConfig, load_config
+from mito_lab.config import CoordinatorConfig, load_config, parse_bind
 
 STARTUP_SECONDS = 60.0
 STOP_SECONDS = 20.0
@@ -44,10 +45,27 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def _port_taken(bind: str) -> str | None:
+    """Why nothing can listen on ``bind``, or ``None``: checked before anything starts, since
+    another platform there would answer the health checks meant for ours."""
+    host, port = parse_bind(bind)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the coordinator listens: a closed connection's TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def up(bind: str, workers: int, data_dir: Path | None) -> int:
     flags = {"bind": bind, "data_dir": data_dir}
     config = load_config("coordinator", CoordinatorConfig, None, flags)
     url = f"http://{config.bind}"
+    taken = _port_taken(config.bind)
+    if taken:
+        print(f"error: cannot listen on {config.bind}: {taken} (is mito_lab already up there? --bind HOST:PORT for another port)", file=sys.stderr)
+        return 1
     coordinator = subprocess.Popen(
         _mito("coordinator", "--bind", config.bind, "--data-dir", str(config.data_dir)), start_new_session=True
     )
