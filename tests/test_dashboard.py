@@ -4,11 +4,14 @@ cancel, result and logs buttons, and the workers tab (the kernel tests show it s
 from __future__ import annotations
 
 import functools
+import gc
+import time
 from pathlib import Path
 from typing import Any
 
 from conftest import ADMIN, Platform
 from mito_lab import Client
+from mito_lab.client.api import task_request
 from mito_lab.magics.dashboard import Dashboard
 from mito_lab.testing import wait_until
 from mito_lab.wire import TaskState
@@ -55,3 +58,23 @@ def test_dashboard_buttons_filters_and_workers(platform: Platform, client: Clien
         eventually(lambda: list(rows(board)) == [str(talker.uuid)], "only the labelled task")
     finally:
         board.close()
+
+
+def test_events_of_a_task_first_seen_in_a_burst_leave_no_background_error(client: Client) -> None:
+    """Two events of a task the dashboard has not read yet arrive together (as a fast worker's
+    do): it is read, shown, and nothing fails in the background."""
+    problems: list[dict[str, Any]] = []
+    loop = client._thread.loop
+    loop.call_soon_threadsafe(loop.set_exception_handler, lambda _loop, context: problems.append(context))
+    board = client.dashboard()
+    try:
+        board._stop_listening()  # the events below are delivered by hand, together
+        handle = client.submit(["true"])
+        event = {"kind": "task", "uuid": str(handle.uuid), "group": ADMIN[0], "state": "Ready", "archived": False}
+        loop.call_soon_threadsafe(lambda: [board._on_event(dict(event)) for _ in range(2)])
+        eventually(lambda: str(handle.uuid) in rows(board), "the task's row")
+        time.sleep(0.5)  # a second read, had one started, would have ended by now
+    finally:
+        board.close()
+    gc.collect()  # an unretrieved task exception is reported when the task is collected
+    assert problems == []

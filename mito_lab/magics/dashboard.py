@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import logging
 import shlex
 import uuid as uuid_module
 from collections.abc import Coroutine
@@ -21,6 +22,8 @@ import ipywidgets as w
 from mito_lab.client.http import MitoError
 from mito_lab.client.views import STATE_COLORS, duration_text, failed, state_badge, updated_info
 from mito_lab.wire import TaskInfo, TasksQueryReq, TaskState, WorkerInfo, WorkerQueryResp, WorkersQueryReq
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mito_lab.client.sync import Client
@@ -74,6 +77,7 @@ class Dashboard(w.VBox):
         self.rows: dict[uuid_module.UUID, TaskRow] = {}
         self.workers: dict[uuid_module.UUID, WorkerInfo] = {}
         self._reading: dict[str, bool] = {}  # tasks being read -> did an event come meanwhile?
+        self._background: set[asyncio.Future[Any]] = set()  # reads the events started, held until done
         self._follow: asyncio.Task[None] | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._stop_listening: Any = None
@@ -223,9 +227,22 @@ class Dashboard(w.VBox):
         elif kind == "worker":
             self._worker_event(event)
         elif kind == "resync":
-            asyncio.ensure_future(self.reload())
+            self._in_background(self.reload())
         elif kind == "closed":
             self.status.value = f"<small>not live: {html.escape(event.get('msg', ''))}</small>"
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the event stream: a failure is logged and shown, never left as an
+        unretrieved task exception in the notebook."""
+        running = asyncio.ensure_future(work)
+        self._background.add(running)
+        running.add_done_callback(self._settled)
+
+    def _settled(self, done: asyncio.Future[Any]) -> None:
+        self._background.discard(done)
+        if not done.cancelled() and done.exception() is not None:
+            log.warning("dashboard: %s", done.exception(), exc_info=done.exception())
+            self.status.value = f"<small>{html.escape(str(done.exception()))}</small>"
 
     def _task_event(self, event: dict[str, Any]) -> None:
         task_uuid = uuid_module.UUID(event["uuid"])
@@ -240,7 +257,8 @@ class Dashboard(w.VBox):
         elif event["uuid"] in self._reading:
             self._reading[event["uuid"]] = True  # what is being read may already be stale
         elif event.get("group") == self.group.value:
-            asyncio.ensure_future(self._add_task(task_uuid))
+            self._reading[event["uuid"]] = False  # from now: later events of it mark the read stale, none reads it again
+            self._in_background(self._add_task(task_uuid))
         self._track_worker_task(event, task_uuid)
 
     def _track_worker_task(self, event: dict[str, Any], task_uuid: uuid_module.UUID) -> None:
@@ -264,7 +282,7 @@ class Dashboard(w.VBox):
             while True:
                 self._reading[key] = False
                 info = (await self.client.aio.get_task(task_uuid)).info
-                if not self._reading[key]:
+                if not self._reading.get(key):
                     break
         finally:
             self._reading.pop(key, None)
@@ -281,7 +299,7 @@ class Dashboard(w.VBox):
             self.workers[worker_uuid] = WorkerInfo.model_validate({**self.workers[worker_uuid].model_dump(), "last_heartbeat": event["last_heartbeat"]})
             self._render_workers()
         else:
-            asyncio.ensure_future(self._add_worker(worker_uuid))
+            self._in_background(self._add_worker(worker_uuid))
 
     async def _add_worker(self, worker_uuid: uuid_module.UUID) -> None:
         try:
