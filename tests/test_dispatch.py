@@ -66,6 +66,30 @@ def test_task_tags_must_be_a_subset_of_the_worker_tags(platform: Platform) -> No
     assert fetch(platform, tagged_worker)["uuid"] == gpu
 
 
+def test_every_tag_of_a_task_must_be_on_the_worker(platform: Platform) -> None:
+    both = submit(platform, tags=["gpu", "cuda"])
+    for tags in (["gpu"], ["cuda"], ["gpu", "cpu"]):
+        worker = register(platform, tags=tags)
+        assert fetch(platform, worker) is None, tags
+        assert exchange(platform, worker)["tasks"] == [], tags  # the protocol v2 claim as well
+    assert fetch(platform, register(platform, tags=["cuda", "gpu", "big"]))["uuid"] == both
+
+
+def test_a_worker_with_read_in_a_group_never_gets_its_tasks(platform: Platform) -> None:
+    assert platform.api("POST", "/groups", {"group_name": "lab"}).status == 200
+    task = submit(platform, group_name="lab")
+    reader = register(platform, groups=["lab:read"])
+    assert fetch(platform, reader) is None
+    assert exchange(platform, reader)["tasks"] == []
+    assert fetch(platform, register(platform, groups=["lab:write"]))["uuid"] == task
+
+
+def exchange(platform: Platform, token: str) -> Any:
+    answer = http("POST", f"{platform.url}/workers/exchange", {"want": 4}, token=token)
+    assert answer.status == 200, answer.body
+    return answer.json
+
+
 def test_priority_first_then_first_in_first_out(platform: Platform) -> None:
     low = [submit(platform, priority=0) for _ in range(3)]
     high = [submit(platform, priority=5) for _ in range(3)]

@@ -30,6 +30,8 @@ def test_listings_are_typed_dataframes(platform: Platform, client: Client) -> No
     assert list(tasks.columns) == TASK_COLUMNS
     assert list(tasks["uuid"]) == [str(h.uuid) for h in reversed(handles)]  # newest first, none twice
     assert isinstance(tasks["state"].dtype, pd.CategoricalDtype) and list(tasks["state"].cat.categories) == [s.value for s in TaskState]
+    assert tasks["state"].cat.ordered  # the README's promise: states sort and compare in their order
+    assert list(tasks["state"] < "Finished") == list(tasks["state"].astype(str).isin(["Pending", "Ready", "Running"]))
     assert set(tasks["state"]) == {"Finished"}
     assert str(tasks["created_at"].dtype).startswith("datetime64") and str(tasks["created_at"].dt.tz) == "UTC"
     assert tasks["exit_status"].dtype == "Int64" and list(tasks["exit_status"]) == [0, 1, 0, 1, 0]

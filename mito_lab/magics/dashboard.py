@@ -96,6 +96,7 @@ class Dashboard(w.VBox):
         }
         self.status = w.HTML()
         self.table = w.VBox()
+        self.table.add_class("mito-tasks")  # the rows, apart from the filter buttons (named after states too)
         self.log_title = w.HTML("<i>click <b>logs</b> on a task to follow its output here</i>")
         self.log_stream = w.ToggleButtons(options=["stdout", "stderr"], value="stdout", style={"button_width": "70px"})
         self.log_view = w.Textarea(layout=w.Layout(width="100%", height="180px"), disabled=True)
