@@ -784,7 +784,8 @@ class Agent:
             return TaskResultSpec(exit_status=outcome.exit_status, msg=TaskResultMessage.WorkerError)
         self.reports.state(task, TaskExecState.UploadCancelledResult if stopped else TaskExecState.UploadFinishedResult)
         message = TaskResultMessage.ExecTimeout if outcome.timed_out else TaskResultMessage.UserCancellation if cancelled else None
-        if not await self._submit_downstream(task, folders) and message is None:
+        # only a task that finished chains its successor (the coordinator refuses the others too)
+        if message is None and not await self._submit_downstream(task, folders):
             message = TaskResultMessage.SubmitNewTaskFailed
         self.reports.state(task, TaskExecState.UploadResultFinished)
         return TaskResultSpec(exit_status=outcome.exit_status, msg=message)
