@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from conftest import Platform, http, start_platform
-from mito_lab import Client
-from mito_lab.client.http import MitoRateLimited
+from mito_lab import Client, MitoRateLimited
 from test_dispatch import fetch, register, report, submit
 
 OCTETS = {"Content-Type": "application/octet-stream"}
