@@ -205,7 +205,7 @@ def test_a_chained_task_needs_its_creators_write_role_now(platform: Platform) ->
     ended = platform.wait_task(upstream, user="boss")
     assert ended["state"] == "Finished" and ended["result"]["msg"] == "SubmitNewTaskFailed"
     assert ended["downstream_task_uuid"] is None and children(platform) == 0
-    assert "downstream task refused" in (platform.home / "worker-0.log").read_text()
+    assert "downstream task refused: Authentication error: Permission denied: user alice may no longer submit to group lab" in (platform.home / "worker-0.log").read_text()
 
 
 def test_a_cancelled_task_chains_nothing(platform: Platform) -> None:

@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 SERVING_ROLES = Role.Write.and_above()
 IDENTITY_SECONDS = 5.0
 """How long a worker's identity is trusted without an event saying it changed: the bound on
-staleness when coordinators share a database without Redis (events do not cross between them)."""
+staleness of its tags and state when coordinators share a database without Redis (events do not
+cross between them). Its grants are never taken from here alone: a claim checks them as it takes."""
 MAX_PROBE = 1024
 """The most queued tasks a claim looks at to size its share: the claim's cost stays flat however
 deep the queue is."""

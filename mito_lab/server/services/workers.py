@@ -248,7 +248,10 @@ class WorkerService:
         request = op.Submit
         if request.group_name not in (None, group.group_name):
             raise InvalidRequest(f"Group name mismatch: a downstream task must go to group {group.group_name}")
-        await require_role(session, creator, group, Role.Write)
+        try:
+            await require_role(session, creator, group, Role.Write)
+        except PermissionDenied:
+            raise PermissionDenied(f"user {creator.username} may no longer submit to group {group.group_name}") from None
         role = await session.scalar(
             sa.select(GroupWorker.role).where(GroupWorker.group_id == group.id, GroupWorker.worker_id == worker.id)
         )
