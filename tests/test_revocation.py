@@ -80,6 +80,11 @@ def test_removing_a_member_takes_her_worker_off_the_group(platform: Platform) ->
     assert platform.api("GET", f"/workers/{alices}", user="alice").json["groups"] == {"alice": "Admin"}
     requeued = task_info(platform, held)
     assert requeued["state"] == "Ready" and requeued["attempts"] == 0
+    # and her worker is told: it stops the task's process now, not when its 30 s are up
+    log = platform.home / "worker-0.log"
+    stopping = f"task {held}: cancelled, or taken back by the coordinator; stopping it"
+    eventually(lambda: stopping in log.read_text(), timeout=15, what="her worker stopping the task")
+    eventually(lambda: "the coordinator refused a report (Task 1 not found)" in log.read_text(), what="her report refused")
     waiting = submit(platform, "boss", group_name="lab")
     time.sleep(3)  # her worker polls for tasks all along: it takes none of the group's
     assert task_info(platform, waiting)["state"] == "Ready"

@@ -363,15 +363,16 @@ class Agent:
         for held in list(self.held):
             task = held[0]
             if task.uuid == task_uuid:  # never started: it ends here
-                log.info("task %s: cancelled by a user before it started", task.uuid)
+                log.info("task %s: cancelled before it started", task.uuid)
                 self.held.remove(held)
                 self._taken_off(task)
-                await self.reports.outcome(task, "Cancel")
-                await self.reports.commit(task, TaskResultSpec(exit_status=0, msg=TaskResultMessage.UserCancellation))
+                with contextlib.suppress(TaskGone):  # taken back (the coordinator re-queued it): nothing to end
+                    await self.reports.outcome(task, "Cancel")
+                    await self.reports.commit(task, TaskResultSpec(exit_status=0, msg=TaskResultMessage.UserCancellation))
                 return
         for task_id, task in self.running.items():
             if task.uuid == task_uuid:
-                log.info("task %s: cancelled by a user; stopping it", task.uuid)
+                log.info("task %s: cancelled, or taken back by the coordinator; stopping it", task.uuid)
                 self.cancelled.add(task_uuid)
                 self._in_background(self.kill(task_id))  # the others' cancellations need not wait for its grace period
                 return

@@ -36,6 +36,7 @@ from mito_lab.server.services.activity import (
     EVENTS,
     TASKS_READY,
     announce_ready,
+    cancel_requested,
     long_poll,
     task_changed,
     tasks_created,
@@ -195,6 +196,8 @@ class WorkerService:
         if wait <= 0:
             return None
 
+        taken: list[uuid_module.UUID] = []  # tasks taken back from it while it waits (no longer its own in the database)
+
         async def cancellations() -> WorkerSignal | None:
             async with self.context.db.read() as session:
                 cancelled = (await session.scalars(
@@ -202,10 +205,19 @@ class WorkerService:
                         Task.assigned_worker_id == worker.id, Task.archived_at.is_(None), Task.cancel_requested
                     )
                 )).all()
-            return WorkerSignal(cancel=list(cancelled)) if cancelled else None
+            stop = [*cancelled, *taken]
+            return WorkerSignal(cancel=stop) if stop else None
 
         mine = str(worker.worker_id)
-        return await long_poll(self.context, cancellations, CANCEL, lambda event: event.get("worker") == mine, wait) or WorkerSignal()
+
+        def relevant(event: dict[str, Any]) -> bool:
+            if event.get("worker") != mine:
+                return False
+            if event.get("taken"):
+                taken.append(uuid_module.UUID(event["task"]))
+            return True
+
+        return await long_poll(self.context, cancellations, CANCEL, relevant, wait) or WorkerSignal()
 
     async def report(self, worker: WorkerIdentity, request: ReportTaskReq) -> ReportTaskResp:
         """The reference's report on one task: outcomes and exec states go through the same rules
@@ -304,6 +316,7 @@ class WorkerService:
                     log.warning("task %s re-queued (attempt %d of %d lost with worker %s)", task.uuid, task.attempts, task.max_attempts, worker.worker_id)
                 else:
                     task.attempts -= 1
+                    cancel_requested(self.context, session, worker.worker_id, task.uuid, taken=True)  # it stops it at once
                     log.warning("task %s re-queued: worker %s may no longer run it", task.uuid, worker.worker_id)
             task.updated_at = moment
             await task_changed(self.context, session, task)
