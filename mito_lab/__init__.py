@@ -19,6 +19,7 @@ _EXPORTS = {
     "AsyncClient": "mito_lab.client.api",
     "TaskHandle": "mito_lab.client.handle",
     "MitoError": "mito_lab.client.http",
+    "MitoRateLimited": "mito_lab.client.http",
     "Sweep": "mito_lab.sweeps",
     "record": "mito_lab.sweeps",
     "load_ipython_extension": "mito_lab.magics",

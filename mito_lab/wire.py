@@ -878,7 +878,8 @@ class ReportTaskResp(Response):
 
 class WorkerSignal(Response):
     """Answer to a long-polling heartbeat (``POST /workers/heartbeat?wait=S``): the tasks of this
-    worker that users cancelled, to be killed now. A plain heartbeat answers ``null``."""
+    worker that users cancelled, or that the coordinator took back (the worker lost its grant), to
+    be killed now. A plain heartbeat answers ``null``."""
 
     cancel: list[UUID] = []
 

@@ -43,6 +43,16 @@ class MitoError(Exception):
         return self.msg
 
 
+class MitoRateLimited(MitoError):
+    """429: the coordinator asks to wait ``retry_after`` seconds (its ``Retry-After``) before trying again."""
+
+    def __init__(self, msg: str, retry_after: int | None) -> None:
+        if retry_after is not None and "retry in" not in msg:
+            msg = f"{msg} (retry in {retry_after} s)"
+        super().__init__(429, msg)
+        self.retry_after = retry_after
+
+
 class MitoConnectionError(MitoError):
     """The server could not be reached at all (refused, unreachable, timed out)."""
 
@@ -117,7 +127,11 @@ class HttpSession:
             if exc.code == 599:  # libcurl's own errors: refused, reset, timed out, unresolved
                 raise MitoConnectionError(request.url, str(exc.message or "timeout")) from None
             raw = exc.response.body if exc.response is not None else None
-            raise MitoError(exc.code, _error_message(raw, f"HTTP {exc.code}")) from None
+            message = _error_message(raw, f"HTTP {exc.code}")
+            if exc.code == 429:
+                retry_after = exc.response.headers.get("Retry-After", "") if exc.response is not None else ""
+                raise MitoRateLimited(message, int(retry_after) if retry_after.isdigit() else None) from None
+            raise MitoError(exc.code, message) from None
 
     def _json_request(
         self, method: str, path: str, body: BaseModel | None,

@@ -80,11 +80,11 @@ class Coordinator:
             tokens=Tokens(private_key, public_key),
             events=make_events(config.redis_url, (EVENTS, TASKS_READY, CANCEL)),
         )
-        self.users = UserService(self.context)
-        self.groups = GroupService(self.context)
+        self.workers = WorkerService(self.context)
+        self.users = UserService(self.context, retire_workers=self.workers.retire_workers_of)
+        self.groups = GroupService(self.context, revoke_links=self.workers.revoke_links)
         self.attachments = AttachmentService(self.context)
         self.logs = LogService(self.context)
-        self.workers = WorkerService(self.context)
         self.tasks = TaskService(self.context)
         self._server: HTTPServer | None = None
         self._background: list[asyncio.Task[None]] = []

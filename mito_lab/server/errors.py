@@ -5,6 +5,7 @@ from __future__ import annotations
 
 class ApiError(Exception):
     status = 500
+    headers: dict[str, str] = {}  # sent with the answer
 
     def __init__(self, msg: str) -> None:
         super().__init__(msg)
@@ -51,6 +52,14 @@ class NotFound(ApiError):
 
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} not found")
+
+
+class TooManyLogins(ApiError):
+    status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"Authentication error: too many failed logins for this user or from this address; retry in {retry_after} s")
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class PayloadTooLarge(ApiError):

@@ -363,15 +363,16 @@ class Agent:
         for held in list(self.held):
             task = held[0]
             if task.uuid == task_uuid:  # never started: it ends here
-                log.info("task %s: cancelled by a user before it started", task.uuid)
+                log.info("task %s: cancelled before it started", task.uuid)
                 self.held.remove(held)
                 self._taken_off(task)
-                await self.reports.outcome(task, "Cancel")
-                await self.reports.commit(task, TaskResultSpec(exit_status=0, msg=TaskResultMessage.UserCancellation))
+                with contextlib.suppress(TaskGone):  # taken back (the coordinator re-queued it): nothing to end
+                    await self.reports.outcome(task, "Cancel")
+                    await self.reports.commit(task, TaskResultSpec(exit_status=0, msg=TaskResultMessage.UserCancellation))
                 return
         for task_id, task in self.running.items():
             if task.uuid == task_uuid:
-                log.info("task %s: cancelled by a user; stopping it", task.uuid)
+                log.info("task %s: cancelled, or taken back by the coordinator; stopping it", task.uuid)
                 self.cancelled.add(task_uuid)
                 self._in_background(self.kill(task_id))  # the others' cancellations need not wait for its grace period
                 return
@@ -787,7 +788,8 @@ class Agent:
             return TaskResultSpec(exit_status=outcome.exit_status, msg=TaskResultMessage.WorkerError)
         self.reports.state(task, TaskExecState.UploadCancelledResult if stopped else TaskExecState.UploadFinishedResult)
         message = TaskResultMessage.ExecTimeout if outcome.timed_out else TaskResultMessage.UserCancellation if cancelled else None
-        if not await self._submit_downstream(task, folders) and message is None:
+        # only a task that finished chains its successor (the coordinator refuses the others too)
+        if message is None and not await self._submit_downstream(task, folders):
             message = TaskResultMessage.SubmitNewTaskFailed
         self.reports.state(task, TaskExecState.UploadResultFinished)
         return TaskResultSpec(exit_status=outcome.exit_status, msg=message)

@@ -215,6 +215,8 @@ class ApiHandler(RequestHandler):
             message = exc.log_message % exc.args if exc.args else exc.log_message
         elif isinstance(exc, ApiError):
             message = exc.msg
+            for name, value in exc.headers.items():
+                self.set_header(name, value)
         elif status_code >= 500:
             message = "Internal server error"
         else:

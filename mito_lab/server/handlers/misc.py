@@ -16,7 +16,7 @@ class HealthHandler(ApiHandler):
 
 
 class LoginHandler(ApiHandler):
-    @operation("Log in", LoginReq, LoginResp, auth="none")
+    @operation("Log in (429 with Retry-After after repeated failures)", LoginReq, LoginResp, auth="none", errors=(429,))
     async def post(self) -> None:
         request = self.body()
         token = await self.mito.users.login(request.username, request.digest(), request.retain, self.request.remote_ip)

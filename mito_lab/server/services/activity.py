@@ -127,6 +127,9 @@ def worker_changed(context: Context, session: AsyncSession, worker_id: uuid_modu
     after_commit(session, lambda: context.events.publish(EVENTS, payload))
 
 
-def cancel_requested(context: Context, session: AsyncSession, worker_id: uuid_module.UUID, task_uuid: uuid_module.UUID) -> None:
-    payload = {"worker": str(worker_id), "task": str(task_uuid)}
+def cancel_requested(context: Context, session: AsyncSession, worker_id: uuid_module.UUID, task_uuid: uuid_module.UUID, taken: bool = False) -> None:
+    """Tell the worker to stop a task once the transaction commits. ``taken``: the task is no
+    longer the worker's (its grant was revoked), so the worker's heartbeat cannot find it in the
+    database: the event itself carries it."""
+    payload = {"worker": str(worker_id), "task": str(task_uuid), **({"taken": True} if taken else {})}
     after_commit(session, lambda: context.events.publish(CANCEL, payload))

@@ -37,14 +37,29 @@ async def hash_password(md5_digest: bytes) -> str:
     return await asyncio.to_thread(_hasher.hash, md5_digest)
 
 
-async def verify_password(encrypted: str, md5_digest: bytes) -> bool:
+_unknown_user_hash: str | None = None
+
+
+async def unknown_user_hash() -> str:
+    """A hash of the same cost as the users', of a secret no one knows: made once (at start)."""
+    global _unknown_user_hash
+    if _unknown_user_hash is None:
+        _unknown_user_hash = await hash_password(secrets.token_bytes(16))
+    return _unknown_user_hash
+
+
+async def verify_password(encrypted: str | None, md5_digest: bytes) -> bool:
+    """Off the event loop. ``None`` (no such user) is checked against ``unknown_user_hash`` and
+    fails: a wrong name takes as long as a wrong password, and tells no more."""
+    checked = encrypted if encrypted is not None else await unknown_user_hash()
+
     def check() -> bool:
         try:
-            return _hasher.verify(encrypted, md5_digest)
+            return _hasher.verify(checked, md5_digest)
         except (VerificationError, InvalidHashError):
             return False
 
-    return await asyncio.to_thread(check)
+    return await asyncio.to_thread(check) and encrypted is not None
 
 
 def new_signature() -> int:

@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 SERVING_ROLES = Role.Write.and_above()
 IDENTITY_SECONDS = 5.0
 """How long a worker's identity is trusted without an event saying it changed: the bound on
-staleness when coordinators share a database without Redis (events do not cross between them)."""
+staleness of its tags and state when coordinators share a database without Redis (events do not
+cross between them). Its grants are never taken from here alone: a claim checks them as it takes."""
 MAX_PROBE = 1024
 """The most queued tasks a claim looks at to size its share: the claim's cost stays flat however
 deep the queue is."""
@@ -213,7 +214,8 @@ def _candidates(groups: int) -> sa.Select:
 
 
 def _claim(for_update: bool) -> sa.Update:
-    """Take up to ``take`` of the candidates that are still Ready, for a worker still Normal."""
+    """Take up to ``take`` of the candidates that are still Ready, for a worker still Normal and
+    still serving each task's group."""
     chosen = (
         sa.select(_tasks.c.id)
         .where(_tasks.c.id.in_(sa.bindparam("candidates", expanding=True)), _tasks.c.state == TaskState.Ready)
@@ -223,9 +225,16 @@ def _claim(for_update: bool) -> sa.Update:
     if for_update:
         chosen = chosen.with_for_update(skip_locked=True)
     serving = sa.exists().where(Worker.id == sa.bindparam("worker_pk"), Worker.state == WorkerState.Normal)
+    # The grant is checked as the task is taken, not read from the cached identity: a group taken
+    # off the worker (revocation) stops its claims at once on every coordinator. One probe of
+    # group_worker's unique (group_id, worker_id) index per task taken.
+    granted = sa.exists().where(
+        GroupWorker.worker_id == sa.bindparam("worker_pk"), GroupWorker.group_id == _tasks.c.group_id,
+        GroupWorker.role.in_(SERVING_ROLES),
+    )
     return (
         _tasks.update()
-        .where(_tasks.c.id.in_(chosen.scalar_subquery()), serving)
+        .where(_tasks.c.id.in_(chosen.scalar_subquery()), serving, granted)
         .values(
             state=TaskState.Running, assigned_worker_id=sa.bindparam("worker_pk"), attempts=_tasks.c.attempts + 1,
             exec_state=None, ended_at=None, started_at=sa.bindparam("moment"), updated_at=sa.bindparam("moment"),

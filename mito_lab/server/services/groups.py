@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import sqlalchemy as sa
@@ -152,9 +152,15 @@ async def by_names(session: AsyncSession, column: Any, names: list[str], what: s
     return found
 
 
+RevokeLinks = Callable[[AsyncSession, Group, Collection[int]], Awaitable[None]]
+"""Drops the links to a group of the workers of the given users that no longer hold Write in it."""
+
+
 class GroupService:
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, revoke_links: RevokeLinks) -> None:
+        """``revoke_links`` runs in the transaction of every membership change (SPEC 7, revocation)."""
         self.context = context
+        self.revoke_links = revoke_links
 
     async def create(self, user: User, name: str) -> None:
         async with self.context.db.write() as session:
@@ -217,6 +223,7 @@ class GroupService:
                 else:
                     member.role = role
             await self._keep_an_admin(session, group)
+            await self.revoke_links(session, group, [user.id for user in users.values()])  # those now Read
 
     async def remove_members(self, user: User, name: str, usernames: list[str]) -> None:
         async with self.context.db.write() as session:
@@ -229,6 +236,7 @@ class GroupService:
                 )
             )
             await self._keep_an_admin(session, group)
+            await self.revoke_links(session, group, [user.id for user in users.values()])
 
     @staticmethod
     async def _keep_an_admin(session: AsyncSession, group: Group) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mito_lab.server.db.models import User
 from mito_lab.server.errors import (
@@ -15,9 +17,10 @@ from mito_lab.server.errors import (
     PermissionDenied,
     WrongCredentials,
 )
-from mito_lab.server.services.auth import hash_password, new_signature, verify_password
+from mito_lab.server.services.auth import hash_password, new_signature, unknown_user_hash, verify_password
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import add_group, apply_adjustment, name_taken
+from mito_lab.server.services.login_backoff import LoginBackoff
 from mito_lab.wire import UserState, md5_password
 
 log = logging.getLogger(__name__)
@@ -26,13 +29,21 @@ log = logging.getLogger(__name__)
 # built once: every authenticated request reads its user
 _USER_BY_NAME = sa.select(User).where(User.username == sa.bindparam("name"))
 
+RetireWorkers = Callable[[AsyncSession, int], Awaitable[None]]
+"""Shuts down every worker a user registered (the user's id), re-queueing their tasks."""
+
 
 class UserService:
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, retire_workers: RetireWorkers) -> None:
+        """``retire_workers`` runs in the transaction that locks or deletes a user (SPEC 7, revocation)."""
         self.context = context
+        self.retire_workers = retire_workers
+        self.backoff = LoginBackoff(context.events)
 
     async def ensure_admin(self) -> None:
-        """Create the configured admin on first start; later config changes do not touch it."""
+        """Create the configured admin on first start; later config changes do not touch it.
+        (And make the unknown users' hash now: the first login must cost what the others do.)"""
+        await unknown_user_hash()
         config = self.context.config
         async with self.context.db.read() as session:
             exists = await session.scalar(sa.select(User.id).where(User.username == config.admin_user))
@@ -54,10 +65,15 @@ class UserService:
             await add_group(session, user, username)
 
     async def login(self, username: str, md5_digest: bytes, retain: bool, ip: str | None) -> str:
+        """A token for the right password. A wrong one, for a real or an unknown user, costs the
+        same hash and counts toward the name's and the address's back-off (``LoginBackoff``)."""
+        await self.backoff.check(username, ip)
         async with self.context.db.read() as session:
             user = await session.scalar(sa.select(User).where(User.username == username))
-        if user is None or not await verify_password(user.encrypted_password, md5_digest):
+        if not await verify_password(user.encrypted_password if user is not None else None, md5_digest) or user is None:
+            await self.backoff.failed(username, ip)
             raise WrongCredentials()
+        await self.backoff.succeeded(username)
         if user.state != UserState.Active:
             raise PermissionDenied(f"user {username} is {user.state.value}")
         async with self.context.db.write() as session:
@@ -112,9 +128,15 @@ class UserService:
             user.encrypted_password, user.auth_signature = encrypted, new_signature()
 
     async def set_state(self, username: str, state: UserState) -> UserState:
+        """Locking or deleting a user also shuts down their workers: a lock is what stops an
+        account now (it left, or was compromised), and a worker that stayed registered but was
+        refused would hold its tasks Running until its heartbeats ran out. Unlocked, the user
+        starts workers again (registering needs a login, which the lock refused)."""
         async with self.context.db.write() as session:
             user = await self._by_name(session, username)
             user.state = state
+            if state != UserState.Active:
+                await self.retire_workers(session, user.id)
             return state
 
     async def adjust_group_quota(self, username: str, expression: str) -> int:

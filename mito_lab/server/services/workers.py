@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuid_module
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,6 +36,7 @@ from mito_lab.server.services.activity import (
     EVENTS,
     TASKS_READY,
     announce_ready,
+    cancel_requested,
     long_poll,
     task_changed,
     tasks_created,
@@ -195,6 +196,8 @@ class WorkerService:
         if wait <= 0:
             return None
 
+        taken: list[uuid_module.UUID] = []  # tasks taken back from it while it waits (no longer its own in the database)
+
         async def cancellations() -> WorkerSignal | None:
             async with self.context.db.read() as session:
                 cancelled = (await session.scalars(
@@ -202,10 +205,19 @@ class WorkerService:
                         Task.assigned_worker_id == worker.id, Task.archived_at.is_(None), Task.cancel_requested
                     )
                 )).all()
-            return WorkerSignal(cancel=list(cancelled)) if cancelled else None
+            stop = [*cancelled, *taken]
+            return WorkerSignal(cancel=stop) if stop else None
 
         mine = str(worker.worker_id)
-        return await long_poll(self.context, cancellations, CANCEL, lambda event: event.get("worker") == mine, wait) or WorkerSignal()
+
+        def relevant(event: dict[str, Any]) -> bool:
+            if event.get("worker") != mine:
+                return False
+            if event.get("taken"):
+                taken.append(uuid_module.UUID(event["task"]))
+            return True
+
+        return await long_poll(self.context, cancellations, CANCEL, relevant, wait) or WorkerSignal()
 
     async def report(self, worker: WorkerIdentity, request: ReportTaskReq) -> ReportTaskResp:
         """The reference's report on one task: outcomes and exec states go through the same rules
@@ -231,9 +243,14 @@ class WorkerService:
         return ReportTaskResp(url=None)
 
     async def _submit_downstream(self, session: AsyncSession, worker: WorkerIdentity, task: Task, op: SubmitOp) -> None:
-        """A task chains one Pending task into its own group; it becomes Ready when this one commits."""
-        if task.state not in (TaskState.Finished, TaskState.Cancelled):
-            raise InvalidRequest("Task can not spawn new tasks")
+        """A task that finished chains one Pending task into its own group; it becomes Ready when
+        this one commits. It is submitted as its creator, checked as a direct submit is, now: a
+        creator who lost Write in the group, or was locked, chains nothing. A task that was
+        cancelled, or timed out (Cancelled too), spawns nothing, whatever its worker says."""
+        if task.state != TaskState.Finished or task.cancel_requested:
+            raise InvalidRequest("Task can not spawn new tasks: " + (
+                "it was cancelled" if task.cancel_requested or task.state == TaskState.Cancelled else "it has not finished"
+            ))
         if task.downstream_task_uuid is not None:
             raise InvalidRequest("Task already has a downstream task")
         creator = await session.get_one(User, task.creator_id)
@@ -243,6 +260,10 @@ class WorkerService:
         request = op.Submit
         if request.group_name not in (None, group.group_name):
             raise InvalidRequest(f"Group name mismatch: a downstream task must go to group {group.group_name}")
+        try:
+            await require_role(session, creator, group, Role.Write)
+        except PermissionDenied:
+            raise PermissionDenied(f"user {creator.username} may no longer submit to group {group.group_name}") from None
         role = await session.scalar(
             sa.select(GroupWorker.role).where(GroupWorker.group_id == group.id, GroupWorker.worker_id == worker.id)
         )
@@ -260,20 +281,29 @@ class WorkerService:
                 await self._remove(session, current)
         log.info("worker %s unregistered", worker.worker_id)
 
-    async def _remove(self, session: AsyncSession, worker: Worker) -> None:
-        """Delete a worker. Each task it held goes back to Ready, unless a user cancelled it or it
-        has used up its attempts (then it ends Cancelled); a task that already reported its outcome
-        keeps it and never runs again, unless its outputs were lost on the way (it runs again, or
-        ends OutputsLost if it has used up its attempts)."""
+    async def _remove(self, session: AsyncSession, worker: Worker, attempt_lost: bool = True) -> None:
+        """Delete a worker; the tasks it held are taken back (``_take_back``)."""
         held = (await session.scalars(
             sa.select(Task).where(Task.assigned_worker_id == worker.id, Task.archived_at.is_(None))
         )).all()
+        await self._take_back(session, worker, held, attempt_lost)
+        await self._announce(session, worker, "removed")
+        await session.execute(sa.delete(GroupWorker).where(GroupWorker.worker_id == worker.id))
+        await session.delete(worker)
+
+    async def _take_back(self, session: AsyncSession, worker: Worker, held: Sequence[Task], attempt_lost: bool) -> None:
+        """Take ``held`` tasks from ``worker``. Each goes back to Ready, unless a user cancelled it
+        or it has used up its attempts (then it ends Cancelled); a task that already reported its
+        outcome keeps it and never runs again, unless its outputs were lost on the way (it runs
+        again, or ends OutputsLost if it has used up its attempts). ``attempt_lost``: the worker
+        was lost, and the task may be why, so the attempt counts; it does not when the coordinator
+        takes the task away (its worker lost the right to run it)."""
         lost = await confirm_outputs(self.context, await session.connection(), [task.uuid for task in held])
         for task in held:
             moment = now()
             if task.state != TaskState.Running and task.uuid not in lost:
                 task.archived_at = moment
-            elif task.cancel_requested or task.attempts >= task.max_attempts:
+            elif task.cancel_requested or (attempt_lost and task.attempts >= task.max_attempts):
                 task.state, task.exit_status, task.archived_at, task.ended_at = TaskState.Cancelled, 0, moment, moment
                 task.result_msg = (
                     TaskResultMessage.UserCancellation if task.cancel_requested
@@ -282,12 +312,48 @@ class WorkerService:
                 log.warning("task %s ends %s: its worker %s is gone", task.uuid, task.result_msg.value, worker.worker_id)
             else:
                 task.state, task.assigned_worker_id, task.exec_state, task.started_at = TaskState.Ready, None, None, None
-                log.warning("task %s re-queued (attempt %d of %d lost with worker %s)", task.uuid, task.attempts, task.max_attempts, worker.worker_id)
+                if attempt_lost:
+                    log.warning("task %s re-queued (attempt %d of %d lost with worker %s)", task.uuid, task.attempts, task.max_attempts, worker.worker_id)
+                else:
+                    task.attempts -= 1
+                    cancel_requested(self.context, session, worker.worker_id, task.uuid, taken=True)  # it stops it at once
+                    log.warning("task %s re-queued: worker %s may no longer run it", task.uuid, worker.worker_id)
             task.updated_at = moment
             await task_changed(self.context, session, task)
-        await self._announce(session, worker, "removed")
-        await session.execute(sa.delete(GroupWorker).where(GroupWorker.worker_id == worker.id))
-        await session.delete(worker)
+
+    async def _detach(self, session: AsyncSession, worker: Worker, groups: Collection[Group]) -> None:
+        """Take ``groups`` off the worker, and the tasks of theirs it holds back to the queue."""
+        ids = [group.id for group in groups]
+        await session.execute(sa.delete(GroupWorker).where(GroupWorker.worker_id == worker.id, GroupWorker.group_id.in_(ids)))
+        held = (await session.scalars(
+            sa.select(Task).where(Task.assigned_worker_id == worker.id, Task.archived_at.is_(None), Task.group_id.in_(ids))
+        )).all()
+        await self._take_back(session, worker, held, attempt_lost=False)
+        await self._announce(session, worker, "changed", also_to=[group.group_name for group in groups])
+
+    # --- revocation: what a user's grants reached ends with them (SPEC 7) -------------------------
+
+    async def revoke_links(self, session: AsyncSession, group: Group, user_ids: Collection[int]) -> None:
+        """After a membership change in ``group``: the workers of ``user_ids`` whose creator no
+        longer holds Write there (removed, or now Read) stop serving it, whoever linked them.
+        Called in the transaction of the change: the links go with the membership, at once."""
+        still_writes = sa.exists().where(
+            UserGroup.user_id == Worker.creator_id, UserGroup.group_id == group.id, UserGroup.role.in_(SERVING_ROLES)
+        )
+        workers = (await session.scalars(
+            sa.select(Worker).join(GroupWorker, GroupWorker.worker_id == Worker.id)
+            .where(GroupWorker.group_id == group.id, Worker.creator_id.in_(list(user_ids)), ~still_writes)
+        )).all()
+        for worker in workers:
+            log.warning("worker %s leaves group %s: its creator no longer has Write there", worker.worker_id, group.group_name)
+            await self._detach(session, worker, [group])
+
+    async def retire_workers_of(self, session: AsyncSession, user_id: int) -> None:
+        """A user locked or deleted: every worker they registered is shut down at once, and the
+        tasks it held go back to the queue (in the transaction that changes the user's state)."""
+        for worker in (await session.scalars(sa.select(Worker).where(Worker.creator_id == user_id))).all():
+            log.warning("worker %s shut down: its creator can no longer use the platform", worker.worker_id)
+            await self._remove(session, worker, attempt_lost=False)
 
     async def _announce(self, session: AsyncSession, worker: Worker | WorkerIdentity, event: str, also_to: Iterable[str] = (), **details: Any) -> None:
         """Tell the members of the worker's groups (and of ``also_to``, e.g. a group it just left)
@@ -369,25 +435,34 @@ class WorkerService:
             raise NotFound(f"Worker {worker_uuid}")
         return worker
 
-    async def _require_access(self, session: AsyncSession, user: User | None, worker: Worker, role: Role) -> None:
-        """The caller needs ``role`` in some group that itself has ``role`` on the worker (reference
-        6.5: Read to see it, Write to retag it, Admin to shut it down or change its groups).
-        ``user=None`` is the administrators' route."""
+    async def _has_access(self, session: AsyncSession, user: User | None, worker: Worker, role: Role, links: Collection[Role] | None = None) -> bool:
+        """Whether the caller has ``role`` in some group whose link to the worker is one of
+        ``links`` (default: ``role`` or above). Reference 6.5: Read to see the worker, Write to
+        retag it, Admin to shut it down or change its groups. ``user=None`` is the administrators' route."""
         if user is None:
-            return
+            return True
         allowed = await session.scalar(
             sa.select(GroupWorker.id)
             .join(UserGroup, UserGroup.group_id == GroupWorker.group_id)
             .where(
                 GroupWorker.worker_id == worker.id,
-                GroupWorker.role.in_(role.and_above()),
+                GroupWorker.role.in_(links or role.and_above()),
                 UserGroup.user_id == user.id,
                 UserGroup.role.in_(role.and_above()),
             )
             .limit(1)
         )
-        if allowed is None:
+        return allowed is not None
+
+    async def _require_access(self, session: AsyncSession, user: User | None, worker: Worker, role: Role) -> None:
+        if not await self._has_access(session, user, worker, role):
             raise PermissionDenied(f"this needs role {role.value} in a group with {role.value} on the worker")
+
+    async def _require_shutdown_right(self, session: AsyncSession, user: User | None, worker: Worker) -> None:
+        """Admin in a group with Admin on the worker (reference 6.5), or Admin in a group the
+        worker serves: a group's Admins can always stop what runs their group's tasks."""
+        if not await self._has_access(session, user, worker, Role.Admin, links=SERVING_ROLES):
+            raise PermissionDenied("this needs role Admin in a group the worker serves")
 
     async def _info(self, session: AsyncSession, worker: Worker) -> WorkerInfo:
         creator = await session.scalar(sa.select(User.username).where(User.id == worker.creator_id))
@@ -466,17 +541,21 @@ class WorkerService:
             announce_ready(self.context, session)
 
     async def remove_groups(self, user: User | None, worker_uuid: uuid_module.UUID, names: list[str]) -> None:
+        """Take groups off a worker: those with Admin on the worker may take any; a group's
+        Admins may always take their own group off any worker. The tasks of those groups that the
+        worker holds go back to the queue."""
         async with self.context.db.write() as session:
             worker = await self._worker(session, worker_uuid)
-            await self._require_access(session, user, worker, Role.Admin)
+            if user is not None and not await self._has_access(session, user, worker, Role.Admin):
+                administered = set((await session.scalars(
+                    sa.select(Group.group_name).join(UserGroup, UserGroup.group_id == Group.id)
+                    .where(UserGroup.user_id == user.id, UserGroup.role == Role.Admin, Group.group_name.in_(names))
+                )).all())
+                for name in names:
+                    if name not in administered:
+                        raise PermissionDenied(f"this needs role Admin in group {name}, or in a group with Admin on the worker")
             groups = await by_names(session, Group.group_name, names, "groups")
-            await session.execute(
-                sa.delete(GroupWorker).where(
-                    GroupWorker.worker_id == worker.id, GroupWorker.group_id.in_([g.id for g in groups.values()])
-                )
-            )
-            await self._announce(session, worker, "changed", also_to=names)
-
+            await self._detach(session, worker, list(groups.values()))
 
     async def _shut_down(self, session: AsyncSession, worker: Worker, op: WorkerShutdownOp) -> None:
         """Force: remove now (its task is re-queued). Graceful: an idle worker goes now, a busy one
@@ -495,15 +574,16 @@ class WorkerService:
     async def shutdown(self, user: User | None, worker_uuid: uuid_module.UUID, op: WorkerShutdownOp) -> None:
         async with self.context.db.write() as session:
             worker = await self._worker(session, worker_uuid)
-            await self._require_access(session, user, worker, Role.Admin)
+            await self._require_shutdown_right(session, user, worker)
             await self._shut_down(session, worker, op)
 
     async def shutdown_many(self, user: User, request: WorkersShutdownReq) -> WorkersShutdownResp:
-        """Shut down the workers on which the group (default: personal) has Admin, matching the filter."""
+        """Shut down the workers that serve the group (default: personal) and match the filter: the
+        group's Admin may stop any of them (``_require_shutdown_right``)."""
         async with self.context.db.write() as session:
             group = await personal_group(session, user, request.group_name)
             await require_role(session, user, group, Role.Admin)
-            workers = await self._matching(session, group, request, [Role.Admin])  # only workers it administers
+            workers = await self._matching(session, group, request, list(SERVING_ROLES))
             for worker in workers:
                 await self._shut_down(session, worker, request.op)
         return WorkersShutdownResp(shutdown_count=len(workers), group_name=group.group_name)
@@ -516,7 +596,7 @@ class WorkerService:
                 if worker is None:
                     continue
                 try:
-                    await self._require_access(session, user, worker, Role.Admin)
+                    await self._require_shutdown_right(session, user, worker)
                 except PermissionDenied:
                     continue
                 await self._shut_down(session, worker, request.op)
