@@ -70,11 +70,15 @@ def _coordinator_parser(modes: argparse._SubParsersAction) -> None:
 
 def run_coordinator(namespace: argparse.Namespace) -> int:
     from mito_lab.logs import setup_logging
-    from mito_lab.server.app import serve
+    from mito_lab.server.app import DataDirInUse, serve
 
     config: CoordinatorConfig = _load("coordinator", CoordinatorConfig, namespace)
     setup_logging("coordinator", config.bind.replace(":", "_"), config.file_log, config.log_path)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except DataDirInUse as exc:
+        print(f"mito coordinator: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     return 0
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import gc
 import json
 import logging
+import os
 import resource
 import secrets
 import signal
 from importlib import import_module
+from pathlib import Path
 
 from tornado.httpserver import HTTPServer
 from tornado.web import Application
@@ -26,6 +29,7 @@ from mito_lab.server.events import (
     make_events,
 )
 from mito_lab.server.handlers.base import MAX_DRAINED_BODY, NotFoundHandler
+from mito_lab.server.services import uploads
 from mito_lab.server.services.activity import CANCEL, DATABASE_WATCH_SECONDS, EVENTS, TASKS_READY, watch_database
 from mito_lab.server.services.attachments import AttachmentService
 from mito_lab.server.services.auth import Tokens, load_or_create_keys
@@ -51,6 +55,27 @@ def parse_bind(bind: str) -> tuple[str, int]:
         raise ValueError(f"invalid bind address {bind!r}: use HOST:PORT, e.g. 127.0.0.1:5000") from None
 
 
+class DataDirInUse(RuntimeError):
+    """Another coordinator holds the data dir; the message names it and its PID."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data dir for this process's life (an exclusive ``flock`` on ``coordinator.lock``,
+    released when the descriptor closes, however the process ends): a second coordinator on the
+    same SQLite file and local store would run tasks twice. Returns the descriptor to keep open."""
+    path = data_dir / "coordinator.lock"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise DataDirInUse(f"the data dir {data_dir} is in use by another coordinator (PID {holder})") from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
+
+
 def make_store(config: CoordinatorConfig) -> ObjectStore:
     buckets = [config.artifacts_bucket, config.attachments_bucket]
     if config.s3_url:
@@ -62,6 +87,9 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        # the embedded database or object store lives in the data dir: one coordinator at a time
+        embedded = config.db_url is None or not config.s3_url
+        self._data_dir_lock = lock_data_dir(config.data_dir) if embedded else None
         db_url = config.db_url or f"sqlite:///{config.data_dir / 'mitosis.db'}"
         private_key, public_key = load_or_create_keys(
             config.data_dir, config.access_token_private_path, config.access_token_public_path
@@ -119,15 +147,19 @@ class Coordinator:
         log.info("coordinator listening on http://%s:%d (database: %s)", host, port, self.context.db.engine.url.render_as_string(hide_password=True))
 
     async def _housekeeping(self) -> None:
-        """Remove workers that stopped heartbeating; forget old live output."""
+        """Remove workers that stopped heartbeating; forget old live output; settle the uploads
+        no one has read yet and those whose URLs expired."""
         period = max(1.0, min(self.config.heartbeat_timeout.total_seconds() / 4, 30.0))
         while True:
             await asyncio.sleep(period)
-            for job in (self.workers.reap, self.logs.prune):
+            for job in (self.workers.reap, self.logs.prune, self._settle_uploads):
                 try:
                     await job()
                 except Exception:  # a failed round is retried next period; it must not stop the loop
                     log.exception("housekeeping: %s failed", job.__qualname__)
+
+    async def _settle_uploads(self) -> None:
+        await uploads.sweep(self.context)
 
     async def _watch_database(self) -> None:
         while True:
@@ -169,6 +201,9 @@ class Coordinator:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.context.events.close()
         await self.context.db.close()
+        if self._data_dir_lock is not None:
+            os.close(self._data_dir_lock)
+            self._data_dir_lock = None
 
 
 def raise_open_files_limit() -> None:
