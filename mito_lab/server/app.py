@@ -22,12 +22,7 @@ from tornado.web import Application
 from mito_lab.config import CoordinatorConfig
 from mito_lab.server import openapi
 from mito_lab.server.db.engine import Database
-from mito_lab.server.events import (
-    RedisEvents,
-    access_url,
-    create_acl_users,
-    make_events,
-)
+from mito_lab.server.events import RedisEvents, make_events, remove_reference_acl_users
 from mito_lab.server.handlers.base import MAX_DRAINED_BODY, NotFoundHandler
 from mito_lab.server.services import uploads
 from mito_lab.server.services.activity import CANCEL, DATABASE_WATCH_SECONDS, EVENTS, TASKS_READY, watch_database
@@ -173,18 +168,13 @@ class Coordinator:
     async def _start_events(self) -> None:
         events, config = self.context.events, self.config
         await events.start()
-        if not isinstance(events, RedisEvents) or config.redis_url is None:
+        if not isinstance(events, RedisEvents):
             return
-        if config.redis_skip_acl_rules:
-            worker_password, client_password = config.redis_worker_password, config.redis_client_password
-        else:
-            worker_password, client_password = await create_acl_users(
-                events, config.redis_worker_password, config.redis_client_password
-            )
-        if worker_password:
-            self.context.redis_worker_url = access_url(config.redis_url, "mitosis_worker", worker_password)
-        if client_password:
-            self.context.redis_client_url = access_url(config.redis_url, "mitosis_client", client_password)
+        if config.redis_worker_password or config.redis_client_password:
+            log.warning("redis: the worker and client passwords are ignored: no Redis URL is handed out "
+                        "(users follow task states through /events, workers report them to the coordinator)")
+        if not config.redis_skip_acl_rules:
+            await remove_reference_acl_users(events)
 
     async def stop(self) -> None:
         """Refuse new requests (503) and connections, answer the long polls, close every connection

@@ -223,9 +223,12 @@ def _claim(for_update: bool) -> sa.Update:
     if for_update:
         chosen = chosen.with_for_update(skip_locked=True)
     serving = sa.exists().where(Worker.id == sa.bindparam("worker_pk"), Worker.state == WorkerState.Normal)
+    # state and claimant checked again on the row the UPDATE writes: on PostgreSQL a row another
+    # transaction claimed meanwhile is re-evaluated against them (and skipped), whatever the plan
+    unclaimed = (_tasks.c.state == TaskState.Ready, _tasks.c.assigned_worker_id.is_(None))
     return (
         _tasks.update()
-        .where(_tasks.c.id.in_(chosen.scalar_subquery()), serving)
+        .where(_tasks.c.id.in_(chosen.scalar_subquery()), *unclaimed, serving)
         .values(
             state=TaskState.Running, assigned_worker_id=sa.bindparam("worker_pk"), attempts=_tasks.c.attempts + 1,
             exec_state=None, ended_at=None, started_at=sa.bindparam("moment"), updated_at=sa.bindparam("moment"),

@@ -153,7 +153,7 @@ class WorkerService:
         token = self.context.tokens.issue(str(worker_uuid), "worker", lifetime)
         log.info("worker %s registered by %s for %s", worker_uuid, user.username, sorted(roles))
         return RegisterWorkerResp(
-            worker_id=worker_uuid, token=token, redis_url=self.context.redis_worker_url,
+            worker_id=worker_uuid, token=token, redis_url=None,  # see events.REFERENCE_ACL_USERS
             lifetime=lifetime, heartbeat_timeout=self.context.config.heartbeat_timeout,
         )
 
