@@ -22,7 +22,7 @@ from mito_lab.wire import ArtifactContentType, UploadResp
 
 _grants = ARTIFACTS.grants
 _PENDING = sa.select(_grants.c.task_uuid, _grants.c.content_type).where(
-    _grants.c.task_uuid.in_(sa.bindparam("uuids", expanding=True))
+    _grants.c.task_uuid.in_(sa.bindparam("uuids", expanding=True)), _grants.c.uploader_id.is_(None)
 ).distinct()
 
 

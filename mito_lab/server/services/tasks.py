@@ -525,10 +525,10 @@ class TaskService:
 
     async def download_artifacts(self, user: User, request: ArtifactsFilterReq) -> ArtifactsDownloadResp:
         """Links (valid a day) to one artifact type of every task matching the filter."""
-        group_tasks = sa.select(Task.uuid).join(Group, Group.id == Task.group_id).where(Group.group_name == request.group_name)
-        await settle_artifacts(self.context, group_tasks)
         async with self.context.db.read() as session:
             group = await self._group_with_role(session, user, request.group_name, Role.Read)
+        await settle_artifacts(self.context, sa.select(Task.uuid).where(Task.group_id == group.id))
+        async with self.context.db.read() as session:
             matching = sa.select(Task.uuid).where(*task_conditions(request, group))
             rows = await session.scalars(
                 sa.select(Artifact)

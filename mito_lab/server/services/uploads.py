@@ -134,9 +134,9 @@ RECORDED, FAILED = "recorded", "failed"
 
 async def settle(context: Context, connection: Any, kind: Kind, key: tuple[Any, Any], final: bool = False) -> str | None:
     """Settle the grants of one artifact or attachment (in the caller's transaction): RECORDED if
-    an upload became the record, FAILED if none did and one arrived wrong or was refused (or, when
-    ``final``, did not arrive at all), None otherwise. ``final``: the uploads are over (the task was
-    committed or its worker lost): nothing is left waiting."""
+    an upload became the record, FAILED if none did and the worker's arrived wrong or was refused
+    (or, when ``final``, did not arrive at all), None otherwise. ``final``: the worker's uploads
+    are over (its task was committed or it was lost): none of its grants is left waiting."""
     grants_query = sa.select(kind.grants).where(*kind.where(kind.grants, key)).order_by(kind.grants.c.id.desc())
     if not context.db.is_sqlite:  # coordinators settling the same object take turns
         grants_query = grants_query.with_for_update()
@@ -155,7 +155,8 @@ async def settle(context: Context, connection: Any, kind: Kind, key: tuple[Any, 
     dropped: list[int] = []
     doomed: list[str] = []  # objects to delete: never the record's
     for grant in grants:
-        over = final or grant.expires_at <= moment
+        workers = grant.uploader_id is None
+        over = (final and workers) or grant.expires_at <= moment
         name = grant.object_key or former
         if grant.recorded or chosen is not None or grant.id < newest_recorded:
             if not grant.recorded:  # superseded by a newer upload: whatever it brought goes
@@ -168,9 +169,9 @@ async def settle(context: Context, connection: Any, kind: Kind, key: tuple[Any, 
         if arrived is None:
             if over:
                 dropped.append(grant.id)
-            if final:
+            if final and workers:
                 log.warning("%s %s: nothing arrived through its upload URL", kind.what, "/".join(map(str, key)))
-                outcome = outcome or FAILED
+                outcome = FAILED
             continue
         if arrived != grant.size:
             refusal = f"{arrived} bytes arrived, {grant.size} were declared"
@@ -185,7 +186,7 @@ async def settle(context: Context, connection: Any, kind: Kind, key: tuple[Any, 
             continue
         log.warning("%s %s: upload refused and deleted: %s", kind.what, "/".join(map(str, key)), refusal)
         doomed.append(name)
-        outcome = FAILED
+        outcome = FAILED if workers else outcome
         if over:
             dropped.append(grant.id)
     if chosen is not None:
@@ -193,7 +194,7 @@ async def settle(context: Context, connection: Any, kind: Kind, key: tuple[Any, 
         await _record(connection, kind, key, record, chosen, group_id, moment)
         if current is not None:
             doomed.append(current)
-        if final or chosen.expires_at <= moment:
+        if (final and chosen.uploader_id is None) or chosen.expires_at <= moment:
             dropped.append(chosen.id)
         else:  # kept until its URL expires: older grants stay superseded
             await connection.execute(kind.grants.update().where(kind.grants.c.id == chosen.id).values(recorded=True, updated_at=moment))
