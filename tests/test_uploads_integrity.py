@@ -214,7 +214,8 @@ def test_a_second_coordinator_on_the_same_data_dir_exits_naming_the_holder(platf
 
 def test_two_coordinators_on_one_postgres_never_hand_a_task_to_two_workers(tmp_path: Path, pg_url: str) -> None:
     """Eight workers take tasks as fast as they can, half through each coordinator: every task is
-    handed out exactly once. (The claim re-checks state and claimant on the row it writes.)"""
+    handed out exactly once, and no worker gets more than it asked for. (The claim re-checks state
+    and claimant on the row it writes; its SKIP LOCKED choice is evaluated once.)"""
     first = start_platform(tmp_path / "a", "--db", pg_url)
     second = start_platform(tmp_path / "b", "--db", pg_url)
     try:
@@ -232,6 +233,7 @@ def test_two_coordinators_on_one_postgres_never_hand_a_task_to_two_workers(tmp_p
                 answer = http("POST", f"{coordinators[index].url}/workers/exchange", {"want": 4}, token=tokens[index])
                 assert answer.status == 200, answer.body
                 got: list[Any] = answer.json["tasks"]
+                assert len(got) <= 4  # never more than asked (a SKIP LOCKED subquery run per row took dozens)
                 taken[index].extend(task["id"] for task in got)
                 empty = 0 if got else empty + 1
 
