@@ -300,7 +300,17 @@ class AsyncClient:
         key = key or path.name
         if key.endswith("/"):
             key += path.name
-        return await self._upload(f"groups/{group}/attachments", lambda size: UploadAttachmentReq(key=key, content_length=size), path, progress)
+        async def recorded() -> int | None:
+            try:
+                return (await self.attachment_meta(group, key)).size
+            except MitoError as exc:
+                if exc.status == 404:  # not recorded: nothing whole arrived
+                    return None
+                raise
+
+        return await self._upload(
+            f"groups/{group}/attachments", lambda size: UploadAttachmentReq(key=key, content_length=size), path, progress, recorded
+        )
 
     # --- workers --------------------------------------------------------------------------------
 
@@ -670,8 +680,13 @@ class AsyncClient:
         path: Path,
         progress: ShowProgress = None,
     ) -> UploadResp:
+        async def recorded() -> int | None:
+            artifacts = (await self.get_task(task_uuid)).artifacts
+            return next((a.size for a in artifacts if a.content_type == content_type), None)
+
         return await self._upload(
-            f"tasks/{task_uuid}/artifacts", lambda size: UploadArtifactReq(content_type=content_type, content_length=size), path, progress
+            f"tasks/{task_uuid}/artifacts", lambda size: UploadArtifactReq(content_type=content_type, content_length=size), path,
+            progress, recorded,
         )
 
     async def _download(self, link: Awaitable[DownloadResp], path: Path, default_name: str, progress: ShowProgress) -> Path:
@@ -683,12 +698,19 @@ class AsyncClient:
             await self.session.download_file(answer.url, path, advance)
         return path
 
-    async def _upload(self, route: str, request: Callable[[int], BaseModel], path: Path, progress: ShowProgress) -> UploadResp:
-        """Ask ``route`` for a signed URL for the file's size, then stream the file there."""
+    async def _upload(
+        self, route: str, request: Callable[[int], BaseModel], path: Path, progress: ShowProgress,
+        recorded: Callable[[], Awaitable[int | None]],
+    ) -> UploadResp:
+        """Ask ``route`` for a signed URL for the file's size, stream the file there, then read back
+        what the coordinator recorded: it records an upload once it arrived whole, and reading it
+        is how the SDK reports the upload complete."""
         if path.is_dir():
             raise MitoError(400, f"{path} is a directory: upload a file (pack it with tar first)")
         size = path.stat().st_size
         upload: UploadResp = await self.session.call("POST", route, request(size), UploadResp)
         with progress_bar(progress, size, f"upload {path.name}") as advance:
             await self.session.upload_file(upload.url, path, advance)
+        if (found := await recorded()) != size:
+            raise MitoError(409, f"the upload of {path} was not recorded ({found} bytes recorded of {size} sent): upload it again")
         return upload

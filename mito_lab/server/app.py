@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import gc
 import json
 import logging
+import os
 import resource
 import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from tornado.httpserver import HTTPServer
@@ -21,13 +24,9 @@ from tornado.web import Application
 from mito_lab.config import CoordinatorConfig, parse_bind, without_password
 from mito_lab.server import openapi
 from mito_lab.server.db.engine import Database
-from mito_lab.server.events import (
-    RedisEvents,
-    access_url,
-    create_acl_users,
-    make_events,
-)
+from mito_lab.server.events import RedisEvents, make_events, remove_reference_acl_users
 from mito_lab.server.handlers.base import MAX_DRAINED_BODY, NotFoundHandler
+from mito_lab.server.services import uploads
 from mito_lab.server.services.activity import CANCEL, DATABASE_WATCH_SECONDS, EVENTS, TASKS_READY, watch_database
 from mito_lab.server.services.attachments import AttachmentService
 from mito_lab.server.services.auth import Tokens, load_or_create_keys
@@ -58,6 +57,27 @@ async def _using(service: str, where: str, step: Callable[[], Awaitable[Any]]) -
         raise StartupError(f"cannot use {service} at {where}: {reason}") from exc
 
 
+class DataDirInUse(StartupError):
+    """Another coordinator holds the data dir; the message names it and its PID."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data dir for this process's life (an exclusive ``flock`` on ``coordinator.lock``,
+    released when the descriptor closes, however the process ends): a second coordinator on the
+    same SQLite file and local store would run tasks twice. Returns the descriptor to keep open."""
+    path = data_dir / "coordinator.lock"
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise DataDirInUse(f"the data dir {data_dir} is in use by another coordinator (PID {holder})") from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    return descriptor
+
+
 def make_store(config: CoordinatorConfig) -> ObjectStore:
     buckets = [config.artifacts_bucket, config.attachments_bucket]
     if config.s3_url:
@@ -69,6 +89,9 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        # the embedded database or object store lives in the data dir: one coordinator at a time
+        embedded = config.db_url is None or not config.s3_url
+        self._data_dir_lock = lock_data_dir(config.data_dir) if embedded else None
         db_url = config.db_url or f"sqlite:///{config.data_dir / 'mitosis.db'}"
         private_key, public_key = load_or_create_keys(
             config.data_dir, config.access_token_private_path, config.access_token_public_path
@@ -137,15 +160,19 @@ class Coordinator:
         log.info("coordinator listening on http://%s:%d (database: %s)", host, port, self.context.db.engine.url.render_as_string(hide_password=True))
 
     async def _housekeeping(self) -> None:
-        """Remove workers that stopped heartbeating; forget old live output."""
+        """Remove workers that stopped heartbeating; forget old live output; settle the uploads
+        no one has read yet and those whose URLs expired."""
         period = max(1.0, min(self.config.heartbeat_timeout.total_seconds() / 4, 30.0))
         while True:
             await asyncio.sleep(period)
-            for job in (self.workers.reap, self.logs.prune):
+            for job in (self.workers.reap, self.logs.prune, self._settle_uploads):
                 try:
                     await job()
                 except Exception:  # a failed round is retried next period; it must not stop the loop
                     log.exception("housekeeping: %s failed", job.__qualname__)
+
+    async def _settle_uploads(self) -> None:
+        await uploads.sweep(self.context)
 
     async def _watch_database(self) -> None:
         while True:
@@ -159,18 +186,13 @@ class Coordinator:
     async def _start_events(self) -> None:
         events, config = self.context.events, self.config
         await events.start()
-        if not isinstance(events, RedisEvents) or config.redis_url is None:
+        if not isinstance(events, RedisEvents):
             return
-        if config.redis_skip_acl_rules:
-            worker_password, client_password = config.redis_worker_password, config.redis_client_password
-        else:
-            worker_password, client_password = await create_acl_users(
-                events, config.redis_worker_password, config.redis_client_password
-            )
-        if worker_password:
-            self.context.redis_worker_url = access_url(config.redis_url, "mitosis_worker", worker_password)
-        if client_password:
-            self.context.redis_client_url = access_url(config.redis_url, "mitosis_client", client_password)
+        if config.redis_worker_password or config.redis_client_password:
+            log.warning("redis: the worker and client passwords are ignored: no Redis URL is handed out "
+                        "(users follow task states through /events, workers report them to the coordinator)")
+        if not config.redis_skip_acl_rules:
+            await remove_reference_acl_users(events)
 
     async def stop(self) -> None:
         """Refuse new requests (503) and connections, answer the long polls, close every connection
@@ -187,6 +209,9 @@ class Coordinator:
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.context.events.close()
         await self.context.db.close()
+        if self._data_dir_lock is not None:
+            os.close(self._data_dir_lock)
+            self._data_dir_lock = None
 
 
 def raise_open_files_limit() -> None:

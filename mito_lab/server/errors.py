@@ -69,6 +69,20 @@ class PayloadTooLarge(ApiError):
         super().__init__(f"Payload too large: the body has {size} bytes, the limit is {limit}")
 
 
+class InsufficientStorage(ApiError):
+    status = 507
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"Insufficient storage: {why}")
+
+
+class UploadUrlUsed(ApiError):
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__("this upload URL was used already: ask for a new one")
+
+
 class ShuttingDown(ApiError):
     """Answered to every request once the coordinator is stopping: clients retry as after a
     lost connection (the worker backs off and tries again)."""

@@ -253,19 +253,33 @@ class Artifact(Timestamps, Base):
     task_uuid: Mapped[uuid_module.UUID] = mapped_column(sa.Uuid)
     content_type: Mapped[ArtifactContentType] = mapped_column(_enum(ArtifactContentType, "artifact_type"))
     size: Mapped[int] = mapped_column(sa.BigInteger)
+    # the object holding it: the upload's own name; None for artifacts stored before uploads had
+    # their own names (``<task uuid>/<type>.tar.gz``)
+    object_key: Mapped[str | None] = mapped_column(sa.String(1024))
 
 
-class ArtifactUpload(Timestamps, Base):
-    """An output whose upload URL a worker was given, not yet seen in the store: it becomes an
-    ``Artifact`` (and is charged) when its task is committed or its worker lost, if the object
-    arrived with this size (``services/outputs.py``)."""
+class UploadGrant:
+    """An upload URL handed out, kept until the URL expires. What arrives at its object becomes the
+    record (and is charged) only if it has the declared size and its uploader may still write;
+    each URL names an object of its own, so a URL handed out earlier never overwrites what a later
+    one recorded (``services/uploads.py``)."""
+
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    object_key: Mapped[str | None] = mapped_column(sa.String(1024))  # None: a grant from before 0007
+    uploader_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))  # None: the task's worker
+    expires_at: Mapped[datetime]
+    recorded: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+
+
+class ArtifactUpload(Timestamps, UploadGrant, Base):
+    """An artifact's upload URL, handed to the task's worker (its outputs, recorded when the task
+    is committed or its worker lost) or to a user of the group."""
 
     __tablename__ = "artifact_uploads"
-    __table_args__ = (sa.UniqueConstraint("task_uuid", "content_type"),)
+    __table_args__ = (sa.Index("ix_artifact_uploads_task", "task_uuid", "content_type"),)
 
     task_uuid: Mapped[uuid_module.UUID] = mapped_column(sa.Uuid)
     content_type: Mapped[ArtifactContentType] = mapped_column(_enum(ArtifactContentType, "artifact_type"))
-    size: Mapped[int] = mapped_column(sa.BigInteger)
 
 
 class Attachment(Timestamps, Base):
@@ -275,6 +289,17 @@ class Attachment(Timestamps, Base):
     group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id"))
     key: Mapped[str] = mapped_column(sa.String(1024))
     size: Mapped[int] = mapped_column(sa.BigInteger)
+    object_key: Mapped[str | None] = mapped_column(sa.String(1024))  # None: ``<group>/<key>``, as before 0007
+
+
+class AttachmentUpload(Timestamps, UploadGrant, Base):
+    """An attachment's upload URL, handed to a user of the group."""
+
+    __tablename__ = "attachment_uploads"
+    __table_args__ = (sa.Index("ix_attachment_uploads_key", "group_id", "key"),)
+
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id"))
+    key: Mapped[str] = mapped_column(sa.String(1024))
 
 
 class TaskLog(Base):

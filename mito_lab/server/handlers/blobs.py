@@ -1,14 +1,19 @@
-"""The local object store's URLs: signed, expiring, streamed both ways (never whole in memory)."""
+"""The local object store's URLs: signed, expiring, streamed both ways (never whole in memory).
+
+An upload URL is single-use: its object is created, never replaced (every upload URL names an
+object of its own, ``services/uploads.py``). A write the disk refuses answers 507 and leaves
+nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
 from tornado.iostream import StreamClosedError
 
-from mito_lab.server.errors import InvalidRequest, NotFound, PermissionDenied
+from mito_lab.server.errors import InsufficientStorage, InvalidRequest, NotFound, PermissionDenied, UploadUrlUsed
 from mito_lab.server.handlers.base import ApiHandler
 from mito_lab.server.storage import LocalStore
 
@@ -18,6 +23,7 @@ CHUNK = 1 << 20
 class BlobHandler(ApiHandler):
     _temp: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
     _declared = 0
+    _write_error: OSError | None = None
 
     @property
     def store(self) -> LocalStore:
@@ -46,21 +52,42 @@ class BlobHandler(ApiHandler):
             if self.request.headers.get("Content-Length") != str(self._declared):
                 raise InvalidRequest(f"Content-Length must be the signed size, {self._declared} bytes")
             self.request.connection.set_max_body_size(self._declared)  # type: ignore[union-attr]
-            self._target.parent.mkdir(parents=True, exist_ok=True)
-            self._temp = tempfile.NamedTemporaryFile(dir=self._target.parent, prefix=".upload-", delete=False)
+            if self._target.exists():
+                raise UploadUrlUsed()
+            try:
+                self._target.parent.mkdir(parents=True, exist_ok=True)
+                self._temp = tempfile.NamedTemporaryFile(dir=self._target.parent, prefix=".upload-", delete=False)
+            except OSError as exc:
+                raise InsufficientStorage(f"the object store cannot write: {exc.strerror}") from None
 
     def data_received(self, chunk: bytes) -> None:
-        if self._temp is not None:
-            self._received += len(chunk)
+        self._received += len(chunk)
+        if self._temp is None:
+            return  # the write failed: the rest of the body is read and dropped, then 507
+        try:
             self._temp.write(chunk)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self._write_error = exc
+        self._discard()
 
     async def put(self, bucket: str, key: str) -> None:
+        if self._temp is not None:
+            try:
+                self._temp.close()  # writes out what is buffered: a full disk may only say so now
+            except OSError as exc:
+                self._fail(exc)
+        if self._write_error is not None:
+            raise InsufficientStorage(f"the object store could not write the upload: {self._write_error.strerror}")
         assert self._temp is not None
-        self._temp.close()
         if self._received != self._declared:
             raise InvalidRequest(f"received {self._received} bytes, expected {self._declared}")
-        os.replace(self._temp.name, self._target)
-        self._temp = None
+        try:
+            os.link(self._temp.name, self._target)  # created, never replaced: the URL is single-use
+        except FileExistsError:
+            raise UploadUrlUsed() from None
         self.finish(b"")
 
     async def get(self, bucket: str, key: str) -> None:
@@ -86,7 +113,8 @@ class BlobHandler(ApiHandler):
 
     def _discard(self) -> None:
         if self._temp is not None:
-            self._temp.close()
+            with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+                self._temp.close()
             Path(self._temp.name).unlink(missing_ok=True)
             self._temp = None
 

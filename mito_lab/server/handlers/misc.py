@@ -32,11 +32,13 @@ class AuthHandler(ApiHandler):
 
 
 class RedisHandler(ApiHandler):
-    @operation("The read-only Redis URL for clients (null without Redis)", response=RedisConnectionInfo)
+    @operation("Always null: task states are followed through GET /events", response=RedisConnectionInfo)
     async def get(self) -> None:
-        """The read-only Redis URL for clients, or null when the coordinator runs without Redis."""
+        """The reference's Redis URL for clients, always null (the reference's answer without
+        Redis): its ACL user could read every group's ``task:*`` keys. ``GET /events`` streams the
+        same states, of the caller's groups only (``events.REFERENCE_ACL_USERS``)."""
         await self.user()
-        self.send(RedisConnectionInfo(url=self.context.redis_client_url))
+        self.send(RedisConnectionInfo(url=None))
 
 
 class OpenApiHandler(ApiHandler):

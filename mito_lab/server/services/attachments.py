@@ -17,6 +17,7 @@ from mito_lab.server.services.groups import (
     require_role,
 )
 from mito_lab.server.services.tasks import DELETE_GUARD, now
+from mito_lab.server.services.uploads import ATTACHMENTS, attachment_object, grant_upload, settle_attachments
 from mito_lab.server.storage import BATCH_DOWNLOAD_URL_LIFETIME, download_url_lifetime
 from mito_lab.wire import (
     AttachmentDownloadItem,
@@ -46,8 +47,8 @@ def check_key(group_name: str, key: str) -> str:
     return key
 
 
-def object_key(group: Group, key: str) -> str:
-    return f"{group.group_name}/{key}"
+def _group_named(name: str) -> sa.ScalarSelect[int]:
+    return sa.select(Group.id).where(Group.group_name == name).scalar_subquery()
 
 
 def _metadata(attachment: Attachment) -> AttachmentMetadata:
@@ -67,31 +68,26 @@ class AttachmentService:
 
     def _link(self, group: Group, attachment: Attachment, lifetime: timedelta | None = None) -> str:
         return self.context.store.download_url(
-            self.context.attachments_bucket, object_key(group, attachment.key), lifetime or download_url_lifetime(attachment.size)
+            self.context.attachments_bucket, attachment_object(group.group_name, attachment), lifetime or download_url_lifetime(attachment.size)
         )
 
     async def upload(self, user: User, group_name: str, key: str, size: int) -> UploadResp:
+        """Sign the upload; the attachment is recorded once it arrived whole (``services/uploads.py``)."""
         async with self.context.db.write() as session:
             group = await group_by_name(session, group_name)
             await require_role(session, user, group, Role.Write)
             check_key(group.group_name, key)
-            group = await locked_group(self.context, session, group.id)
-            existing = await session.scalar(sa.select(Attachment).where(Attachment.group_id == group.id, Attachment.key == key))
-            await charge_storage(session, group, existing.size if existing else 0, size)
-            if existing is None:
-                session.add(Attachment(group_id=group.id, key=key, size=size))
-            else:
-                existing.size, existing.updated_at = size, now()
-            url = self.context.store.upload_url(self.context.attachments_bucket, object_key(group, key), size)
-            return UploadResp(exist=existing is not None, url=url)
+            return await grant_upload(self.context, await session.connection(), ATTACHMENTS, (group.id, key), group, size, user.id)
 
     async def metadata(self, user: User, group_name: str, key: str) -> AttachmentMetadata:
+        await settle_attachments(self.context, _group_named(group_name), [key])
         async with self.context.db.read() as session:
             group = await group_by_name(session, group_name)
             await require_role(session, user, group, Role.Read)
             return _metadata(await self._find(session, group, key))
 
     async def download(self, user: User, group_name: str, key: str) -> DownloadResp:
+        await settle_attachments(self.context, _group_named(group_name), [key])
         async with self.context.db.read() as session:
             group = await group_by_name(session, group_name)
             await require_role(session, user, group, Role.Read)
@@ -105,6 +101,7 @@ class AttachmentService:
         return query.order_by(Attachment.key).limit(limit).offset(offset)
 
     async def query(self, user: User, group_name: str, request: AttachmentsQueryReq) -> AttachmentsQueryResp:
+        await settle_attachments(self.context, _group_named(group_name))
         async with self.context.db.read() as session:
             group = await group_by_name(session, group_name)
             await require_role(session, user, group, Role.Read)
@@ -121,6 +118,7 @@ class AttachmentService:
         offset: int | None = None, keys: list[str] | None = None,
     ) -> AttachmentsDownloadResp:
         """Links for the attachments matching ``key`` (a substring), or for exactly ``keys``."""
+        await settle_attachments(self.context, _group_named(group_name), keys)
         async with self.context.db.read() as session:
             group = await group_by_name(session, group_name)
             await require_role(session, user, group, Role.Read)
@@ -173,7 +171,8 @@ class AttachmentService:
                 await charge_storage(session, group, attachment.size, 0)
                 await session.delete(attachment)
             names = [a.key for a in doomed]
+            objects = [attachment_object(group.group_name, a) for a in doomed]
             group_name = group.group_name
-        for name in names:
-            await self.context.store.delete(self.context.attachments_bucket, f"{group_name}/{name}")
+        for name in objects:
+            await self.context.store.delete(self.context.attachments_bucket, name)
         return names, group_name

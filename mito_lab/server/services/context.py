@@ -22,9 +22,6 @@ class Context:
     store: ObjectStore
     tokens: Tokens
     events: InProcessEvents
-    # Redis URLs with the reference's ACL users, handed to workers and clients (None without Redis)
-    redis_worker_url: str | None = None
-    redis_client_url: str | None = None
     closing: bool = False  # the coordinator is stopping: long polls answer now
     _group_names: dict[int, str] = field(default_factory=dict)
 

@@ -222,9 +222,15 @@ def _claim(for_update: bool) -> sa.Update:
         .order_by(_tasks.c.priority.desc(), _tasks.c.id)
         .limit(sa.bindparam("take", type_=sa.Integer))
     )
+    taken: sa.ScalarSelect[Any] | sa.Select[Any] = chosen.scalar_subquery()
     if for_update:
-        chosen = chosen.with_for_update(skip_locked=True)
+        # evaluated once (a materialized CTE): a plan that re-ran a SKIP LOCKED subquery per row
+        # would see other rows each time and take more than ``take``
+        taken = sa.select(chosen.with_for_update(skip_locked=True).cte("chosen").prefix_with("MATERIALIZED").c.id)
     serving = sa.exists().where(Worker.id == sa.bindparam("worker_pk"), Worker.state == WorkerState.Normal)
+    # state and claimant checked again on the row the UPDATE writes: on PostgreSQL a row another
+    # transaction claimed meanwhile is re-evaluated against them (and skipped)
+    unclaimed = (_tasks.c.state == TaskState.Ready, _tasks.c.assigned_worker_id.is_(None))
     # The grant is checked as the task is taken, not read from the cached identity: a group taken
     # off the worker (revocation) stops its claims at once on every coordinator. One probe of
     # group_worker's unique (group_id, worker_id) index per task taken.
@@ -234,7 +240,7 @@ def _claim(for_update: bool) -> sa.Update:
     )
     return (
         _tasks.update()
-        .where(_tasks.c.id.in_(chosen.scalar_subquery()), serving, granted)
+        .where(_tasks.c.id.in_(taken), *unclaimed, serving, granted)
         .values(
             state=TaskState.Running, assigned_worker_id=sa.bindparam("worker_pk"), attempts=_tasks.c.attempts + 1,
             exec_state=None, ended_at=None, started_at=sa.bindparam("moment"), updated_at=sa.bindparam("moment"),

@@ -34,6 +34,7 @@ from mito_lab.server.services.groups import (
     locked_group,
     require_role,
 )
+from mito_lab.server.services.uploads import ARTIFACTS, artifact_object, grant_upload, settle_artifacts
 from mito_lab.server.storage import BATCH_DOWNLOAD_URL_LIFETIME, download_url_lifetime
 from mito_lab.wire import (
     COMPARISON_PATTERN,
@@ -173,28 +174,6 @@ async def task_response(session: AsyncSession, task: Task, creator: str, group: 
     )
 
 
-def artifact_key(task_uuid: uuid_module.UUID, content_type: ArtifactContentType) -> str:
-    return f"{task_uuid}/{content_type.file_name}"
-
-
-async def reserve_artifact(
-    context: Context, session: AsyncSession, task: Task, content_type: ArtifactContentType, size: int
-) -> UploadResp:
-    """Record an artifact and charge its group's storage (reference 5.4), then sign the upload."""
-    group = await locked_group(context, session, task.group_id)
-    existing = await session.scalar(
-        sa.select(Artifact).where(Artifact.task_uuid == task.uuid, Artifact.content_type == content_type)
-    )
-    await charge_storage(session, group, existing.size if existing else 0, size)
-    if existing is None:
-        session.add(Artifact(task_uuid=task.uuid, content_type=content_type, size=size))
-    else:
-        existing.size = size
-        existing.updated_at = now()
-    url = context.store.upload_url(context.artifacts_bucket, artifact_key(task.uuid, content_type), size)
-    return UploadResp(exist=existing is not None, url=url)
-
-
 async def artifact_download(
     context: Context, session: AsyncSession, task_uuid: uuid_module.UUID, content_type: ArtifactContentType
 ) -> DownloadResp:
@@ -203,9 +182,7 @@ async def artifact_download(
     )
     if artifact is None:
         raise NotFound(f"Artifact {content_type.value} of task {task_uuid}")
-    url = context.store.download_url(
-        context.artifacts_bucket, artifact_key(task_uuid, content_type), download_url_lifetime(artifact.size)
-    )
+    url = context.store.download_url(context.artifacts_bucket, artifact_object(artifact), download_url_lifetime(artifact.size))
     return DownloadResp(url=url, size=artifact.size)
 
 
@@ -441,6 +418,7 @@ class TaskService:
     # --- reading --------------------------------------------------------------------------------
 
     async def get(self, user: User, task_uuid: uuid_module.UUID) -> TaskQueryResp:
+        await settle_artifacts(self.context, [task_uuid])
         async with self.context.db.read() as session:
             task, creator, group_name = await load_task(session, task_uuid)
             await require_role(session, user, await session.get_one(Group, task.group_id), Role.Read)
@@ -528,13 +506,16 @@ class TaskService:
     async def upload_artifact(
         self, user: User, task_uuid: uuid_module.UUID, content_type: ArtifactContentType, size: int
     ) -> UploadResp:
+        """Sign the upload; the artifact is recorded once it arrived whole (``services/uploads.py``)."""
         async with self.context.db.write() as session:
             task = await self._task_with_role(session, user, task_uuid, Role.Write)
-            return await reserve_artifact(self.context, session, task, content_type, size)
+            group = await session.get_one(Group, task.group_id)
+            return await grant_upload(self.context, await session.connection(), ARTIFACTS, (task.uuid, content_type), group, size, user.id)
 
     async def download_artifact(
         self, user: User, task_uuid: uuid_module.UUID, content_type: ArtifactContentType
     ) -> DownloadResp:
+        await settle_artifacts(self.context, [task_uuid])
         async with self.context.db.read() as session:
             await self._task_with_role(session, user, task_uuid, Role.Read)
             return await artifact_download(self.context, session, task_uuid, content_type)
@@ -544,9 +525,7 @@ class TaskService:
             downloads=[
                 ArtifactDownloadItem(
                     uuid=a.task_uuid,
-                    url=self.context.store.download_url(
-                        self.context.artifacts_bucket, artifact_key(a.task_uuid, a.content_type), BATCH_DOWNLOAD_URL_LIFETIME
-                    ),
+                    url=self.context.store.download_url(self.context.artifacts_bucket, artifact_object(a), BATCH_DOWNLOAD_URL_LIFETIME),
                     size=a.size,
                 )
                 for a in rows
@@ -557,6 +536,8 @@ class TaskService:
         """Links (valid a day) to one artifact type of every task matching the filter."""
         async with self.context.db.read() as session:
             group = await group_with_role(session, user, request.group_name, Role.Read)
+        await settle_artifacts(self.context, sa.select(Task.uuid).where(Task.group_id == group.id))
+        async with self.context.db.read() as session:
             matching = sa.select(Task.uuid).where(*task_conditions(request, group))
             rows = await session.scalars(
                 sa.select(Artifact)
@@ -568,6 +549,8 @@ class TaskService:
     async def download_artifacts_list(self, user: User, request: ArtifactsListReq) -> ArtifactsDownloadResp:
         """Links for the listed tasks; tasks of groups the caller cannot read are left out."""
         readable = await self._groups_at_least(user, Role.Read)
+        for chunk in _chunks(request.uuids):
+            await settle_artifacts(self.context, chunk)
         async with self.context.db.read() as session:
             found: list[Artifact] = []
             for chunk in _chunks(request.uuids):
@@ -640,7 +623,7 @@ class TaskService:
 
     async def _delete_objects(self, artifacts: Sequence[Artifact]) -> None:
         for artifact in artifacts:  # after the rows are gone: a failure leaves an invisible orphan
-            await self.context.store.delete(self.context.artifacts_bucket, artifact_key(artifact.task_uuid, artifact.content_type))
+            await self.context.store.delete(self.context.artifacts_bucket, artifact_object(artifact))
 
 
 # Long UUID lists are processed in chunks to stay under the databases' bind-parameter limits.

@@ -53,6 +53,7 @@ from mito_lab.server.services.groups import (
 )
 from mito_lab.server.services.logs import append as append_log
 from mito_lab.server.services.outputs import confirm_outputs, reserve_output
+from mito_lab.server.services.uploads import attachment_object, settle_artifacts, settle_attachments
 from mito_lab.server.services.tasks import (
     artifact_download,
     insert_tasks,
@@ -153,7 +154,7 @@ class WorkerService:
         token = self.context.tokens.issue(str(worker_uuid), "worker", lifetime)
         log.info("worker %s registered by %s for %s", worker_uuid, user.username, sorted(roles))
         return RegisterWorkerResp(
-            worker_id=worker_uuid, token=token, redis_url=self.context.redis_worker_url,
+            worker_id=worker_uuid, token=token, redis_url=None,  # see events.REFERENCE_ACL_USERS
             lifetime=lifetime, heartbeat_timeout=self.context.config.heartbeat_timeout,
         )
 
@@ -387,6 +388,7 @@ class WorkerService:
         return task, creator, group_name
 
     async def get_task(self, worker: WorkerIdentity, task_uuid: uuid_module.UUID) -> TaskQueryResp:
+        await settle_artifacts(self.context, [task_uuid])
         async with self.context.db.read() as session:
             task, creator, group_name = await self._serves_group_of(session, worker, task_uuid)
             return await task_response(session, task, creator, group_name)
@@ -394,6 +396,7 @@ class WorkerService:
     async def download_artifact(
         self, worker: WorkerIdentity, task_uuid: uuid_module.UUID, content_type: ArtifactContentType
     ) -> DownloadResp:
+        await settle_artifacts(self.context, [task_uuid])
         async with self.context.db.read() as session:
             await self._serves_group_of(session, worker, task_uuid)
             return await artifact_download(self.context, session, task_uuid, content_type)
@@ -413,6 +416,7 @@ class WorkerService:
 
     async def download_attachment(self, worker: WorkerIdentity, task_uuid: uuid_module.UUID, key: str) -> DownloadResp:
         """An attachment of the group of the task this worker is running."""
+        await settle_attachments(self.context, sa.select(Task.group_id).where(Task.uuid == task_uuid).scalar_subquery(), [key])
         async with self.context.db.read() as session:
             task, _, group_name = await load_task(session, task_uuid)
             if task.assigned_worker_id != worker.id or task.archived_at is not None:
@@ -423,7 +427,7 @@ class WorkerService:
             if attachment is None:
                 raise NotFound(f"Attachment {key} of group {group_name}")
             url = self.context.store.download_url(
-                self.context.attachments_bucket, f"{group_name}/{key}", download_url_lifetime(attachment.size)
+                self.context.attachments_bucket, attachment_object(group_name, attachment), download_url_lifetime(attachment.size)
             )
             return DownloadResp(url=url, size=attachment.size)
 
