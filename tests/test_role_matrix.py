@@ -73,6 +73,9 @@ def make_world(platform: Platform, index: int) -> World:
     upload = platform.api("POST", f"/groups/{group}/attachments", {"key": "data.txt", "content_length": 1}, user="owner").json
     http("PUT", platform.url + upload["url"], raw=b"x", headers=OCTETS)
     worker = platform.api("POST", "/workers", {"groups": [f"{group}:admin"]}, user="owner").json
+    # reading them records the uploads (they commit on completion), then they can be made old
+    assert [a["content_type"] for a in platform.api("GET", f"/tasks/{task}", user="owner").json["artifacts"]] == ["result"]
+    assert platform.api("GET", f"/groups/{group}/attachments/data.txt", user="owner").status == 200
     backdate(platform)
     return World(group, task, spare, worker["worker_id"], worker["token"])
 
