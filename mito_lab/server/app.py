@@ -25,13 +25,14 @@ from mito_lab.server.events import (
     create_acl_users,
     make_events,
 )
-from mito_lab.server.handlers.base import MAX_DRAINED_BODY, NotFoundHandler
-from mito_lab.server.services.activity import CANCEL, DATABASE_WATCH_SECONDS, EVENTS, TASKS_READY, watch_database
+from mito_lab.server.handlers.base import MAX_DRAINED_BODY, SMALL_JSON_BODY, NotFoundHandler
+from mito_lab.server.services.activity import ACCESS, CANCEL, DATABASE_WATCH_SECONDS, EVENTS, TASKS_READY, watch_database
 from mito_lab.server.services.attachments import AttachmentService
 from mito_lab.server.services.auth import Tokens, load_or_create_keys
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import GroupService
 from mito_lab.server.services.logs import LogService
+from mito_lab.server.services.streams import EventStreamService
 from mito_lab.server.services.tasks import TaskService
 from mito_lab.server.services.users import UserService
 from mito_lab.server.services.workers import WorkerService
@@ -71,7 +72,7 @@ class Coordinator:
             db=Database(db_url),
             store=make_store(config),
             tokens=Tokens(private_key, public_key),
-            events=make_events(config.redis_url, (EVENTS, TASKS_READY, CANCEL)),
+            events=make_events(config.redis_url, (EVENTS, TASKS_READY, CANCEL, ACCESS)),
         )
         self.users = UserService(self.context)
         self.groups = GroupService(self.context)
@@ -79,6 +80,7 @@ class Coordinator:
         self.logs = LogService(self.context)
         self.workers = WorkerService(self.context)
         self.tasks = TaskService(self.context)
+        self.streams = EventStreamService(self.context, self.users, self.groups)
         self._server: HTTPServer | None = None
         self._background: list[asyncio.Task[None]] = []
         # POST /admin/shutdown must present this; it is only ever written to the log (reference 1.3)
@@ -97,7 +99,13 @@ class Coordinator:
         return json.dumps(openapi.build(self.routes())).encode()
 
     def make_app(self) -> Application:
-        return Application(self.routes(), default_handler_class=NotFoundHandler, mito=self, compress_response=False)
+        ping = self.config.events_ping_interval.total_seconds()
+        return Application(
+            self.routes(), default_handler_class=NotFoundHandler, mito=self, compress_response=False,
+            # an event stream is long-lived: a peer that stops answering pings is closed, whatever the idle timeout
+            websocket_ping_interval=ping, websocket_ping_timeout=ping,
+            websocket_max_message_size=SMALL_JSON_BODY,  # clients have nothing to say on it
+        )
 
     async def start(self) -> None:
         await self._start_events()
@@ -106,8 +114,16 @@ class Coordinator:
         await self.users.ensure_admin()
         await self.workers.restore()
         host, port = parse_bind(self.config.bind)
-        self._server = HTTPServer(self.make_app(), max_body_size=MAX_DRAINED_BODY, idle_connection_timeout=3600)
+        # A connection has http_idle_timeout to send its request's headers (Tornado's one timeout for
+        # a new request, on a new or a kept-alive connection) and http_body_timeout for a body; once a
+        # request is read neither applies, so long polls wait as long as they asked.
+        self._server = HTTPServer(
+            self.make_app(), max_body_size=MAX_DRAINED_BODY,
+            idle_connection_timeout=self.config.http_idle_timeout.total_seconds(),
+            body_timeout=self.config.http_body_timeout.total_seconds(),
+        )
         self._server.listen(port, host)
+        self.streams.start()
         # What start-up built (modules, models, schemas: over 100,000 objects) lives as long as the
         # process: frozen out of the collector's sight, a full collection scans only what came since.
         # A 10,000-task batch triggers a few; over the start-up heap they took a third of its time.
@@ -161,6 +177,7 @@ class Coordinator:
         if self._server is not None:
             self._server.stop()
             self.workers.close()
+            self.streams.close()  # event sockets are no longer the server's connections: closed here
             await asyncio.sleep(0.1)  # let the answered long-polls flush
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.close_all_connections(), 5)

@@ -60,6 +60,13 @@ class PayloadTooLarge(ApiError):
         super().__init__(f"Payload too large: the body has {size} bytes, the limit is {limit}")
 
 
+class TooManyStreams(ApiError):
+    status = 429
+
+    def __init__(self, username: str, limit: int) -> None:
+        super().__init__(f"Too many event streams: {username} already has {limit} open /events sockets, the limit; close one first")
+
+
 class ShuttingDown(ApiError):
     """Answered to every request once the coordinator is stopping: clients retry as after a
     lost connection (the worker backs off and tries again)."""
