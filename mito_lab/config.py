@@ -176,7 +176,7 @@ class CoordinatorConfig(_Settings):
     # waiting for one socket before its reader is dropped as too slow; a connection's time to send
     # its request headers (and to stay idle between requests); a JSON body's time to arrive.
     events_sockets_per_user: Annotated[int, Field(ge=1)] = 16
-    events_queue_limit: Annotated[int, Field(ge=1)] = 10_000
+    events_queue_limit: Annotated[int, Field(ge=1)] = 50_000
     events_ping_interval: PositiveDuration = timedelta(seconds=30)
     http_idle_timeout: PositiveDuration = timedelta(seconds=60)
     http_body_timeout: PositiveDuration = timedelta(seconds=60)

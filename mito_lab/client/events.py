@@ -98,6 +98,7 @@ class EventStream:
             if self._closing:
                 return
             log.info("the event stream closed (%s: %s); reconnecting", self._connection.close_code, self._connection.close_reason)
+            self._connection.close()  # the coordinator closed it: this lets go of it
 
     async def aclose(self) -> None:
         """Close the connection with the WebSocket handshake, so no socket is left open."""

@@ -6,19 +6,29 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tornado.web import stream_request_body
 from tornado.websocket import WebSocketHandler
 
 from mito_lab.server.db.models import User
 from mito_lab.server.errors import ApiError, InvalidToken, ShuttingDown
+from mito_lab.server.handlers.base import SMALL_JSON_BODY
 from mito_lab.server.services.streams import Stream
 
 
+@stream_request_body  # else Tornado would read a body, up to the server's 1 GiB, into memory first
 class EventsHandler(WebSocketHandler):
     """Authenticate with ``Authorization: Bearer TOKEN`` or ``?token=TOKEN`` (browsers cannot set
     headers on a WebSocket). Each message is one JSON event; see ``services/activity.py``."""
 
     stream: Stream | None = None
     _admitted: tuple[User, str, set[str]]
+
+    def prepare(self) -> None:
+        # an upgrade request has no business with a body: past this Tornado cuts the connection
+        self.request.connection.set_max_body_size(SMALL_JSON_BODY)  # type: ignore[union-attr]
+
+    def data_received(self, chunk: bytes) -> None:
+        """Dropped (see ``prepare``)."""
 
     @property
     def mito(self) -> Any:

@@ -128,11 +128,13 @@ def worker_changed(context: Context, session: AsyncSession, worker_id: uuid_modu
     after_commit(session, lambda: context.events.publish(EVENTS, payload))
 
 
-def access_changed(context: Context, session: AsyncSession, username: str) -> None:
+def access_changed(context: Context, session: AsyncSession, username: str, joined: str | None = None) -> None:
     """Once the transaction commits, tell every coordinator that what ``username`` may see or do
     changed (a membership, the user's state, a password or sign-in that ends their other tokens):
-    their open event streams look again (``EventStreamService``)."""
-    after_commit(session, lambda: context.events.publish(ACCESS, {"user": username}))
+    their open event streams look again (``EventStreamService``); the group they ``joined``, if
+    that is the change, streams at once."""
+    payload = {"user": username, "joined": joined}
+    after_commit(session, lambda: context.events.publish(ACCESS, payload))
 
 
 def cancel_requested(context: Context, session: AsyncSession, worker_id: uuid_module.UUID, task_uuid: uuid_module.UUID) -> None:

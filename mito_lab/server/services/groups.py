@@ -192,7 +192,7 @@ class GroupService:
                 member = current.get(users[username].id)
                 if member is None:
                     session.add(UserGroup(user_id=users[username].id, group_id=group.id, role=role))
-                    access_changed(self.context, session, username)  # their event streams now show the group
+                    access_changed(self.context, session, username, joined=group.group_name)
                 else:
                     member.role = role
             await self._keep_an_admin(session, group)

@@ -9,7 +9,7 @@ holding up whoever published them, and when a socket ends (README, Security note
   waits for the kernel to take it (its reader does not keep up), so what the coordinator holds for
   a socket is its queue, never a growing write buffer; once ``events_queue_limit`` events wait,
   the socket is closed with 1013 (try again later) and the client reconnects and resyncs.
-- A user opens at most ``events_sockets_per_user`` sockets (429 past it).
+- A user opens at most ``events_sockets_per_user`` sockets on one coordinator (429 past it).
 - Access is checked again when the bus says a user's access changed (``ACCESS``) and every
   ``ACCESS_REFRESH_SECONDS`` anyway (for other coordinators without Redis, and tokens expiring): a
   token no longer valid (password changed, signed in again without retain, user locked or deleted,
@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from tornado.websocket import WebSocketClosedError
 
 from mito_lab.server.db.models import User
-from mito_lab.server.errors import ApiError, TooManyStreams
+from mito_lab.server.errors import ApiError, InvalidToken, TooManyStreams, WrongCredentials
 from mito_lab.server.events import RECHECK
 from mito_lab.server.services.activity import ACCESS, EVENTS
 from mito_lab.server.services.context import Context
@@ -78,6 +78,15 @@ class Stream:
 
 def close_reason(text: str) -> str:
     return text.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
+
+
+def why_ended(refusal: ApiError) -> str:
+    """Why a stream's token no longer authenticates, in words its user can act on."""
+    if isinstance(refusal, WrongCredentials):
+        return "the token was revoked (password changed, or signed in again without retain)"
+    if isinstance(refusal, InvalidToken):
+        return "the token expired or is invalid"
+    return refusal.msg  # e.g. "Authentication error: Permission denied: user ann is Locked"
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -169,8 +178,11 @@ class EventStreamService:
             self._wake.clear()
             while self._inbox or self._ready:
                 deadline = loop.time() + SLICE_SECONDS
-                self._distribute(loop, deadline)
-                self._write(loop, deadline)
+                try:
+                    self._distribute(loop, deadline)
+                    self._write(loop, deadline)
+                except Exception:  # a bug must not silence every stream for good
+                    log.exception("the event fan-out failed")
                 await asyncio.sleep(0)  # the rest waits for the next slice: requests go first
 
     def _distribute(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
@@ -180,19 +192,19 @@ class EventStreamService:
             groups = (group,) if group is not None else tuple(event.get("groups") or ())
             targets = {stream for name in groups for stream in self._of_group.get(name, ())}
             if targets:
-                text = json.dumps(event)  # once, whatever the number of sockets
+                entry = (groups, json.dumps(event))  # made once and shared: a queue holds a reference per event
                 for stream in targets:
-                    self._queue(stream, groups, text)
+                    self._queue(stream, entry)
             if loop.time() >= deadline:
                 return
 
-    def _queue(self, stream: Stream, groups: tuple[str, ...], text: str) -> None:
+    def _queue(self, stream: Stream, entry: tuple[tuple[str, ...], str]) -> None:
         if stream.closed:
             return
         if len(stream.queue) >= self.limit:
             self._drop(stream, TRY_AGAIN_LATER, f"too slow: {self.limit} events waited unread; reconnect and read again")
             return
-        stream.queue.append((groups, text))
+        stream.queue.append(entry)
         self._schedule(stream)
 
     def _schedule(self, stream: Stream) -> None:
@@ -239,7 +251,11 @@ class EventStreamService:
             streams = [stream for streams in self._of_user.values() for stream in streams]
         else:
             streams = list(self._of_user.get(payload.get("user", ""), ()))
+        joined = payload.get("joined")
         for stream in streams:
+            if joined and not stream.closed:  # what was published since the commit is not missed
+                stream.groups.add(joined)
+                self._of_group[joined].add(stream)
             self._spawn(self._check(stream))
 
     async def _refresh(self) -> None:
@@ -257,7 +273,7 @@ class EventStreamService:
             user = await self._users.authenticate(stream.token)
             groups = await self.groups_of(user)
         except ApiError as exc:
-            self._drop(stream, POLICY_VIOLATION, exc.msg)
+            self._drop(stream, POLICY_VIOLATION, f"access ended: {why_ended(exc)}")
             return
         except Exception:  # e.g. the database restarting: looked at again at the next refresh
             log.exception("checking the access of an event stream of %s failed", stream.username)

@@ -78,6 +78,7 @@ BULK_LOAD_TASKS = 500
 # A batch is committed this many tasks at a time: the submits and heartbeats that come meanwhile
 # wait for a chunk (on SQLite, the one writer), not for the whole batch.
 BATCH_COMMIT_TASKS = 1_000
+CHUNK_PAUSE_SECONDS = 0.001
 # Objects younger than this cannot be deleted by non-administrators (reference 2.3, 2.4).
 DELETE_GUARD = timedelta(hours=1)
 
@@ -378,8 +379,8 @@ class TaskService:
         refusals: list[ApiError | None] = []
         tasks: list[NewTask] = []
         for start in range(0, len(request.tasks), BATCH_COMMIT_TASKS):
-            if start:
-                await asyncio.sleep(0)  # let the requests that came meanwhile in before the next chunk
+            if start:  # let the requests that came meanwhile reach the writers before the next chunk:
+                await asyncio.sleep(CHUNK_PAUSE_SECONDS)  # reading, parsing, authenticating takes them a few turns of the loop
             chunk = request.tasks[start : start + BATCH_COMMIT_TASKS]
             async with self.context.db.write() as session:
                 groups: dict[str | None, Group | ApiError] = {}
