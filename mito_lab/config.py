@@ -90,6 +90,7 @@ def format_duration(value: timedelta) -> str:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), Field(gt=timedelta(0))]
 
 # --- sizes ("16GB", "1GiB", "500MB", "1024") --------------------------------------------------------
 
@@ -228,6 +229,14 @@ class CoordinatorConfig(_Settings):
     heartbeat_timeout: Duration = timedelta(seconds=600)
     log_path: Path | None = None
     file_log: bool = False
+    # What no client may exceed (README, Security notes): open /events sockets per user; events
+    # waiting for one socket before its reader is dropped as too slow; a connection's time to send
+    # its request headers (and to stay idle between requests); a JSON body's time to arrive.
+    events_sockets_per_user: Annotated[int, Field(ge=1)] = 16
+    events_queue_limit: Annotated[int, Field(ge=1)] = 50_000
+    events_ping_interval: PositiveDuration = timedelta(seconds=30)
+    http_idle_timeout: PositiveDuration = timedelta(seconds=60)
+    http_body_timeout: PositiveDuration = timedelta(seconds=60)
 
 
 class WorkerConfig(_Settings):

@@ -654,8 +654,19 @@ class CancelListResp(Response):
     failed_uuids: list[UUID]
 
 
+MAX_BATCH_TASKS = 10_000
+"""The most tasks one batch submit takes (400 past it); the SDK splits larger batches."""
+
+
+def _within_batch_bound(tasks: Any) -> Any:
+    """Counted before any item is validated: an oversized batch costs nothing to refuse."""
+    if isinstance(tasks, list) and len(tasks) > MAX_BATCH_TASKS:
+        raise ValueError(f"a batch takes at most {MAX_BATCH_TASKS} tasks, not {len(tasks)}: split it (the SDK does)")
+    return tasks
+
+
 class BatchSubmitReq(Request):
-    tasks: list[SubmitTaskReq] = Field(min_length=1)
+    tasks: Annotated[list[SubmitTaskReq], BeforeValidator(_within_batch_bound)] = Field(min_length=1, max_length=MAX_BATCH_TASKS)
 
 
 class BatchSubmitItem(Response):

@@ -136,6 +136,7 @@ class Platform:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _tokens: dict[str, str] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)  # how the coordinator was started
+    extra_env: dict[str, str] = field(default_factory=dict)  # its environment beyond the isolated one (e.g. MITO_* settings)
 
     @property
     def log(self) -> str:
@@ -209,18 +210,19 @@ class Platform:
     def start_coordinator(self) -> None:
         """(Re)start the coordinator with the same address, data dir and database."""
         log = self.home / "coordinator.log"
-        self.coordinator = spawn(self.command, log, isolated_env(self.home), cwd=self.home)
+        self.coordinator = spawn(self.command, log, isolated_env(self.home, **self.extra_env), cwd=self.home)
         try:
             wait_healthy(self.url, self.coordinator, log)
         except ServiceError as exc:
             pytest.fail(str(exc))
 
 
-def start_platform(home: Path, *args: str) -> Platform:
+def start_platform(home: Path, *args: str, env: dict[str, str] | None = None) -> Platform:
+    """A coordinator with ``args``; ``env``: variables added to its environment (settings as ``MITO_*``)."""
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     command = coordinator_command(home, port, "--heartbeat-timeout", "10s", *args)
-    platform = Platform(home=home, url=f"http://127.0.0.1:{port}", coordinator=None, command=command)  # type: ignore[arg-type]
+    platform = Platform(home=home, url=f"http://127.0.0.1:{port}", coordinator=None, command=command, extra_env=dict(env or {}))  # type: ignore[arg-type]
     platform.start_coordinator()
     return platform
 

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Platform, http
+from mito_lab.server.handlers.base import MAX_JSON_BODY, SMALL_JSON_BODY, TASK_JSON_BODY
 from mito_lab.wire import NAME_PATTERN, relative_path_problem
 
 GROUP = "mitosis_admin"
 OCTETS = {"Content-Type": "application/octet-stream"}
-LIMIT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,9 +98,10 @@ WRONG_TYPES = [
 ]
 
 HUGE = [
-    Case("POST", "/tasks", raw=b'{"group_name": "' + b"x" * (LIMIT + 1) + b'"}', status=413, says="limit is 16777216"),
+    Case("POST", "/tasks", raw=b'{"group_name": "' + b"x" * (TASK_JSON_BODY + 1) + b'"}', status=413, says=f"limit is {TASK_JSON_BODY}"),
     Case("POST", "/tasks/submit", {"tasks": [submit(labels=[f"label-{i}-{'x' * 200}" for i in range(100)])] * 800}, status=413, says="too large"),
-    Case("POST", "/tasks", submit(task_spec={"args": ["x" * (LIMIT + 10)]}), status=413, says="too large"),
+    Case("POST", "/tasks", submit(task_spec={"args": ["x" * (MAX_JSON_BODY + 10)]}), status=413, says="too large"),
+    Case("POST", "/tasks/query", raw=b'{"group_name": "' + b"x" * SMALL_JSON_BODY + b'"}', status=413, says=f"limit is {SMALL_JSON_BODY}"),
 ]
 
 NAMES = [
@@ -225,9 +226,11 @@ def test_huge_bodies_get_413_and_the_server_goes_on(platform: Platform) -> None:
         assert answer.status == 413 and "too large" in json.loads(answer.read())["msg"]
     finally:
         connection.close()
-    # just under the limit is read (and refused on its merits, not its size)
-    padded = b'{"group_name": "mitosis_admin"' + b" " * (LIMIT - 100) + b"}"
+    # just under a route's limit is read (and refused on its merits, not its size)
+    padded = b'{"group_name": "mitosis_admin"' + b" " * (SMALL_JSON_BODY - 100) + b"}"
     assert platform.api("POST", "/tasks/query", raw=padded).status == 200
+    padded = b'{"tasks": [{"task_spec": {"args": ["true"]}}]' + b" " * (MAX_JSON_BODY - 100) + b"}"
+    assert platform.api("POST", "/tasks/submit", raw=padded).status == 200
 
 
 def test_names_with_unicode_and_control_characters(platform: Platform) -> None:

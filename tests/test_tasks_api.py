@@ -16,7 +16,7 @@ from conftest import ADMIN, Answer, Platform, http, start_platform
 from mito_lab.server.services.task_columns import ROWS_PER_BATCH
 from mito_lab.server.services.tasks import BULK_LOAD_TASKS
 from mito_lab.testing import wait_until
-from mito_lab.wire import task_columns_schema
+from mito_lab.wire import MAX_BATCH_TASKS, task_columns_schema
 from test_dispatch import fetch, register, report, submit
 
 OCTETS = {"Content-Type": "application/octet-stream"}
@@ -169,8 +169,10 @@ def test_the_columns_refuse_what_the_query_refuses(platform: Platform) -> None:
 
 def test_a_long_listing_comes_in_record_batches(platform: Platform) -> None:
     count = ROWS_PER_BATCH + 5
-    answer = platform.api("POST", "/tasks/submit", {"tasks": [{"task_spec": {"args": ["true"]}, "labels": [f"n{n % 3}"]} for n in range(count)]})
-    assert answer.status == 200 and all(item["Ok"] for item in answer.json["results"])
+    tasks = [{"task_spec": {"args": ["true"]}, "labels": [f"n{n % 3}"]} for n in range(count)]
+    for start in range(0, count, MAX_BATCH_TASKS):  # a batch submit takes at most MAX_BATCH_TASKS
+        answer = platform.api("POST", "/tasks/submit", {"tasks": tasks[start : start + MAX_BATCH_TASKS]})
+        assert answer.status == 200 and all(item["Ok"] for item in answer.json["results"])
     reader = pa.ipc.open_stream(platform.api("POST", "/tasks/query/columns", {}).body)
     batches = list(reader)
     assert [batch.num_rows for batch in batches] == [ROWS_PER_BATCH, 5]

@@ -22,6 +22,7 @@ from mito_lab.client.progress import ShowProgress, progress_bar
 from mito_lab.client.unpack import extract
 from mito_lab.config import cache_dir, parse_duration
 from mito_lab.wire import (
+    MAX_BATCH_TASKS,
     AdminChangePasswordReq,
     ArtifactContentType,
     ArtifactsDownloadResp,
@@ -33,6 +34,7 @@ from mito_lab.wire import (
     AttachmentsDownloadResp,
     AttachmentsQueryReq,
     AttachmentsQueryResp,
+    BatchSubmitItem,
     BatchSubmitReq,
     BatchSubmitResp,
     CancelListResp,
@@ -374,7 +376,14 @@ class AsyncClient:
     # --- batches (reference 0.6) ----------------------------------------------------------------
 
     async def submit_many(self, requests: Iterable[SubmitTaskReq]) -> BatchSubmitResp:
-        return await self.session.call("POST", "tasks/submit", BatchSubmitReq(tasks=list(requests)), BatchSubmitResp)
+        """Submit in order, MAX_BATCH_TASKS per request (the coordinator's bound); the results of
+        every request in one answer."""
+        pending = list(requests)
+        batches = [pending[start : start + MAX_BATCH_TASKS] for start in range(0, len(pending), MAX_BATCH_TASKS)] or [pending]
+        results: list[BatchSubmitItem] = []
+        for batch in batches:  # an empty one is refused by BatchSubmitReq, as ever
+            results += (await self.session.call("POST", "tasks/submit", BatchSubmitReq(tasks=batch), BatchSubmitResp)).results
+        return BatchSubmitResp(results=results)
 
     async def cancel_tasks(self, request: TasksCancelReq) -> TasksCancelResp:
         return await self.session.call("POST", "tasks/cancel", request, TasksCancelResp)

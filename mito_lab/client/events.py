@@ -2,7 +2,9 @@
 per client, shared by every live view (task handles, dashboards), reconnected with backoff.
 
 After a reconnection the listeners get ``{"kind": "resync"}``: events may have been missed, so a
-view re-reads what it shows. When the coordinator refuses the token the listeners get
+view re-reads what it shows. That includes a socket the coordinator closed on purpose: a reader too
+slow to keep up (1013), a coordinator stopping (1001), a token that lost its validity (1008; the
+reconnection is then refused). When the coordinator refuses the token the listeners get
 ``{"kind": "closed", "msg": ...}`` and the stream stops."""
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class EventStream:
             self._connected.clear()
             if self._closing:
                 return
+            log.info("the event stream closed (%s: %s); reconnecting", self._connection.close_code, self._connection.close_reason)
+            self._connection.close()  # the coordinator closed it: this lets go of it
 
     async def aclose(self) -> None:
         """Close the connection with the WebSocket handshake, so no socket is left open."""

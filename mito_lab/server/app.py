@@ -25,14 +25,15 @@ from mito_lab.config import CoordinatorConfig, parse_bind, without_password
 from mito_lab.server import openapi
 from mito_lab.server.db.engine import Database
 from mito_lab.server.events import RedisEvents, make_events, remove_reference_acl_users
-from mito_lab.server.handlers.base import MAX_DRAINED_BODY, NotFoundHandler
+from mito_lab.server.handlers.base import MAX_DRAINED_BODY, SMALL_JSON_BODY, NotFoundHandler
 from mito_lab.server.services import uploads
-from mito_lab.server.services.activity import CANCEL, DATABASE_WATCH_SECONDS, EVENTS, TASKS_READY, watch_database
+from mito_lab.server.services.activity import ACCESS, CANCEL, DATABASE_WATCH_SECONDS, EVENTS, TASKS_READY, watch_database
 from mito_lab.server.services.attachments import AttachmentService
 from mito_lab.server.services.auth import Tokens, load_or_create_keys
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import GroupService
 from mito_lab.server.services.logs import LogService
+from mito_lab.server.services.streams import EventStreamService
 from mito_lab.server.services.tasks import TaskService
 from mito_lab.server.services.users import UserService
 from mito_lab.server.services.workers import WorkerService
@@ -101,7 +102,7 @@ class Coordinator:
             db=Database(db_url),
             store=make_store(config),
             tokens=Tokens(private_key, public_key),
-            events=make_events(config.redis_url, (EVENTS, TASKS_READY, CANCEL)),
+            events=make_events(config.redis_url, (EVENTS, TASKS_READY, CANCEL, ACCESS)),
         )
         self.workers = WorkerService(self.context)
         self.users = UserService(self.context, retire_workers=self.workers.retire_workers_of)
@@ -109,6 +110,7 @@ class Coordinator:
         self.attachments = AttachmentService(self.context)
         self.logs = LogService(self.context)
         self.tasks = TaskService(self.context)
+        self.streams = EventStreamService(self.context, self.users, self.groups)
         self._server: HTTPServer | None = None
         self._background: list[asyncio.Task[None]] = []
         # POST /admin/shutdown must present this; it is only ever written to the log (reference 1.3)
@@ -127,7 +129,13 @@ class Coordinator:
         return json.dumps(openapi.build(self.routes())).encode()
 
     def make_app(self) -> Application:
-        return Application(self.routes(), default_handler_class=NotFoundHandler, mito=self, compress_response=False)
+        ping = self.config.events_ping_interval.total_seconds()
+        return Application(
+            self.routes(), default_handler_class=NotFoundHandler, mito=self, compress_response=False,
+            # an event stream is long-lived: a peer that stops answering pings is closed, whatever the idle timeout
+            websocket_ping_interval=ping, websocket_ping_timeout=ping,
+            websocket_max_message_size=SMALL_JSON_BODY,  # clients have nothing to say on it
+        )
 
     async def start(self) -> None:
         """Start, or raise ``StartupError`` saying which service failed (a database or object
@@ -144,11 +152,19 @@ class Coordinator:
         await self.users.ensure_admin()
         await self.workers.restore()
         host, port = parse_bind(config.bind)
-        self._server = HTTPServer(self.make_app(), max_body_size=MAX_DRAINED_BODY, idle_connection_timeout=3600)
+        # A connection has http_idle_timeout to send its request's headers (Tornado's one timeout for
+        # a new request, on a new or a kept-alive connection) and http_body_timeout for a body; once a
+        # request is read neither applies, so long polls wait as long as they asked.
+        self._server = HTTPServer(
+            self.make_app(), max_body_size=MAX_DRAINED_BODY,
+            idle_connection_timeout=config.http_idle_timeout.total_seconds(),
+            body_timeout=config.http_body_timeout.total_seconds(),
+        )
         try:
             self._server.listen(port, host)
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.bind}: {exc.strerror or exc}") from exc
+        self.streams.start()
         # What start-up built (modules, models, schemas: over 100,000 objects) lives as long as the
         # process: frozen out of the collector's sight, a full collection scans only what came since.
         # A 10,000-task batch triggers a few; over the start-up heap they took a third of its time.
@@ -201,6 +217,7 @@ class Coordinator:
         if self._server is not None:
             self._server.stop()
             self.workers.close()
+            self.streams.close()  # event sockets are no longer the server's connections: closed here
             await asyncio.sleep(0.1)  # let the answered long-polls flush
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.close_all_connections(), 5)

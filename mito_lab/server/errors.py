@@ -83,6 +83,13 @@ class UploadUrlUsed(ApiError):
         super().__init__("this upload URL was used already: ask for a new one")
 
 
+class TooManyStreams(ApiError):
+    status = 429
+
+    def __init__(self, username: str, limit: int) -> None:
+        super().__init__(f"Too many event streams: {username} already has {limit} open /events sockets, the limit; close one first")
+
+
 class ShuttingDown(ApiError):
     """Answered to every request once the coordinator is stopping: clients retry as after a
     lost connection (the worker backs off and tries again)."""

@@ -66,8 +66,11 @@ def build(handlers: list[tuple[str, type]]) -> dict[str, Any]:
         }
         if op.request:
             schema = refs[(op.request, "validation")]
-            entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
-            entry["responses"]["413"] = error
+            entry["requestBody"] = {
+                "required": True, "description": f"JSON, at most {op.max_body:,} bytes",
+                "content": {"application/json": {"schema": schema}},
+            }
+            entry["responses"]["413"] = {**error, "description": f"The body is over {op.max_body:,} bytes"}
         if op.answer == "json" and op.response:
             schema = refs[(op.response, "serialization")]
             if op.nullable:

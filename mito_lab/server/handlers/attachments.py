@@ -1,7 +1,7 @@
 """Group attachments."""
 
 from mito_lab.server.errors import NotFound
-from mito_lab.server.handlers.base import ApiHandler, operation
+from mito_lab.server.handlers.base import MAX_JSON_BODY, ApiHandler, operation
 from mito_lab.server.handlers.groups import GROUP
 from mito_lab.wire import (
     AttachmentKeysReq,
@@ -68,7 +68,7 @@ class AttachmentsDownloadListHandler(ApiHandler):
         """An attachment whose key is "list" is still downloadable."""
         await AttachmentDownloadHandler.get(self, group, "list")  # type: ignore[arg-type]
 
-    @operation("Download URLs of the listed attachments", AttachmentKeysReq, AttachmentsDownloadResp)
+    @operation("Download URLs of the listed attachments", AttachmentKeysReq, AttachmentsDownloadResp, max_body=MAX_JSON_BODY)
     async def post(self, group: str) -> None:
         user = await self.user()
         self.send(await self.mito.attachments.download_many(user, group, keys=self.body().keys))
@@ -83,7 +83,7 @@ class AttachmentsDeleteHandler(ApiHandler):
 
 
 class AttachmentsDeleteListHandler(ApiHandler):
-    @operation("Delete the listed attachments", AttachmentKeysReq, DeleteAttachmentsListResp)
+    @operation("Delete the listed attachments", AttachmentKeysReq, DeleteAttachmentsListResp, max_body=MAX_JSON_BODY)
     async def post(self, group: str) -> None:
         user = await self.user()
         self.send(await self.mito.attachments.delete_list(user, group, self.body().keys))

@@ -29,12 +29,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The largest JSON body a route reads (its ``operation(max_body=...)``); a larger one is answered
+# 413 before it is parsed, and before the token is looked at.
+SMALL_JSON_BODY = 64 * 1024
+"""Every route's limit unless it declares another: logins, passwords, names, filters, and the
+routes that take no body at all (heartbeats, fetches)."""
+TASK_JSON_BODY = 1024 * 1024
+"""One task's spec, a worker's report (a live-output chunk, a downstream task), lists of tags or
+labels: as much as a task's ``MITO_NEW_TASK`` file may hold."""
 MAX_JSON_BODY = 16 * 1024 * 1024
-"""The largest JSON body a route reads; a larger one is answered 413."""
+"""Batches only: a batch submit, a worker's exchange, lists of task, worker or attachment names."""
 MAX_DRAINED_BODY = 1024**3
-"""The most of an oversized body the server reads (and drops) to answer 413: a client that sends
-its whole body before reading the answer would otherwise see the connection reset, not the answer.
-Past this, Tornado cuts the connection with a bare 400."""
+"""The most of an oversized body the server reads (and drops, keeping nothing) to answer 413: a
+client that sends its whole body before reading the answer would otherwise see the connection reset,
+not the answer. Past this, Tornado cuts the connection with a bare 400."""
 
 UUID_PATTERN = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 
@@ -52,6 +60,7 @@ class Operation:
     nullable: bool = False  # the JSON answer may be null
     query: tuple[tuple[str, str], ...] = ()  # (name, description) of query parameters
     errors: tuple[int, ...] = ()  # statuses beyond 400, 401, 403, 404 (and 413 for a body)
+    max_body: int = SMALL_JSON_BODY  # bytes of JSON body the route reads (413 past it)
 
 
 def operation(summary: str, request: type[BaseModel] | None = None, response: type[BaseModel] | None = None, **options: Any) -> Callable[[F], F]:
@@ -100,11 +109,13 @@ def _unstorable_text(data: Any) -> str | None:
 class ApiHandler(RequestHandler):
     """Services come from ``self.settings["mito"]`` (built once at start).
 
-    Bodies are streamed in and kept up to ``MAX_JSON_BODY`` bytes; the rest of a larger one is
-    read and dropped, and ``body()`` answers 413 (the server's own limit would cut the connection)."""
+    Bodies are streamed in and kept up to the route's ``max_body``; the rest of a larger one is
+    read and dropped, and the route answers 413 before it authenticates or parses anything (the
+    server's own limit would cut the connection)."""
 
     _chunks: list[bytes]
     _received = 0
+    _limit = SMALL_JSON_BODY
 
     def prepare(self) -> None:
         if self.context.closing:  # the services are closing: a request on a kept-alive connection must not reach them
@@ -114,15 +125,21 @@ class ApiHandler(RequestHandler):
         if any("\x00" in value for value in self.path_kwargs.values()) or any(b"\x00" in v for values in query.values() for v in values):
             raise InvalidRequest("a path or query parameter contains a NUL character")
         declared = self._operation()
-        if declared is not None:  # query parameters are checked like body fields: a typo is an error
+        if declared is not None:
+            self._limit = declared.max_body
+            # query parameters are checked like body fields: a typo is an error
             unknown = set(query) - {name for name, _ in declared.query}
             if unknown:
                 raise InvalidRequest(f"unknown query parameter {sorted(unknown)[0]!r}")
 
     def data_received(self, chunk: bytes) -> None:
         self._received += len(chunk)
-        if self._received <= MAX_JSON_BODY:
+        if self._received <= self._limit:
             self._chunks.append(chunk)
+
+    def _refuse_oversized(self) -> None:
+        if self._received > self._limit:
+            raise PayloadTooLarge(self._received, self._limit)
 
     @property
     def mito(self) -> Any:
@@ -145,8 +162,7 @@ class ApiHandler(RequestHandler):
         """The JSON body parsed into the request model the method declares."""
         declared = self._operation()
         assert declared is not None and declared.request is not None, "the handler method declares no request model"
-        if self._received > MAX_JSON_BODY:
-            raise PayloadTooLarge(self._received, MAX_JSON_BODY)
+        self._refuse_oversized()
         raw = b"".join(self._chunks)
         try:
             data = json.loads(raw or b"null", parse_constant=_not_json)
@@ -170,9 +186,11 @@ class ApiHandler(RequestHandler):
         return token
 
     async def user(self) -> User:
+        self._refuse_oversized()
         return await self.mito.users.authenticate(self._bearer())
 
     async def worker(self) -> WorkerIdentity:
+        self._refuse_oversized()
         return await self.mito.workers.authenticate(self._bearer())
 
     # --- output ---------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from mito_lab.server.handlers.base import ApiHandler
 from mito_lab.server.storage import LocalStore
 
 CHUNK = 1 << 20
+# Bytes per second an upload must average: a fifth of what the SDK's own timeout asks (HttpSession.upload_file)
+MIN_UPLOAD_RATE = 1_000_000
 
 
 class BlobHandler(ApiHandler):
@@ -54,6 +56,9 @@ class BlobHandler(ApiHandler):
             self.request.connection.set_max_body_size(self._declared)  # type: ignore[union-attr]
             if self._target.exists():
                 raise UploadUrlUsed()
+            # the JSON routes' body timeout, plus the time the object takes at MIN_UPLOAD_RATE
+            timeout = self.context.config.http_body_timeout.total_seconds() + self._declared / MIN_UPLOAD_RATE
+            self.request.connection.set_body_timeout(timeout)  # type: ignore[union-attr]
             try:
                 self._target.parent.mkdir(parents=True, exist_ok=True)
                 self._temp = tempfile.NamedTemporaryFile(dir=self._target.parent, prefix=".upload-", delete=False)

@@ -1,7 +1,7 @@
 """Groups and their members."""
 
 from mito_lab.server.errors import InvalidRequest
-from mito_lab.server.handlers.base import ApiHandler, operation
+from mito_lab.server.handlers.base import TASK_JSON_BODY, ApiHandler, operation
 from mito_lab.wire import (
     CreateGroupReq,
     GroupQueryInfo,
@@ -29,7 +29,7 @@ class GroupHandler(ApiHandler):
 
 
 class GroupMembersHandler(ApiHandler):
-    @operation("Add members or change their roles", UpdateGroupMembersReq)
+    @operation("Add members or change their roles", UpdateGroupMembersReq, max_body=TASK_JSON_BODY)
     async def put(self, group: str) -> None:
         user = await self.user()
         request = self.body()
@@ -48,7 +48,7 @@ class GroupMembersHandler(ApiHandler):
 
 
 class GroupMembersRemoveHandler(ApiHandler):
-    @operation("Remove members", RemoveGroupMembersReq)
+    @operation("Remove members", RemoveGroupMembersReq, max_body=TASK_JSON_BODY)
     async def post(self, group: str) -> None:
         """The same as the DELETE, with a JSON body ``{"users": [...]}``."""
         user = await self.user()

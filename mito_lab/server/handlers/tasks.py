@@ -4,12 +4,15 @@ import uuid
 
 from mito_lab.server.errors import InvalidRequest
 from mito_lab.server.handlers.base import (
+    MAX_JSON_BODY,
+    TASK_JSON_BODY,
     UUID_PATTERN,
     ApiHandler,
     operation,
     wait_argument,
 )
 from mito_lab.wire import (
+    MAX_BATCH_TASKS,
     MAX_SIZE,
     ArtifactContentType,
     ArtifactsDownloadResp,
@@ -48,14 +51,17 @@ def content_type(value: str) -> ArtifactContentType:
 
 
 class TasksHandler(ApiHandler):
-    @operation("Submit a task", SubmitTaskReq, SubmitTaskResp)
+    @operation("Submit a task", SubmitTaskReq, SubmitTaskResp, max_body=TASK_JSON_BODY)
     async def post(self) -> None:
         user = await self.user()
         self.send(await self.mito.tasks.submit(user, self.body()))
 
 
 class BatchSubmitHandler(ApiHandler):
-    @operation("Submit several tasks", BatchSubmitReq, BatchSubmitResp)
+    @operation(
+        f"Submit several tasks (at most {MAX_BATCH_TASKS:,}; larger batches are committed in chunks)",
+        BatchSubmitReq, BatchSubmitResp, max_body=MAX_JSON_BODY,
+    )
     async def post(self) -> None:
         user = await self.user()
         self.send(await self.mito.tasks.submit_many(user, self.body()))
@@ -67,7 +73,7 @@ class TaskHandler(ApiHandler):
         user = await self.user()
         self.send(await self.mito.tasks.get(user, uuid.UUID(task_uuid)))
 
-    @operation("Change a task no worker holds yet", ChangeTaskReq)
+    @operation("Change a task no worker holds yet", ChangeTaskReq, max_body=TASK_JSON_BODY)
     async def put(self, task_uuid: str) -> None:
         user = await self.user()
         await self.mito.tasks.change(user, uuid.UUID(task_uuid), self.body())
@@ -81,7 +87,7 @@ class TaskHandler(ApiHandler):
 
 
 class TaskLabelsHandler(ApiHandler):
-    @operation("Replace a task's labels", UpdateLabelsReq)
+    @operation("Replace a task's labels", UpdateLabelsReq, max_body=TASK_JSON_BODY)
     async def put(self, task_uuid: str) -> None:
         user = await self.user()
         await self.mito.tasks.update_labels(user, uuid.UUID(task_uuid), self.body().labels)
@@ -111,7 +117,7 @@ class TasksCancelHandler(ApiHandler):
 
 
 class TasksCancelListHandler(ApiHandler):
-    @operation("Cancel the listed tasks", UuidsReq, CancelListResp)
+    @operation("Cancel the listed tasks", UuidsReq, CancelListResp, max_body=MAX_JSON_BODY)
     async def post(self) -> None:
         user = await self.user()
         self.send(await self.mito.tasks.cancel_list(user, self.body().uuids))
@@ -150,7 +156,7 @@ class ArtifactsDownloadHandler(ApiHandler):
 
 
 class ArtifactsDownloadListHandler(ApiHandler):
-    @operation("Download URLs of one artifact type of the listed tasks", ArtifactsListReq, ArtifactsDownloadResp)
+    @operation("Download URLs of one artifact type of the listed tasks", ArtifactsListReq, ArtifactsDownloadResp, max_body=MAX_JSON_BODY)
     async def post(self) -> None:
         user = await self.user()
         self.send(await self.mito.tasks.download_artifacts_list(user, self.body()))
@@ -164,7 +170,7 @@ class ArtifactsDeleteHandler(ApiHandler):
 
 
 class ArtifactsDeleteListHandler(ApiHandler):
-    @operation("Delete one artifact type of the listed tasks", ArtifactsListReq, DeleteArtifactsListResp)
+    @operation("Delete one artifact type of the listed tasks", ArtifactsListReq, DeleteArtifactsListResp, max_body=MAX_JSON_BODY)
     async def post(self) -> None:
         user = await self.user()
         self.send(await self.mito.tasks.delete_artifacts_list(user, self.body()))

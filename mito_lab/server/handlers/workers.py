@@ -4,6 +4,8 @@ import uuid
 
 from mito_lab.server.errors import InvalidRequest
 from mito_lab.server.handlers.base import (
+    MAX_JSON_BODY,
+    TASK_JSON_BODY,
     UUID_PATTERN,
     ApiHandler,
     operation,
@@ -48,7 +50,7 @@ def shutdown_op(handler: ApiHandler) -> WorkerShutdownOp:
 
 
 class WorkersHandler(ApiHandler):
-    @operation("Register a worker (user token)", RegisterWorkerReq, RegisterWorkerResp)
+    @operation("Register a worker (user token)", RegisterWorkerReq, RegisterWorkerResp, max_body=TASK_JSON_BODY)
     async def post(self) -> None:
         """Register: needs a *user* token."""
         user = await self.user()
@@ -87,7 +89,7 @@ class WorkerTasksHandler(ApiHandler):
         if not self._gone:
             self.send(task, null=True)
 
-    @operation("Report on the worker's task", ReportTaskReq, ReportTaskResp, auth="worker")
+    @operation("Report on the worker's task", ReportTaskReq, ReportTaskResp, auth="worker", max_body=TASK_JSON_BODY)
     async def post(self) -> None:
         """Report Finish, Cancel, Upload, Submit or Commit for the worker's task."""
         worker = await self.worker()
@@ -102,7 +104,7 @@ class WorkerExchangeHandler(ApiHandler):
 
     @operation(
         "Worker protocol v2: report on any number of the worker's tasks and take new ones",
-        ExchangeReq, ExchangeResp, auth="worker",
+        ExchangeReq, ExchangeResp, auth="worker", max_body=MAX_JSON_BODY,
         query={"wait": "with nothing reported and no task to take, seconds to long-poll for one (0 to 600)"},
     )
     async def post(self) -> None:
@@ -148,7 +150,7 @@ class WorkerHandler(ApiHandler):
 
 
 class WorkerTagsHandler(ApiHandler):
-    @operation("Replace a worker's tags", UpdateTagsReq)
+    @operation("Replace a worker's tags", UpdateTagsReq, max_body=TASK_JSON_BODY)
     async def put(self, worker_uuid: str) -> None:
         user = await self.user()
         await self.mito.workers.update_tags(user, uuid.UUID(worker_uuid), tags=self.body().tags)
@@ -156,7 +158,7 @@ class WorkerTagsHandler(ApiHandler):
 
 
 class WorkerLabelsHandler(ApiHandler):
-    @operation("Replace a worker's labels", UpdateLabelsReq)
+    @operation("Replace a worker's labels", UpdateLabelsReq, max_body=TASK_JSON_BODY)
     async def put(self, worker_uuid: str) -> None:
         user = await self.user()
         await self.mito.workers.update_tags(user, uuid.UUID(worker_uuid), labels=self.body().labels)
@@ -205,7 +207,7 @@ class WorkersShutdownHandler(ApiHandler):
 
 
 class WorkersShutdownListHandler(ApiHandler):
-    @operation("Shut down the listed workers", WorkersShutdownListReq, WorkersShutdownListResp)
+    @operation("Shut down the listed workers", WorkersShutdownListReq, WorkersShutdownListResp, max_body=MAX_JSON_BODY)
     async def post(self) -> None:
         user = await self.user()
         self.send(await self.mito.workers.shutdown_list(user, self.body()))

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # tasks.py imports this module
 EVENTS = "mito:events"  # {"kind": "task" | "worker" | "log", ...}
 TASKS_READY = "mito:tasks-ready"  # wakes the waiting fetches of every coordinator
 CANCEL = "mito:cancel"  # {"worker": <worker uuid>, "task": <task uuid>}
+ACCESS = "mito:access"  # {"user": <username>}: the user's tokens, state or memberships changed
 EXEC_STATE_TTL_SECONDS = 3600
 _READY_ANNOUNCED = "mito_ready_announced"
 # How often a long poll re-checks the database even without an event: a safety net only. Changes
@@ -125,6 +126,15 @@ async def tasks_created(context: Context, session: AsyncSession, tasks: Sequence
 def worker_changed(context: Context, session: AsyncSession, worker_id: uuid_module.UUID, groups: list[str], event: str, **details: Any) -> None:
     payload = {"kind": "worker", "worker_id": str(worker_id), "groups": groups, "event": event, **details}
     after_commit(session, lambda: context.events.publish(EVENTS, payload))
+
+
+def access_changed(context: Context, session: AsyncSession, username: str, joined: str | None = None) -> None:
+    """Once the transaction commits, tell every coordinator that what ``username`` may see or do
+    changed (a membership, the user's state, a password or sign-in that ends their other tokens):
+    their open event streams look again (``EventStreamService``); the group they ``joined``, if
+    that is the change, streams at once."""
+    payload = {"user": username, "joined": joined}
+    after_commit(session, lambda: context.events.publish(ACCESS, payload))
 
 
 def cancel_requested(context: Context, session: AsyncSession, worker_id: uuid_module.UUID, task_uuid: uuid_module.UUID, taken: bool = False) -> None:

@@ -17,6 +17,7 @@ from mito_lab.server.errors import (
     PermissionDenied,
     QuotaExceeded,
 )
+from mito_lab.server.services.activity import access_changed
 from mito_lab.server.services.context import Context
 from mito_lab.wire import INT32_MAX, MAX_SIZE, GroupQueryInfo, GroupState, Role
 
@@ -220,6 +221,7 @@ class GroupService:
                 member = current.get(users[username].id)
                 if member is None:
                     session.add(UserGroup(user_id=users[username].id, group_id=group.id, role=role))
+                    access_changed(self.context, session, username, joined=group.group_name)
                 else:
                     member.role = role
             await self._keep_an_admin(session, group)
@@ -237,6 +239,8 @@ class GroupService:
             )
             await self._keep_an_admin(session, group)
             await self.revoke_links(session, group, [user.id for user in users.values()])
+            for username in users:
+                access_changed(self.context, session, username)
 
     @staticmethod
     async def _keep_an_admin(session: AsyncSession, group: Group) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import uuid as uuid_module
@@ -76,6 +77,10 @@ if TYPE_CHECKING:
 
 # A batch at least this large refreshes the database's statistics of the tasks (Database.bulk_loaded).
 BULK_LOAD_TASKS = 500
+# A batch is committed this many tasks at a time: the submits and heartbeats that come meanwhile
+# wait for a chunk (on SQLite, the one writer), not for the whole batch.
+BATCH_COMMIT_TASKS = 1_000
+CHUNK_PAUSE_SECONDS = 0.001
 # Objects younger than this cannot be deleted by non-administrators (reference 2.3, 2.4).
 DELETE_GUARD = timedelta(hours=1)
 
@@ -354,18 +359,28 @@ class TaskService:
         return SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)
 
     async def submit_many(self, user: User, request: BatchSubmitReq) -> BatchSubmitResp:
-        """Submit in order in one transaction; an item refused (group, role, references) does not stop the rest."""
-        async with self.context.db.write() as session:
-            groups: dict[str | None, Group | ApiError] = {}
-            for name in dict.fromkeys(item.group_name for item in request.tasks):
-                try:
-                    groups[name] = await group_with_role(session, user, name, Role.Write)
-                except ApiError as exc:
-                    groups[name] = exc
-            refusals = [await self._refusal(session, user, item, groups[item.group_name]) for item in request.tasks]
-            accepted = [(groups[item.group_name], item) for item, refusal in zip(request.tasks, refusals, strict=True) if refusal is None]
-            tasks = await insert_tasks(session, user.id, accepted, TaskState.Ready)  # type: ignore[arg-type]
-            await tasks_created(self.context, session, tasks)
+        """Submit in order; an item refused (group, role, references) does not stop the rest. Up
+        to BATCH_COMMIT_TASKS tasks go in one transaction, a larger batch in several, one after the
+        other: if one fails, the chunks before it stay submitted."""
+        refusals: list[ApiError | None] = []
+        tasks: list[NewTask] = []
+        for start in range(0, len(request.tasks), BATCH_COMMIT_TASKS):
+            if start:  # let the requests that came meanwhile reach the writers before the next chunk:
+                await asyncio.sleep(CHUNK_PAUSE_SECONDS)  # reading, parsing, authenticating takes them a few turns of the loop
+            chunk = request.tasks[start : start + BATCH_COMMIT_TASKS]
+            async with self.context.db.write() as session:
+                groups: dict[str | None, Group | ApiError] = {}
+                for name in dict.fromkeys(item.group_name for item in chunk):
+                    try:
+                        groups[name] = await group_with_role(session, user, name, Role.Write)
+                    except ApiError as exc:
+                        groups[name] = exc
+                chunk_refusals = [await self._refusal(session, user, item, groups[item.group_name]) for item in chunk]
+                accepted = [(groups[item.group_name], item) for item, refusal in zip(chunk, chunk_refusals, strict=True) if refusal is None]
+                created = await insert_tasks(session, user.id, accepted, TaskState.Ready)  # type: ignore[arg-type]
+                await tasks_created(self.context, session, created)
+            refusals += chunk_refusals
+            tasks += created
         if len(tasks) >= BULK_LOAD_TASKS:
             self.context.db.bulk_loaded(_TASKS)
         created = iter(tasks)

@@ -17,6 +17,7 @@ from mito_lab.server.errors import (
     PermissionDenied,
     WrongCredentials,
 )
+from mito_lab.server.services.activity import access_changed
 from mito_lab.server.services.auth import hash_password, new_signature, unknown_user_hash, verify_password
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import add_group, apply_adjustment, name_taken
@@ -80,6 +81,7 @@ class UserService:
             user = await session.get_one(User, user.id)
             if not retain or user.auth_signature is None:
                 user.auth_signature = new_signature()
+                access_changed(self.context, session, username)  # the user's other tokens just ended
             user.last_sign_in_at, user.last_sign_in_ip = user.current_sign_in_at, user.current_sign_in_ip
             user.current_sign_in_at, user.current_sign_in_ip = datetime.now(timezone.utc), ip
             signature = user.auth_signature
@@ -112,6 +114,7 @@ class UserService:
             current = await session.get_one(User, user.id)
             current.encrypted_password, current.auth_signature = encrypted, new_signature()
             signature = current.auth_signature
+            access_changed(self.context, session, username)
         return await self._token(username, signature)
 
     async def _by_name(self, session, username: str) -> User:  # type: ignore[no-untyped-def]
@@ -126,6 +129,7 @@ class UserService:
         async with self.context.db.write() as session:
             user = await self._by_name(session, username)
             user.encrypted_password, user.auth_signature = encrypted, new_signature()
+            access_changed(self.context, session, username)
 
     async def set_state(self, username: str, state: UserState) -> UserState:
         """Locking or deleting a user also shuts down their workers: a lock is what stops an
@@ -137,6 +141,7 @@ class UserService:
             user.state = state
             if state != UserState.Active:
                 await self.retire_workers(session, user.id)
+            access_changed(self.context, session, username)
             return state
 
     async def adjust_group_quota(self, username: str, expression: str) -> int:
