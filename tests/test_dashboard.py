@@ -11,7 +11,6 @@ from typing import Any
 
 from conftest import ADMIN, Platform
 from mito_lab import Client
-from mito_lab.client.api import task_request
 from mito_lab.magics.dashboard import Dashboard
 from mito_lab.testing import wait_until
 from mito_lab.wire import TaskState

@@ -74,7 +74,7 @@ def test_the_interactive_client(platform: Platform) -> None:
         shell.read_until(PROMPT)
         shell.expect("get nonsense", "invalid choice: 'nonsense'")  # an error does not end the shell
         shell.type(f"get logs {task} --follow\r")  # no worker here: it waits for output that never comes
-        shell.read_until(f"--follow\n")
+        shell.read_until("--follow\n")
         time.sleep(1)
         shell.process.send_signal(signal.SIGINT)  # Ctrl-C, as the terminal sends it to the running command
         shell.read_until("^C (stopped)")
