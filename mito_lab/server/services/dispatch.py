@@ -215,10 +215,16 @@ def _candidates(groups: int) -> sa.Select:
 
 def _claim(for_update: bool) -> sa.Update:
     """Take up to ``take`` of the candidates that are still Ready, for a worker still Normal and
-    still serving each task's group."""
+    still serving each task's group. ``for_update``: PostgreSQL (row locks); else SQLite."""
+    # SQLite would read ``state = ?`` off the dispatch index, every Ready task (a claim took twice
+    # as long with 20,000 queued), instead of the few candidates by rowid: there the state and
+    # claimant are compared as ``+column``, SQLite's way to keep a term off the indexes.
+    state, claimant = (_tasks.c.state, _tasks.c.assigned_worker_id) if for_update else (
+        sa.literal_column("+tasks.state", _tasks.c.state.type), sa.literal_column("+tasks.assigned_worker_id", _tasks.c.assigned_worker_id.type),
+    )
     chosen = (
         sa.select(_tasks.c.id)
-        .where(_tasks.c.id.in_(sa.bindparam("candidates", expanding=True)), _tasks.c.state == TaskState.Ready)
+        .where(_tasks.c.id.in_(sa.bindparam("candidates", expanding=True)), state == TaskState.Ready)
         .order_by(_tasks.c.priority.desc(), _tasks.c.id)
         .limit(sa.bindparam("take", type_=sa.Integer))
     )
@@ -230,7 +236,7 @@ def _claim(for_update: bool) -> sa.Update:
     serving = sa.exists().where(Worker.id == sa.bindparam("worker_pk"), Worker.state == WorkerState.Normal)
     # state and claimant checked again on the row the UPDATE writes: on PostgreSQL a row another
     # transaction claimed meanwhile is re-evaluated against them (and skipped)
-    unclaimed = (_tasks.c.state == TaskState.Ready, _tasks.c.assigned_worker_id.is_(None))
+    unclaimed = (state == TaskState.Ready, claimant.is_(None))
     # The grant is checked as the task is taken, not read from the cached identity: a group taken
     # off the worker (revocation) stops its claims at once on every coordinator. One probe of
     # group_worker's unique (group_id, worker_id) index per task taken.
