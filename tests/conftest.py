@@ -247,6 +247,14 @@ def platform(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platfor
     running.stop()
 
 
+@pytest.fixture
+def sqlite_platform(tmp_path: Path) -> Iterator[Platform]:
+    """For what does not depend on the database or the store: one coordinator on the embedded default."""
+    running = start_platform(tmp_path / "platform")
+    yield running
+    running.stop()
+
+
 @pytest.fixture(scope="module")
 def old_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The previous release's ``mito_lab`` package, from this repository's history."""

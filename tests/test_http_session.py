@@ -123,13 +123,6 @@ def test_a_call_that_outlasts_its_timeout_is_a_connection_error() -> None:
 # --- against a coordinator --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def sqlite_platform(tmp_path: Path) -> Iterator[Platform]:
-    running = start_platform(tmp_path / "platform")
-    yield running
-    running.stop()
-
-
 def open_descriptors() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 

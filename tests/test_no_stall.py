@@ -16,11 +16,9 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from conftest import ADMIN, Platform, http, start_platform
@@ -34,14 +32,6 @@ MB = 1024 * 1024
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sqlite_platform(tmp_path: Path) -> Iterator[Platform]:
-    """For what does not depend on the database: one coordinator on SQLite."""
-    running = start_platform(tmp_path / "platform")
-    yield running
-    running.stop()
 
 
 def rss_mb(pid: int) -> float:

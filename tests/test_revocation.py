@@ -11,7 +11,7 @@ import statistics
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -270,24 +270,16 @@ def login(platform: Platform, username: str, password: str) -> Login:
             return Login(error.code, time.perf_counter() - started, json.loads(error.read()), error.headers.get("Retry-After"))
 
 
-@pytest.fixture
-def coordinator(tmp_path: Path) -> Iterator[Platform]:
-    """One coordinator (SQLite): logins read one row, whatever the database."""
-    running = start_platform(tmp_path / "platform")
-    yield running
-    running.stop()
-
-
-def test_a_wrong_name_costs_what_a_wrong_password_costs(coordinator: Platform) -> None:
+def test_a_wrong_name_costs_what_a_wrong_password_costs(sqlite_platform: Platform) -> None:
     names = [f"user{index}" for index in range(6)]
     for name in names:
-        coordinator.add_user(name)
+        sqlite_platform.add_user(name)
     known, unknown = [], []
     for index, name in enumerate(names):  # interleaved, one failure per name: no back-off in the way
-        failed = login(coordinator, name, "wrong")
+        failed = login(sqlite_platform, name, "wrong")
         assert failed.status == 401
         known.append(failed.seconds)
-        failed = login(coordinator, f"nobody{index}", "wrong")
+        failed = login(sqlite_platform, f"nobody{index}", "wrong")
         assert failed.status == 401 and failed.body == {"msg": "Authentication error: Wrong credentials"}
         unknown.append(failed.seconds)
     # today a real name costs a password hash (~250 ms) and an unknown one nothing (~4 ms)
@@ -297,48 +289,48 @@ def test_a_wrong_name_costs_what_a_wrong_password_costs(coordinator: Platform) -
 GUESS = "hunter2-guess"
 
 
-def test_repeated_failed_logins_back_off(coordinator: Platform) -> None:
-    coordinator.add_user("alice")
+def test_repeated_failed_logins_back_off(sqlite_platform: Platform) -> None:
+    sqlite_platform.add_user("alice")
     for _ in range(5):
-        assert login(coordinator, "alice", GUESS).status == 401
-    refused = login(coordinator, "alice", GUESS)
+        assert login(sqlite_platform, "alice", GUESS).status == 401
+    refused = login(sqlite_platform, "alice", GUESS)
     assert refused.status == 429 and refused.retry_after == "1", refused
     assert refused.body["msg"].endswith("retry in 1 s")
-    assert login(coordinator, "alice", "alice-password").status == 429  # during the wait, not even the right password
+    assert login(sqlite_platform, "alice", "alice-password").status == 429  # during the wait, not even the right password
     time.sleep(1.2)
-    assert login(coordinator, "alice", "alice-password").status == 200
-    assert login(coordinator, "alice", GUESS).status == 401  # a success starts her count again
+    assert login(sqlite_platform, "alice", "alice-password").status == 200
+    assert login(sqlite_platform, "alice", GUESS).status == 401  # a success starts her count again
     for _ in range(5):  # an unknown name backs off as a real one: no tell
-        assert login(coordinator, "nobody", GUESS).status == 401
-    assert login(coordinator, "nobody", GUESS).status == 429
+        assert login(sqlite_platform, "nobody", GUESS).status == 401
+    assert login(sqlite_platform, "nobody", GUESS).status == 429
     # the coordinator's log says so, a line per failure, without the password
-    failures = [line for line in coordinator.log.splitlines() if "login failed for 'alice' from 127.0.0.1" in line]
+    failures = [line for line in sqlite_platform.log.splitlines() if "login failed for 'alice' from 127.0.0.1" in line]
     assert len(failures) == 6 and failures[4].endswith("further attempts refused for 1 s"), failures
-    assert GUESS not in coordinator.log
+    assert GUESS not in sqlite_platform.log
 
 
-def test_the_cli_and_the_sdk_say_when_to_retry(coordinator: Platform, tmp_path: Path) -> None:
-    coordinator.add_user("alice")
+def test_the_cli_and_the_sdk_say_when_to_retry(sqlite_platform: Platform, tmp_path: Path) -> None:
+    sqlite_platform.add_user("alice")
     for _ in range(5):
-        assert login(coordinator, "alice", GUESS).status == 401
+        assert login(sqlite_platform, "alice", GUESS).status == 401
     for wait in (1, 2, 4):  # each failure after a wait doubles the next: 8 s from the last
         time.sleep(wait + 0.2)
-        assert login(coordinator, "alice", GUESS).status == 401
-    done = coordinator.mito("get", "groups", user="alice", check=False)
+        assert login(sqlite_platform, "alice", GUESS).status == 401
+    done = sqlite_platform.mito("get", "groups", user="alice", check=False)
     assert done.returncode != 0 and done.stdout == "", done
     assert re.fullmatch(r"error: Authentication error: too many failed logins .*; retry in \d s\n", done.stderr), done.stderr
     with pytest.raises(MitoRateLimited) as refused:
-        Client(coordinator.url, "alice", "alice-password", credential_path=tmp_path / "credentials")
+        Client(sqlite_platform.url, "alice", "alice-password", credential_path=tmp_path / "credentials")
     assert refused.value.status == 429 and refused.value.retry_after is not None and str(refused.value).endswith(f"retry in {refused.value.retry_after} s")
 
 
-def test_one_address_guessing_many_names_backs_off(coordinator: Platform) -> None:
-    coordinator.token()  # the admin's session, opened before the address is refused
+def test_one_address_guessing_many_names_backs_off(sqlite_platform: Platform) -> None:
+    sqlite_platform.token()  # the admin's session, opened before the address is refused
     for index in range(20):
-        assert login(coordinator, f"guess{index}", GUESS).status == 401
-    refused = login(coordinator, "a-new-name", GUESS)
+        assert login(sqlite_platform, f"guess{index}", GUESS).status == 401
+    refused = login(sqlite_platform, "a-new-name", GUESS)
     assert refused.status == 429 and refused.retry_after == "1"
-    assert coordinator.api("GET", "/groups/mitosis_admin").status == 200  # sessions already open are untouched
+    assert sqlite_platform.api("GET", "/groups/mitosis_admin").status == 200  # sessions already open are untouched
 
 
 def test_failed_logins_are_counted_across_coordinators_sharing_redis(tmp_path: Path, pg_url: str, redis_url: str) -> None:

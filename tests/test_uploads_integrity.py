@@ -20,7 +20,7 @@ import redis
 from minio import Minio
 
 from conftest import ADMIN, Platform, backend_args, http, require_service, start_platform
-from mito_lab.testing import RedisServer, S3Server, coordinator_command, free_port, isolated_env, spawn, wait_healthy
+from mito_lab.testing import RedisServer, S3Server, coordinator_command, free_port
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 
@@ -138,10 +138,9 @@ def small_disk_platform(tmp_path: Path) -> Iterator[Platform]:
     port = free_port()
     mount = 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"'
     command = ["unshare", "-m", "--propagation", "private", "sh", "-c", mount, str(objects), *coordinator_command(home, port)]
-    process = spawn(command, home / "coordinator.log", isolated_env(home), cwd=home)
-    platform = Platform(home=home, url=f"http://127.0.0.1:{port}", coordinator=process, command=command)
+    platform = Platform(home=home, url=f"http://127.0.0.1:{port}", coordinator=None, command=command)  # type: ignore[arg-type]
+    platform.start_coordinator()
     try:
-        wait_healthy(platform.url, process, home / "coordinator.log")
         yield platform
     finally:
         platform.stop()
