@@ -173,7 +173,7 @@ class Coordinator:
         if not isinstance(self.context.events, RedisEvents):  # Redis already carries every coordinator's events
             self._background.append(asyncio.create_task(self._watch_database()))
         log.warning("Set random shutdown secret: %s", self.shutdown_secret)
-        log.info("coordinator listening on http://%s:%d (database: %s)", host, port, self.context.db.engine.url.render_as_string(hide_password=True))
+        log.info("coordinator listening on http://%s:%d (database: %s)", host, port, database)
 
     async def _housekeeping(self) -> None:
         """Remove workers that stopped heartbeating; forget old live output; settle the uploads

@@ -96,11 +96,6 @@ async def require_grant(session: AsyncSession, user: User | None, group: Group, 
     await require_role(session, user, group, Role.Admin if role is Role.Admin else Role.Write)
 
 
-async def personal_group(session: AsyncSession, user: User, name: str | None) -> Group:
-    """The named group, or the caller's personal group when no name is given."""
-    return await group_by_name(session, name or user.username)
-
-
 async def name_taken(session: AsyncSession, name: str) -> bool:
     """Users and groups share one namespace (every user has a personal group of the same name)."""
     user = await session.scalar(sa.select(User.id).where(User.username == name))

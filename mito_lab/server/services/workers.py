@@ -47,7 +47,7 @@ from mito_lab.server.services.dispatch import SERVING_ROLES, Dispatcher, WorkerI
 from mito_lab.server.services.groups import (
     by_names,
     group_by_name,
-    personal_group,
+    group_with_role,
     require_grant,
     require_role,
 )
@@ -509,8 +509,7 @@ class WorkerService:
 
     async def query(self, user: User, request: WorkersQueryReq) -> WorkersQueryResp:
         async with self.context.db.read() as session:
-            group = await personal_group(session, user, request.group_name)
-            await require_role(session, user, group, Role.Read)
+            group = await group_with_role(session, user, request.group_name, Role.Read)
             workers = await self._matching(session, group, request, request.role or list(Role))
             infos = [] if request.count else [await self._info(session, w) for w in workers]
             return WorkersQueryResp(count=len(workers), workers=infos, group_name=group.group_name)
@@ -585,8 +584,7 @@ class WorkerService:
         """Shut down the workers that serve the group (default: personal) and match the filter: the
         group's Admin may stop any of them (``_require_shutdown_right``)."""
         async with self.context.db.write() as session:
-            group = await personal_group(session, user, request.group_name)
-            await require_role(session, user, group, Role.Admin)
+            group = await group_with_role(session, user, request.group_name, Role.Admin)
             workers = await self._matching(session, group, request, list(SERVING_ROLES))
             for worker in workers:
                 await self._shut_down(session, worker, request.op)
