@@ -13,6 +13,7 @@ from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import (
     charge_storage,
     group_by_name,
+    group_with_role,
     locked_group,
     require_role,
 )
@@ -74,23 +75,20 @@ class AttachmentService:
     async def upload(self, user: User, group_name: str, key: str, size: int) -> UploadResp:
         """Sign the upload; the attachment is recorded once it arrived whole (``services/uploads.py``)."""
         async with self.context.db.write() as session:
-            group = await group_by_name(session, group_name)
-            await require_role(session, user, group, Role.Write)
+            group = await group_with_role(session, user, group_name, Role.Write)
             check_key(group.group_name, key)
             return await grant_upload(self.context, await session.connection(), ATTACHMENTS, (group.id, key), group, size, user.id)
 
     async def metadata(self, user: User, group_name: str, key: str) -> AttachmentMetadata:
         await settle_attachments(self.context, _group_named(group_name), [key])
         async with self.context.db.read() as session:
-            group = await group_by_name(session, group_name)
-            await require_role(session, user, group, Role.Read)
+            group = await group_with_role(session, user, group_name, Role.Read)
             return _metadata(await self._find(session, group, key))
 
     async def download(self, user: User, group_name: str, key: str) -> DownloadResp:
         await settle_attachments(self.context, _group_named(group_name), [key])
         async with self.context.db.read() as session:
-            group = await group_by_name(session, group_name)
-            await require_role(session, user, group, Role.Read)
+            group = await group_with_role(session, user, group_name, Role.Read)
             attachment = await self._find(session, group, key)
             return DownloadResp(url=self._link(group, attachment), size=attachment.size)
 
@@ -103,8 +101,7 @@ class AttachmentService:
     async def query(self, user: User, group_name: str, request: AttachmentsQueryReq) -> AttachmentsQueryResp:
         await settle_attachments(self.context, _group_named(group_name))
         async with self.context.db.read() as session:
-            group = await group_by_name(session, group_name)
-            await require_role(session, user, group, Role.Read)
+            group = await group_with_role(session, user, group_name, Role.Read)
             query = self._filtered(group, request.key, request.limit, request.offset)
             if request.count:
                 total = await session.scalar(sa.select(sa.func.count()).select_from(query.subquery()))
@@ -120,8 +117,7 @@ class AttachmentService:
         """Links for the attachments matching ``key`` (a substring), or for exactly ``keys``."""
         await settle_attachments(self.context, _group_named(group_name), keys)
         async with self.context.db.read() as session:
-            group = await group_by_name(session, group_name)
-            await require_role(session, user, group, Role.Read)
+            group = await group_with_role(session, user, group_name, Role.Read)
             query = self._filtered(group, key, limit, offset)
             if keys is not None:
                 query = query.where(Attachment.key.in_(keys))
