@@ -98,11 +98,12 @@ def test_a_worker_killed_mid_batch_loses_nothing(tmp_path: Path, pg_url: str) ->
     platform = start_platform(tmp_path / "platform", "--db", pg_url)  # drops a silent worker after 10 s
     ledger = tmp_path / "ledger"
     try:
-        # the victim runs four tasks at once (protocol v2), so it dies holding at least four claims
+        # the victim runs four tasks at once (protocol v2), so it dies holding at least four claims;
+        # the others start once it has them, so a slow start on a busy machine cannot leave it none
         victim = platform.start_worker("--slots", "4")
-        others = [platform.start_worker() for _ in range(2)]
         uuids = launch(platform, ledger, 60, "batch", sleep=0.5)
         wait_until(lambda: sum(victim.pid in ws for ws in runs(ledger).values()) >= 4, "the victim to run four tasks", timeout=60)
+        others = [platform.start_worker() for _ in range(2)]
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         wait_until(lambda: ended(platform, "batch") == len(uuids), "the batch to end", timeout=180, interval=0.5)
