@@ -513,7 +513,15 @@ def _separate_resource_paths(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-SubmittedSpec = Annotated[TaskSpec, AfterValidator(_separate_resource_paths)]
+def _startable_environment(spec: TaskSpec) -> TaskSpec:
+    """Every variable can be given to a process. Checked on what is submitted, as above."""
+    for name in spec.envs:
+        if not name or "=" in name:
+            raise ValueError(f"environment variable name {name!r} must be non-empty and without '='")
+    return spec
+
+
+SubmittedSpec = Annotated[TaskSpec, AfterValidator(_separate_resource_paths), AfterValidator(_startable_environment)]
 TaskTimeout = Annotated[WireDuration, Field(gt=timedelta(0), le=timedelta(seconds=INT32_MAX))]
 
 

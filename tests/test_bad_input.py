@@ -114,6 +114,8 @@ NAMES = [
     Case("POST", "/tasks", submit(labels=["nul\x00label"]), says="NUL"),
     Case("POST", "/tasks", raw=b'{"group_name": "mitosis_admin", "tags": ["\\ud800lone"], "task_spec": {"args": ["true"]}}', says="surrogate"),
     Case("POST", "/tasks", submit(task_spec={"args": ["echo", "a\x00b"]}), says="NUL"),
+    Case("POST", "/tasks", submit(task_spec={"args": ["true"], "envs": {"A=B": "x"}}), says="without '='"),
+    Case("POST", "/tasks", submit(task_spec={"args": ["true"], "envs": {"": "x"}}), says="non-empty"),
     Case("POST", "/tasks", submit(labels=["x" * 256]), says="labels.0"),
     Case("POST", "/tasks", submit(labels=[""]), says="labels.0"),
     Case("POST", "/tasks/query", {"group_name": GROUP, "creator_usernames": ["nul\x00"]}, says="NUL"),

@@ -738,9 +738,9 @@ class Agent:
         self._hand_over(folders)
         try:
             child = runner.spawn(task.spec.args, self._environment(task, folders), folders.work, output.descriptors["stdout"], output.descriptors["stderr"], self.account)
-        except OSError as exc:  # the program does not exist or cannot be executed
+        except (OSError, ValueError) as exc:  # the program does not exist or cannot be executed, or its environment cannot be given
             log.warning("task %s: cannot start %s: %s", task.uuid, task.spec.args[0], exc)
-            output.note(f"cannot start {task.spec.args[0]!r}: {exc.strerror or exc}")
+            output.note(f"cannot start {task.spec.args[0]!r}: {getattr(exc, 'strerror', None) or exc}")
             return runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False)
         self.processes[task.id] = child
         moving = asyncio.ensure_future(self.containment.started(slot.index, child.pid))

@@ -164,7 +164,8 @@ _ROW_COLUMNS = [Task.__table__.c[f.name] for f in fields(TaskRow) if f.name not 
 _WRITTEN = ("state", "exec_state", "exit_status", "result_msg", "attempts", "started_at", "ended_at", "archived_at",
             "assigned_worker_id", "reporter_uuid", "updated_at")
 _tasks = Task.__table__
-_UPLOADING = sa.exists().where(ArtifactUpload.task_uuid == _tasks.c.uuid).label("uploading")
+# the worker's own grants (a user's upload is settled on its own): what ``confirm_outputs`` settles
+_UPLOADING = sa.exists().where(ArtifactUpload.task_uuid == _tasks.c.uuid, ArtifactUpload.uploader_id.is_(None)).label("uploading")
 _REPORTED = sa.select(*_ROW_COLUMNS, _UPLOADING).where(
     _tasks.c.id.in_(sa.bindparam("ids", expanding=True)),
     _tasks.c.assigned_worker_id == sa.bindparam("worker_pk"),
