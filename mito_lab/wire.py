@@ -783,6 +783,61 @@ class WorkerQueryResp(Response):
     groups: dict[str, Role]
 
 
+HEARTBEATS_PER_TIMEOUT = 3
+"""A worker heartbeats at least this often within the coordinator's heartbeat timeout."""
+
+
+# --- why a task waits (mito_lab) ----------------------------------------------------------------
+
+
+class WorkerFit(_LenientEnum):
+    """Whether a worker linked to a task's group could take the task now, by the dispatch rules."""
+
+    Idle = "Idle"  # it takes the task at its next request, unless tasks ahead go first
+    Busy = "Busy"  # it holds tasks already; it takes this one once its slots free up
+    MissingTags = "MissingTags"  # it lacks some of the task's tags: it never takes it
+    ReadOnly = "ReadOnly"  # the group's role on it is Read: it never takes the group's tasks
+    Offline = "Offline"  # no heartbeat for a while: it may be gone
+    ShuttingDown = "ShuttingDown"  # it finishes what it holds and takes nothing new
+
+
+class HeldTask(Response):
+    uuid: UUID
+    started_at: Timestamp | None = None
+
+
+class WorkerVerdict(Response):
+    worker_id: UUID
+    creator_username: str
+    fit: WorkerFit
+    reason: str
+    missing_tags: list[str] = []
+    holding: list[HeldTask] = []
+    last_heartbeat: Timestamp
+
+
+class Dependency(Response):
+    """A task this one waits for: its ``upstream`` (it becomes Ready once that one commits), or the
+    task its spec ``watch``es (its worker waits until that one reaches ``wanted``)."""
+
+    kind: Literal["upstream", "watch"]
+    uuid: UUID
+    state: TaskState | None = Field(None, description="None: no such task, or not visible to you")
+    exec_state: TaskExecState | None = None
+    wanted: TaskExecState | None = None
+
+
+class TaskWhyResp(Response):
+    """``GET /tasks/{uuid}/why``: why a task is where it is, from the coordinator's own rules."""
+
+    uuid: UUID
+    state: TaskState
+    summary: str = Field(description="the answer in one line")
+    ahead: int | None = Field(None, description="Ready tasks of the group dispatched before it (higher priority, or older)")
+    waiting_for: list[Dependency] = []
+    workers: list[WorkerVerdict] = Field([], description="every worker linked to the task's group")
+
+
 class WorkerFilter(Request):
     group_name: str | None = None
     role: list[Role] | None = None

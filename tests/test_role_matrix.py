@@ -94,6 +94,7 @@ Endpoint = Callable[[World], tuple[str, str, Any]]
 GROUP_ENDPOINTS: list[tuple[str, Endpoint]] = [
     ("Read", lambda w: ("GET", f"/groups/{w.group}", None)),
     ("Read", lambda w: ("GET", f"/tasks/{w.task}", None)),
+    ("Read", lambda w: ("GET", f"/tasks/{w.task}/why", None)),
     ("Read", lambda w: ("POST", "/tasks/query", {"group_name": w.group})),
     ("Read", lambda w: ("POST", "/tasks/query/columns", {"group_name": w.group})),
     ("Read", lambda w: ("GET", f"/tasks/{w.task}/download/artifacts/result", None)),

@@ -229,6 +229,10 @@ async def cmd_get_artifact(client: AsyncClient, args: argparse.Namespace) -> Any
     return f"Downloaded {args.content_type.value} of task {args.uuid} to {path}"
 
 
+async def cmd_why(client: AsyncClient, args: argparse.Namespace) -> Any:
+    return await client.explain(args.uuid)
+
+
 async def cmd_get_logs(client: AsyncClient, args: argparse.Namespace) -> Any:
     """The output of a task; ``--follow`` streams it until the task ends."""
     stream = "stderr" if args.stderr else "stdout"
@@ -588,6 +592,10 @@ def build_parser(prog: str = "mito client") -> Parser:
     submit = commands.add_parser("submit", help="Submit a task", usage="submit [OPTIONS] [-- <COMMAND>...]")
     _add_submit_options(submit)
     submit.set_defaults(func=cmd_submit)
+
+    why = commands.add_parser("why", help="Why a task waits: its place in the queue, what it waits for, which workers could run it")
+    why.add_argument("uuid", type=UUID_ARG, metavar="UUID")
+    why.set_defaults(func=cmd_why)
 
     get = commands.add_parser("get", help="Get the info of a task, artifact, or a list of tasks subject to the filters")
     get_commands = _subcommands(get)

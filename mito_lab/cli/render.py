@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mito_lab.client.views import why_text
 from mito_lab.wire import (
     AttachmentMetadata,
     AttachmentsQueryResp,
@@ -17,6 +18,7 @@ from mito_lab.wire import (
     TaskInfo,
     TaskQueryResp,
     TasksQueryResp,
+    TaskWhyResp,
     WorkerQueryResp,
     WorkersQueryResp,
 )
@@ -150,6 +152,8 @@ def render(result: Any, verbose: bool = False) -> str | None:
         return f"size {result.size} bytes, updated {result.updated_at.isoformat()}, created {result.created_at.isoformat()}"
     if isinstance(result, SubmitTaskResp):
         return f"Submitted task {result.uuid} (#{result.task_id})"
+    if isinstance(result, TaskWhyResp):
+        return why_text(result)
     if isinstance(result, TaskQueryResp):
         return _task(result)
     if isinstance(result, TasksQueryResp):

@@ -20,6 +20,7 @@ from mito_lab.client.events import Event, EventStream, Listener
 from mito_lab.client.http import HttpSession, MitoError
 from mito_lab.client.progress import ShowProgress, progress_bar
 from mito_lab.client.unpack import extract
+from mito_lab.client.views import Explanation
 from mito_lab.config import cache_dir, parse_duration
 from mito_lab.wire import (
     MAX_BATCH_TASKS,
@@ -352,6 +353,11 @@ class AsyncClient:
 
     async def get_task(self, task_uuid: uuid_module.UUID | str) -> TaskQueryResp:
         return await self.session.call("GET", f"tasks/{task_uuid}", None, TaskQueryResp)
+
+    async def explain(self, task_uuid: uuid_module.UUID | str) -> Explanation:
+        """Why the task is where it is: its place in its group's queue, what it waits for, and
+        whether each worker of the group could take it (``GET /tasks/{uuid}/why``)."""
+        return await self.session.call("GET", f"tasks/{task_uuid}/why", None, Explanation)
 
     async def query_tasks(self, request: TasksQueryReq) -> TasksQueryResp:
         return await self.session.call("POST", "tasks/query", request, TasksQueryResp)

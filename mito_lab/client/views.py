@@ -8,7 +8,7 @@ import shlex
 from datetime import datetime, timezone
 from typing import Any
 
-from mito_lab.wire import TaskInfo, TaskResultMessage, TaskResultSpec, TaskState
+from mito_lab.wire import TaskInfo, TaskResultMessage, TaskResultSpec, TaskState, TaskWhyResp
 
 STATE_COLORS = {
     TaskState.Pending: "#9e9e9e",
@@ -82,3 +82,29 @@ def task_html(info: TaskInfo) -> str:
         rows.append(("attempts", f"{info.attempts} of {info.max_attempts}"))
     cells = "".join(f'<tr><th style="text-align:left;padding-right:1em">{name}</th><td style="text-align:left">{value}</td></tr>' for name, value in rows)
     return f'<div><b>Task</b> <code>{info.uuid}</code><table>{cells}</table></div>'
+
+
+def why_text(answer: TaskWhyResp) -> str:
+    """``explain``'s answer for people: the summary, what the task waits for, and each worker."""
+    lines = [f"Task {answer.uuid} ({answer.state.value}): {answer.summary}"]
+    for dependency in answer.waiting_for:
+        state = dependency.state.value if dependency.state else "not visible to you"
+        wanted = f", waiting for {dependency.wanted.value}" if dependency.wanted else ""
+        lines.append(f"  {dependency.kind} task {dependency.uuid}: {state}{wanted}")
+    if answer.workers:
+        lines.append(f"  workers of its group ({len(answer.workers)}):")
+        lines += [f"    {verdict.worker_id} ({verdict.creator_username}): {verdict.fit.value}, {verdict.reason}" for verdict in answer.workers]
+    return "\n".join(lines)
+
+
+class Explanation(TaskWhyResp):
+    """``explain``'s answer, which shows in a notebook and prints as ``mito client why`` does."""
+
+    def __str__(self) -> str:
+        return why_text(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(why_text(self))
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(why_text(self))}</pre>"

@@ -19,8 +19,9 @@ from mito_lab.client.frames import to_frame
 from mito_lab.client.handle import TaskHandle
 from mito_lab.client.http import MitoError
 from mito_lab.client.sync import Client
+from mito_lab.client.views import why_text
 from mito_lab.sweeps import Launched, Sweep
-from mito_lab.wire import SubmitTaskResp, TaskQueryResp
+from mito_lab.wire import SubmitTaskResp, TaskQueryResp, TaskWhyResp
 
 NOTEBOOK_HELP = """\
 Notebook commands:
@@ -122,6 +123,9 @@ class MitoMagics(Magics):
             return None
         if isinstance(result, str):
             print(result)
+            return None
+        if isinstance(result, TaskWhyResp):
+            print(why_text(result))
             return None
         if isinstance(result, SubmitTaskResp):
             return TaskHandle(client, result.uuid)

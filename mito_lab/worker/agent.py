@@ -36,6 +36,7 @@ from mito_lab.client.http import HttpSession, MitoError
 from mito_lab.config import WorkerConfig, cache_dir, format_duration
 from mito_lab.logs import setup_logging
 from mito_lab.wire import (
+    HEARTBEATS_PER_TIMEOUT,
     LIVE_LOG_CHUNK,
     MAX_EXCHANGE_TASKS,
     MAX_WAIT_SECONDS,
@@ -75,7 +76,6 @@ T = TypeVar("T")
 MAX_BACKOFF_SECONDS = 30.0
 PREPARE_SECONDS = 30 * 60  # resources plus watch, as the reference
 RETIRE_MARGIN_SECONDS = 30.0
-HEARTBEATS_PER_TIMEOUT = 3  # a worker heartbeats at least this often within the coordinator's timeout
 WATCH_POLL_SECONDS = 60.0
 LOG_SHIP_SECONDS = 0.5
 UPLOAD_URL_ATTEMPTS = 3

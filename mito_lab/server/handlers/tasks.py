@@ -3,6 +3,7 @@
 import uuid
 
 from mito_lab.server.errors import InvalidRequest
+from mito_lab.server.services.explain import explain
 from mito_lab.server.handlers.base import (
     MAX_JSON_BODY,
     TASK_JSON_BODY,
@@ -30,6 +31,7 @@ from mito_lab.wire import (
     TaskLogResp,
     TaskQueryResp,
     TasksCancelReq,
+    TaskWhyResp,
     TasksCancelResp,
     TasksQueryReq,
     TasksQueryResp,
@@ -84,6 +86,13 @@ class TaskHandler(ApiHandler):
         user = await self.user()
         await self.mito.tasks.cancel(user, uuid.UUID(task_uuid))
         self.send(None)
+
+
+class TaskWhyHandler(ApiHandler):
+    @operation("Why a task is where it is: its place in the queue, what it waits for, and each worker of its group", response=TaskWhyResp)
+    async def get(self, task_uuid: str) -> None:
+        user = await self.user()
+        self.send(await explain(self.context, user, uuid.UUID(task_uuid)))
 
 
 class TaskLabelsHandler(ApiHandler):
@@ -210,6 +219,7 @@ default_handlers = [
     (r"/tasks/delete/artifacts/list", ArtifactsDeleteListHandler),
     (rf"/tasks/{TASK}", TaskHandler),
     (rf"/tasks/{TASK}/labels", TaskLabelsHandler),
+    (rf"/tasks/{TASK}/why", TaskWhyHandler),
     (rf"/tasks/{TASK}/logs", TaskLogsHandler),
     (rf"/tasks/{TASK}/artifacts", TaskArtifactsHandler),
     (rf"/tasks/{TASK}/artifacts/(?P<kind>[^/]+)", TaskArtifactHandler),
