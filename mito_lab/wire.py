@@ -555,9 +555,28 @@ class UpdateTagsReq(Request):
     tags: StrSet
 
 
+class TaskUsage(Request):
+    """What a run cost, as its worker measured it over the task's whole process tree (mito_lab:
+    the reference's workers send none)."""
+
+    wall_s: float = Field(ge=0, allow_inf_nan=False, description="seconds from the process's start to its end")
+    cpu_s: float = Field(ge=0, allow_inf_nan=False, description="user + system CPU seconds")
+    max_rss: int = Field(ge=0, le=2**62, description="peak resident memory, bytes")
+    cores: float = Field(gt=0, le=2**20, allow_inf_nan=False, description="CPUs the task could use: its worker's, shared among its slots")
+    gpu_max_memory: int | None = Field(None, ge=0, le=2**62, description="peak GPU memory, bytes, where the worker has nvidia-smi")
+
+    @property
+    def cpu_efficiency(self) -> float | None:
+        """CPU seconds per second of the cores it had (1.0: every core busy the whole run)."""
+        return self.cpu_s / self.wall_s / self.cores if self.wall_s > 0 else None
+
+
 class TaskResultSpec(Request):
     exit_status: Int32
     msg: TaskResultMessage | None = None
+    # left out when None: then this is the reference's ``{exit_status, msg}`` exactly (a
+    # coordinator of the reference, or an earlier release, refuses a commit with the field)
+    usage: TaskUsage | None = Field(None, exclude_if=lambda usage: usage is None, description="a worker's commit: what the run cost (TaskInfo.usage)")
 
 
 COMPARISON_PATTERN = r"^\s*(=|!=|<=|>=|<|>)?\s*(-?\d{1,10})\s*$"
@@ -624,6 +643,7 @@ class TaskInfo(Response):
     cancel_requested: bool = False
     started_at: Timestamp | None = Field(None, description="when a worker took the current attempt")
     ended_at: Timestamp | None = Field(None, description="when the task became Finished or Cancelled")
+    usage: TaskUsage | None = Field(None, description="what its committed run cost, where its worker measured it")
 
 
 class ArtifactInfo(Response):
@@ -728,7 +748,9 @@ def task_columns_schema() -> pa.Schema:
     DataFrame of tasks: ``state`` and ``exec_state`` are dictionaries over every state name, in
     their order; ``command`` is the task's args as one shell-quoted line; ``exit_status`` and
     ``msg`` are its result, null until it has one; ``worker`` is the uuid of the worker that
-    reported it; ``duration`` is ``ended_at - started_at``."""
+    reported it; ``duration`` is ``ended_at - started_at``; ``cpu_s``, ``max_rss`` (bytes),
+    ``cpu_efficiency`` and ``gpu_max_memory`` (bytes) are what the run cost (``TaskUsage``), null
+    where its worker did not measure it."""
     import pyarrow as pa  # the listings need it; the worker and the CLI do not import it
 
     text, moment, span = pa.string(), pa.timestamp("us", tz="UTC"), pa.duration("us")
@@ -739,6 +761,7 @@ def task_columns_schema() -> pa.Schema:
         ("timeout", span), ("attempts", pa.int64()), ("exit_status", pa.int64()), ("msg", text),
         ("created_at", moment), ("updated_at", moment), ("started_at", moment), ("ended_at", moment), ("duration", span),
         ("worker", text), ("upstream", text), ("downstream", text),
+        ("cpu_s", pa.float64()), ("max_rss", pa.int64()), ("cpu_efficiency", pa.float64()), ("gpu_max_memory", pa.int64()),
     ])
 
 
@@ -762,6 +785,7 @@ class RegisterWorkerResp(Response):
     heartbeat_timeout: WireDuration | None = Field(
         default=None, description="a worker that does not heartbeat for this long is removed and its tasks re-queued"
     )
+    keeps_usage: bool = Field(default=False, description="the coordinator keeps what each run cost: send TaskResultSpec.usage")
 
 
 class WorkerInfo(Response):

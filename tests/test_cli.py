@@ -92,7 +92,7 @@ def test_seed_guide_examples(platform: Platform) -> None:
     (platform.home / "local.tar.gz").unlink()
     platform.mito("get", "attachment", "test_group", "attachment_key")
     assert (platform.home / "attachment_key").read_bytes() == b"not really a tarball"
-    assert "size 20 bytes" in platform.mito("get", "attachment-meta", "mitosis_admin", "local.tar.gz").stdout
+    assert "size 20 B" in platform.mito("get", "attachment-meta", "mitosis_admin", "local.tar.gz").stdout
     assert "attachment_key" in platform.mito("get", "attachments", "-g", "test_group").stdout
 
     # groups and workers

@@ -43,14 +43,14 @@ def test_batches_accounts_and_administration(platform: Platform) -> None:
     assert (platform.home / "got" / "b.txt").read_text() == "b.txt"
     platform.mito("groups", "attachments", "download", "inputs/b.txt", "-o", "b-copy.txt")  # no -g: your own group
     assert (platform.home / "b-copy.txt").read_text() == "b.txt"
-    assert "size 5 bytes" in platform.mito("groups", "attachments", "get", "inputs/b.txt").stdout
+    assert "size 5 B" in platform.mito("groups", "attachments", "get", "inputs/b.txt").stdout
     platform.mito("admin", "groups", "attachments", "delete", "inputs/a.txt")
     assert "inputs/a.txt" not in platform.mito("groups", "attachments", "query").stdout
 
     # accounts and administration
     platform.mito("admin", "users", "create", "uma", "first-pass")
     assert "may create 3 groups" in platform.mito("admin", "users", "group-quota", "uma", "=3").stdout
-    assert "may store 1000000000 bytes" in platform.mito("admin", "groups", "storage-quota", "uma", "=1GB").stdout
+    assert "may store 1 GB" in platform.mito("admin", "groups", "storage-quota", "uma", "=1GB").stdout
     assert "is Locked" in platform.mito("admin", "users", "state", "uma", "locked").stdout
     assert http("POST", f"{platform.url}/login", {"username": "uma", "password": "first-pass"}).status == 403
     platform.mito("admin", "users", "state", "uma", "active")

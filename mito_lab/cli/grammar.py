@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from mito_lab.client.api import AsyncClient, task_request
 from mito_lab.client.unpack import extract
+from mito_lab.client.views import size_text
 from mito_lab.config import parse_duration
 from mito_lab.sweeps import Launched, launch, parse_value
 from mito_lab.wire import (
@@ -497,7 +498,7 @@ async def cmd_admin_users(client: AsyncClient, args: argparse.Namespace) -> Any:
 
 
 async def cmd_admin_storage_quota(client: AsyncClient, args: argparse.Namespace) -> Any:
-    return f"Group {args.group} may store {(await client.admin_storage_quota(args.group, args.quota)).storage_quota} bytes"
+    return f"Group {args.group} may store {size_text((await client.admin_storage_quota(args.group, args.quota)).storage_quota)}"
 
 
 async def cmd_admin_worker(client: AsyncClient, args: argparse.Namespace) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mito_lab.client.views import why_text
+from mito_lab.client.views import size_text, usage_text, why_text
 from mito_lab.wire import (
     AttachmentMetadata,
     AttachmentsQueryResp,
@@ -52,13 +52,15 @@ def _task(response: TaskQueryResp) -> str:
     ]
     if info.result is not None:
         lines.append(f"  result:     exit status {_outcome(info)}")
+    if info.usage is not None:
+        lines.append(f"  cost:       {usage_text(info.usage)}")
     if info.reporter_uuid:
         lines.append(f"  worker:     {info.reporter_uuid}")
     for link in ("upstream_task_uuid", "downstream_task_uuid"):
         if getattr(info, link):
             lines.append(f"  {link.split('_')[0] + ':':<11} {getattr(info, link)}")
     if response.artifacts:
-        lines.append("  artifacts:  " + ", ".join(f"{a.content_type.value} ({a.size} B)" for a in response.artifacts))
+        lines.append("  artifacts:  " + ", ".join(f"{a.content_type.value} ({size_text(a.size)})" for a in response.artifacts))
     return "\n".join(lines)
 
 
@@ -111,7 +113,7 @@ def _group(info: GroupQueryInfo) -> str:
         f"  created by: {info.creator_username}, {info.created_at.isoformat()}",
         f"  state:      {info.state.value}",
         f"  tasks:      {info.task_count}, workers: {info.worker_count}",
-        f"  storage:    {info.storage_used} of {info.storage_quota} bytes",
+        f"  storage:    {size_text(info.storage_used)} of {size_text(info.storage_quota)}",
     ]
     if info.users_in_group is not None:
         lines.append("  members:    " + ", ".join(f"{name} ({role.value})" for name, role in info.users_in_group.items()))
@@ -149,7 +151,7 @@ def render(result: Any, verbose: bool = False) -> str | None:
     if isinstance(result, AttachmentsQueryResp):
         return _attachments(result)
     if isinstance(result, AttachmentMetadata):
-        return f"size {result.size} bytes, updated {result.updated_at.isoformat()}, created {result.created_at.isoformat()}"
+        return f"size {size_text(result.size)}, updated {result.updated_at.isoformat()}, created {result.created_at.isoformat()}"
     if isinstance(result, SubmitTaskResp):
         return f"Submitted task {result.uuid} (#{result.task_id})"
     if isinstance(result, TaskWhyResp):
@@ -159,5 +161,5 @@ def render(result: Any, verbose: bool = False) -> str | None:
     if isinstance(result, TasksQueryResp):
         return _tasks(result, verbose)
     if isinstance(result, DownloadResp):
-        return f"{result.url}\n({result.size} bytes)"
+        return f"{result.url}\n({size_text(result.size)})"
     return str(result)

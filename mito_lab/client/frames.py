@@ -59,6 +59,7 @@ def tasks_frame(tasks: Sequence[TaskInfo]) -> pd.DataFrame:
     """One row per task, newest first as the coordinator lists them."""
     started = _utc(t.started_at for t in tasks)
     ended = _utc(t.ended_at for t in tasks)
+    usages = [t.usage for t in tasks]
     columns = {
         "uuid": _text(t.uuid for t in tasks),
         "task_id": pd.Series([t.task_id for t in tasks], dtype="int64"),
@@ -82,6 +83,10 @@ def tasks_frame(tasks: Sequence[TaskInfo]) -> pd.DataFrame:
         "worker": _text(t.reporter_uuid for t in tasks),
         "upstream": _text(t.upstream_task_uuid for t in tasks),
         "downstream": _text(t.downstream_task_uuid for t in tasks),
+        "cpu_s": pd.Series([usage.cpu_s if usage else None for usage in usages], dtype="Float64"),
+        "max_rss": pd.Series([usage.max_rss if usage else None for usage in usages], dtype="Int64"),
+        "cpu_efficiency": pd.Series([usage.cpu_efficiency if usage else None for usage in usages], dtype="Float64"),
+        "gpu_max_memory": pd.Series([usage.gpu_max_memory if usage else None for usage in usages], dtype="Int64"),
     }
     return _frame(columns, TASK_COLUMNS)
 

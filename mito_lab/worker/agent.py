@@ -61,6 +61,7 @@ from mito_lab.wire import (
     TaskReport,
     TaskResultMessage,
     TaskResultSpec,
+    TaskUsage,
     UploadArtifactReq,
     UploadOp,
     WatchResp,
@@ -320,11 +321,14 @@ class Agent:
             log.warning("tasks run as root: they can read this worker's memory and do anything on this host (see --task-user)")
         self.retiring = False
         self.heartbeat_interval = config.heartbeat_interval.total_seconds()  # lowered by ``agree``
+        self._cores = len(os.sched_getaffinity(0)) / self.slots  # what each task may use, as reported with its cost
+        self._report_usage = False  # set by ``agree``: a coordinator that does not keep it refuses the field
 
     def agree(self, registration: RegisterWorkerResp) -> float:
         """Take the coordinator's terms: heartbeat well within its heartbeat timeout (a longer
         interval would get the worker removed while it runs, and its tasks run twice). Returns the
         worker's lifetime in seconds from now."""
+        self._report_usage = registration.keeps_usage
         timeout = registration.heartbeat_timeout
         if timeout is not None and self.heartbeat_interval > timeout.total_seconds() / HEARTBEATS_PER_TIMEOUT:
             self.heartbeat_interval = timeout.total_seconds() / HEARTBEATS_PER_TIMEOUT
@@ -734,26 +738,43 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), LOG_SHIP_SECONDS)
 
-    async def _execute_process(self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput) -> runner.Outcome:
+    async def _execute_process(self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput) -> tuple[runner.Outcome, TaskUsage | None]:
+        """The process's outcome and what it cost (None if it never started)."""
         self._hand_over(folders)
+        cgroup_cpu = self.containment.cpu_seconds(slot.index)
+        started = time.monotonic()
         try:
             child = runner.spawn(task.spec.args, self._environment(task, folders), folders.work, output.descriptors["stdout"], output.descriptors["stderr"], self.account)
         except (OSError, ValueError) as exc:  # the program does not exist or cannot be executed, or its environment cannot be given
             log.warning("task %s: cannot start %s: %s", task.uuid, task.spec.args[0], exc)
             output.note(f"cannot start {task.spec.args[0]!r}: {getattr(exc, 'strerror', None) or exc}")
-            return runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False)
+            return runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False), None
         self.processes[task.id] = child
         moving = asyncio.ensure_future(self.containment.started(slot.index, child.pid))
         self.reports.state(task, TaskExecState.ExecSpawned)
         if task.uuid in self.cancelled or task.id in self.gone:  # stopped while it was being started
             self._in_background(self.kill(task.id))
         try:
-            return await runner.wait(child, task.timeout.total_seconds())
+            outcome = await runner.wait(child, task.timeout.total_seconds())
+            wall = time.monotonic() - started
         finally:
             await moving
             del self.processes[task.id]
             others = {str(running.uuid) for running in self.running.values() if running.id != task.id}
             self.containment.end(slot.index, [other.pid for other in self.processes.values()], others)
+        return outcome, self._usage(outcome, wall, cgroup_cpu, self.containment.cpu_seconds(slot.index))
+
+    def _usage(self, outcome: runner.Outcome, wall: float, cgroup_before: float | None, cgroup_after: float | None) -> TaskUsage | None:
+        """What the run cost. CPU: the slot cgroup's, which counts what the task detached too (but
+        not what ran before the move into it), or the process's own with what it waited for; the
+        larger. Memory: the largest resident size of those processes."""
+        usage = outcome.usage
+        if usage is None or not self._report_usage:
+            return None
+        cpu = usage.ru_utime + usage.ru_stime
+        if cgroup_before is not None and cgroup_after is not None:
+            cpu = max(cpu, cgroup_after - cgroup_before)
+        return TaskUsage(wall_s=wall, cpu_s=cpu, max_rss=usage.ru_maxrss * 1024, cores=self._cores)
 
     def _hand_over(self, folders: TaskFolders) -> None:
         """Under --task-user, the task's folders (the resources fetched into them included)
@@ -766,7 +787,7 @@ class Agent:
     ) -> TaskResultSpec:
         self.reports.state(task, TaskExecState.ExecPending)
         try:
-            outcome = await self._execute_process(task, slot, folders, output)
+            outcome, usage = await self._execute_process(task, slot, folders, output)
         finally:
             await flush_output()  # the shipper sends what is left and stops
         if self.stopping.is_set():  # killed by our own shutdown: unregistering re-queues it
@@ -782,17 +803,17 @@ class Agent:
         except TimeoutError:
             log.warning("task %s: its outputs were not uploaded within %d s", task.uuid, UPLOAD_SECONDS)
             self.reports.state(task, TaskExecState.UploadResultTimeout)
-            return TaskResultSpec(exit_status=outcome.exit_status, msg=TaskResultMessage.UploadResultTimeout)
+            return TaskResultSpec(exit_status=outcome.exit_status, msg=TaskResultMessage.UploadResultTimeout, usage=usage)
         except (OSError, UploadFailed) as exc:  # what the task left cannot be packed, or stored
             log.warning("task %s: its outputs were not kept: %s", task.uuid, exc)
-            return TaskResultSpec(exit_status=outcome.exit_status, msg=TaskResultMessage.WorkerError)
+            return TaskResultSpec(exit_status=outcome.exit_status, msg=TaskResultMessage.WorkerError, usage=usage)
         self.reports.state(task, TaskExecState.UploadCancelledResult if stopped else TaskExecState.UploadFinishedResult)
         message = TaskResultMessage.ExecTimeout if outcome.timed_out else TaskResultMessage.UserCancellation if cancelled else None
         # only a task that finished chains its successor (the coordinator refuses the others too)
         if message is None and not await self._submit_downstream(task, folders):
             message = TaskResultMessage.SubmitNewTaskFailed
         self.reports.state(task, TaskExecState.UploadResultFinished)
-        return TaskResultSpec(exit_status=outcome.exit_status, msg=message)
+        return TaskResultSpec(exit_status=outcome.exit_status, msg=message, usage=usage)
 
     async def _upload_outputs(self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput) -> None:
         deadline = time.monotonic() + UPLOAD_SECONDS

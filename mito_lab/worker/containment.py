@@ -174,6 +174,15 @@ class TaskCgroups:
         return self._members[cgroup]
 
     @staticmethod
+    def cpu_seconds(cgroup: Path) -> float:
+        """The CPU time every process of ``cgroup`` has used so far (``cpu.stat``: always there)."""
+        for line in read_small(cgroup / "cpu.stat").splitlines():
+            name, _, value = line.partition(b" ")
+            if name == b"usage_usec":
+                return int(value) / 1e6
+        return 0.0
+
+    @staticmethod
     def populated(cgroup: Path) -> bool:
         return b"populated 1" in read_small(cgroup / "cgroup.events")
 
@@ -270,6 +279,10 @@ class Containment:
         """A task's process started: into the slot's cgroup, off the loop (see ``TaskCgroups``)."""
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.move, self.cgroups.slot(slot), pid)
+
+    def cpu_seconds(self, slot: int) -> float | None:
+        """The CPU time of the slot's cgroup so far (every task it ran), if there is one."""
+        return self.cgroups.cpu_seconds(self.cgroups.slot(slot)) if self.cgroups is not None else None
 
     def end(self, slot: int, leaders: Collection[int], running_tasks: Collection[str]) -> None:
         """Once a task's own process has exited (and ``started`` is done): kill what it left

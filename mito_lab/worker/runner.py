@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -23,6 +24,15 @@ KILL_GRACE_SECONDS = 10.0
 class Outcome:
     exit_status: int  # the exit code, or minus the signal number that killed the process
     timed_out: bool
+    usage: resource.struct_rusage | None = None  # the process's, with the descendants it waited for
+
+
+def _reap(process: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage]:
+    """Wait for ``process`` and collect its exit status and resource usage (``Popen.wait`` would
+    drop the latter)."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage
 
 
 class Child:
@@ -31,31 +41,35 @@ class Child:
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self._process = process
         self.pid = process.pid
-        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._exited: asyncio.Future[tuple[int, resource.struct_rusage]] = asyncio.get_running_loop().create_future()
         self._watch()
 
     @property
     def returncode(self) -> int | None:
-        return self._exited.result() if self._exited.done() else None
+        return self._exited.result()[0] if self._exited.done() else None
 
     def _watch(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             descriptor = os.pidfd_open(self.pid)
         except (AttributeError, OSError):  # no pidfd (an old kernel, not Linux): a thread waits
-            waiting = loop.run_in_executor(None, self._process.wait)
+            waiting = loop.run_in_executor(None, _reap, self._process)
             waiting.add_done_callback(lambda done: self._exited.done() or self._exited.set_result(done.result()))
             return
 
         def exited() -> None:
             loop.remove_reader(descriptor)
             os.close(descriptor)
-            self._exited.set_result(self._process.wait())  # it has exited: this only reaps it
+            self._exited.set_result(_reap(self._process))  # it has exited: this only reaps it
 
         loop.add_reader(descriptor, exited)
 
     async def wait(self) -> int:
-        return await asyncio.shield(self._exited)
+        return (await asyncio.shield(self._exited))[0]
+
+    @property
+    def usage(self) -> resource.struct_rusage | None:
+        return self._exited.result()[1] if self._exited.done() else None
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -85,7 +99,7 @@ async def wait(child: Child, timeout: float) -> Outcome:
     try:
         code = await asyncio.wait_for(child.wait(), timeout)
         _signal_group(child.pid, signal.SIGKILL)  # leftovers of a finished task do not linger
-        return Outcome(code, timed_out=False)
+        return Outcome(code, timed_out=False, usage=child.usage)
     except TimeoutError:
         await stop_group(child)
-        return Outcome(child.returncode if child.returncode is not None else -signal.SIGKILL, timed_out=True)
+        return Outcome(child.returncode if child.returncode is not None else -signal.SIGKILL, timed_out=True, usage=child.usage)

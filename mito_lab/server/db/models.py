@@ -228,6 +228,13 @@ class Task(Timestamps, Base):
     reporter_uuid: Mapped[uuid_module.UUID | None] = mapped_column(sa.Uuid)
     upstream_task_uuid: Mapped[uuid_module.UUID | None] = mapped_column(sa.Uuid)
     downstream_task_uuid: Mapped[uuid_module.UUID | None] = mapped_column(sa.Uuid)
+    # what the committed run cost (wire.TaskUsage), as its worker measured it; None from workers
+    # that do not measure (the reference's)
+    wall_seconds: Mapped[float | None]
+    cpu_seconds: Mapped[float | None]
+    max_rss: Mapped[int | None] = mapped_column(sa.BigInteger)
+    cores: Mapped[float | None]
+    gpu_max_memory: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class TaskTag(Base):

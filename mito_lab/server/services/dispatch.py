@@ -37,7 +37,7 @@ from mito_lab.server.services.activity import (
 )
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.outputs import confirm_outputs
-from mito_lab.server.services.tasks import now
+from mito_lab.server.services.tasks import USAGE_COLUMNS, now
 from mito_lab.wire import (
     CommitOp,
     ExchangeOp,
@@ -158,11 +158,18 @@ class TaskRow:
     reporter_uuid: uuid_module.UUID | None = None
     updated_at: datetime | None = None
     uploading: bool = False  # an output's upload URL was handed out, the upload not yet confirmed
+    # the run's cost, set by its commit (written, never read: null until then)
+    wall_seconds: float | None = None
+    cpu_seconds: float | None = None
+    max_rss: int | None = None
+    cores: float | None = None
+    gpu_max_memory: int | None = None
 
 
-_ROW_COLUMNS = [Task.__table__.c[f.name] for f in fields(TaskRow) if f.name not in ("reporter_uuid", "updated_at", "uploading")]
+_NOT_READ = ("reporter_uuid", "updated_at", "uploading", *USAGE_COLUMNS.values())
+_ROW_COLUMNS = [Task.__table__.c[f.name] for f in fields(TaskRow) if f.name not in _NOT_READ]
 _WRITTEN = ("state", "exec_state", "exit_status", "result_msg", "attempts", "started_at", "ended_at", "archived_at",
-            "assigned_worker_id", "reporter_uuid", "updated_at")
+            "assigned_worker_id", "reporter_uuid", "updated_at", *USAGE_COLUMNS.values())
 _tasks = Task.__table__
 # the worker's own grants (a user's upload is settled on its own): what ``confirm_outputs`` settles
 _UPLOADING = sa.exists().where(ArtifactUpload.task_uuid == _tasks.c.uuid, ArtifactUpload.uploader_id.is_(None)).label("uploading")
@@ -294,6 +301,9 @@ def apply_op(task: TaskRow, op: ExchangeOp, worker: WorkerIdentity, moment: date
         if task.state not in (TaskState.Finished, TaskState.Cancelled):
             raise Refused(400, "Task can not be marked as done")
         task.exit_status, task.result_msg = op.Commit.exit_status, op.Commit.msg
+        if op.Commit.usage is not None:
+            for field, column in USAGE_COLUMNS.items():
+                setattr(task, column, getattr(op.Commit.usage, field))
         task.reporter_uuid = worker.worker_id
         task.exec_state, task.archived_at = TaskExecState.TaskCommitted, moment
         changed(task)

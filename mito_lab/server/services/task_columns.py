@@ -47,6 +47,10 @@ _COLUMNS = (
         uuid_text(_tasks.c.reporter_uuid).label("worker"),
         uuid_text(_tasks.c.upstream_task_uuid).label("upstream"),
         uuid_text(_tasks.c.downstream_task_uuid).label("downstream"),
+        _tasks.c.cpu_seconds.label("cpu_s"),
+        _tasks.c.max_rss,
+        sa.case((_tasks.c.wall_seconds > 0, _tasks.c.cpu_seconds / _tasks.c.wall_seconds / _tasks.c.cores)).label("cpu_efficiency"),
+        _tasks.c.gpu_max_memory,
     )
     .join(User, User.id == _tasks.c.creator_id)
     .join(Group, Group.id == _tasks.c.group_id)

@@ -146,8 +146,19 @@ def task_fields(task: Task, creator: str, group: str) -> dict[str, Any]:
         "upstream_task_uuid": task.upstream_task_uuid, "downstream_task_uuid": task.downstream_task_uuid,
         "reporter_uuid": task.reporter_uuid, "attempts": task.attempts, "max_attempts": task.max_attempts,
         "exec_state": task.exec_state, "cancel_requested": task.cancel_requested,
-        "started_at": task.started_at, "ended_at": task.ended_at,
+        "started_at": task.started_at, "ended_at": task.ended_at, "usage": usage_of(task),
     }
+
+
+USAGE_COLUMNS = {"wall_s": "wall_seconds", "cpu_s": "cpu_seconds", "max_rss": "max_rss", "cores": "cores", "gpu_max_memory": "gpu_max_memory"}
+"""``TaskUsage``'s fields and the task columns that keep them."""
+
+
+def usage_of(task: Any) -> dict[str, Any] | None:
+    """The run's cost as its worker reported it, if it did."""
+    if task.cpu_seconds is None:
+        return None
+    return {field: getattr(task, column) for field, column in USAGE_COLUMNS.items()}
 
 
 def task_info(task: Task, creator: str, group: str) -> TaskInfo:

@@ -155,7 +155,7 @@ class WorkerService:
         log.info("worker %s registered by %s for %s", worker_uuid, user.username, sorted(roles))
         return RegisterWorkerResp(
             worker_id=worker_uuid, token=token, redis_url=None,  # see events.REFERENCE_ACL_USERS
-            lifetime=lifetime, heartbeat_timeout=self.context.config.heartbeat_timeout,
+            lifetime=lifetime, heartbeat_timeout=self.context.config.heartbeat_timeout, keeps_usage=True,
         )
 
     async def authenticate(self, bearer: str) -> WorkerIdentity:

@@ -1,0 +1,63 @@
+"""What each run cost: the worker measures it and the coordinator keeps it (``TaskInfo.usage``);
+the SDK's DataFrames, ``mito client get task`` and the reference's protocol see it, or its absence."""
+
+from __future__ import annotations
+
+from conftest import Platform, http
+from mito_lab.client.sync import Client
+from test_dispatch import register, submit, take
+
+# 300 MB held, about half a second of CPU, in a child the task's shell waits for
+HUNGRY = (
+    "import time\n"
+    "block = bytearray(300_000_000)\n"
+    "start = time.process_time()\n"
+    "while time.process_time() - start < 0.5:\n"
+    "    pass\n"
+)
+
+
+def test_a_run_reports_its_cpu_time_and_peak_memory(platform: Platform, client: Client) -> None:
+    platform.start_worker("--slots", "2")
+    hungry = client.submit(["sh", "-c", 'python3 -c "$PROGRAM"'], envs={"PROGRAM": HUNGRY}, labels=["cost"])
+    light = client.submit("true", labels=["cost"])
+    for handle in (hungry, light):
+        handle.wait(timeout=60)
+    usage = platform.api("GET", f"/tasks/{hungry.uuid}").json["info"]["usage"]
+    assert usage["cpu_s"] >= 0.45 and usage["wall_s"] >= 0.45
+    assert 300_000_000 <= usage["max_rss"] < 2_000_000_000
+    assert usage["cores"] > 0 and usage["gpu_max_memory"] is None
+
+    tasks = client.tasks(labels=["cost"])
+    slowest = tasks.sort_values("cpu_s", ascending=False).iloc[0]
+    assert slowest["uuid"] == str(hungry.uuid) and slowest["max_rss"] >= 300_000_000
+    assert 0 < slowest["cpu_efficiency"] <= 1.05  # one busy core of those it had, at most
+    assert str(tasks["cpu_s"].dtype) == "Float64" and str(tasks["max_rss"].dtype) == "Int64"
+    light_row = tasks.set_index("uuid").loc[str(light.uuid)]
+    assert light_row["max_rss"] < usage["max_rss"]
+
+    printed = platform.mito("get", "task", str(hungry.uuid)).stdout
+    [cost] = [line for line in printed.splitlines() if line.strip().startswith("cost:")]
+    assert " s CPU in " in cost and "peak memory 3" in cost and " MB" in cost
+
+
+def test_the_reference_protocol_commits_without_usage(platform: Platform) -> None:
+    token = register(platform)
+    task = submit(platform)
+    work = take(platform, token)
+    for op in ("Finish", {"Commit": {"exit_status": 0, "msg": None}}):
+        assert http("POST", f"{platform.url}/workers/tasks", {"id": work["id"], "op": op}, token=token).status == 200
+    info = platform.api("GET", f"/tasks/{task}").json["info"]
+    assert info["result"] == {"exit_status": 0, "msg": None} and info["usage"] is None
+    [listed] = platform.api("POST", "/tasks/query", {}).json["tasks"]
+    assert listed["usage"] is None
+
+
+def test_a_commit_with_impossible_usage_is_refused(platform: Platform) -> None:
+    token = register(platform)
+    submit(platform)
+    work = take(platform, token)
+    assert http("POST", f"{platform.url}/workers/tasks", {"id": work["id"], "op": "Finish"}, token=token).status == 200
+    usage = {"wall_s": 1, "cpu_s": -1, "max_rss": 0, "cores": 1}
+    answer = http("POST", f"{platform.url}/workers/tasks", {"id": work["id"], "op": {"Commit": {"exit_status": 0, "usage": usage}}}, token=token)
+    assert answer.status == 400 and "cpu_s" in answer.json["msg"]
