@@ -208,6 +208,9 @@ class _Settings(BaseModel):
 
 class CoordinatorConfig(_Settings):
     bind: Annotated[str, BeforeValidator(_bind)] = "127.0.0.1:5000"
+    # The coordinator's address as clients reach it (behind a proxy): the local object store's URLs
+    # start with it. None: with the scheme and Host of the request that asks for one.
+    public_url: CoordinatorAddress | None = None
     data_dir: Path = default_data_dir()
     db_url: str | None = None  # None: embedded SQLite in the data dir
     s3_url: str | None = None  # None: local object store in the data dir

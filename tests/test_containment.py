@@ -26,7 +26,7 @@ pytestmark = pytest.mark.parametrize("platform", ["sqlite-local"], indirect=True
 
 def attachment(platform: Platform, key: str, data: bytes) -> None:
     upload = platform.api("POST", "/groups/mitosis_admin/attachments", {"key": key, "content_length": len(data)}).json
-    assert http("PUT", platform.url + upload["url"], raw=data, headers=OCTETS).status == 200
+    assert http("PUT", upload["url"], raw=data, headers=OCTETS).status == 200
 
 
 def resource(key: str, local_path: str) -> dict[str, object]:

@@ -136,7 +136,7 @@ def test_report_cycle_archives_the_task(platform: Platform) -> None:
     assert report(platform, token, work["id"], "Finish").status == 200
     upload = report(platform, token, work["id"], {"Upload": {"content_type": "result", "content_length": 4}})
     assert upload.status == 200 and upload.json["url"]
-    assert http("PUT", platform.url + upload.json["url"], raw=b"data", headers={"Content-Type": "application/octet-stream"}).status == 200
+    assert http("PUT", upload.json["url"], raw=b"data", headers={"Content-Type": "application/octet-stream"}).status == 200
     assert report(platform, token, work["id"], {"Commit": {"exit_status": 0, "msg": None}}).status == 200
     info = platform.api("GET", f"/tasks/{task}").json
     assert info["info"]["state"] == "Finished" and info["info"]["result"] == {"exit_status": 0, "msg": None}

@@ -80,8 +80,7 @@ def verify(platform: Platform, label: str, uuids: list[str], ledger: Path, died:
     assert sorted(d["uuid"] for d in downloads) == sorted(uuids), "result artifacts missing"
 
     def intact(download: dict[str, str]) -> str | None:
-        url = download["url"] if download["url"].startswith("http") else platform.url + download["url"]
-        answer = http("GET", url)
+        answer = http("GET", download["url"])
         if answer.status != 200:
             return f"{download['uuid']}: {answer.status}"
         with tarfile.open(fileobj=io.BytesIO(answer.body)) as tar:

@@ -69,9 +69,9 @@ def make_world(platform: Platform, index: int) -> World:
     task = platform.api("POST", "/tasks", submit, user="owner").json["uuid"]
     spare = platform.api("POST", "/tasks", submit, user="owner").json["uuid"]
     upload = platform.api("POST", f"/tasks/{task}/artifacts", {"content_type": "result", "content_length": 1}, user="owner").json
-    http("PUT", platform.url + upload["url"], raw=b"x", headers=OCTETS)
+    http("PUT", upload["url"], raw=b"x", headers=OCTETS)
     upload = platform.api("POST", f"/groups/{group}/attachments", {"key": "data.txt", "content_length": 1}, user="owner").json
-    http("PUT", platform.url + upload["url"], raw=b"x", headers=OCTETS)
+    http("PUT", upload["url"], raw=b"x", headers=OCTETS)
     worker = platform.api("POST", "/workers", {"groups": [f"{group}:admin"]}, user="owner").json
     # reading them records the uploads (they commit on completion), then they can be made old
     assert [a["content_type"] for a in platform.api("GET", f"/tasks/{task}", user="owner").json["artifacts"]] == ["result"]

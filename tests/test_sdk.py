@@ -85,8 +85,8 @@ def test_an_older_coordinator_is_listed_page_by_page_into_the_same_frame(
     old_coordinator: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The previous release has no columnar route: the SDK pages through the JSON one (two tasks a
-    page here). Restarted as this release on the same database, the coordinator answers the same
-    DataFrame through the columnar route."""
+    page here), and its local store's URLs are relative. Restarted as this release on the same
+    database, the coordinator answers the same DataFrame through the columnar route."""
     adopt_env(old_coordinator, monkeypatch)
     monkeypatch.setattr(mito_lab.client.api, "PAGE_SIZE", 2)
     assert old_coordinator.api("POST", "/tasks/query/columns", {}).status == 404  # it really is the old one
@@ -98,11 +98,16 @@ def test_an_older_coordinator_is_listed_page_by_page_into_the_same_frame(
         client.submit(["echo", "it's", "queued"], tags=["nobody-has-this"], priority=4)
         paged = client.tasks()
         assert len(paged) == 5 and len(client.tasks(limit=3)) == 3
+        # its local store's URLs are relative to it: the SDK still follows them
+        (tmp_path / "kept.txt").write_text("kept")
+        client.upload_attachment(ADMIN[0], tmp_path / "kept.txt", "kept.txt", progress=False)
+        assert client.download_attachment(ADMIN[0], "kept.txt", tmp_path / "old", progress=False).read_text() == "kept"
     old_coordinator.stop()
     old_coordinator.start_coordinator()
     with Client(old_coordinator.url, *ADMIN, credential_path=tmp_path / "credentials") as client:
         assert old_coordinator.api("POST", "/tasks/query/columns", {}).status == 200
         pd.testing.assert_frame_equal(client.tasks(), paged, check_exact=True)
+        assert client.download_attachment(ADMIN[0], "kept.txt", tmp_path / "new", progress=False).read_text() == "kept"
 
 
 def test_attachments_listing_and_transfers(platform: Platform, client: Client, tmp_path: Path) -> None:

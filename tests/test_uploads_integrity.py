@@ -33,13 +33,13 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Platfo
     running.stop()
 
 
-def put(platform: Platform, url: str, data: bytes) -> int:
-    """PUT ``data`` to an upload URL as the reference's clients do (the local store's are relative)."""
-    return http("PUT", url if url.startswith("http") else platform.url + url, raw=data, headers=OCTETS).status
+def put(url: str, data: bytes) -> int:
+    """PUT ``data`` to an upload URL as the reference's clients do: the URL as given."""
+    return http("PUT", url, raw=data, headers=OCTETS).status
 
 
-def download(platform: Platform, url: str) -> bytes:
-    answer = http("GET", url if url.startswith("http") else platform.url + url)
+def download(url: str) -> bytes:
+    answer = http("GET", url)
     assert answer.status == 200, answer.body
     return answer.body
 
@@ -76,8 +76,8 @@ def test_an_upload_url_of_a_member_since_removed_records_nothing(any_store: Plat
     assert artifact.status == 200, artifact.body
     assert platform.api("POST", "/groups/lab/users/remove", {"users": ["mara"]}).status == 200
 
-    assert put(platform, attachment, data) == 200  # the store cannot tell; the coordinator can
-    assert put(platform, artifact.json["url"], data) == 200
+    assert put(attachment, data) == 200  # the store cannot tell; the coordinator can
+    assert put(artifact.json["url"], data) == 200
     assert platform.api("GET", "/groups/lab/attachments/notes.txt").status == 404
     assert platform.api("GET", f"/tasks/{task}").json["artifacts"] == []
     assert storage_used(platform, "lab") == 0
@@ -89,12 +89,12 @@ def test_a_url_handed_out_before_a_later_upload_cannot_replace_it(any_store: Pla
     platform = any_store
     stale = attachment_url(platform, ADMIN[0], "model.bin", 10)
     newer = attachment_url(platform, ADMIN[0], "model.bin", 20)
-    assert put(platform, newer, b"n" * 20) == 200
+    assert put(newer, b"n" * 20) == 200
     assert platform.api("GET", f"/groups/{ADMIN[0]}/attachments/model.bin").json["size"] == 20
-    put(platform, stale, b"s" * 10)  # accepted by the store or not, it must change nothing
+    put(stale, b"s" * 10)  # accepted by the store or not, it must change nothing
     assert platform.api("GET", f"/groups/{ADMIN[0]}/attachments/model.bin").json["size"] == 20
     link = platform.api("GET", f"/groups/{ADMIN[0]}/download/attachments/model.bin").json
-    assert download(platform, link["url"]) == b"n" * 20
+    assert download(link["url"]) == b"n" * 20
     assert storage_used(platform, ADMIN[0]) == 20
 
 
@@ -106,14 +106,14 @@ def test_s3_upload_larger_than_declared_is_refused_deleted_and_not_charged(tmp_p
     platform = start_platform(tmp_path / "platform", *s3.coordinator_args())
     try:
         url = attachment_url(platform, ADMIN[0], "small.txt", 10)
-        assert put(platform, url, b"x" * (5 << 20)) == 200  # SeaweedFS takes it: the length is not signed
+        assert put(url, b"x" * (5 << 20)) == 200  # SeaweedFS takes it: the length is not signed
         assert platform.api("GET", f"/groups/{ADMIN[0]}/attachments/small.txt").status == 404
         assert storage_used(platform, ADMIN[0]) == 0
         store = Minio(s3.url.removeprefix("http://"), access_key=s3.access_key, secret_key=s3.secret_key, secure=False, region="us-east-1")
         assert [o.object_name for o in store.list_objects("mitosis-attachments", recursive=True)] == []
         # the declared size, sent whole, is recorded
         url = attachment_url(platform, ADMIN[0], "small.txt", 10)
-        assert put(platform, url, b"y" * 10) == 200
+        assert put(url, b"y" * 10) == 200
         assert platform.api("GET", f"/groups/{ADMIN[0]}/attachments/small.txt").json["size"] == 10
         assert storage_used(platform, ADMIN[0]) == 10
     finally:
@@ -151,19 +151,19 @@ def test_a_full_local_disk_answers_507_and_records_nothing(small_disk_platform: 
     size: downloads 404 and the quota is charged."""
     platform = small_disk_platform
     fits = os.urandom(600 << 10)
-    assert put(platform, attachment_url(platform, ADMIN[0], "fits.bin", len(fits)), fits) == 200
+    assert put(attachment_url(platform, ADMIN[0], "fits.bin", len(fits)), fits) == 200
     assert platform.api("GET", f"/groups/{ADMIN[0]}/attachments/fits.bin").json["size"] == len(fits)
     too_big = os.urandom(800 << 10)
     url = attachment_url(platform, ADMIN[0], "too-big.bin", len(too_big))
-    answer = http("PUT", platform.url + url, raw=too_big, headers=OCTETS)
+    answer = http("PUT", url, raw=too_big, headers=OCTETS)
     assert answer.status == 507 and "storage" in answer.json["msg"]
     assert platform.api("GET", f"/groups/{ADMIN[0]}/attachments/too-big.bin").status == 404
     assert storage_used(platform, ADMIN[0]) == len(fits)
     link = platform.api("GET", f"/groups/{ADMIN[0]}/download/attachments/fits.bin").json
-    assert download(platform, link["url"]) == fits
+    assert download(link["url"]) == fits
     # what failed left nothing behind: a smaller upload fits in the space it took
     later = os.urandom(300 << 10)
-    assert put(platform, attachment_url(platform, ADMIN[0], "later.bin", len(later)), later) == 200
+    assert put(attachment_url(platform, ADMIN[0], "later.bin", len(later)), later) == 200
     assert platform.api("GET", f"/groups/{ADMIN[0]}/attachments/later.bin").json["size"] == len(later)
 
 

@@ -71,9 +71,9 @@ def test_a_worker_leaves_cleanly_at_the_end_of_its_lifetime(platform: Platform) 
 def test_resources_are_downloaded_before_the_command_runs(platform: Platform) -> None:
     platform.start_worker()
     upload = platform.api("POST", "/groups/mitosis_admin/attachments", {"key": "data/input.csv", "content_length": 4}).json
-    assert http("PUT", platform.url + upload["url"], raw=b"a,b\n", headers=OCTETS).status == 200
+    assert http("PUT", upload["url"], raw=b"a,b\n", headers=OCTETS).status == 200
     odd = platform.api("POST", "/groups/mitosis_admin/attachments", {"key": "odd name?.txt", "content_length": 3}).json
-    assert http("PUT", platform.url + odd["url"], raw=b"odd", headers=OCTETS).status == 200
+    assert http("PUT", odd["url"], raw=b"odd", headers=OCTETS).status == 200
     spaced = submitted_uuid(platform.mito("submit", "-r", "attachment=odd name?.txt:odd.txt", "--", "true").stdout)
     assert platform.wait_task(spaced)["result"] == {"exit_status": 0, "msg": None}  # a key with a space and a "?" is fetched
     producer = submitted_uuid(platform.mito("submit", "--", "sh", "-c", 'echo made > "$MITO_RESULT_DIR/made.txt"').stdout)

@@ -141,7 +141,7 @@ def test_tasks_run_as_the_task_user(platform: Platform, nobody: pwd.struct_passw
     # the worker in root's group, as a supplementary group too (as root logins are), which its tasks must not keep
     platform.start_worker("-p", PASSWORD, "--task-user", "nobody", user=OWNER, wrapper=("setpriv", "--groups=0"))
     upload = platform.api("POST", f"/groups/{OWNER}/attachments", {"key": "input.txt", "content_length": 6}, user=OWNER).json
-    assert http("PUT", platform.url + upload["url"], raw=b"input\n", headers={"Content-Type": "application/octet-stream"}).status == 200
+    assert http("PUT", upload["url"], raw=b"input\n", headers={"Content-Type": "application/octet-stream"}).status == 200
     resource = {"remote_file": {"Attachment": {"key": "input.txt"}}, "local_path": "data/input.txt"}
     script = r"""
     id -u > "$MITO_RESULT_DIR/uid"

@@ -43,6 +43,8 @@ def _flag(parser: argparse.ArgumentParser, *names: str, **options: Any) -> None:
 def _coordinator_parser(modes: argparse._SubParsersAction) -> None:
     parser = modes.add_parser("coordinator", help="Run the mitosis coordinator", description="Run the mitosis coordinator")
     _flag(parser, "-b", "--bind", help="The address to bind to")
+    _flag(parser, "--public-url", metavar="URL",
+          help="The coordinator's URL as clients reach it (e.g. behind a proxy), where the local object store's URLs point [default: the URL each request came to]")
     _flag(parser, "--config", type=Path, help="The path of the config file")
     _flag(parser, "--data-dir", type=Path, help="Where the embedded database, objects and keys live [default: ~/.local/share/mitosis]")
     _flag(parser, "--db", dest="db_url", metavar="DB_URL", help="The database URL (postgres://... or sqlite:///...) [default: embedded SQLite]")

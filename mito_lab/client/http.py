@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import pycurl
 from pydantic import BaseModel, ValidationError
@@ -120,6 +120,12 @@ class HttpSession:
     def url(self, path: str) -> str:
         return urljoin(self.base_url, path.lstrip("/"))
 
+    def signed_url(self, url: str) -> str:
+        """An object store's signed URL, followed as given: coordinators hand out absolute ones.
+        A relative one (the local store of a coordinator from before ``public_url``) is the
+        coordinator's own route."""
+        return url if urlsplit(url).scheme else self.url(url)
+
     async def _fetch(self, request: HTTPRequest, max_answer: int = MAX_ANSWER_BYTES) -> HTTPResponse:
         try:
             return await self._client(max_answer).fetch(request)
@@ -218,7 +224,7 @@ class HttpSession:
                 curl.setopt(pycurl.INFILESIZE_LARGE, size)
 
             request = HTTPRequest(
-                self.url(url),
+                self.signed_url(url),
                 method="PUT",
                 headers={"Content-Type": "application/octet-stream"},
                 body=b"",
@@ -241,7 +247,7 @@ class HttpSession:
                 if progress:
                     progress(len(chunk))
 
-            request = HTTPRequest(self.url(url), streaming_callback=consume, request_timeout=24 * 3600)
+            request = HTTPRequest(self.signed_url(url), streaming_callback=consume, request_timeout=24 * 3600)
             try:
                 # the answer is streamed to a file, so its size is not bounded by memory
                 await self._fetch(request, MAX_TRANSFER_BYTES)

@@ -83,7 +83,7 @@ def make_store(config: CoordinatorConfig) -> ObjectStore:
     buckets = [config.artifacts_bucket, config.attachments_bucket]
     if config.s3_url:
         return S3Store(config.s3_url, config.s3_access_key, config.s3_secret_key, config.s3_region, buckets)
-    return LocalStore(config.data_dir / "objects", buckets)
+    return LocalStore(config.data_dir / "objects", buckets, config.public_url)
 
 
 class Coordinator:

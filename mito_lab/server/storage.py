@@ -2,7 +2,8 @@
 
 Clients and workers cannot tell them apart: they ask the coordinator for a URL and PUT or GET it.
 - ``LocalStore`` (embedded default): a directory in the data dir, served by the coordinator itself
-  (``server/handlers/blobs.py``) through HMAC-signed, expiring, streamed URLs.
+  (``server/handlers/blobs.py``) through HMAC-signed, expiring, streamed URLs. They are absolute, as
+  S3's are: at the configured ``public_url``, else where the request that asked for one arrived.
 - ``S3Store``: any S3 endpoint through the ``minio`` client's presigned URLs.
 """
 
@@ -11,16 +12,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import secrets
 import shutil
 import time
+from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
 from minio import Minio
 from minio.error import S3Error
+
+from mito_lab.server.errors import InvalidRequest
 
 UPLOAD_URL_LIFETIME = timedelta(hours=1)
 BATCH_DOWNLOAD_URL_LIFETIME = timedelta(hours=24)
@@ -48,21 +53,57 @@ class ObjectStore(Protocol):
         """The object's size in bytes, ``None`` if there is none (an upload lands whole or not at all)."""
 
 
+class Arrival(NamedTuple):
+    """Where the request being served came in: its scheme and its ``Host`` header (``None``: it
+    sent none, as HTTP/1.0 may)."""
+
+    scheme: str
+    host: str | None
+
+
+ARRIVAL: ContextVar[Arrival] = ContextVar("arrival")
+"""Set for each request by ``ApiHandler.prepare``: a service that asks ``LocalStore`` for a URL
+need not pass the request down to it."""
+
+# A host name, an IPv4 address or a bracketed IPv6 one, and a port: what a URL can carry as is.
+_HOST = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?")
+
+
+def request_origin() -> str:
+    """``scheme://host[:port]`` of the request being served, as its client addressed it; a Host
+    header that is no ``HOST[:PORT]`` (Tornado lets ``;``, ``%41`` or an empty one through) is
+    refused, so that no URL is built from it."""
+    arrival = ARRIVAL.get(None)
+    if arrival is None:
+        raise RuntimeError("a local store URL was asked for outside a request, and no public_url is configured")
+    host = arrival.host
+    found = _HOST.fullmatch(host) if host is not None else None
+    if found is None or int(found.group(1) or 0) > 65535:
+        shown = "none" if host is None else repr(host)
+        raise InvalidRequest(f"the Host header ({shown}) is not HOST[:PORT]; the coordinator's URLs are made from it unless [coordinator] public_url is set")
+    return f"{arrival.scheme}://{host}"
+
+
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
 class LocalStore:
-    """Objects as files under ``root/<bucket>/<hh>/<sha256 of the key>``; URLs are relative to the
-    coordinator. Naming files by the key's hash, not the key, keeps every key storable: ``a`` and
-    ``a/b`` can both exist, a 1,000-character key fits, and no key can name a path outside."""
+    """Objects as files under ``root/<bucket>/<hh>/<sha256 of the key>``. Naming files by the key's
+    hash, not the key, keeps every key storable: ``a`` and ``a/b`` can both exist, a 1,000-character
+    key fits, and no key can name a path outside.
+
+    URLs are absolute: under ``public_url`` (the coordinator's address as clients reach it, e.g.
+    behind a proxy), else under ``request_origin()``. The signature covers the method, object,
+    expiry and size, not the host: a URL works at every address of the coordinator."""
 
     ROUTE = "/blobs/"
     LAYOUT = "sha256-1"  # written to ``root/.layout`` once the objects are stored that way
 
-    def __init__(self, root: Path, buckets: list[str]) -> None:
+    def __init__(self, root: Path, buckets: list[str], public_url: str | None = None) -> None:
         self.root = root
         self.buckets = buckets
+        self.public_url = public_url.rstrip("/") if public_url else None
         secret_file = root / ".url-secret"
         root.mkdir(parents=True, exist_ok=True)
         if not secret_file.exists():
@@ -111,7 +152,8 @@ class LocalStore:
         query = {"expires": expires, "sig": self._signature(method, bucket, key, expires, size)}
         if size is not None:
             query["size"] = size
-        return f"{self.ROUTE}{quote(bucket)}/{quote(key)}?{urlencode(query)}"
+        origin = self.public_url or request_origin()
+        return f"{origin}{self.ROUTE}{quote(bucket)}/{quote(key)}?{urlencode(query)}"
 
     def upload_url(self, bucket: str, key: str, size: int, lifetime: timedelta = UPLOAD_URL_LIFETIME) -> str:
         return self._url("PUT", bucket, key, lifetime, size)

@@ -21,6 +21,7 @@ from mito_lab.server.db.models import User
 from mito_lab.server.errors import ApiError, DatabaseConnectionLost, InvalidRequest, InvalidToken, NotFound, PayloadTooLarge, ShuttingDown
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.dispatch import WorkerIdentity
+from mito_lab.server.storage import ARRIVAL, Arrival
 from mito_lab.wire import ARROW_STREAM, MAX_WAIT_SECONDS, describe_validation_error
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ class ApiHandler(RequestHandler):
     _limit = SMALL_JSON_BODY
 
     def prepare(self) -> None:
+        ARRIVAL.set(Arrival(self.request.protocol, self.request.headers.get("Host")))
         if self.context.closing:  # the services are closing: a request on a kept-alive connection must not reach them
             raise ShuttingDown()
         self._chunks = []
