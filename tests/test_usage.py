@@ -3,6 +3,11 @@ the SDK's DataFrames, ``mito client get task`` and the reference's protocol see 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from conftest import Platform, http
 from mito_lab.client.sync import Client
 from test_dispatch import register, submit, take
@@ -61,3 +66,31 @@ def test_a_commit_with_impossible_usage_is_refused(platform: Platform) -> None:
     usage = {"wall_s": 1, "cpu_s": -1, "max_rss": 0, "cores": 1}
     answer = http("POST", f"{platform.url}/workers/tasks", {"id": work["id"], "op": {"Commit": {"exit_status": 0, "usage": usage}}}, token=token)
     assert answer.status == 400 and "cpu_s" in answer.json["msg"]
+
+
+# nvidia-smi's answer for this host: 700 MiB for every process whose command line carries the marker
+FAKE_NVIDIA_SMI = """#!/bin/sh
+for pid in $(pgrep -f gpu-marker); do echo "$pid, 700"; done
+"""
+ON_THE_GPU = 'python3 -c "import time; time.sleep(3)" gpu-marker'
+
+
+def test_peak_gpu_memory_counts_the_tasks_own_processes(sqlite_platform: Platform, tmp_path: Path) -> None:
+    """Where the host has nvidia-smi (here a stand-in that answers as it does), the worker samples
+    the GPU memory of the task's processes: two of them, not the one outside the task."""
+    platform = sqlite_platform
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (tools / "nvidia-smi").chmod(0o755)
+    outsider = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "gpu-marker"])
+    try:
+        platform.start_worker(env={"PATH": f"{tools}:{os.environ['PATH']}"})
+        # (the marker only on the two processes: not on the shell's own command line)
+        task = submit(platform, task_spec={"args": ["sh", "-c", 'eval "$RUN" & eval "$RUN"; wait'], "envs": {"RUN": ON_THE_GPU}})
+        platform.wait_task(task)
+        usage = platform.api("GET", f"/tasks/{task}").json["info"]["usage"]
+        assert usage["gpu_max_memory"] == 2 * 700 * 2**20
+    finally:
+        outsider.kill()
+        outsider.wait()

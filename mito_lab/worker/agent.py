@@ -68,8 +68,9 @@ from mito_lab.wire import (
     WorkerSignal,
     WorkerTaskResp,
 )
-from mito_lab.worker import identity, packing, runner
+from mito_lab.worker import gpu, identity, packing, runner
 from mito_lab.worker.containment import TASK_ENVIRONMENT_MARK, Containment, UnsafeFile, read_regular_file
+from mito_lab.worker.gpu import GpuPeak
 from mito_lab.worker.workspace import STREAMS, FolderPool, Slot, TaskFolders, TaskOutput
 
 log = logging.getLogger("mito_lab.worker")
@@ -323,6 +324,8 @@ class Agent:
         self.heartbeat_interval = config.heartbeat_interval.total_seconds()  # lowered by ``agree``
         self._cores = len(os.sched_getaffinity(0)) / self.slots  # what each task may use, as reported with its cost
         self._report_usage = False  # set by ``agree``: a coordinator that does not keep it refuses the field
+        self._nvidia_smi = gpu.nvidia_smi()
+        self._gpu_peaks: dict[int, GpuPeak] = {}  # running tasks' GPU memory, where the host has nvidia-smi
 
     def agree(self, registration: RegisterWorkerResp) -> float:
         """Take the coordinator's terms: heartbeat well within its heartbeat timeout (a longer
@@ -751,6 +754,8 @@ class Agent:
             return runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False), None
         self.processes[task.id] = child
         moving = asyncio.ensure_future(self.containment.started(slot.index, child.pid))
+        if self._nvidia_smi is not None:
+            self._gpu_peaks[task.id] = GpuPeak(self._nvidia_smi, lambda: self.containment.processes(slot.index, child.pid))
         self.reports.state(task, TaskExecState.ExecSpawned)
         if task.uuid in self.cancelled or task.id in self.gone:  # stopped while it was being started
             self._in_background(self.kill(task.id))
@@ -758,23 +763,28 @@ class Agent:
             outcome = await runner.wait(child, task.timeout.total_seconds())
             wall = time.monotonic() - started
         finally:
+            sampler = self._gpu_peaks.pop(task.id, None)
+            gpu_peak = await sampler.stop() if sampler is not None else None  # no query of its left running
             await moving
             del self.processes[task.id]
             others = {str(running.uuid) for running in self.running.values() if running.id != task.id}
-            self.containment.end(slot.index, [other.pid for other in self.processes.values()], others)
-        return outcome, self._usage(outcome, wall, cgroup_cpu, self.containment.cpu_seconds(slot.index))
+            queries = [peak.pid for peak in self._gpu_peaks.values() if peak.pid is not None]  # the worker's own children
+            self.containment.end(slot.index, [other.pid for other in self.processes.values()] + queries, others)
+        return outcome, self._usage(outcome, wall, cgroup_cpu, self.containment.cpu_seconds(slot.index), gpu_peak)
 
-    def _usage(self, outcome: runner.Outcome, wall: float, cgroup_before: float | None, cgroup_after: float | None) -> TaskUsage | None:
+    def _usage(
+        self, outcome: runner.Outcome, wall: float, cgroup_before: float | None, cgroup_after: float | None, gpu_peak: int | None,
+    ) -> TaskUsage | None:
         """What the run cost. CPU: the slot cgroup's, which counts what the task detached too (but
         not what ran before the move into it), or the process's own with what it waited for; the
-        larger. Memory: the largest resident size of those processes."""
+        larger. Memory: the largest resident size of those processes; GPU memory: the sampled peak."""
         usage = outcome.usage
         if usage is None or not self._report_usage:
             return None
         cpu = usage.ru_utime + usage.ru_stime
         if cgroup_before is not None and cgroup_after is not None:
             cpu = max(cpu, cgroup_after - cgroup_before)
-        return TaskUsage(wall_s=wall, cpu_s=cpu, max_rss=usage.ru_maxrss * 1024, cores=self._cores)
+        return TaskUsage(wall_s=wall, cpu_s=cpu, max_rss=usage.ru_maxrss * 1024, cores=self._cores, gpu_max_memory=gpu_peak)
 
     def _hand_over(self, folders: TaskFolders) -> None:
         """Under --task-user, the task's folders (the resources fetched into them included)

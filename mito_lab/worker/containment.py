@@ -284,6 +284,18 @@ class Containment:
         """The CPU time of the slot's cgroup so far (every task it ran), if there is one."""
         return self.cgroups.cpu_seconds(self.cgroups.slot(slot)) if self.cgroups is not None else None
 
+    def processes(self, slot: int, leader: int) -> set[int]:
+        """The processes of the task in ``slot`` whose own process is ``leader``: the leader's
+        descendants (what it forked before it was moved into its cgroup too), and its cgroup's
+        (what it detached too)."""
+        found = {leader}
+        with contextlib.suppress(psutil.Error):
+            found.update(child.pid for child in psutil.Process(leader).children(recursive=True))
+        if self.cgroups is not None:
+            with contextlib.suppress(OSError):
+                found.update(map(int, read_small(self.cgroups.slot(slot) / "cgroup.procs").split()))
+        return found
+
     def end(self, slot: int, leaders: Collection[int], running_tasks: Collection[str]) -> None:
         """Once a task's own process has exited (and ``started`` is done): kill what it left
         running. ``leaders`` are the other running tasks' processes, ``running_tasks`` their UUIDs."""
