@@ -265,6 +265,9 @@ class Sweep:
                 "state": info.state.value,
                 "exit_status": info.result.exit_status if info.result else None,
                 "duration": (info.ended_at - info.started_at) if info.ended_at and info.started_at else None,
+                "cpu_s": info.usage.cpu_s if info.usage else None,
+                "max_rss": info.usage.max_rss if info.usage else None,
+                "cpu_efficiency": info.usage.cpu_efficiency if info.usage else None,
                 **outcome.get("records", {}),
                 "notebook": outcome.get("notebook"),
                 "failed_cell": outcome.get("failed_cell"),
@@ -272,8 +275,10 @@ class Sweep:
             })
         frame = pd.DataFrame(rows)
         frame["state"] = frame["state"].astype(TASK_STATES)
-        for column in ("exit_status", "failed_cell"):
+        for column in ("exit_status", "failed_cell", "max_rss"):
             frame[column] = frame[column].astype("Int64")
+        for column in ("cpu_s", "cpu_efficiency"):
+            frame[column] = frame[column].astype("Float64")
         frame["duration"] = pd.to_timedelta(frame["duration"])
         return frame
 

@@ -53,6 +53,9 @@ def test_a_grid_sweep_with_a_failing_run(lab: tuple[Platform, Client], tmp_path:
     assert fine["error"].isna().all() and (fine["final_loss"] < 1e-3).all()
     assert all(Path(p).is_file() for p in results["notebook"])  # the executed notebooks, the failed one too
     assert results["duration"].dtype.kind == "m" and (results["duration"] > pd.Timedelta(0)).all()
+    # what each configuration cost: a kernel's start-up alone is a good fraction of a CPU second and tens of MB
+    assert (results["cpu_s"] > 0.1).all() and (results["max_rss"] > 20_000_000).all()
+    assert results.groupby("lr")["max_rss"].max().index.tolist() == [0.01, 0.1]
     assert list(sweep.failed()["run"]) == [2]
 
     # one upload for the notebook, six tasks through one batch, labelled for the sweep

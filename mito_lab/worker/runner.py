@@ -27,10 +27,14 @@ class Outcome:
     usage: resource.struct_rusage | None = None  # the process's, with the descendants it waited for
 
 
-def _reap(process: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage]:
+def _reap(process: subprocess.Popen[bytes]) -> tuple[int, resource.struct_rusage | None]:
     """Wait for ``process`` and collect its exit status and resource usage (``Popen.wait`` would
     drop the latter)."""
-    _, status, usage = os.wait4(process.pid, 0)
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    except ChildProcessError:  # collected already: killed with what it left, when its run was cancelled
+        process.returncode = -signal.SIGKILL
+        return process.returncode, None
     process.returncode = os.waitstatus_to_exitcode(status)
     return process.returncode, usage
 
@@ -41,7 +45,7 @@ class Child:
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self._process = process
         self.pid = process.pid
-        self._exited: asyncio.Future[tuple[int, resource.struct_rusage]] = asyncio.get_running_loop().create_future()
+        self._exited: asyncio.Future[tuple[int, resource.struct_rusage | None]] = asyncio.get_running_loop().create_future()
         self._watch()
 
     @property
