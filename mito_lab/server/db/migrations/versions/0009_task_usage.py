@@ -1,14 +1,14 @@
 """what each committed run cost, as its worker measured it (wire.TaskUsage)
 
-Revision ID: 0008_task_usage
-Revises: 0007_uploads
+Revision ID: 0009_task_usage
+Revises: 0008
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_task_usage"
-down_revision = "0007_uploads"
+revision = "0009_task_usage"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
