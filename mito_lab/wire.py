@@ -773,6 +773,11 @@ class RegisterWorkerReq(Request):
     labels: StrSet = []
     groups: list[str] = Field(default=[], description='"name" or "name:role"; role defaults to Write')
     lifetime: WireDuration | None = None
+    heartbeat_interval: Annotated[WireDuration, Field(gt=timedelta(0))] | None = Field(
+        default=None, exclude_if=lambda value: value is None,  # unsaid, not sent: an earlier release refuses the field
+        description="how often the worker heartbeats (mito_lab): a worker silent for a few of its intervals, or for the "
+        "heartbeat timeout if that is shorter, is removed and its tasks re-queued; absent, the heartbeat timeout alone",
+    )
 
 
 class RegisterWorkerResp(Response):

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import re
 import signal
+import subprocess
 import tarfile
 import time
 from collections import defaultdict
@@ -128,6 +130,92 @@ def test_the_coordinator_killed_with_500_tasks_in_flight(tmp_path: Path) -> None
         assert all(worker.poll() is None for worker in workers)
     finally:
         platform.stop()
+
+
+# The first run of a task waits for the gate; any later run ends at once (another worker took the
+# task over). The ledger notes each run, as SCRIPT's does.
+GATED_ONCE = (
+    'echo "$MITO_TASK_UUID $PPID" >> {ledger}; '
+    '[ "$(grep -c "$MITO_TASK_UUID" {ledger})" -gt 1 ] || while [ ! -e {gate} ]; do sleep 0.1; done'
+)
+BEATS = ("--heartbeat-interval", "1s")  # these workers say so when they register
+
+
+def gated_once(platform: Platform, ledger: Path, gate: Path, tag: str) -> str:
+    return submit(platform, tags=[tag], task_spec={"args": ["sh", "-c", GATED_ONCE.format(ledger=ledger, gate=gate)]})
+
+
+def worker_uuid(platform: Platform, worker: subprocess.Popen[bytes]) -> str:
+    log = platform.home / f"worker-{platform.workers.index(worker)}.log"
+    found = wait_until(lambda: re.search(r"registered as worker (\S+)", log.read_text()), "the worker to register")
+    return found.group(1)
+
+
+def registered(platform: Platform) -> set[str]:
+    return {worker["worker_id"] for worker in platform.api("POST", "/workers/query", {}).json["workers"]}
+
+
+def test_after_a_coordinator_restart_a_worker_gone_meanwhile_is_reaped_within_its_heartbeats(tmp_path: Path) -> None:
+    """Its task is re-queued and run elsewhere within a few of its heartbeat intervals (1 s), not
+    the heartbeat timeout (10 min); workers that live through the restart keep theirs."""
+    platform = start_platform(tmp_path / "platform", "--heartbeat-timeout", "10m")
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    try:
+        victim, keeper = platform.start_worker(*BEATS, "--tags", "lost"), platform.start_worker(*BEATS, "--tags", "kept")
+        lost, kept = gated_once(platform, ledger, gate, "lost"), gated_once(platform, ledger, gate, "kept")
+        wait_until(lambda: runs(ledger)[lost] == [victim.pid] and runs(ledger)[kept] == [keeper.pid], "the victim and the keeper to run their tasks")
+        spare = platform.start_worker(*BEATS, "--tags", "lost")
+        alive = {worker_uuid(platform, keeper), worker_uuid(platform, spare)}
+        platform.coordinator.send_signal(signal.SIGKILL)
+        platform.coordinator.wait()
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        time.sleep(6)  # away long enough for backed-off retries to come later than five intervals after its return
+        platform.start_coordinator()
+        assert platform.wait_task(lost, timeout=30)["result"] == {"exit_status": 0, "msg": None}
+        assert runs(ledger)[lost] == [victim.pid, spare.pid]
+        assert registered(platform) == alive
+        gate.touch()
+        assert platform.wait_task(kept)["result"] == {"exit_status": 0, "msg": None}
+        assert runs(ledger)[kept] == [keeper.pid]  # never taken from the keeper
+        assert keeper.poll() is None and spare.poll() is None
+    finally:
+        gate.touch()  # the victim's orphaned run ends too
+        platform.stop()
+
+
+def test_two_coordinators_judge_workers_by_their_shared_heartbeats(tmp_path: Path, pg_url: str) -> None:
+    """A coordinator starting beside another leaves that one's live workers alone (their heartbeats
+    go to the other, into the database they share), and a worker gone silent is reaped within a
+    few of its heartbeat intervals whichever coordinator it talked to."""
+    first = start_platform(tmp_path / "a", "--db", pg_url, "--heartbeat-timeout", "10m")
+    second: Platform | None = None
+    ledger, gate = tmp_path / "ledger", tmp_path / "gate"
+    try:
+        keeper = first.start_worker(*BEATS, "--tags", "kept")
+        kept = gated_once(first, ledger, gate, "kept")
+        wait_until(lambda: runs(ledger)[kept] == [keeper.pid], "the keeper to run its task")
+        second = start_platform(tmp_path / "b", "--db", pg_url, "--heartbeat-timeout", "10m")
+        victim = second.start_worker(*BEATS, "--tags", "lost")
+        lost = gated_once(second, ledger, gate, "lost")
+        wait_until(lambda: runs(ledger)[lost] == [victim.pid], "the victim to run its task")
+        spare = first.start_worker(*BEATS, "--tags", "lost")
+        alive = {worker_uuid(first, keeper), worker_uuid(first, spare)}
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        assert second.wait_task(lost, timeout=30)["result"] == {"exit_status": 0, "msg": None}
+        assert runs(ledger)[lost] == [victim.pid, spare.pid]
+        # by now the second coordinator has run longer than five of the keeper's intervals
+        assert registered(first) == registered(second) == alive
+        gate.touch()
+        assert first.wait_task(kept)["result"] == {"exit_status": 0, "msg": None}
+        assert runs(ledger)[kept] == [keeper.pid]
+        assert "housekeeping" not in first.log + second.log  # both may reap at once: neither fails
+    finally:
+        gate.touch()
+        first.stop()
+        if second is not None:
+            second.stop()
 
 
 def test_two_coordinators_on_one_database_run_1000_tasks_once(tmp_path: Path, pg_url: str, s3: S3Server) -> None:

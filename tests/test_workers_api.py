@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import json
 import uuid
+from pathlib import Path
 
+import pytest
 from tornado.websocket import websocket_connect
 
-from conftest import ADMIN, Platform, http
+from conftest import ADMIN, Platform, backend_args, http, start_platform
+from mito_lab.testing import wait_until
 from test_dispatch import fetch, report, submit, take
 
 
@@ -133,3 +136,32 @@ def test_worker_changes_are_published_to_the_members_of_its_groups(platform: Pla
     assert [e["event"] for e in events] == ["registered", "changed", "heartbeat", "changed", "removed"]
     assert events[2]["last_heartbeat"]
     assert "rig" in events[3]["groups"]  # the group it just left hears of it too
+
+
+@pytest.mark.parametrize("backend", ["sqlite-local", "postgres-local"])
+def test_a_worker_that_told_its_heartbeat_interval_is_removed_after_five_silent_ones(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path,
+) -> None:
+    """Far within the heartbeat timeout (10 min here), which still judges a worker registered as
+    the reference's are, without an interval."""
+    platform = start_platform(tmp_path / "platform", "--heartbeat-timeout", "10m", *backend_args(backend, request))
+    try:
+        refused = platform.api("POST", "/workers", {"heartbeat_interval": "0s"})
+        assert refused.status == 400 and "heartbeat_interval" in refused.json["msg"]
+        told, told_token = register(platform, heartbeat_interval="1s")
+        unsaid, unsaid_token = register(platform)
+        first, second = submit(platform), submit(platform)
+        held = {take(platform, told_token)["uuid"]: told, take(platform, unsaid_token)["uuid"]: unsaid}
+        assert set(held) == {first, second}
+
+        def state(task: str) -> tuple[str, int]:
+            info = platform.api("GET", f"/tasks/{task}").json["info"]
+            return info["state"], info["attempts"]
+
+        [lost] = [task for task, worker in held.items() if worker == told]
+        wait_until(lambda: state(lost) == ("Ready", 1), "the silent worker's task to be re-queued", timeout=30)
+        assert platform.api("GET", f"/workers/{told}").status == 404
+        assert platform.api("GET", f"/workers/{unsaid}").json["info"]["assigned_task_id"] in held
+        assert state(next(task for task in held if task != lost)) == ("Running", 1)
+    finally:
+        platform.stop()

@@ -1,10 +1,16 @@
 """``mito up``: a whole local platform in one process tree (coordinator + N workers).
 
 Children run in their own sessions so that Ctrl-C reaches only this process, which then stops the
-workers first (they hand back their tasks) and the coordinator last."""
+workers first (they kill their running tasks and hand them back: Ready again) and the coordinator
+last; so do SIGTERM and SIGHUP (its terminal closed). When the coordinator stops on its own (the
+admin shutdown route, a signal of its own, a crash), its workers are stopped too and ``mito up``
+exits 1: they cannot hand their tasks back to a coordinator that is gone, so those stay Running
+until the coordinator starts again, which re-queues the tasks of workers that do not come back
+within a few of their heartbeat intervals (``HEARTBEAT_INTERVAL``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,6 +24,11 @@ from mito_lab.config import CoordinatorConfig, load_config, parse_bind
 
 STARTUP_SECONDS = 60.0
 STOP_SECONDS = 20.0
+# Its workers' heartbeat interval: a heartbeat is one small write, nothing for a local platform; and
+# after a coordinator that stopped on its own starts again, the tasks its stopped workers held are
+# re-queued within five of these (``services.workers.SILENT_INTERVALS``).
+HEARTBEAT_INTERVAL = "10s"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _mito(*args: str) -> list[str]:
@@ -75,8 +86,8 @@ def up(bind: str, workers: int, data_dir: Path | None) -> int:
         nonlocal interrupted
         interrupted = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, on_signal)
     deadline = time.monotonic() + STARTUP_SECONDS
     while not _healthy(url):
         if coordinator.poll() is not None or interrupted or time.monotonic() > deadline:
@@ -90,7 +101,7 @@ def up(bind: str, workers: int, data_dir: Path | None) -> int:
     fleet = [
         subprocess.Popen(
             _mito("worker", "-c", url, "-u", config.admin_user, "--credential-path", str(credentials),
-                  "--polling-interval", "60s", "--heartbeat-interval", "30s"),
+                  "--polling-interval", "60s", "--heartbeat-interval", HEARTBEAT_INTERVAL),
             env=environment,
             start_new_session=True,
         )
@@ -111,12 +122,12 @@ def up(bind: str, workers: int, data_dir: Path | None) -> int:
             print("error: the coordinator stopped", file=sys.stderr)
             code = 1
             break
-        for process in fleet:
-            if process.poll() is not None and process.returncode != 0:
-                print(f"warning: worker {process.pid} exited with status {process.returncode}", file=sys.stderr)
-                fleet.remove(process)
+        for process in [p for p in fleet if p.poll() is not None and p.returncode != 0]:
+            print(f"warning: worker {process.pid} exited with status {process.returncode}", file=sys.stderr)
+            fleet.remove(process)
         time.sleep(0.5)
-    print("stopping workers and coordinator...", flush=True)
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone: stop all the same
+        print("stopping workers and coordinator...", flush=True)
     _stop(fleet)
     _stop([coordinator])
     return code

@@ -18,6 +18,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
@@ -40,6 +41,10 @@ from mito_lab.server.services.workers import WorkerService
 from mito_lab.server.storage import LocalStore, ObjectStore, S3Store
 
 log = logging.getLogger(__name__)
+
+# Silent workers are looked for this often: a worker heartbeating every second is removed within a
+# second of its allowance (``WorkerService._silent``); the look is one query, without a transaction.
+REAP_SECONDS = 1.0
 
 # Tornado tries the routes in order: the workers' protocol, the busiest, comes first.
 HANDLER_MODULES = ("workers", "tasks", "blobs", "misc", "users", "admin", "groups", "attachments", "events")
@@ -150,7 +155,6 @@ class Coordinator:
         database = self.context.db.engine.url.render_as_string(hide_password=True)
         await _using("the database", database, self.context.db.migrate)
         await self.users.ensure_admin()
-        await self.workers.restore()
         host, port = parse_bind(config.bind)
         # A connection has http_idle_timeout to send its request's headers (Tornado's one timeout for
         # a new request, on a new or a kept-alive connection) and http_body_timeout for a body; once a
@@ -164,28 +168,35 @@ class Coordinator:
             self._server.listen(port, host)
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.bind}: {exc.strerror or exc}") from exc
+        self.workers.restore()  # from now on the workers can reach it
         self.streams.start()
         # What start-up built (modules, models, schemas: over 100,000 objects) lives as long as the
         # process: frozen out of the collector's sight, a full collection scans only what came since.
         # A 10,000-task batch triggers a few; over the start-up heap they took a third of its time.
         gc.freeze()
-        self._background.append(asyncio.create_task(self._housekeeping()))
+        # forgetting old live output and settling the uploads no one has read yet or whose URLs
+        # expired: at the pace reaping had before workers said their heartbeat intervals
+        housekeeping = max(1.0, min(self.config.heartbeat_timeout.total_seconds() / 4, 30.0))
+        self._background.append(asyncio.create_task(self._every(REAP_SECONDS, (self.workers.reap,))))
+        self._background.append(asyncio.create_task(self._every(housekeeping, (self.logs.prune, self._settle_uploads))))
         if not isinstance(self.context.events, RedisEvents):  # Redis already carries every coordinator's events
             self._background.append(asyncio.create_task(self._watch_database()))
         log.warning("Set random shutdown secret: %s", self.shutdown_secret)
         log.info("coordinator listening on http://%s:%d (database: %s)", host, port, database)
 
-    async def _housekeeping(self) -> None:
-        """Remove workers that stopped heartbeating; forget old live output; settle the uploads
-        no one has read yet and those whose URLs expired."""
-        period = max(1.0, min(self.config.heartbeat_timeout.total_seconds() / 4, 30.0))
+    @staticmethod
+    async def _every(period: float, jobs: tuple[Callable[[], Awaitable[None]], ...]) -> None:
+        """Run ``jobs`` every ``period`` seconds, until cancelled."""
         while True:
             await asyncio.sleep(period)
-            for job in (self.workers.reap, self.logs.prune, self._settle_uploads):
+            for job in jobs:
                 try:
                     await job()
-                except Exception:  # a failed round is retried next period; it must not stop the loop
-                    log.exception("housekeeping: %s failed", job.__qualname__)
+                except Exception as exc:  # a failed round is retried next period; it must not stop the loop
+                    if isinstance(exc, DBAPIError) and exc.connection_invalidated:  # the pool is renewed already (handlers.base)
+                        log.warning("housekeeping: %s: the database connection was lost (%s)", job.__qualname__, exc.orig)
+                    else:
+                        log.exception("housekeeping: %s failed", job.__qualname__)
 
     async def _settle_uploads(self) -> None:
         await uploads.sweep(self.context)

@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import shutil
 import shlex
@@ -23,6 +24,7 @@ import signal
 import time
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -117,7 +119,8 @@ class WorkerClient:
         self.session = session
         self.stopping = stopping
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]], what: str, longest: float = MAX_BACKOFF_SECONDS) -> T:
+        """``attempt`` until it succeeds, waiting 1 s, 2 s, 4 s... at most ``longest`` between tries."""
         delay = 1.0
         while True:
             try:
@@ -131,14 +134,19 @@ class WorkerClient:
             if self.stopping.is_set():
                 raise asyncio.CancelledError()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+            delay = min(delay * 2, longest)
 
-    async def call(self, method: str, path: str, body: BaseModel | None = None, response: type[Any] | None = None, **options: Any) -> Any:
-        return await self._retrying(lambda: self.session.call(method, path, body, response, **options), f"{method} /{path}")
+    async def call(
+        self, method: str, path: str, body: BaseModel | None = None, response: type[Any] | None = None,
+        longest: float = MAX_BACKOFF_SECONDS, **options: Any,
+    ) -> Any:
+        return await self._retrying(lambda: self.session.call(method, path, body, response, **options), f"{method} /{path}", longest)
 
-    async def heartbeat(self, wait: float = 0) -> WorkerSignal | None:
-        """A heartbeat; with ``wait`` it is held open until a cancellation comes or ``wait`` passes."""
-        return await self.call("POST", "workers/heartbeat", None, WorkerSignal, wait=wait)
+    async def heartbeat(self, interval: float, wait: float = 0) -> WorkerSignal | None:
+        """A heartbeat; with ``wait`` it is held open until a cancellation comes or ``wait`` passes.
+        Retried at least every ``interval`` (or second): a coordinator back from a restart hears from
+        the worker within about an interval, long before it gives up on it (a few intervals)."""
+        return await self.call("POST", "workers/heartbeat", None, WorkerSignal, longest=max(interval, 1.0), wait=wait)
 
     async def watch(self, target: uuid_module.UUID, state: TaskExecState, wait: float) -> WatchResp:
         return await self.call("GET", f"workers/tasks/{target}/reaches/{state.value}", None, WatchResp, wait=wait)
@@ -321,7 +329,7 @@ class Agent:
         elif os.geteuid() == 0:
             log.warning("tasks run as root: they can read this worker's memory and do anything on this host (see --task-user)")
         self.retiring = False
-        self.heartbeat_interval = config.heartbeat_interval.total_seconds()  # lowered by ``agree``
+        self.heartbeat_interval = heartbeat_seconds(config)  # lowered by ``agree``
         self._cores = len(os.sched_getaffinity(0)) / self.slots  # what each task may use, as reported with its cost
         self._report_usage = False  # set by ``agree``: a coordinator that does not keep it refuses the field
         self._nvidia_smi = gpu.nvidia_smi()
@@ -353,14 +361,14 @@ class Agent:
     async def heartbeats(self) -> None:
         """Heartbeats on their own timer. While the worker holds tasks, each heartbeat is held open
         by the coordinator and answers at once if one is cancelled, so it is stopped within a second."""
-        interval = min(self.heartbeat_interval, MAX_WAIT_SECONDS)
+        interval = self.heartbeat_interval
         while True:
             if not self.busy:
-                await self.client.heartbeat()
+                await self.client.heartbeat(interval)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._busy.wait(), interval)
                 continue
-            signal_ = await self.client.heartbeat(wait=interval)
+            signal_ = await self.client.heartbeat(interval, wait=interval)
             for task_uuid in signal_.cancel if signal_ else ():
                 await self.cancel(task_uuid)
 
@@ -889,14 +897,31 @@ class Agent:
 
 
 
+def heartbeat_seconds(config: WorkerConfig) -> float:
+    """How often the worker heartbeats, as configured: at most the longest long poll (a heartbeat
+    is one while the worker holds tasks). ``Agent.agree`` may lower it to fit the coordinator."""
+    return min(config.heartbeat_interval.total_seconds(), MAX_WAIT_SECONDS)
+
+
 async def register(config: WorkerConfig) -> tuple[HttpSession, RegisterWorkerResp]:
     session = HttpSession(config.coordinator_addr, parallel=REQUESTS_BESIDE_TASKS + REQUESTS_PER_SLOT * config.slots)
     # retain: registering a worker must not log its user out of their other sessions (the reference does);
     # not saved: the user token is only traded for the worker's, and tasks can read the credentials file
     user, token = await login_token(session, Credentials(config.credential_path), config.user, config.password, retain=True, save=False)
     session.token = token
-    request = RegisterWorkerReq(tags=config.tags, labels=config.labels, groups=config.groups, lifetime=config.lifetime)
-    registration: RegisterWorkerResp = await session.call("POST", "workers", request, RegisterWorkerResp)
+    # the wire carries whole seconds: rounded up, the coordinator waits a little longer, never less
+    interval = timedelta(seconds=max(1, math.ceil(heartbeat_seconds(config))))
+    request = RegisterWorkerReq(
+        tags=config.tags, labels=config.labels, groups=config.groups, lifetime=config.lifetime, heartbeat_interval=interval
+    )
+    try:
+        registration: RegisterWorkerResp = await session.call("POST", "workers", request, RegisterWorkerResp)
+    except MitoError as exc:
+        if exc.status != 400 or "heartbeat_interval" not in exc.msg:
+            raise
+        # a coordinator of an earlier release takes no interval (it goes by its heartbeat timeout alone)
+        without = request.model_copy(update={"heartbeat_interval": None})
+        registration = await session.call("POST", "workers", without, RegisterWorkerResp)
     session.token = registration.token
     log.info("registered as worker %s (user %s%s)", registration.worker_id, user, "" if config.user else ", the first in the credentials file")
     return session, registration

@@ -81,6 +81,25 @@ def _arrow_timestamp_postgresql(element: arrow_timestamp, compiler: SQLCompiler,
     return f"CAST(EXTRACT(EPOCH FROM {compiler.process(element.clauses, **options)}) * 1000000 AS BIGINT)"
 
 
+class epoch_seconds(FunctionElement[float]):  # noqa: N801 - an SQL function, named like one
+    """A ``UTCDateTime`` column as seconds since the epoch (a float), for arithmetic with durations
+    stored as seconds: PostgreSQL's ``EXTRACT``; on SQLite from ``julianday`` of the stored text
+    (to the millisecond)."""
+
+    type = sa.Float()
+    inherit_cache = True
+
+
+@compiles(epoch_seconds, "postgresql")
+def _epoch_seconds_postgresql(element: epoch_seconds, compiler: SQLCompiler, **options: Any) -> str:
+    return f"CAST(EXTRACT(EPOCH FROM {compiler.process(element.clauses, **options)}) AS DOUBLE PRECISION)"
+
+
+@compiles(epoch_seconds, "sqlite")
+def _epoch_seconds_sqlite(element: epoch_seconds, compiler: SQLCompiler, **options: Any) -> str:
+    return f"((julianday({compiler.process(element.clauses, **options)}) - 2440587.5) * 86400.0)"
+
+
 class uuid_text(FunctionElement[str]):  # noqa: N801 - an SQL function, named like one
     """A ``Uuid`` column as its canonical text (lower case, with hyphens), formatted by the database."""
 
@@ -172,6 +191,7 @@ class Worker(Timestamps, Base):
     labels: Mapped[list[str]] = mapped_column(default=list)
     state: Mapped[WorkerState] = mapped_column(_enum(WorkerState, "worker_state"), default=WorkerState.Normal)
     last_heartbeat: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_interval: Mapped[float | None]  # seconds, as the worker said when it registered; None: it did not say
     # A worker's current task is the unarchived task whose assigned_worker_id is this worker.
 
 

@@ -24,6 +24,7 @@ from mito_lab.server.db.models import (
     User,
     UserGroup,
     Worker,
+    epoch_seconds,
 )
 from mito_lab.server.errors import (
     InvalidRequest,
@@ -124,10 +125,21 @@ _ASSIGNED_TASK = sa.select(Task).where(
 )
 
 
+# A worker that told its heartbeat interval is removed after this many of them without a heartbeat
+# (or after the heartbeat timeout, if that is shorter). Five outlive a heartbeat lost now and then
+# plus the worker's retry of it (retries come within an interval), and a few seconds of a coordinator
+# too busy to record heartbeats at once, which short intervals (1-2 s) meet on a loaded machine:
+# three would reap live workers there; more would keep dead workers' tasks waiting longer. At least
+# the worker's HEARTBEATS_PER_TIMEOUT (3), so a worker that lowers its interval to fit the heartbeat
+# timeout is still judged by the timeout.
+SILENT_INTERVALS = 5
+
+
 class WorkerService:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.dispatch = Dispatcher(context, retire=self.unregister)
+        self._counting_from = now()  # see ``restore``
 
     # --- registration and authentication --------------------------------------------------------
 
@@ -143,7 +155,8 @@ class WorkerService:
                 group = await group_by_name(session, name)
                 await require_grant(session, user, group, role)
                 groups.append((group, role))
-            worker = Worker(creator_id=user.id, tags=request.tags, labels=request.labels)
+            interval = request.heartbeat_interval.total_seconds() if request.heartbeat_interval else None
+            worker = Worker(creator_id=user.id, tags=request.tags, labels=request.labels, heartbeat_interval=interval)
             session.add(worker)
             await session.flush()
             session.add_all(GroupWorker(group_id=g.id, worker_id=worker.id, role=r) for g, r in groups)
@@ -362,17 +375,43 @@ class WorkerService:
         groups = (await session.scalars(_WORKER_GROUP_NAMES, {"worker_pk": worker.id})).all()
         worker_changed(self.context, session, worker.worker_id, sorted({*groups, *also_to}), event, **details)
 
-    async def restore(self) -> None:
-        """At start, every known worker gets a fresh heartbeat deadline (reference 1.3, "restore
-        workers"): a coordinator that was down must not declare its whole fleet dead."""
-        async with self.context.db.write() as session:
-            await session.execute(sa.update(Worker).values(last_heartbeat=now()))
+    def restore(self) -> None:
+        """At start, every known worker is counted alive from now on (reference 1.3, "restore
+        workers"): a coordinator that was down must not declare its whole fleet dead; those that do
+        not heartbeat again are removed once they were silent for as long as they may be since (see
+        ``_silent``). Kept in this process, not written: another coordinator on the database goes
+        on judging the workers by their heartbeats, and a coordinator starting beside it changes
+        nothing for the workers it serves."""
+        self._counting_from = now()
+
+    def _silent(self) -> sa.ColumnElement[bool]:
+        """The workers silent for longer than they may be: the heartbeat timeout, or
+        ``SILENT_INTERVALS`` of the worker's own heartbeat interval if that is shorter, counted from
+        its last heartbeat (on any coordinator: it is in the database) or from this coordinator's
+        start, whichever is later."""
+        moment = now()
+        timeout = self.context.config.heartbeat_timeout.total_seconds()
+        running = (moment - self._counting_from).total_seconds()
+        allowed_own = SILENT_INTERVALS * Worker.heartbeat_interval  # NULL (the worker did not say): never true below
+        by_own_interval = sa.and_(
+            allowed_own < min(timeout, running), epoch_seconds(Worker.last_heartbeat) + allowed_own < moment.timestamp()
+        )
+        if running <= timeout:
+            return by_own_interval
+        return sa.or_(Worker.last_heartbeat < moment - self.context.config.heartbeat_timeout, by_own_interval)
 
     async def reap(self) -> None:
-        """Remove workers whose last heartbeat is older than the heartbeat timeout."""
-        cutoff = now() - self.context.config.heartbeat_timeout
+        """Remove the workers silent for longer than they may be (``_silent``); their tasks are
+        taken back. Looked for first without a transaction: the check runs every second."""
+        async with self.context.db.lookup() as session:
+            if await session.scalar(sa.select(Worker.id).where(self._silent()).limit(1)) is None:
+                return
+        due = sa.select(Worker).where(self._silent())
+        if not self.context.db.is_sqlite:
+            # a row locked by a heartbeat under way, or by another coordinator reaping it, is not due here
+            due = due.with_for_update(skip_locked=True)
         async with self.context.db.write() as session:
-            for worker in (await session.scalars(sa.select(Worker).where(Worker.last_heartbeat < cutoff))).all():
+            for worker in (await session.scalars(due)).all():
                 log.warning("worker %s missed its heartbeats: removing it", worker.worker_id)
                 await self._remove(session, worker)
 
