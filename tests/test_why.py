@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from pathlib import Path
 from typing import Any
 
-from conftest import ADMIN, Platform, http
+from conftest import ADMIN, Platform, http, start_platform
 from mito_lab.client.sync import Client
 from test_dispatch import fetch, register, submit, take
 
@@ -79,18 +80,27 @@ def test_a_downstream_task_waits_for_its_upstream(platform: Platform) -> None:
     assert answer["summary"] == f"it waits for its upstream task to commit ({upstream}: Finished)"
 
 
-def test_only_members_may_ask_and_silent_workers_show_offline(sqlite_platform: Platform) -> None:
-    platform = sqlite_platform
-    task = submit(platform)
-    register(platform)
-    platform.add_user("stranger")
-    refused = platform.api("GET", f"/tasks/{task}/why", user="stranger")
-    assert refused.status == 403 and "not a member" in refused.json["msg"]
-    with contextlib.closing(sqlite3.connect(platform.home / "coordinator-data" / "mitosis.db")) as database, database:
-        database.execute("UPDATE workers SET last_heartbeat = datetime(last_heartbeat, '-5 minutes')")
-    [verdict] = why(platform, task)["workers"]
-    assert verdict["fit"] == "Offline" and verdict["reason"].startswith("no heartbeat for ")
-    assert why(platform, task)["summary"] == "it is next in the group's queue; the workers that could run it are offline or shutting down"
+def test_only_members_may_ask_and_silent_workers_show_offline(tmp_path: Path) -> None:
+    # offline two of its heartbeats late, long before the coordinator gives up on it (10 minutes)
+    platform = start_platform(tmp_path / "platform", "--heartbeat-timeout", "10m")
+    try:
+        task = submit(platform)
+        register(platform)
+        registered(platform, heartbeat_interval="30s")
+        platform.add_user("stranger")
+        refused = platform.api("GET", f"/tasks/{task}/why", user="stranger")
+        assert refused.status == 403 and "not a member" in refused.json["msg"]
+        with contextlib.closing(sqlite3.connect(platform.home / "coordinator-data" / "mitosis.db")) as database, database:
+            database.execute("UPDATE workers SET last_heartbeat = datetime(last_heartbeat, '-90 seconds')")
+        quiet, frequent = why(platform, task)["workers"]  # by the timeout's three heartbeats, and by its own
+        assert quiet["fit"] == "Idle" and frequent["fit"] == "Offline" and frequent["reason"].startswith("no heartbeat for 9")
+        with contextlib.closing(sqlite3.connect(platform.home / "coordinator-data" / "mitosis.db")) as database, database:
+            database.execute("UPDATE workers SET last_heartbeat = datetime(last_heartbeat, '-6 minutes')")
+        answer = why(platform, task)  # (the frequent one, five of its heartbeats late, may be gone by now)
+        assert answer["workers"] and all(worker["fit"] == "Offline" for worker in answer["workers"])
+        assert answer["summary"] == "it is next in the group's queue; the workers that could run it are offline or shutting down"
+    finally:
+        platform.stop()
 
 
 def test_the_sdk_and_the_cli_give_the_same_answer(platform: Platform, client: Client) -> None:

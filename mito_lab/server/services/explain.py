@@ -30,6 +30,7 @@ from mito_lab.wire import (
 )
 
 MISSED_HEARTBEATS = 2  # a worker this many heartbeats late is shown as offline (it is dropped later)
+# (its own heartbeats, where it said how often it sends them; else as often as the timeout needs)
 
 _LINKED_WORKERS = (
     sa.select(Worker, GroupWorker.role, User.username)
@@ -63,7 +64,7 @@ def _verdict(worker: Worker, role: Role, creator: str, task_tags: list[str], hel
         fit, reason = WorkerFit.MissingTags, f"it lacks the task's tag{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
     elif worker.state != WorkerState.Normal:
         fit, reason = WorkerFit.ShuttingDown, "it is shutting down: it takes no new task"
-    elif at - worker.last_heartbeat > silent_after:
+    elif at - worker.last_heartbeat > (min(silent_after, MISSED_HEARTBEATS * timedelta(seconds=worker.heartbeat_interval)) if worker.heartbeat_interval else silent_after):
         fit, reason = WorkerFit.Offline, f"no heartbeat for {_age(worker.last_heartbeat, at)}"
     elif held:
         fit = WorkerFit.Busy
