@@ -32,7 +32,7 @@ def test_batches_accounts_and_administration(platform: Platform) -> None:
     # cancelling in batches (tasks that no worker may run stay Ready)
     waiting = [submitted_uuid(platform.mito("submit", "-t", "nowhere", "-l", "stuck", "--", "true").stdout) for _ in range(3)]
     assert "Cancelled 2 tasks" in platform.mito("tasks", "cancel-list", f"{waiting[0]},{waiting[1]}").stdout
-    assert "Cancelled 1 tasks" in platform.mito("tasks", "cancel-many", "-l", "stuck").stdout
+    assert "Cancelled 1 task\n" in platform.mito("tasks", "cancel-many", "-l", "stuck").stdout
 
     # attachments
     for name in ("a.txt", "b.txt"):
@@ -62,7 +62,7 @@ def test_batches_accounts_and_administration(platform: Platform) -> None:
     # workers
     fleet = platform.mito("workers", "query", "-l", "fleet").stdout
     assert "Normal" in fleet
-    assert "Shutting down 1 workers" in platform.mito("workers", "cancel-many", "-l", "fleet").stdout
+    assert "Shutting down 1 worker (" in platform.mito("workers", "cancel-many", "-l", "fleet").stdout
     assert platform.api("POST", "/workers/query", {"labels": ["fleet"], "count": True}).json["count"] == 0
     usage = platform.mito("tasks", "submit-many", "-f", "missing.json", check=False)
     assert usage.returncode == 1 and "missing.json" in usage.stderr

@@ -107,3 +107,16 @@ def test_json_after_the_command(platform: Platform) -> None:
 def mito_command(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mito_lab", *args], env=isolated_env(home), capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL, cwd=home)
+
+
+def test_output_cut_short_by_its_reader_ends_quietly_and_counts_read_as_english(platform: Platform) -> None:
+    body = {"tasks": [{"task_spec": {"args": ["echo", "x" * 50]}, "labels": ["many"]} for _ in range(2000)]}
+    assert platform.api("POST", "/tasks/submit", body).status == 200
+    login = f"{sys.executable} -m mito_lab client -c {platform.url} -u {ADMIN[0]} -p {ADMIN[1]}"
+    # far more than a pipe holds: the listing is still being written when head leaves
+    cut = subprocess.run(["bash", "-o", "pipefail", "-c", f"{login} get tasks --limit 2000 | head -1"],
+                         env=platform.env(), capture_output=True, text=True, timeout=120, cwd=platform.home)
+    assert (cut.returncode, cut.stderr) == (0, "") and cut.stdout.startswith("UUID")
+    assert platform.mito("get", "tasks", "-l", "many", "--count").stdout.strip() == "2000 tasks"
+    platform.mito("submit", "-l", "one", "--", "true")
+    assert platform.mito("get", "tasks", "-l", "one", "--count").stdout.strip() == "1 task"

@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from mito_lab.client.api import AsyncClient, task_request
 from mito_lab.client.unpack import extract
-from mito_lab.client.views import size_text
 from mito_lab.config import parse_duration
 from mito_lab.sweeps import Launched, launch, parse_value
+from mito_lab.text import counted, size_text
 from mito_lab.wire import (
     ArtifactContentType,
     ArtifactRef,
@@ -395,20 +395,20 @@ def _task_filter(args: argparse.Namespace) -> dict[str, Any]:
 
 async def cmd_cancel_many(client: AsyncClient, args: argparse.Namespace) -> Any:
     answer = await client.cancel_tasks(TasksCancelReq(**_task_filter(args)))
-    return f"Cancelled {answer.cancelled_count} tasks in group {answer.group_name}"
+    return f"Cancelled {counted(answer.cancelled_count, 'task')} in group {answer.group_name}"
 
 
 async def cmd_cancel_list(client: AsyncClient, args: argparse.Namespace) -> Any:
     answer = await client.cancel_task_list(args.uuids)
     failed = f"; not cancelled: {', '.join(map(str, answer.failed_uuids))}" if answer.failed_uuids else ""
-    return f"Cancelled {answer.cancelled_count} tasks{failed}"
+    return f"Cancelled {counted(answer.cancelled_count, 'task')}{failed}"
 
 
 async def _fetch_links(client: AsyncClient, links: list[tuple[str, Path]], args: argparse.Namespace) -> Any:
     if args.no_download:
         return "\n".join(f"{path}\t{url}" for url, path in links) or "Nothing to download"
     paths = await client.download_links(links, args.concurrent)
-    return f"Downloaded {len(paths)} files into {args.output_dir}"
+    return f"Downloaded {counted(len(paths), 'file')} into {args.output_dir}"
 
 
 async def cmd_artifacts_download_many(client: AsyncClient, args: argparse.Namespace) -> Any:
@@ -431,7 +431,7 @@ async def cmd_artifacts_delete(client: AsyncClient, args: argparse.Namespace) ->
         answer = await client.delete_artifacts(ArtifactsListReq(uuids=args.uuids, content_type=args.content_type))
     else:
         answer = await client.delete_artifacts(ArtifactsFilterReq(**_task_filter(args), reporter_uuid=args.reporter_uuid, content_type=args.content_type))
-    return f"Deleted {answer.deleted_count} artifacts (those updated within the last hour are kept)"
+    return f"Deleted {counted(answer.deleted_count, 'artifact')} (those updated within the last hour are kept)"
 
 
 async def cmd_attachments_download_many(client: AsyncClient, args: argparse.Namespace) -> Any:
@@ -447,7 +447,7 @@ async def cmd_attachment_delete(client: AsyncClient, args: argparse.Namespace) -
         await client.delete_attachment(group, args.key, admin=args.admin_route)
         return f"Deleted {args.key} of group {group}"
     answer = await client.delete_attachments(group, args.key_filter, args.limit, args.offset, keys=args.keys)
-    return f"Deleted {answer.deleted_count} attachments of group {group} (those updated within the last hour are kept)"
+    return f"Deleted {counted(answer.deleted_count, 'attachment')} of group {group} (those updated within the last hour are kept)"
 
 
 async def cmd_workers_cancel_many(client: AsyncClient, args: argparse.Namespace) -> Any:
@@ -457,7 +457,7 @@ async def cmd_workers_cancel_many(client: AsyncClient, args: argparse.Namespace)
     else:
         answer = await client.shutdown_workers(WorkersShutdownReq(group_name=args.group, role=args.roles, tags=args.tags,
                                                                   labels=args.labels, creator_username=args.creator, op=op))
-    return f"Shutting down {answer.shutdown_count} workers ({op.value.lower()})"
+    return f"Shutting down {counted(answer.shutdown_count, 'worker')} ({op.value.lower()})"
 
 
 def _ask_missing(value: str | None, prompt: str, secret: bool = False) -> str:

@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mito_lab.client.views import size_text, usage_text, why_text
+from mito_lab.client.views import usage_text, why_text
+from mito_lab.text import counted, size_text
 from mito_lab.wire import (
     AttachmentMetadata,
     AttachmentsQueryResp,
@@ -66,7 +67,7 @@ def _task(response: TaskQueryResp) -> str:
 
 def _tasks(response: TasksQueryResp, verbose: bool) -> str:
     if not response.tasks:
-        return f"{response.count} tasks" if response.count else f"No tasks in group {response.group_name}"
+        return counted(response.count, "task") if response.count else f"No tasks in group {response.group_name}"
     headers = ["UUID", "STATE", "EXIT", "LABELS", "CREATED"]
     rows = [[t.uuid, t.state.value, _outcome(t), ",".join(t.labels), t.created_at.strftime("%Y-%m-%d %H:%M:%S")] for t in response.tasks]
     if verbose:
@@ -96,7 +97,7 @@ def _worker(response: WorkerQueryResp) -> str:
 
 def _workers(response: WorkersQueryResp, verbose: bool) -> str:
     if not response.workers:
-        return f"{response.count} workers" if response.count else f"No workers in group {response.group_name}"
+        return counted(response.count, "worker") if response.count else f"No workers in group {response.group_name}"
     headers = ["WORKER", "STATE", "TAGS", "LABELS", "HEARTBEAT", "TASK"]
     rows = [[w.worker_id, w.state.value, ",".join(w.tags), ",".join(w.labels), _when(w.last_heartbeat), w.assigned_task_id or ""]
             for w in response.workers]
@@ -122,7 +123,7 @@ def _group(info: GroupQueryInfo) -> str:
 
 def _attachments(response: AttachmentsQueryResp) -> str:
     if not response.attachments:
-        return f"{response.count} attachments" if response.count else f"No attachments in group {response.group_name}"
+        return counted(response.count, "attachment") if response.count else f"No attachments in group {response.group_name}"
     return table(["KEY", "SIZE", "UPDATED"], [[a.key, a.size, _when(a.updated_at)] for a in response.attachments])
 
 

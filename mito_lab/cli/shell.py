@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import shlex
 import signal
 import sys
@@ -77,9 +78,20 @@ async def run_line(client: AsyncClient | None, argv: list[str], json_output: boo
     except MitoError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError as exc:
+        if exc.filename is not None:  # a file the command wrote, not its output
+            return _failed(exc)
+        # whoever read the output stopped (``| head``): as any tool, end quietly; what is still
+        # buffered goes nowhere, so that the interpreter's last flush does not fail either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
-        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return EXIT_ERROR
+        return _failed(exc)
+
+
+def _failed(exc: OSError) -> int:
+    print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+    return EXIT_ERROR
 
 
 async def _relogin(client: AsyncClient, config: ClientConfig) -> None:

@@ -8,6 +8,7 @@ import shlex
 from datetime import datetime, timezone
 from typing import Any
 
+from mito_lab.text import size_text
 from mito_lab.wire import TaskInfo, TaskResultMessage, TaskResultSpec, TaskState, TaskUsage, TaskWhyResp
 
 STATE_COLORS = {
@@ -110,19 +111,9 @@ class Explanation(TaskWhyResp):
         return f"<pre>{html.escape(why_text(self))}</pre>"
 
 
-def size_text(size: int) -> str:
-    """Bytes for people: ``812 B``, ``1.5 MB``, ``3.2 GB`` (powers of 1000, as ``du --si``)."""
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{size} B" if unit == "B" else f"{value:.1f}".removesuffix(".0") + f" {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
-
-
 def usage_text(usage: TaskUsage) -> str:
     """``2.41 s CPU in 1.20 s (100% of 2 cores), peak memory 312.4 MB``."""
     efficiency = usage.cpu_efficiency
-    share = f" ({efficiency:.0%} of {usage.cores:g} core{'s' if usage.cores != 1 else ''})" if efficiency is not None else ""
+    share = f" ({efficiency:.0%} of {usage.cores:g} core{'' if usage.cores == 1 else 's'})" if efficiency is not None else ""
     gpu = f", peak GPU memory {size_text(usage.gpu_max_memory)}" if usage.gpu_max_memory is not None else ""
     return f"{usage.cpu_s:.2f} s CPU in {usage.wall_s:.2f} s{share}, peak memory {size_text(usage.max_rss)}{gpu}"

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from mito_lab.cli.main import build_parser
 from mito_lab.config import cache_dir
+from mito_lab.text import counted
 from mito_lab.worker.identity import masked
 
 STOP_GRACE_SECONDS = 20.0
@@ -98,7 +99,7 @@ def spawn(count: int, worker_args: list[str]) -> int:
         time.sleep(0.1)
     running = [w for w in workers if alive(w)]
     failed = len(workers) - len(running)
-    print(f"{len(running)} workers running" + (f"; {failed} exited at once (see their logs in {logs})" if failed else ""))
+    print(f"{counted(len(running), 'worker')} running" + (f"; {failed} exited at once (see their logs in {logs})" if failed else ""))
     save(running)
     return 1 if failed else 0
 
@@ -133,5 +134,5 @@ def kill(force: bool = False) -> int:
         if alive(worker):
             os.kill(worker.pid, signal.SIGKILL)
     save([])
-    print(f"Stopped {len(running)} workers")
+    print(f"Stopped {counted(len(running), 'worker')}")
     return 0

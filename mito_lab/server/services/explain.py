@@ -16,6 +16,7 @@ from mito_lab.server.services.context import Context
 from mito_lab.server.services.dispatch import SERVING_ROLES
 from mito_lab.server.services.groups import require_role, role_in_group
 from mito_lab.server.services.tasks import load_task, now
+from mito_lab.text import counted
 from mito_lab.wire import (
     HEARTBEATS_PER_TIMEOUT,
     Dependency,
@@ -61,14 +62,14 @@ def _verdict(worker: Worker, role: Role, creator: str, task_tags: list[str], hel
     if role not in SERVING_ROLES:
         fit, reason = WorkerFit.ReadOnly, f"the group's role on it is {role.value}: it runs none of the group's tasks"
     elif missing:
-        fit, reason = WorkerFit.MissingTags, f"it lacks the task's tag{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        fit, reason = WorkerFit.MissingTags, f"it lacks the task's {'tag' if len(missing) == 1 else 'tags'} {', '.join(missing)}"
     elif worker.state != WorkerState.Normal:
         fit, reason = WorkerFit.ShuttingDown, "it is shutting down: it takes no new task"
     elif at - worker.last_heartbeat > (min(silent_after, MISSED_HEARTBEATS * timedelta(seconds=worker.heartbeat_interval)) if worker.heartbeat_interval else silent_after):
         fit, reason = WorkerFit.Offline, f"no heartbeat for {_age(worker.last_heartbeat, at)}"
     elif held:
         fit = WorkerFit.Busy
-        reason = f"it holds {len(held)} task{'s' if len(held) > 1 else ''} (the oldest {held[0].uuid}, for {_age(held[0].started_at, at)})"
+        reason = f"it holds {counted(len(held), 'task')} (the oldest {held[0].uuid}, for {_age(held[0].started_at, at)})"
     else:
         fit, reason = WorkerFit.Idle, "it can take the task at its next request"
     return WorkerVerdict(
@@ -93,13 +94,13 @@ def _ready_summary(group: str, ahead: int, verdicts: list[WorkerVerdict]) -> str
     able = [v for v in verdicts if v.fit not in (WorkerFit.ReadOnly, WorkerFit.MissingTags)]
     if not able:
         return f"no worker serving group {group} can run it: " + "; ".join(f"{v.worker_id} ({v.reason})" for v in verdicts)
-    queue = f"{ahead} task{'s' if ahead != 1 else ''} of the group go{'es' if ahead == 1 else ''} first" if ahead else "it is next in the group's queue"
+    queue = f"{counted(ahead, 'task')} of the group {'goes' if ahead == 1 else 'go'} first" if ahead else "it is next in the group's queue"
     idle = [v for v in able if v.fit is WorkerFit.Idle]
     busy = [v for v in able if v.fit is WorkerFit.Busy]
     if idle:
-        return f"{queue}; {len(idle)} idle worker{'s' if len(idle) > 1 else ''} can take it"
+        return f"{queue}; {counted(len(idle), 'idle worker')} can take it"
     if busy:
-        return f"{queue}; the {len(busy)} worker{'s' if len(busy) > 1 else ''} that can run it {'are' if len(busy) > 1 else 'is'} busy"
+        return f"{queue}; the {counted(len(busy), 'worker')} that can run it {'is' if len(busy) == 1 else 'are'} busy"
     return f"{queue}; the workers that could run it are offline or shutting down"
 
 
