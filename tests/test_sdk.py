@@ -58,7 +58,7 @@ def test_listings_are_typed_dataframes(platform: Platform, client: Client) -> No
     for shown in (tasks._repr_html_(), chosen._repr_html_(), repr(chosen)):
         assert re.search(r"\b\d+\.\d s\b", shown) and "0 days" not in shown
         assert MISSING in shown and not any(marker in shown for marker in ("NaT", "&lt;NA&gt;", "<NA>", "None", "NaN"))
-    assert 'class="dataframe tex2jax_ignore mathjax_ignore"' in tasks._repr_html_()
+    assert 'class="dataframe tex2jax_ignore mathjax_ignore mito-frame"' in tasks._repr_html_()
     workers = client.workers(tags=["cpu"])
     assert len(workers) == 1 and workers["state"].iloc[0] == "Normal" and workers["tags"].iloc[0] == ["cpu"]
     assert str(workers["last_heartbeat"].dt.tz) == "UTC"

@@ -42,6 +42,8 @@ _PANDAS_TYPES = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype()}
 
 
 MISSING = "—"  # the one marker of a missing value, whatever the column's type
+# a row on one line (long cells are cut by display.max_colwidth): wrapped uuids and labels made rows tall
+ONE_LINE_ROWS = "<style>.mito-frame td, .mito-frame th { white-space: nowrap; }</style>"
 
 
 def _readable_duration_cell(value: Any) -> str:
@@ -89,7 +91,7 @@ class ReadableFrame(pd.DataFrame):
         if rows is not None and len(self) > rows:  # pandas shows min_rows rows of a longer frame
             rows = pd.get_option("display.min_rows") or rows
         with pd.option_context("display.html.use_mathjax", False):
-            return shown.to_html(notebook=True, max_rows=rows, **options)
+            return ONE_LINE_ROWS + shown.to_html(notebook=True, max_rows=rows, classes="mito-frame", **options)
 
     def __repr__(self) -> str:
         shown, options = self._shown()
