@@ -1,7 +1,8 @@
 """mito_lab: run experiment fleets from a notebook (a Python Mitosis).
 
-``Client`` / ``AsyncClient`` are the SDK; ``%load_ext mito_lab`` loads the notebook magics. They
-are imported on first use, so the CLI and the servers do not pay for pandas and ipywidgets."""
+``Client`` / ``AsyncClient`` are the SDK (with the wire's ``SubmitTaskReq`` and ``TaskSpec``);
+``Sweep``, ``Dashboard`` and the magics (``%load_ext mito_lab``) are the notebook layer built on it.
+They are imported on first use, so the CLI and the servers do not pay for pandas and ipywidgets."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ _EXPORTS = {
     "TaskHandle": "mito_lab.client.handle",
     "MitoError": "mito_lab.client.http",
     "MitoRateLimited": "mito_lab.client.http",
+    "SubmitTaskReq": "mito_lab.wire",
+    "TaskSpec": "mito_lab.wire",
     "Sweep": "mito_lab.sweeps",
+    "Dashboard": "mito_lab.magics.dashboard",
     "record": "mito_lab.sweeps",
     "load_ipython_extension": "mito_lab.magics",
     "unload_ipython_extension": "mito_lab.magics",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import html
 import itertools
 import json
 import logging
@@ -19,22 +20,25 @@ import os
 import secrets
 import sys
 import tempfile
+import uuid as uuid_module
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mito_lab.client.http import MitoError
-from mito_lab.client.views import failed
+from mito_lab.client.live import Bundle, LiveView
+from mito_lab.client.views import FAILED_COLOR, NO_MATHS, STATE_COLORS, failed, updated_info
+from mito_lab.wire import AttachmentRef, AttachmentSource, RemoteResourceDownload, SubmitTaskReq, TaskInfo, TasksQueryReq, TaskState
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from mito_lab.client.api import AsyncClient
+    from mito_lab.client.frames import ReadableFrame
     from mito_lab.client.handle import TaskHandle
     from mito_lab.client.sync import Client
-    from mito_lab.wire import TaskInfo
 
 SWEEP_LABEL = "mito-sweep"  # on every task of every sweep
 SWEEP_PREFIX = "mito-sweep:"  # + the sweep's name
@@ -120,12 +124,12 @@ class Launched(NamedTuple):
         return f"Submitted sweep {self.name} to group {self.group}: {self.runs} runs (label {SWEEP_PREFIX}{self.name})"
 
 
-def run_parameters(info: "TaskInfo") -> dict[str, Any]:
+def run_parameters(info: TaskInfo) -> dict[str, Any]:
     args = info.spec.args
     return json.loads(args[args.index(PARAMETERS_FLAG) + 1]) if PARAMETERS_FLAG in args else {}
 
 
-def run_index(info: "TaskInfo") -> int:
+def run_index(info: TaskInfo) -> int:
     return next((int(label[len(RUN_PREFIX):]) for label in info.labels if label.startswith(RUN_PREFIX)), -1)
 
 
@@ -146,7 +150,6 @@ async def launch(
 ) -> Launched:
     """Upload the notebook (once per content) and submit one task per combination in one batch."""
     from mito_lab.client.api import task_request
-    from mito_lab.wire import AttachmentRef, AttachmentSource, RemoteResourceDownload
 
     notebook = Path(notebook)
     combos = expand(parameters)
@@ -161,7 +164,7 @@ async def launch(
         await client.upload_attachment(group, notebook, key, progress=False)
     name = name or f"{notebook.stem}-{secrets.token_hex(3)}"
     if await _sweep_tasks(client, name, group):
-        raise MitoError(409, f"group {group} already has a sweep named {name!r}: re-open it with sweep_by_label({name!r})")
+        raise MitoError(409, f"group {group} already has a sweep named {name!r}: re-open it with Sweep.reopen(client, {name!r})")
     resource = RemoteResourceDownload(remote_file=AttachmentSource(Attachment=AttachmentRef(key=key)), local_path=notebook.name)
     requests = [
         task_request(
@@ -179,13 +182,11 @@ async def launch(
     return Launched(name, group, len(requests))
 
 
-async def _sweep_tasks(client: "AsyncClient", name: str, group: str | None) -> list["TaskInfo"]:
-    from mito_lab.wire import TasksQueryReq
-
+async def _sweep_tasks(client: "AsyncClient", name: str, group: str | None) -> list[TaskInfo]:
     return (await client.query_tasks(TasksQueryReq(group_name=group, labels=[SWEEP_PREFIX + name]))).tasks
 
 
-def latest_runs(tasks: Iterable["TaskInfo"]) -> list["TaskInfo"]:
+def latest_runs(tasks: Iterable[TaskInfo]) -> list[TaskInfo]:
     """The newest task of each run index (a retried run has several), in grid order."""
     runs: dict[int, TaskInfo] = {}
     for info in tasks:
@@ -195,22 +196,163 @@ def latest_runs(tasks: Iterable["TaskInfo"]) -> list["TaskInfo"]:
     return [runs[index] for index in sorted(runs)]
 
 
+# --- outcomes, and the bar that shows them ---------------------------------------------------------
+
+OUTCOMES = ("Succeeded", "Failed", "Running", "Waiting")
+_OUTCOME_COLORS = {"Succeeded": STATE_COLORS[TaskState.Finished], "Failed": FAILED_COLOR, "Running": STATE_COLORS[TaskState.Running]}
+
+
+def outcome(info: TaskInfo) -> str:
+    """Where a run stands: ended (Succeeded, or Failed: a non-zero exit or cancelled), Running, or Waiting."""
+    if info.result is not None:
+        return "Failed" if failed(info) else "Succeeded"
+    return "Running" if info.state == TaskState.Running else "Waiting"
+
+
+def tally(runs: Iterable[TaskInfo]) -> dict[str, int]:
+    """How many runs stand where (every outcome, zeros included): what the bar, ``counts()`` and
+    the sweep's own display all show."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for info in runs:
+        counts[outcome(info)] += 1
+    return counts
+
+
+def sweep_bundle(name: str, counts: dict[str, int]) -> Bundle:
+    """The bar of a sweep: its name in full, a share of the bar per outcome (red only for the
+    failed runs, waiting ones left grey), and the counts. Plain HTML: a saved notebook keeps it."""
+    total = sum(counts.values())
+    ended = counts["Succeeded"] + counts["Failed"]
+    summary = f"{ended}/{total} ended · " + " · ".join(f"{count} {name.lower()}" for name, count in counts.items())
+    shares = "".join(
+        f'<div title="{count} {what.lower()}" style="width:{100 * count / total:.4f}%;background:{color}"></div>'
+        for what, color in _OUTCOME_COLORS.items() if (count := counts[what])
+    )
+    bar = f'<div style="display:flex;width:100%;max-width:640px;height:14px;background:#e0e0e0;border-radius:3px;overflow:hidden">{shares}</div>'
+    head = f'<div><b>sweep</b> <code style="white-space:pre-wrap;word-break:break-all">{html.escape(name)}</code> · {html.escape(summary)}</div>'
+    return {"text/plain": f"sweep {name}: {summary}", "text/html": f'<div class="mito-sweep {NO_MATHS}">{head}{bar}</div>'}
+
+
+class SweepProgress:
+    """A live bar of a sweep's runs (``sweep.progress()``), fed by the event stream; it follows
+    the runs the sweep had when it was made (after ``retry_failed()``, ask for a new one).
+    ``Sweep.wait`` brings it to the final counts before returning, so the two agree."""
+
+    def __init__(self, sweep: "Sweep") -> None:
+        self.sweep = sweep
+        self.runs: dict[uuid_module.UUID, TaskInfo] = {info.uuid: info for info in sweep.runs()}
+        self._view = LiveView(self._bundle, sweep.client._thread.loop)
+        self._stop_listening: Callable[[], None] | None = None
+        if not self._ended():
+            sweep.client.run(self._follow())
+
+    def counts(self) -> dict[str, int]:
+        return tally(self.runs.values())
+
+    def _bundle(self) -> Bundle:
+        return sweep_bundle(self.sweep.name, self.counts())
+
+    def _ipython_display_(self) -> None:
+        self._view.show()
+
+    def _ended(self) -> bool:
+        return all(info.result is not None for info in self.runs.values())
+
+    async def _follow(self) -> None:
+        self._stop_listening = await self.sweep.client.aio.listen(self._on_event)
+        await self._resync()  # what changed before the stream connected
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        if event.get("kind") == "resync":
+            asyncio.ensure_future(self._resync())
+            return
+        task_uuid = event.get("uuid")
+        if event.get("kind") != "task" or task_uuid is None or uuid_module.UUID(task_uuid) not in self.runs:
+            return
+        key = uuid_module.UUID(task_uuid)
+        self.runs[key] = updated_info(self.runs[key], event)
+        self._changed()
+
+    async def _resync(self) -> None:
+        for key in list(self.runs):
+            self.runs[key] = (await self.sweep.client.aio.get_task(key)).info
+        self._changed()
+
+    async def settle(self, final: Iterable[TaskInfo]) -> None:
+        """On the client's loop: the runs' final infos (what ``Sweep.wait`` read), shown at once."""
+        for info in final:
+            if info.uuid in self.runs:
+                self.runs[info.uuid] = info
+        self._changed()
+
+    def _changed(self) -> None:
+        if not self._ended():
+            self._view.changed()
+            return
+        self._view.publish()  # the last word: at once
+        if self._stop_listening is not None:
+            self._stop_listening()
+            self._stop_listening = None
+
+
 # --- the sweep, from a notebook -------------------------------------------------------------------
 
 
 class Sweep:
-    """The runs of one sweep. Cheap to make: everything is read from the coordinator when asked."""
+    """The runs of one sweep. Cheap to make: everything is read from the coordinator when asked.
+    ``Sweep.launch(client, ...)`` starts one, ``Sweep.reopen(client, name)`` finds one again,
+    ``Sweep.listing(client)`` lists a group's."""
 
     def __init__(self, client: "Client", name: str, group: str | None = None) -> None:
         self.client = client
         self.name = name
         self.group = group or client.username
+        self._bars: list[SweepProgress] = []
+
+    @classmethod
+    def launch(cls, client: "Client", notebook: Path | str, parameters: Grid, **options: Any) -> "Sweep":
+        """Run ``notebook`` once per parameter combination across the fleet (see :func:`launch`
+        for the options: name, group, tags, labels, timeout, priority, kernel, python)."""
+        launched = client.run(launch(client.aio, Path(notebook), parameters, **options))
+        return cls(client, launched.name, launched.group)
+
+    @classmethod
+    def reopen(cls, client: "Client", name: str, group: str | None = None) -> "Sweep":
+        """A sweep launched before (from any client), by its name or its label ``mito-sweep:<name>``."""
+        sweep = cls(client, name.removeprefix(SWEEP_PREFIX), group)
+        sweep.runs()  # fails clearly if there is no such sweep
+        return sweep
+
+    @staticmethod
+    def listing(client: "Client", group: str | None = None) -> "ReadableFrame":
+        """The sweeps of a group (default: your own), newest first: name, notebook, runs, outcome
+        counts, first submission."""
+        import pandas as pd
+
+        from mito_lab.client.frames import ReadableFrame
+
+        by_sweep: dict[str, list[TaskInfo]] = {}
+        for info in client.query_tasks(TasksQueryReq(group_name=group, labels=[SWEEP_LABEL])).tasks:
+            name = next(label[len(SWEEP_PREFIX):] for label in info.labels if label.startswith(SWEEP_PREFIX))
+            by_sweep.setdefault(name, []).append(info)
+        rows = []
+        for name, tasks in by_sweep.items():
+            runs = latest_runs(tasks)
+            states = Counter(info.state.value for info in runs)
+            rows.append({
+                "sweep": name, "notebook": Path(tasks[0].spec.args[-1]).name, "runs": len(runs),
+                "finished": states["Finished"], "failed": sum(failed(info) for info in runs),
+                "waiting": states["Ready"] + states["Pending"], "running": states["Running"],
+                "submitted_at": pd.Timestamp(min(info.created_at for info in tasks)),
+            })
+        columns = ["sweep", "notebook", "runs", "finished", "failed", "waiting", "running", "submitted_at"]
+        return ReadableFrame(rows, columns=columns).sort_values("submitted_at", ascending=False, ignore_index=True)
 
     @property
     def label(self) -> str:
         return SWEEP_PREFIX + self.name
 
-    def runs(self) -> list["TaskInfo"]:
+    def runs(self) -> list[TaskInfo]:
         runs = latest_runs(self.client.run(_sweep_tasks(self.client.aio, self.name, self.group)))
         if not runs:
             raise MitoError(404, f"no sweep named {self.name!r} in group {self.group}")
@@ -221,26 +363,27 @@ class Sweep:
         return self.client.tasks(self.group, labels=[self.label])
 
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for info in self.runs():
-            key = _outcome(info)
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+        """How many runs succeeded, failed, run and wait (see :func:`tally`)."""
+        return tally(self.runs())
 
     def wait(self, timeout: float | None = None, progress: Any = None) -> "Sweep":
-        """Block until every run has ended (a bar counts them); returns the sweep."""
+        """Block until every run has ended (a bar counts them); returns the sweep. Its live bars
+        (``progress()``) show the final counts by the time it returns."""
         from mito_lab.client.progress import progress_bar
 
         runs = self.runs()
         with progress_bar(progress, len(runs), f"sweep {self.name}", unit="run") as advance:
 
-            async def one(info: "TaskInfo") -> None:
-                await self.client.aio.wait_task(info.uuid)
+            async def one(info: TaskInfo) -> TaskInfo:
+                final = await self.client.aio.wait_task(info.uuid)
                 if advance is not None:
                     advance(1)
+                return final
 
             async def every() -> None:
-                await asyncio.wait_for(asyncio.gather(*(one(info) for info in runs)), timeout)
+                final = await asyncio.wait_for(asyncio.gather(*(one(info) for info in runs)), timeout)
+                for bar in self._bars:
+                    await bar.settle(final)
 
             self.client.run(every())
         return self
@@ -251,13 +394,13 @@ class Sweep:
         Result artifacts are downloaded ``concurrency`` at a time, once (they are cached)."""
         import pandas as pd
 
-        from mito_lab.client.frames import TASK_STATES
+        from mito_lab.client.frames import TASK_STATES, ReadableFrame
 
         runs = self.runs()
         folders = self.client.run(self._download(runs, concurrency))
         rows = []
         for info, folder in zip(runs, folders, strict=True):
-            outcome = _read_outcome(folder)
+            found = _read_outcome(folder)
             rows.append({
                 "run": run_index(info),
                 **run_parameters(info),
@@ -268,12 +411,12 @@ class Sweep:
                 "cpu_s": info.usage.cpu_s if info.usage else None,
                 "max_rss": info.usage.max_rss if info.usage else None,
                 "cpu_efficiency": info.usage.cpu_efficiency if info.usage else None,
-                **outcome.get("records", {}),
-                "notebook": outcome.get("notebook"),
-                "failed_cell": outcome.get("failed_cell"),
-                "error": outcome.get("error") or (info.result.msg.value if info.result and info.result.msg else None),
+                **found.get("records", {}),
+                "notebook": found.get("notebook"),
+                "failed_cell": found.get("failed_cell"),
+                "error": found.get("error") or (info.result.msg.value if info.result and info.result.msg else None),
             })
-        frame = pd.DataFrame(rows)
+        frame = ReadableFrame(rows)
         frame["state"] = frame["state"].astype(TASK_STATES)
         for column in ("exit_status", "failed_cell", "max_rss"):
             frame[column] = frame[column].astype("Int64")
@@ -282,13 +425,13 @@ class Sweep:
         frame["duration"] = pd.to_timedelta(frame["duration"])
         return frame
 
-    async def _download(self, runs: list["TaskInfo"], concurrency: int) -> list[Path | None]:
+    async def _download(self, runs: list[TaskInfo], concurrency: int) -> list[Path | None]:
         from mito_lab.config import cache_dir
 
         gate = asyncio.Semaphore(max(1, concurrency))
         root = cache_dir() / "sweeps" / self.name
 
-        async def one(info: "TaskInfo") -> Path | None:
+        async def one(info: TaskInfo) -> Path | None:
             if info.result is None:
                 return None
             folder = root / str(info.uuid)
@@ -311,8 +454,6 @@ class Sweep:
 
     def retry_failed(self) -> list["TaskHandle"]:
         """Run the failed runs again (as new tasks with the same command and labels)."""
-        from mito_lab.wire import SubmitTaskReq
-
         requests = [
             SubmitTaskReq(group_name=info.group_name, tags=info.tags, labels=info.labels, timeout=timedelta(seconds=info.timeout),
                           priority=info.priority, task_spec=info.spec, max_attempts=info.max_attempts)
@@ -333,20 +474,18 @@ class Sweep:
             return 0
         return self.client.cancel_task_list(waiting).cancelled_count
 
-    def progress(self) -> Any:
-        """A live widget: a bar of ended runs and the count of each outcome."""
-        from mito_lab.magics.progress import SweepProgress
+    def progress(self) -> SweepProgress:
+        """A live bar of the runs: how many succeeded, failed, run and wait."""
+        bar = SweepProgress(self)
+        self._bars.append(bar)
+        return bar
 
-        return SweepProgress(self)
+    def _ipython_display_(self) -> None:
+        """The sweep shows as a live bar of its runs."""
+        self.progress()._ipython_display_()
 
     def __repr__(self) -> str:
         return f"<Sweep {self.name} in {self.group}: {self.counts()}>"
-
-
-def _outcome(info: "TaskInfo") -> str:
-    if info.result is None:
-        return info.state.value
-    return "Failed" if failed(info) else "Succeeded"
 
 
 def _read_outcome(folder: Path | None) -> dict[str, Any]:
@@ -362,30 +501,6 @@ def _read_outcome(folder: Path | None) -> dict[str, Any]:
         outcome["failed_cell"] = error.get("cell")
         outcome["error"] = f"{error.get('ename')}: {error.get('evalue')}"
     return outcome
-
-
-def list_sweeps(client: "Client", group: str | None = None) -> "pd.DataFrame":
-    """The sweeps of a group: name, notebook, runs, outcome counts, first submission."""
-    import pandas as pd
-
-    from mito_lab.wire import TasksQueryReq
-
-    by_sweep: dict[str, list[TaskInfo]] = {}
-    for info in client.query_tasks(TasksQueryReq(group_name=group, labels=[SWEEP_LABEL])).tasks:
-        name = next(label[len(SWEEP_PREFIX):] for label in info.labels if label.startswith(SWEEP_PREFIX))
-        by_sweep.setdefault(name, []).append(info)
-    rows = []
-    for name, tasks in by_sweep.items():
-        runs = latest_runs(tasks)
-        states = Counter(info.state.value for info in runs)
-        rows.append({
-            "sweep": name, "notebook": Path(tasks[0].spec.args[-1]).name, "runs": len(runs),
-            "finished": states["Finished"], "failed": sum(failed(info) for info in runs),
-            "waiting": states["Ready"] + states["Pending"], "running": states["Running"],
-            "submitted_at": pd.Timestamp(min(info.created_at for info in tasks)),
-        })
-    columns = ["sweep", "notebook", "runs", "finished", "failed", "waiting", "running", "submitted_at"]
-    return pd.DataFrame(rows, columns=columns).sort_values("submitted_at", ascending=False, ignore_index=True)
 
 
 # --- on the worker ------------------------------------------------------------------------------

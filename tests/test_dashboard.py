@@ -24,7 +24,7 @@ def rows(board: Dashboard) -> dict[str, Any]:
 
 
 def test_dashboard_buttons_filters_and_workers(platform: Platform, client: Client, tmp_path: Path) -> None:
-    board = client.dashboard()
+    board = Dashboard(client)
     try:
         assert board.group.value == ADMIN[0] and board.table.children == ()
         platform.start_worker("-t", "cpu")
@@ -65,7 +65,7 @@ def test_events_of_a_task_first_seen_in_a_burst_leave_no_background_error(client
     problems: list[dict[str, Any]] = []
     loop = client._thread.loop
     loop.call_soon_threadsafe(loop.set_exception_handler, lambda _loop, context: problems.append(context))
-    board = client.dashboard()
+    board = Dashboard(client)
     try:
         board._stop_listening()  # the events below are delivered by hand, together
         handle = client.submit(["true"])

@@ -4,20 +4,27 @@ await), the event stream, and transfers."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+import mito_lab
+import mito_lab.client
 import mito_lab.client.api
 from conftest import ADMIN, Platform, adopt_env, login_env
 from mito_lab import Client, MitoError
 from mito_lab.client.api import task_request
-from mito_lab.client.frames import TASK_COLUMNS, tasks_frame
+from mito_lab.client.frames import MISSING, TASK_COLUMNS, tasks_frame
 from mito_lab.testing import wait_until
-from mito_lab.wire import TaskState, TasksQueryReq
+from mito_lab.wire import TaskInfo, TaskState, TasksQueryReq
 
 
 def test_listings_are_typed_dataframes(platform: Platform, client: Client) -> None:
@@ -28,6 +35,7 @@ def test_listings_are_typed_dataframes(platform: Platform, client: Client) -> No
 
     tasks = client.tasks()
     assert list(tasks.columns) == TASK_COLUMNS
+    assert TASK_COLUMNS[:7] == ["uuid", "state", "exit_status", "command", "labels", "duration", "created_at"]
     assert list(tasks["uuid"]) == [str(h.uuid) for h in reversed(handles)]  # newest first, none twice
     assert isinstance(tasks["state"].dtype, pd.CategoricalDtype) and list(tasks["state"].cat.categories) == [s.value for s in TaskState]
     assert tasks["state"].cat.ordered  # the README's promise: states sort and compare in their order
@@ -45,6 +53,12 @@ def test_listings_are_typed_dataframes(platform: Platform, client: Client) -> No
     assert len(client.tasks(exit_status="!=0")) == 2
     assert client.tasks(states=["Ready"]).empty and list(client.tasks(states=["Ready"]).columns) == TASK_COLUMNS
 
+    # displayed readably, the data as it is: durations in seconds, one missing-value marker, no maths
+    chosen = tasks[["command", "duration", "msg"]]  # a selection displays the same way
+    for shown in (tasks._repr_html_(), chosen._repr_html_(), repr(chosen)):
+        assert re.search(r"\b\d+\.\d s\b", shown) and "0 days" not in shown
+        assert MISSING in shown and not any(marker in shown for marker in ("NaT", "&lt;NA&gt;", "<NA>", "None", "NaN"))
+    assert 'class="dataframe tex2jax_ignore mathjax_ignore mito-frame"' in tasks._repr_html_()
     workers = client.workers(tags=["cpu"])
     assert len(workers) == 1 and workers["state"].iloc[0] == "Normal" and workers["tags"].iloc[0] == ["cpu"]
     assert str(workers["last_heartbeat"].dt.tz) == "UTC"
@@ -131,12 +145,15 @@ def test_a_task_handle_waits_returns_its_result_output_and_can_be_awaited(platfo
     info = client.wait_task(handle.uuid, 60, lambda i: seen.append((i.state.value, i.exec_state and i.exec_state.value)))
     assert info.state == TaskState.Finished and info.result is not None and info.result.exit_status == 0
     assert seen[-1] == ("Finished", "TaskCommitted") and len(seen) == len(set(seen))  # each change once
-    assert handle.wait(timeout=5).state == TaskState.Finished
+    final = handle.wait(timeout=5)
+    assert isinstance(final, TaskInfo) and final.state == TaskState.Finished and final.result == info.result
+    card = final._repr_html_()  # a notebook shows it as the task's card, not as a raw repr
+    assert "Finished" in card and str(handle.uuid) in card and re.search(r"run time</th><td[^>]*>\d+\.\d s<", card)
+    assert repr(final).startswith(f"<Task {handle.uuid} · Finished · ") and "0 days" not in repr(final)
     result = handle.result()
     assert (result / "answer.txt").read_text() == "42\n"
     assert handle.result() == result  # cached
     assert handle.logs() == f"hello from {handle.uuid}\n"
-    assert "Finished" in handle._repr_html_() and str(handle.uuid) in handle._repr_html_()
 
     async def awaited() -> object:
         return await client.task(handle.uuid)
@@ -153,8 +170,9 @@ def test_cancel_timeout_and_a_missing_result_are_clear(platform: Platform, clien
     idle.cancel()
     info = idle.wait(timeout=30)
     assert info.state == TaskState.Cancelled and info.result and info.result.msg and info.result.msg.value == "UserCancellation"
-    with pytest.raises(MitoError, match="has no result artifact"):
+    with pytest.raises(MitoError, match="has no result artifact: it ended Cancelled with exit status 0, UserCancellation") as raised:
         idle.result()
+    assert raised.value._render_traceback_() == [f"MitoError: {raised.value}"]  # IPython shows this one line
     with pytest.raises(MitoError, match="not found|Not Found|does not exist"):
         client.task("00000000-0000-0000-0000-000000000000").refresh()
 
@@ -182,3 +200,70 @@ def test_login_needs_credentials_somewhere(platform: Platform, tmp_path: Path, m
     monkeypatch.delenv("MITO_PASSWORD")
     with Client(credential_path=tmp_path / "saved") as from_saved_token:  # the token saved above
         assert from_saved_token.username == ADMIN[0]
+
+
+@pytest.fixture
+def sqlite_client(sqlite_platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Client]:
+    """The client of a coordinator on SQLite, for what does not depend on the database."""
+    adopt_env(sqlite_platform, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    with Client(sqlite_platform.url, *ADMIN, credential_path=tmp_path / "credentials") as connected:
+        yield connected
+
+
+def test_submit_many_takes_what_submit_takes(sqlite_platform: Platform, sqlite_client: Client) -> None:
+    sqlite_platform.start_worker()
+    request = mito_lab.SubmitTaskReq(task_spec=mito_lab.TaskSpec(args=["sh", "-c", "exit 2"]), labels=["a-request"])
+    mixed = sqlite_client.submit_many(["echo hi", ["echo", "an argv"], request])
+    labelled = sqlite_client.submit_many(["true", "echo hi"], labels=["many"], priority=3)
+    ended = [handle.wait(timeout=60) for handle in [*mixed, *labelled]]  # type: ignore[union-attr]
+    assert [info.spec.args for info in ended] == [
+        ["bash", "-c", "echo hi"], ["echo", "an argv"], ["sh", "-c", "exit 2"], ["bash", "-c", "true"], ["bash", "-c", "echo hi"]]
+    assert [info.result.exit_status for info in ended] == [0, 0, 2, 0, 0]  # type: ignore[union-attr]
+    assert ended[2].labels == ["a-request"] and all(info.labels == ["many"] and info.priority == 3 for info in ended[3:])
+    assert mixed[0].logs() == "hi\n"  # type: ignore[union-attr]
+    with pytest.raises(TypeError, match="go in the request itself"):
+        sqlite_client.submit_many(["true", request], labels=["many"])
+
+
+def test_the_output_of_a_running_task_is_there_while_it_runs(sqlite_platform: Platform, sqlite_client: Client) -> None:
+    """A Python task's prints reach ``logs()`` while it runs, on a worker whose environment does
+    not ask for unbuffered output (as a worker started by hand has none)."""
+    sqlite_platform.start_worker(env={"PYTHONUNBUFFERED": ""})
+    running = sqlite_client.submit(["python3", "-c", "import time; print('epoch 1'); time.sleep(600)"])
+    try:
+        wait_until(lambda: running.logs() == "epoch 1\n", "the task's first line while it runs", timeout=30)
+        assert running.state == TaskState.Running
+    finally:
+        running.cancel()
+
+
+BLOCKED_IMPORTS = ("ipywidgets", "mito_lab.magics", "mito_lab.sweeps")
+USE_THE_SDK_WITHOUT_THE_NOTEBOOK_LAYER = """
+import importlib, pkgutil, sys
+for name in {blocked!r}:
+    sys.modules[name] = None  # importing it now fails
+import mito_lab.client
+for module in pkgutil.iter_modules(mito_lab.client.__path__):
+    importlib.import_module("mito_lab.client." + module.name)
+from mito_lab import Client
+with Client({url!r}, {user!r}, {password!r}, credential_path={credentials!r}) as client:
+    handle = client.submit("echo hi", tags=["nobody-has-this"])
+    assert str(handle.uuid) in client.tasks()._repr_html_()
+print("the SDK works without", ", ".join({blocked!r}))
+"""
+
+
+def test_the_sdk_does_not_know_the_notebook_layer(sqlite_platform: Platform, tmp_path: Path) -> None:
+    """Layers point one way: magics, widgets and sweeps build on ``mito_lab.client``, which imports
+    none of them, not even inside a function; the SDK imports and works with them unimportable."""
+    for path in sorted(Path(mito_lab.client.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            wrong = [name for name in names if name.startswith(BLOCKED_IMPORTS)]
+            assert not wrong, f"{path.name}:{node.lineno} imports {wrong} (the notebook layer)"
+    script = USE_THE_SDK_WITHOUT_THE_NOTEBOOK_LAYER.format(
+        blocked=BLOCKED_IMPORTS, url=sqlite_platform.url, user=ADMIN[0], password=ADMIN[1], credentials=str(tmp_path / "credentials"))
+    done = subprocess.run([sys.executable, "-c", script], env=sqlite_platform.env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "the SDK works without ipywidgets, mito_lab.magics, mito_lab.sweeps" in done.stdout

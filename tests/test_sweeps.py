@@ -4,6 +4,7 @@ sweep from a new client, the CLI and the magic."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,11 +12,11 @@ import pandas as pd
 import pytest
 
 from conftest import ADMIN, Platform, adopt_env, start_platform
-from mito_lab import Client, MitoError
+from mito_lab import Client, MitoError, Sweep
 from mito_lab.sweeps import expand, record
-from mito_lab.testing import wait_until
 
 EXPERIMENT = Path(__file__).parent.parent / "notebooks" / "experiment.ipynb"
+LONG_NAME = "learning-rates-by-seeds-for-the-paper"  # longer than a widget's label showed
 
 
 @pytest.fixture
@@ -35,12 +36,18 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Platf
 
 def test_a_grid_sweep_with_a_failing_run(lab: tuple[Platform, Client], tmp_path: Path) -> None:
     platform, client = lab
-    sweep = client.sweep(EXPERIMENT, {"lr": [0.1, 0.01], "seed": [1, 2, 3]}, name="grid", labels=["paper"])
+    sweep = Sweep.launch(client, EXPERIMENT, {"lr": [0.1, 0.01], "seed": [1, 2, 3]}, name=LONG_NAME, labels=["paper"])
     bar = sweep.progress()
-    assert bar.bar.max == 6 and bar.bar.value < 6
+    assert sum(bar.counts().values()) == 6 and bar.counts()["Succeeded"] + bar.counts()["Failed"] < 6
     sweep.wait(timeout=240)
-    wait_until(lambda: bar.bar.value == 6, "the widget to count every run (it follows the event stream)", interval=0.05)
-    assert bar.bar.value == 6 and bar.bar.bar_style == "danger" and "5 succeeded · 1 failed" in bar.summary.value
+    # when wait() returns, its live bar shows the same final counts (no lag behind the event stream)
+    assert bar.counts() == sweep.counts() == {"Succeeded": 5, "Failed": 1, "Running": 0, "Waiting": 0}
+    shown = bar._bundle()
+    assert shown["text/plain"] == f"sweep {LONG_NAME}: 6/6 ended · 5 succeeded · 1 failed · 0 running · 0 waiting"
+    assert f">{LONG_NAME}</code>" in shown["text/html"]  # the name in full
+    shares = re.findall(r'title="(\d+) (\w+)" style="width:([\d.]+)%;background:(#\w+)"', shown["text/html"])
+    assert shares == [("5", "succeeded", "83.3333", "#43a047"), ("1", "failed", "16.6667", "#c62828")]  # red: the failed sixth only
+    assert sweep.progress()._bundle() == shown  # a bar made now starts where the first one ended
     results = sweep.results()
     assert list(results[["lr", "seed"]].itertuples(index=False, name=None)) == [
         (0.1, 1), (0.1, 2), (0.1, 3), (0.01, 1), (0.01, 2), (0.01, 3)]
@@ -60,35 +67,35 @@ def test_a_grid_sweep_with_a_failing_run(lab: tuple[Platform, Client], tmp_path:
 
     # one upload for the notebook, six tasks through one batch, labelled for the sweep
     assert list(client.attachments()["key"].str.endswith("/experiment.ipynb")) == [True]
-    assert len(client.tasks(labels=["paper", "mito-sweep:grid"])) == 6
+    assert len(client.tasks(labels=["paper", f"mito-sweep:{LONG_NAME}"])) == 6
 
     # a new client (a kernel restart) re-opens it by its label, with the same results
     with Client(platform.url, *ADMIN, credential_path=tmp_path / "credentials") as again:
-        reopened = again.sweep_by_label("mito-sweep:grid")
+        reopened = Sweep.reopen(again, f"mito-sweep:{LONG_NAME}")
         assert reopened.results().drop(columns=["notebook"]).equals(results.drop(columns=["notebook"]))
-        listed = again.sweeps()
-        assert listed[["sweep", "notebook", "runs", "finished", "failed"]].values.tolist() == [["grid", "experiment.ipynb", 6, 6, 1]]
+        listed = Sweep.listing(again)
+        assert listed[["sweep", "notebook", "runs", "finished", "failed"]].values.tolist() == [[LONG_NAME, "experiment.ipynb", 6, 6, 1]]
         with pytest.raises(MitoError, match="no sweep named 'nothing'"):
-            again.sweep_by_label("nothing")
+            Sweep.reopen(again, "nothing")
 
     retried = sweep.retry_failed()
     assert len(retried) == 1 and retried[0].wait(timeout=120).result.exit_status == 1  # type: ignore[union-attr]
     assert len(sweep.tasks()) == 7 and sweep.results().iloc[2]["uuid"] == str(retried[0].uuid)
-    with pytest.raises(MitoError, match="already has a sweep named 'grid'"):
-        client.sweep(EXPERIMENT, {"lr": [0.1]}, name="grid")
+    with pytest.raises(MitoError, match=f"already has a sweep named '{LONG_NAME}'"):
+        Sweep.launch(client, EXPERIMENT, {"lr": [0.1]}, name=LONG_NAME)
 
 
 def test_cancel_a_waiting_sweep_and_the_cli(lab: tuple[Platform, Client]) -> None:
     platform, client = lab
-    waiting = client.sweep(EXPERIMENT, [{"lr": 0.01, "seed": 1}, {"lr": 0.01, "seed": 2}], name="later", tags=["nobody-has-this"])
-    assert waiting.counts() == {"Ready": 2}
+    waiting = Sweep.launch(client, EXPERIMENT, [{"lr": 0.01, "seed": 1}, {"lr": 0.01, "seed": 2}], name="later", tags=["nobody-has-this"])
+    assert waiting.counts() == {"Succeeded": 0, "Failed": 0, "Running": 0, "Waiting": 2}
     assert waiting.cancel() == 2
     results = waiting.wait(timeout=30).results()
     assert list(results["state"]) == ["Cancelled", "Cancelled"] and list(results["error"]) == ["UserCancellation"] * 2
 
     done = platform.mito("sweep", str(EXPERIMENT), "-p", "lr", "0.01", "-p", "seed", "1,2", "-n", "from-cli")
     assert done.stdout.strip() == f"Submitted sweep from-cli to group {ADMIN[0]}: 2 runs (label mito-sweep:from-cli)"
-    assert list(client.sweep_by_label("from-cli").wait(timeout=120).results()["exit_status"]) == [0, 0]
+    assert list(Sweep.reopen(client, "from-cli").wait(timeout=120).results()["exit_status"]) == [0, 0]
     refused = platform.mito("sweep", str(EXPERIMENT), "-p", "lr", "0.1", "-p", "lr", "0.2", check=False)
     assert refused.returncode == 2 and "given twice" in refused.stderr
 

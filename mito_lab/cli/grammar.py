@@ -5,11 +5,12 @@ raises ``HelpShown`` with the text, so every front end decides how to show them.
 from __future__ import annotations
 
 import argparse
+import difflib
 import getpass
 import json
 import sys
 import uuid as uuid_module
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -57,7 +58,23 @@ class HelpShown(Exception):
     """``--help`` was asked for; the message is the help text."""
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice a mistyped ``word`` most likely meant, if one is close enough (difflib)."""
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
 class Parser(argparse.ArgumentParser):
+    commands: argparse._SubParsersAction | None = None  # its sub-commands, for front ends that add their own
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        """argparse's check of a choice, which also says which choice a typo most likely meant."""
+        if action.choices is not None and value not in action.choices:
+            guess = closest(str(value), (str(choice) for choice in action.choices))
+            if guess is not None:
+                raise argparse.ArgumentError(action, f"invalid choice: {value!r} (did you mean {guess!r}?)")
+        super()._check_value(action, value)
+
     def error(self, message: str) -> NoReturn:
         where = f"{self.prog.strip()}: " if self.prog.strip() else ""
         raise GrammarError(f"{self.format_usage().strip()}\n{where}error: {message}")
@@ -574,7 +591,7 @@ def _add_worker_filters(workers: argparse.ArgumentParser) -> None:
 def build_parser(prog: str = "mito client") -> Parser:
     parser = Parser(prog=prog, description="Run a mitosis client command")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    commands = _subcommands(parser)
+    commands = parser.commands = _subcommands(parser)
 
     auth = commands.add_parser("auth", help="Authenticate the user")
     auth.set_defaults(func=cmd_auth)

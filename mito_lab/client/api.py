@@ -190,6 +190,27 @@ def task_request(
     )
 
 
+Submittable = SubmitTaskReq | list[str] | str  # a request, an argument list, or a script for ``bash -c``
+
+
+def as_request(command: Submittable, **options: Any) -> SubmitTaskReq:
+    """What ``submit`` takes, as a request: a request as it is (it carries its own options), a
+    command with the options of :func:`task_request`."""
+    if isinstance(command, SubmitTaskReq):
+        if options:
+            raise TypeError(f"submit: options {sorted(options)} go in the request itself when you pass a SubmitTaskReq")
+        return command
+    return task_request(["bash", "-c", command] if isinstance(command, str) else command, **options)
+
+
+def ending(info: TaskInfo) -> str:
+    """How an ended task ended, in words: ``it ended Finished with exit status 0 (...)``."""
+    assert info.result is not None
+    reason = f", {info.result.msg.value}" if info.result.msg else ""
+    hint = " (a task's result is what it leaves in $MITO_RESULT_DIR)" if info.state == TaskState.Finished else ""
+    return f"it ended {info.state.value} with exit status {info.result.exit_status}{reason}{hint}"
+
+
 async def every_page(
     read: Callable[[int, int], Awaitable[list[RowT]]], key: Callable[[RowT], Hashable], limit: int | None = None
 ) -> list[RowT]:
@@ -340,16 +361,10 @@ class AsyncClient:
 
     # --- tasks ----------------------------------------------------------------------------------
 
-    async def submit(self, command: SubmitTaskReq | list[str] | str, **options: Any) -> SubmitTaskResp:
+    async def submit(self, command: Submittable, **options: Any) -> SubmitTaskResp:
         """Submit a task: a ready request, or a command (a list of arguments, or a string run by
         ``bash -c``) with the options of :func:`task_request` (group, tags, labels, timeout, ...)."""
-        if isinstance(command, SubmitTaskReq):
-            if options:
-                raise TypeError(f"submit: options {sorted(options)} go in the request itself when you pass a SubmitTaskReq")
-            request = command
-        else:
-            request = task_request(["bash", "-c", command] if isinstance(command, str) else command, **options)
-        return await self.session.call("POST", "tasks", request, SubmitTaskResp)
+        return await self.session.call("POST", "tasks", as_request(command, **options), SubmitTaskResp)
 
     async def get_task(self, task_uuid: uuid_module.UUID | str) -> TaskQueryResp:
         return await self.session.call("GET", f"tasks/{task_uuid}", None, TaskQueryResp)
@@ -381,10 +396,11 @@ class AsyncClient:
 
     # --- batches (reference 0.6) ----------------------------------------------------------------
 
-    async def submit_many(self, requests: Iterable[SubmitTaskReq]) -> BatchSubmitResp:
-        """Submit in order, MAX_BATCH_TASKS per request (the coordinator's bound); the results of
-        every request in one answer."""
-        pending = list(requests)
+    async def submit_many(self, commands: Iterable[Submittable], **options: Any) -> BatchSubmitResp:
+        """Submit many tasks, each what ``submit`` takes (requests, argument lists, ``bash -c``
+        strings; ``options`` apply to every command that is not a request), in order,
+        MAX_BATCH_TASKS per request (the coordinator's bound); the results of every request in one answer."""
+        pending = [as_request(command, **options) for command in commands]
         batches = [pending[start : start + MAX_BATCH_TASKS] for start in range(0, len(pending), MAX_BATCH_TASKS)] or [pending]
         results: list[BatchSubmitItem] = []
         for batch in batches:  # an empty one is refused by BatchSubmitReq, as ever
@@ -594,6 +610,11 @@ class AsyncClient:
         """Wait until the task has ended and its outcome is committed; returns its final info.
         Driven by the event stream (with a slow re-read in case events were lost); ``on_change``
         sees each new state on the way. Raises ``TimeoutError`` after ``timeout`` seconds."""
+        info = (await self.get_task(task_uuid)).info
+        if info.result is not None:  # ended already: no need for the event stream
+            if on_change is not None:
+                on_change(info)
+            return info
         mine = str(task_uuid)
         changed = asyncio.Event()
         stop = await self.listen(lambda event: changed.set() if event.get("uuid") == mine or event.get("kind") == "resync" else None)
@@ -633,8 +654,7 @@ class AsyncClient:
                 archive = await self.download_artifact(task_uuid, ArtifactContentType.result, Path(scratch), progress)
             except MitoError as exc:
                 if exc.status == 404:
-                    raise MitoError(404, f"task {task_uuid} has no result artifact (it ended {info.state.value}"
-                                         f"{', ' + info.result.msg.value if info.result and info.result.msg else ''})") from None
+                    raise MitoError(404, f"task {task_uuid} has no result artifact: {ending(info)}") from None
                 raise
             return extract(archive, target) / "result"
 

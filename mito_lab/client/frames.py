@@ -1,17 +1,18 @@
 """pandas DataFrames of listings, with typed columns: tz-aware UTC datetimes, an ordered
 categorical for task states, nullable integers for exit codes, timedeltas for timeouts and
-durations, and Python lists for tags and labels."""
+durations, and Python lists for tags and labels. They display readably (``ReadableFrame``)."""
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
+from mito_lab.client.views import readable_duration
 from mito_lab.wire import (
     AttachmentQueryInfo,
     AttachmentsQueryResp,
@@ -31,11 +32,73 @@ EXEC_STATES = pd.CategoricalDtype([s.value for s in TaskExecState], ordered=Fals
 WORKER_STATES = pd.CategoricalDtype([s.value for s in WorkerState], ordered=False)
 ROLES = pd.CategoricalDtype([r.value for r in Role], ordered=True)
 
-TASK_COLUMNS = task_columns_schema().names  # the columnar listing's, on the wire
+# what a researcher looks at first, then the rest of the columnar listing's columns in its order
+LEADING_TASK_COLUMNS = ["uuid", "state", "exit_status", "command", "labels", "duration", "created_at"]
+TASK_COLUMNS = LEADING_TASK_COLUMNS + [name for name in task_columns_schema().names if name not in LEADING_TASK_COLUMNS]
 WORKER_COLUMNS = ["worker_id", "state", "tags", "labels", "creator", "last_heartbeat", "task", "created_at", "updated_at"]
 ATTACHMENT_COLUMNS = ["key", "size", "created_at", "updated_at"]
 # Arrow types read into pandas' nullable types (then cast to the reference's dtypes)
 _PANDAS_TYPES = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype()}
+
+
+MISSING = "—"  # the one marker of a missing value, whatever the column's type
+# a row on one line (long cells are cut by display.max_colwidth): wrapped uuids and labels made rows tall
+ONE_LINE_ROWS = "<style>.mito-frame td, .mito-frame th { white-space: nowrap; }</style>"
+
+
+def _readable_duration_cell(value: Any) -> str:
+    return MISSING if value is pd.NaT else readable_duration(value.total_seconds())
+
+
+def _holds_pandas_na(dtype: Any) -> bool:
+    """A nullable column type (``Int64``, ``string``...): pandas shows its missing values as
+    ``<NA>`` whatever ``na_rep`` says."""
+    return isinstance(dtype, pd.api.extensions.ExtensionDtype) and not isinstance(dtype, pd.CategoricalDtype | pd.DatetimeTZDtype)
+
+
+class ReadableFrame(pd.DataFrame):
+    """A DataFrame that displays readably while its data stays as it is (timedeltas compute as
+    timedeltas): durations as ``1.2 s`` / ``3 min 4 s``, ``MISSING`` for every missing value, and
+    no maths in a notebook (JupyterLab typesets HTML outputs: two ``$`` in commands made a formula).
+    Rows and columns are cut as pandas' own display cuts them. What is taken from it (a selection,
+    a copy, a sort) displays the same way."""
+
+    @property
+    def _constructor(self) -> Callable[..., ReadableFrame]:
+        return ReadableFrame
+
+    def _shown(self) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """A plain frame to show (nullable columns with missing values as objects, whose missing
+        values ``na_rep`` reaches), and the display options of pandas' own repr."""
+        shown = pd.DataFrame(self, copy=False)
+        for position, dtype in enumerate(self.dtypes):
+            column = self.iloc[:, position]
+            if _holds_pandas_na(dtype) and column.hasnans:
+                shown.isetitem(position, column.astype(object).where(column.notna(), float("nan")))
+        options = {
+            "na_rep": MISSING,
+            "formatters": [_readable_duration_cell if pd.api.types.is_timedelta64_dtype(dtype) else None for dtype in self.dtypes],
+            "max_cols": pd.get_option("display.max_columns"),
+            "show_dimensions": pd.get_option("display.show_dimensions"),
+        }
+        return shown, options
+
+    def _repr_html_(self) -> str | None:
+        if not pd.get_option("display.notebook_repr_html"):
+            return None
+        shown, options = self._shown()
+        rows = pd.get_option("display.max_rows")
+        if rows is not None and len(self) > rows:  # pandas shows min_rows rows of a longer frame
+            rows = pd.get_option("display.min_rows") or rows
+        with pd.option_context("display.html.use_mathjax", False):
+            return ONE_LINE_ROWS + shown.to_html(notebook=True, max_rows=rows, classes="mito-frame", **options)
+
+    def __repr__(self) -> str:
+        shown, options = self._shown()
+        return shown.to_string(
+            max_rows=pd.get_option("display.max_rows"), min_rows=pd.get_option("display.min_rows"),
+            max_colwidth=pd.get_option("display.max_colwidth"), line_width=pd.get_option("display.width"), **options,
+        )
 
 
 def _utc(values: Iterable[datetime | None]) -> pd.Series:
@@ -50,12 +113,12 @@ def _lists(values: Iterable[Sequence[str]]) -> pd.Series:
     return pd.Series([list(v) for v in values], dtype=object)
 
 
-def _frame(columns: Mapping[str, pd.Series | list[Any]], order: Sequence[str]) -> pd.DataFrame:
-    frame = pd.DataFrame({name: columns[name] for name in order})
+def _frame(columns: Mapping[str, pd.Series | list[Any]], order: Sequence[str]) -> ReadableFrame:
+    frame = ReadableFrame({name: columns[name] for name in order})
     return frame.reset_index(drop=True)
 
 
-def tasks_frame(tasks: Sequence[TaskInfo]) -> pd.DataFrame:
+def tasks_frame(tasks: Sequence[TaskInfo]) -> ReadableFrame:
     """One row per task, newest first as the coordinator lists them."""
     started = _utc(t.started_at for t in tasks)
     ended = _utc(t.ended_at for t in tasks)
@@ -91,7 +154,7 @@ def tasks_frame(tasks: Sequence[TaskInfo]) -> pd.DataFrame:
     return _frame(columns, TASK_COLUMNS)
 
 
-def tasks_frame_from_columns(table: pa.Table) -> pd.DataFrame:
+def tasks_frame_from_columns(table: pa.Table) -> ReadableFrame:
     """``tasks_frame`` of the same tasks, from the columnar listing's Arrow table: the same columns,
     dtypes and values."""
     dtypes = tasks_frame([]).dtypes  # the paged listing's frame is the reference
@@ -105,7 +168,7 @@ def tasks_frame_from_columns(table: pa.Table) -> pd.DataFrame:
     return _frame(columns, TASK_COLUMNS)
 
 
-def workers_frame(workers: Sequence[WorkerInfo]) -> pd.DataFrame:
+def workers_frame(workers: Sequence[WorkerInfo]) -> ReadableFrame:
     columns = {
         "worker_id": _text(w.worker_id for w in workers),
         "state": pd.Series([w.state.value for w in workers], dtype=WORKER_STATES),
@@ -120,7 +183,7 @@ def workers_frame(workers: Sequence[WorkerInfo]) -> pd.DataFrame:
     return _frame(columns, WORKER_COLUMNS)
 
 
-def attachments_frame(attachments: Sequence[AttachmentQueryInfo]) -> pd.DataFrame:
+def attachments_frame(attachments: Sequence[AttachmentQueryInfo]) -> ReadableFrame:
     columns = {
         "key": _text(a.key for a in attachments),
         "size": pd.Series([a.size for a in attachments], dtype="int64"),
@@ -130,10 +193,10 @@ def attachments_frame(attachments: Sequence[AttachmentQueryInfo]) -> pd.DataFram
     return _frame(columns, ATTACHMENT_COLUMNS)
 
 
-def groups_frame(groups: Mapping[str, Role]) -> pd.DataFrame:
+def groups_frame(groups: Mapping[str, Role]) -> ReadableFrame:
     """Your groups and your role in each."""
     names = sorted(groups)
-    return pd.DataFrame({
+    return ReadableFrame({
         "group": pd.Series(names, dtype="string"),
         "role": pd.Series([groups[n].value for n in names], dtype=ROLES),
     })

@@ -1,19 +1,20 @@
 """A submitted task, as a notebook holds it: its state, a wait with a progress bar, its result
-directory, its output, cancellation, ``await handle``, and a view that updates itself live."""
+directory, its output, cancellation, ``await handle``, and a card that updates itself live."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import uuid as uuid_module
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from mito_lab.client.live import Bundle, LiveView
 from mito_lab.client.progress import ShowProgress, wanted
-from mito_lab.client.views import task_html, updated_info
+from mito_lab.client.views import task_bundle, task_html, task_text, updated_info
 from mito_lab.wire import TaskExecState, TaskInfo, TaskState
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 # the steps a wait's progress bar counts: queued, running, ended, outcome committed
 _STEP = {TaskState.Pending: 0, TaskState.Ready: 0, TaskState.Running: 1, TaskState.Finished: 2, TaskState.Cancelled: 2}
 _STEPS = 3
+TICK_SECONDS = 1.0  # a displayed card's run time moves on this often while the task runs
 
 
 def _step(info: TaskInfo) -> int:
@@ -34,13 +36,28 @@ def _describe(info: TaskInfo) -> str:
     return info.state.value + (f" · {info.exec_state.value}" if info.exec_state else "")
 
 
+class EndedTask(TaskInfo):
+    """The final info of a task, as ``wait`` returns it: a ``TaskInfo`` that shows as the task's card."""
+
+    def _repr_html_(self) -> str:
+        return task_html(self)
+
+    def __repr__(self) -> str:
+        return f"<{task_text(self)}>"
+
+
+def ended(info: TaskInfo) -> EndedTask:
+    return EndedTask.model_construct(info.model_fields_set, **dict(info))
+
+
 class TaskHandle:
     def __init__(self, client: "Client", task_uuid: uuid_module.UUID, info: TaskInfo | None = None) -> None:
         self.client = client
         self.uuid = task_uuid
         self._info = info
-        self._view: Any = None
-        self._stop_listening: Any = None
+        self._view: LiveView | None = None
+        self._stop_listening: Callable[[], None] | None = None
+        self._ticker: asyncio.TimerHandle | None = None
         self._lock = threading.Lock()
 
     # --- reading --------------------------------------------------------------------------------
@@ -76,9 +93,10 @@ class TaskHandle:
 
     # --- waiting and results --------------------------------------------------------------------
 
-    def wait(self, timeout: float | None = None, progress: ShowProgress = None) -> TaskInfo:
-        """Block until the task has ended and its outcome is committed; returns its final info.
-        Shows a progress bar (in a notebook or a terminal, or when ``progress=True``)."""
+    def wait(self, timeout: float | None = None, progress: ShowProgress = None) -> EndedTask:
+        """Block until the task has ended and its outcome is committed; returns its final info
+        (shown as the task's card). Shows a progress bar (in a notebook or a terminal, or when
+        ``progress=True``). A card of the task shown earlier shows the end by the time it returns."""
         bar = tqdm(total=_STEPS, desc="waiting", bar_format="{desc} |{bar}| [{elapsed}]", leave=False) if wanted(progress) else None
 
         def changed(info: TaskInfo) -> None:
@@ -88,18 +106,27 @@ class TaskHandle:
                 bar.set_description(_describe(info), refresh=True)
 
         try:
-            self._info = self.client.wait_task(self.uuid, timeout, changed)
+            final = ended(self.client.wait_task(self.uuid, timeout, changed))
         finally:
             if bar is not None:
                 bar.close()
-        return self._info
+        self.client.run(self._settle(final))
+        return final
 
-    def __await__(self) -> Generator[Any, None, TaskInfo]:
+    def __await__(self) -> Generator[Any, None, EndedTask]:
         """``await handle``: wait without blocking the notebook's own event loop."""
-        future = self.client._thread.submit(self.client.aio.wait_task(self.uuid))
-        info: TaskInfo = yield from asyncio.wrap_future(future).__await__()
-        self._info = info
-        return info
+        future = self.client._thread.submit(self._wait_and_settle())
+        final: EndedTask = yield from asyncio.wrap_future(future).__await__()
+        return final
+
+    async def _wait_and_settle(self) -> EndedTask:
+        final = ended(await self.client.aio.wait_task(self.uuid))
+        await self._settle(final)
+        return final
+
+    async def _settle(self, final: EndedTask) -> None:
+        """On the client's loop: the task ended; a shown card shows it now."""
+        self._show(final)
 
     def result(self, path: Path | str | None = None, progress: ShowProgress = None) -> Path:
         """Wait for the task, download its result artifact and unpack it; returns the ``result``
@@ -125,23 +152,31 @@ class TaskHandle:
         info = self._info
         return f"<TaskHandle {self.uuid} {info.state.value if info else '?'}>"
 
-    def _repr_html_(self) -> str:
-        return task_html(self.refresh())
+    def _bundle(self) -> Bundle:
+        assert self._info is not None  # read before the card is first shown
+        return task_bundle(self._info)
 
     def _ipython_display_(self) -> None:
-        """A view that follows the task live from the event stream, whatever else the notebook does."""
-        import ipywidgets
-        from IPython.display import display
-
+        """The task's card, updated in place from the event stream whatever else the notebook
+        does; its run time moves on while the task runs. Plain HTML: a saved notebook keeps the
+        last state."""
         with self._lock:
-            if self._view is None:
-                self._view = ipywidgets.HTML(task_html(self.refresh()))
-                self._stop_listening = self.client.run(self.client.aio.listen(self._on_event))
-                self.client.run(self._resync())  # catch up on what changed before the stream connected
-        display(self._view)
+            first = self._view is None
+            if first:
+                self.refresh()
+                self._view = LiveView(self._bundle, self.client._thread.loop)
+        assert self._view is not None and self._info is not None
+        self._view.show()
+        if first and self._info.result is None:
+            self.client.run(self._follow())
+
+    async def _follow(self) -> None:
+        self._stop_listening = await self.client.aio.listen(self._on_event)
+        await self._resync()  # catch up on what changed before the stream connected
+        self._tick()
 
     def _on_event(self, event: dict[str, Any]) -> None:
-        """On the client's loop thread: fold a task event into the view."""
+        """On the client's loop thread: fold a task event into the card."""
         if event.get("kind") == "resync":
             asyncio.ensure_future(self._resync())
         elif event.get("kind") == "task" and event.get("uuid") == str(self.uuid) and self._info is not None:
@@ -150,9 +185,27 @@ class TaskHandle:
     async def _resync(self) -> None:
         self._show((await self.client.aio.get_task(self.uuid)).info)
 
+    def _tick(self) -> None:
+        """Re-render a running task's card every ``TICK_SECONDS`` (its run time grows) until it ends."""
+        self._ticker = None
+        if self._view is None or self._info is None or self._info.result is not None:
+            return
+        if self._info.state == TaskState.Running:
+            self._view.changed()
+        self._ticker = self.client._thread.loop.call_later(TICK_SECONDS, self._tick)
+
     def _show(self, info: TaskInfo) -> None:
+        """On the client's loop: the task as it now is; a shown card follows (the end at once)."""
         self._info = info
-        self._view.value = task_html(info)
-        if info.result is not None and self._stop_listening is not None:  # nothing more will change
+        if self._view is None:
+            return
+        if info.result is None:
+            self._view.changed()
+            return
+        self._view.publish()  # nothing more will change
+        if self._stop_listening is not None:
             self._stop_listening()
             self._stop_listening = None
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None

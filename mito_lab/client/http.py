@@ -42,6 +42,11 @@ class MitoError(Exception):
     def __str__(self) -> str:
         return self.msg
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows for it (its hook for exceptions that know better): the one line that
+        says what went wrong, not the frames of the SDK it went through."""
+        return [f"{type(self).__name__}: {self.msg}"]
+
 
 class MitoRateLimited(MitoError):
     """429: the coordinator asks to wait ``retry_after`` seconds (its ``Retry-After``) before trying again."""

@@ -1,9 +1,12 @@
 """``mito_lab.Client``: the SDK for notebooks and scripts, without ``await``.
 
 Its ``AsyncClient`` lives on an event loop in a background thread (as ``dask.distributed`` does),
-so the live parts -- the event stream, task handles' views, dashboards -- keep updating while the
+so the live parts -- the event stream, task handles' cards, dashboards -- keep updating while the
 notebook runs other cells. Every coroutine method of ``AsyncClient`` is here as a blocking method
-with the same signature; ``submit`` returns a :class:`TaskHandle`."""
+with the same signature; ``submit`` returns a :class:`TaskHandle`.
+
+This is the SDK's bottom: the notebook layer (magics, widgets, sweeps) builds on it and it knows
+nothing of that layer (``Dashboard(client)``, ``Sweep.launch(client, ...)``)."""
 
 from __future__ import annotations
 
@@ -17,19 +20,17 @@ import sys
 import threading
 import uuid as uuid_module
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pandas as pd
-
-from mito_lab.client.api import AsyncClient, NoCredentials
+from mito_lab.client.api import AsyncClient, NoCredentials, Submittable
+from mito_lab.client.credentials import Credentials
 from mito_lab.client.handle import TaskHandle
 from mito_lab.client.http import MitoError
 from mito_lab.client.progress import watched
 from mito_lab.config import ClientConfig, load_config
-from mito_lab.sweeps import SWEEP_PREFIX, Grid, Sweep, launch, list_sweeps
-from mito_lab.wire import BatchSubmitResp, SubmitTaskReq
+from mito_lab.wire import BatchSubmitResp
 
 T = TypeVar("T")
 
@@ -110,10 +111,17 @@ def ask_in_notebook_or_terminal(user: str | None) -> tuple[str, str]:
     return user, getpass.getpass(f"Password for {user}: ")
 
 
+# The connection ``Client()`` joins when given no coordinator, user or password: the one the
+# notebook made last with ``%mito connect`` / ``%mito login`` (``set_as_default``).
+_default: weakref.ref[Client] | None = None
+
+
 class Client:
     """A connection to a coordinator.
 
-    Without arguments it uses the client configuration (``MITO_COORDINATOR``, ``MITO_USER``,
+    Without arguments it joins the kernel's connection (what ``%mito connect`` made, or any
+    client made with ``set_as_default=True``): the same coordinator and user, on its session.
+    Otherwise it uses the client configuration (``MITO_COORDINATOR``, ``MITO_USER``,
     ``MITO_PASSWORD``, the config files) and the saved credentials; it asks for a password only
     when none of those yields a valid session."""
 
@@ -127,23 +135,31 @@ class Client:
         retain: bool | None = None,
         config_path: Path | str | None = None,
         ask: Callable[[str | None], tuple[str, str]] | None = ask_in_notebook_or_terminal,
+        set_as_default: bool = False,
     ) -> None:
         flags = {"coordinator_addr": coordinator, "user": user, "password": password, "retain": retain,
                  "credential_path": None if credential_path is None else Path(credential_path)}
         config = load_config("client", ClientConfig, None if config_path is None else Path(config_path), flags)
+        joined = default_client() if coordinator is None and user is None and password is None else None
         self._thread = LoopThread()
         try:
-            try:
-                self.aio = self._thread.run(self._connect(config, config.user, config.password))
-            except NoCredentials:
-                if ask is None:
-                    raise
-                name, secret = ask(config.user)  # asked here, in the caller's thread: a notebook's input box works
-                self.aio = self._thread.run(self._connect(config, name, secret))
+            if joined is not None:
+                self.aio = AsyncClient(joined.coordinator, joined.aio.session.token, joined.username, Credentials(config.credential_path))
+            else:
+                try:
+                    self.aio = self._thread.run(self._connect(config, config.user, config.password))
+                except NoCredentials:
+                    if ask is None:
+                        raise
+                    name, secret = ask(config.user)  # asked here, in the caller's thread: a notebook's input box works
+                    self.aio = self._thread.run(self._connect(config, name, secret))
         except BaseException:
             self._thread.stop()
             raise
         self._finalizer = weakref.finalize(self, _shut, self.aio, self._thread)
+        if set_as_default:
+            global _default
+            _default = weakref.ref(self)
 
     @staticmethod
     async def _connect(config: ClientConfig, user: str | None, password: str | None) -> AsyncClient:
@@ -156,6 +172,10 @@ class Client:
     @property
     def coordinator(self) -> str:
         return self.aio.coordinator
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine of ``self.aio`` (the ``AsyncClient``) and return its result."""
@@ -175,41 +195,26 @@ class Client:
 
     # --- what differs from AsyncClient ----------------------------------------------------------
 
-    def submit(self, command: SubmitTaskReq | list[str] | str, **options: Any) -> TaskHandle:
+    def submit(self, command: Submittable, **options: Any) -> TaskHandle:
         """Submit a task (see ``AsyncClient.submit``) and return its handle."""
         answer = self.run(self.aio.submit(command, **options))
         return TaskHandle(self, answer.uuid)
 
-    def submit_many(self, requests: list[SubmitTaskReq]) -> list[TaskHandle | MitoError]:
-        """Submit many tasks in one request; a handle for each accepted one, the error for the others."""
-        answer: BatchSubmitResp = self.run(self.aio.submit_many(requests))
+    def submit_many(self, commands: Iterable[Submittable], **options: Any) -> list[TaskHandle | MitoError]:
+        """Submit many tasks in one request, each what ``submit`` takes (``options`` apply to every
+        command that is not a request); a handle for each accepted one, the error for the others."""
+        answer: BatchSubmitResp = self.run(self.aio.submit_many(commands, **options))
         return [TaskHandle(self, r.Ok.uuid) if r.Ok else MitoError(400, r.Err.msg if r.Err else "refused") for r in answer.results]
 
     def task(self, task_uuid: uuid_module.UUID | str) -> TaskHandle:
         """The handle of an existing task."""
         return TaskHandle(self, uuid_module.UUID(str(task_uuid)))
 
-    def sweep(self, notebook: Path | str, parameters: Grid, **options: Any) -> Sweep:
-        """Run ``notebook`` once per parameter combination across the fleet (see ``sweeps.launch``
-        for the options: name, group, tags, labels, timeout, priority, kernel, python)."""
-        launched = self.run(launch(self.aio, Path(notebook), parameters, **options))
-        return Sweep(self, launched.name, launched.group)
 
-    def sweeps(self, group: str | None = None) -> pd.DataFrame:
-        """The sweeps of a group (default: your own), newest first."""
-        return list_sweeps(self, group)
-
-    def sweep_by_label(self, name: str, group: str | None = None) -> Sweep:
-        """Re-open a sweep by its name (its label is ``mito-sweep:<name>``; either works)."""
-        sweep = Sweep(self, name.removeprefix(SWEEP_PREFIX), group)
-        sweep.runs()  # fails clearly if there is no such sweep
-        return sweep
-
-    def dashboard(self, group: str | None = None) -> Any:
-        """A live panel of the group's tasks and workers (an ipywidgets widget)."""
-        from mito_lab.magics.dashboard import Dashboard  # ipywidgets is only needed here
-
-        return Dashboard(self, group)
+def default_client() -> Client | None:
+    """The connection ``Client()`` joins, if it is still open."""
+    client = _default() if _default is not None else None
+    return client if client is not None and not client.closed else None
 
 
 def _shut(client: AsyncClient, thread: LoopThread) -> None:

@@ -20,6 +20,8 @@ STATE_COLORS = {
 }  # the states a dashboard counts and filters by (not the wire's catch-all Unknown)
 UNKNOWN_COLOR = "#616161"
 FAILED_COLOR = "#c62828"
+# the classes MathJax skips (v3, and v2's name): JupyterLab typesets HTML outputs, so `$HOME ... $X` became maths
+NO_MATHS = "mathjax_ignore tex2jax_ignore"
 
 
 def updated_info(info: TaskInfo, event: dict[str, Any]) -> TaskInfo:
@@ -60,19 +62,49 @@ def state_badge(info: TaskInfo) -> str:
             f'white-space:nowrap">{html.escape(text)}</span>')
 
 
-def duration_text(info: TaskInfo, now: datetime | None = None) -> str:
+def readable_duration(seconds: float) -> str:
+    """``0.2 s``, ``59.9 s``, ``3 min 4 s``, ``2 h 5 min``, ``3 d 4 h``: as precise as a reader wants."""
+    if seconds < 59.95:
+        return f"{max(0.0, seconds):.1f} s"
+    days, rest = divmod(max(60, round(seconds)), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, whole_seconds = divmod(rest, 60)
+    if days:
+        return f"{days} d" + (f" {hours} h" if hours else "")
+    if hours:
+        return f"{hours} h" + (f" {minutes} min" if minutes else "")
+    return f"{minutes} min" + (f" {whole_seconds} s" if whole_seconds else "")
+
+
+def run_seconds(info: TaskInfo, now: datetime | None = None) -> float | None:
+    """How long the task has run (until now, if it still runs); ``None`` before it started."""
     if info.started_at is None:
-        return ""
+        return None
     end = info.ended_at or now or datetime.now(timezone.utc)
-    seconds = max(0.0, (end - info.started_at).total_seconds())
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    return (end - info.started_at).total_seconds()
+
+
+def duration_text(info: TaskInfo, now: datetime | None = None) -> str:
+    seconds = run_seconds(info, now)
+    return "" if seconds is None else readable_duration(seconds)
+
+
+def task_text(info: TaskInfo) -> str:
+    """The card in one line (a notebook's ``text/plain``, a terminal's repr)."""
+    outcome = info.state.value
+    if info.result is not None and info.result.exit_status != 0:
+        outcome += f" (exit {info.result.exit_status})"
+    command = shlex.join(info.spec.args).replace("\n", " ")
+    parts = [f"Task {info.uuid}", outcome, duration_text(info), command if len(command) <= 80 else command[:79] + "…"]
+    return " · ".join(part for part in parts if part)
 
 
 def task_html(info: TaskInfo) -> str:
-    """A task handle's card: what runs, where, and how it went."""
+    """A task handle's card: what runs (with its line breaks), where, and how it went. Marked for
+    MathJax to leave alone: JupyterLab typesets HTML outputs, and commands are full of ``$``."""
     rows = [
         ("state", state_badge(info)),
-        ("command", f"<code>{html.escape(shlex.join(info.spec.args))}</code>"),
+        ("command", f'<pre style="white-space:pre-wrap;margin:0;text-align:left">{html.escape(shlex.join(info.spec.args))}</pre>'),
         ("group", html.escape(f"{info.group_name} (#{info.task_id})")),
     ]
     if info.labels:
@@ -81,8 +113,14 @@ def task_html(info: TaskInfo) -> str:
         rows.append(("run time", duration_text(info)))
     if info.attempts > 1:
         rows.append(("attempts", f"{info.attempts} of {info.max_attempts}"))
-    cells = "".join(f'<tr><th style="text-align:left;padding-right:1em">{name}</th><td style="text-align:left">{value}</td></tr>' for name, value in rows)
-    return f'<div><b>Task</b> <code>{info.uuid}</code><table>{cells}</table></div>'
+    cells = "".join(f'<tr><th style="text-align:left;padding-right:1em;vertical-align:top">{name}</th><td style="text-align:left">{value}</td></tr>'
+                    for name, value in rows)
+    return f'<div class="mito-task {NO_MATHS}"><b>Task</b> <code>{info.uuid}</code><table>{cells}</table></div>'
+
+
+def task_bundle(info: TaskInfo) -> dict[str, str]:
+    """The card as a display's MIME bundle."""
+    return {"text/plain": task_text(info), "text/html": task_html(info)}
 
 
 def why_text(answer: TaskWhyResp) -> str:

@@ -1,8 +1,8 @@
 """The IPython extension: ``%load_ext mito_lab`` registers ``%mito`` and ``%%mito``.
 
-``%mito <command>`` takes the client commands of the CLI (one grammar, ``cli/grammar.py``) and
-returns objects instead of printing: DataFrames for listings, task handles for submissions.
-Notebook-only commands: ``connect``, ``login`` and ``dashboard``."""
+``%mito <command>`` takes the client commands of the CLI (one grammar, ``cli/grammar.py``, to
+which the notebook adds ``connect`` and ``dashboard`` and its own ``login``) and returns objects
+instead of printing: DataFrames for listings, task handles for submissions, sweeps."""
 
 from __future__ import annotations
 
@@ -23,30 +23,24 @@ from mito_lab.client.views import why_text
 from mito_lab.sweeps import Launched, Sweep
 from mito_lab.wire import SubmitTaskResp, TaskQueryResp, TaskWhyResp
 
-NOTEBOOK_HELP = """\
-Notebook commands:
-  connect [COORDINATOR] [-u USER] [-p PASSWORD]   connect (saved credentials, MITO_* variables, or asks)
-  login [USERNAME] [PASSWORD]                     log in again, as another user if you like
-  dashboard [-g GROUP]                            a live panel of a group's tasks and workers
-  %%mito submit [OPTIONS]                         run the cell's body as a bash script on a worker"""
+CELL_HELP = "%%mito submit [OPTIONS]: run the cell's body as a bash script on a worker"
 
 
-def _notebook_parser() -> Parser:
-    parser = Parser(prog="%mito", add_help=False)
-    commands = parser.add_subparsers(dest="command", parser_class=Parser)
-    connect = commands.add_parser("connect", help="connect to a coordinator")
-    connect.add_argument("coordinator", nargs="?")
+def magic_parser() -> Parser:
+    """The client grammar and the notebook's own commands, in one parser: its help lists them
+    all, and a typo is matched against them all."""
+    parser = build_parser("%mito")
+    assert parser.commands is not None
+    connect = parser.commands.add_parser("connect", help="Connect to a coordinator (saved credentials, MITO_* variables, or asks)")
+    connect.add_argument("coordinator", nargs="?", metavar="COORDINATOR")
     connect.add_argument("-u", "--user")
     connect.add_argument("-p", "--password")
-    login = commands.add_parser("login", help="log in again")
-    login.add_argument("user", nargs="?")
-    login.add_argument("password", nargs="?")
-    dashboard = commands.add_parser("dashboard", help="the live dashboard")
+    connect.set_defaults(notebook_command="connect")
+    dashboard = parser.commands.add_parser("dashboard", help="A live panel of a group's tasks and workers")
     dashboard.add_argument("-g", "--group")
+    dashboard.set_defaults(notebook_command="dashboard")
+    parser.commands.choices["login"].set_defaults(notebook_command="login")  # in a notebook: reconnect as that user
     return parser
-
-
-NOTEBOOK_COMMANDS = {"connect", "login", "dashboard"}
 
 
 @magics_class
@@ -59,9 +53,10 @@ class MitoMagics(Magics):
             self.client = Client()
         return self.client
 
-    def _reconnect(self, coordinator: str | None, user: str | None, password: str | None) -> Client:
+    def _reconnect(self, coordinator: str | None, user: str | None, password: str | None, retain: bool | None = None) -> Client:
+        """A new connection, which ``mito_lab.Client()`` in this kernel joins from now on."""
         previous = self.client
-        self.client = Client(coordinator or (previous.coordinator if previous else None), user, password)
+        self.client = Client(coordinator or (previous.coordinator if previous else None), user, password, retain=retain, set_as_default=True)
         if previous is not None:
             previous.close()
         return self.client
@@ -78,12 +73,13 @@ class MitoMagics(Magics):
                 return self._submit_cell(argv, cell)
             if argv[:1] in ([], ["help"]):
                 if len(argv) > 1:  # the help of one command
-                    build_parser("%mito").parse_args([*argv[1:], "--help"])
-                print(build_parser("%mito").format_help().rstrip() + "\n\n" + NOTEBOOK_HELP)
+                    magic_parser().parse_args([*argv[1:], "--help"])
+                print(magic_parser().format_help().rstrip() + "\n\n" + CELL_HELP)
                 return None
-            if argv[0] in NOTEBOOK_COMMANDS:
-                return self._notebook_command(_notebook_parser().parse_args(argv))
-            return self._client_command(argv)
+            args = magic_parser().parse_args(argv)
+            if hasattr(args, "notebook_command"):
+                return self._notebook_command(args)
+            return self._client_command(args)
         except HelpShown as shown:
             print(str(shown).rstrip())
         except GrammarError as exc:
@@ -93,25 +89,26 @@ class MitoMagics(Magics):
         return None
 
     def _notebook_command(self, args: argparse.Namespace) -> Any:
-        if args.command == "connect":
+        if args.notebook_command == "connect":
             client = self._reconnect(args.coordinator, args.user, args.password)
             print(f"Connected to {client.coordinator} as {client.username}")
             return None
-        if args.command == "login":
-            client = self._reconnect(None, args.user, args.password)
+        if args.notebook_command == "login":
+            client = self._reconnect(None, args.username, args.password, args.retain or None)
             print(f"Logged in as {client.username}")
             return None
-        return self.connected().dashboard(args.group)
+        from mito_lab.magics.dashboard import Dashboard  # ipywidgets: imported when a dashboard is asked for
+
+        return Dashboard(self.connected(), args.group)
 
     def _submit_cell(self, argv: list[str], body: str) -> Any:
         if argv[:1] != ["submit"] and argv[:2] != ["tasks", "submit"]:
             raise GrammarError("%%mito: the cell form is `%%mito submit [OPTIONS]`; its body runs as a bash script")
         if "--" in argv:
             raise GrammarError("%%mito submit: the cell's body is the command; leave out `-- COMMAND`")
-        return self._client_command([*argv, "--", "bash", "-c", body])
+        return self._client_command(magic_parser().parse_args([*argv, "--", "bash", "-c", body]))
 
-    def _client_command(self, argv: list[str]) -> Any:
-        args = build_parser("%mito").parse_args(argv)
+    def _client_command(self, args: argparse.Namespace) -> Any:
         if getattr(args, "offline", False):  # quit / exit: a notebook has no session to leave
             print("%mito: nothing to quit in a notebook (the client closes with the kernel)")
             return None

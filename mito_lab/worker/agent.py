@@ -323,6 +323,10 @@ class Agent:
         self._started: dict[int, float] = {}  # running tasks: when they started
         self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._base_environment = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
+        # Python buffers a task's output in 8 KiB blocks when it goes to a file: the live output
+        # (`h.logs()`, the log view) would stay empty until the task ends. A task may set it to "".
+        if not self._base_environment.get("PYTHONUNBUFFERED"):
+            self._base_environment["PYTHONUNBUFFERED"] = "1"
         if account is not None:
             self._base_environment.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
             log.info("tasks run as %s (uid %d)", account.name, account.uid)
