@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from conftest import ADMIN, Platform, free_port, isolated_env
+from mito_lab.testing import wait_until
 
 
 def bare(platform: Platform, *args: str, coordinator: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -120,3 +121,12 @@ def test_output_cut_short_by_its_reader_ends_quietly_and_counts_read_as_english(
     assert platform.mito("get", "tasks", "-l", "many", "--count").stdout.strip() == "2000 tasks"
     platform.mito("submit", "-l", "one", "--", "true")
     assert platform.mito("get", "tasks", "-l", "one", "--count").stdout.strip() == "1 task"
+
+
+def test_a_worker_shut_down_from_the_cli_says_so(platform: Platform) -> None:
+    worker = platform.start_worker()
+    [listed] = wait_until(lambda: platform.api("POST", "/workers/query", {}).json["workers"], "the worker to register")
+    platform.mito("manage", "worker", listed["worker_id"], "cancel")
+    assert worker.wait(60) == 0
+    log = (platform.home / "worker-0.log").read_text()
+    assert "was shut down, or removed after missing its heartbeats" in log and "Wrong credentials" not in log

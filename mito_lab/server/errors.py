@@ -33,6 +33,13 @@ class WrongCredentials(ApiError):
         super().__init__("Authentication error: Wrong credentials")
 
 
+class WorkerGone(WrongCredentials):
+    """A worker token whose worker the coordinator no longer has."""
+
+    def __init__(self, worker_uuid: object) -> None:
+        ApiError.__init__(self, f"Authentication error: worker {worker_uuid} is gone: it was shut down, or removed after missing its heartbeats")
+
+
 class PermissionDenied(ApiError):
     status = 403
 

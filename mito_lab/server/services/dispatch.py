@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mito_lab.server.db.models import ArtifactUpload, GroupWorker, Task, TaskTag, Worker
-from mito_lab.server.errors import WrongCredentials
+from mito_lab.server.errors import WorkerGone
 from mito_lab.server.events import RECHECK
 from mito_lab.server.services.activity import (
     EVENTS,
@@ -124,7 +124,7 @@ class WorkerIdentities:
             row = (await connection.execute(_WORKER_BY_UUID, {"worker_uuid": worker_uuid})).first()
             if row is None:
                 self._known.pop(worker_uuid, None)
-                raise WrongCredentials()
+                raise WorkerGone(worker_uuid)
             groups = (await connection.scalars(_SERVING_GROUPS, {"worker_pk": row.id})).all()
         identity = WorkerIdentity(
             id=row.id, worker_id=worker_uuid, creator_id=row.creator_id, tags=tuple(row.tags), state=row.state,
