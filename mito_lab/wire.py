@@ -1054,3 +1054,5 @@ class TaskLogResp(Response):
     next: int
     data: str
     complete: bool = Field(description="the task has ended and this is the end of its output")
+    kept: bool | None = Field(None, description="the live output is still kept (the task runs, or ended within the hour): "
+                              "if none came, the task printed none (mito_lab; None from earlier coordinators)")

@@ -4,9 +4,11 @@ for every mistake (issue 20)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +132,14 @@ def test_a_worker_shut_down_from_the_cli_says_so(platform: Platform) -> None:
     assert worker.wait(60) == 0
     log = (platform.home / "worker-0.log").read_text()
     assert "was shut down, or removed after missing its heartbeats" in log and "Wrong credentials" not in log
+
+
+def test_logs_of_a_task_that_printed_nothing_say_so_and_an_old_one_says_it_is_gone(sqlite_platform: Platform) -> None:
+    platform = sqlite_platform
+    platform.start_worker()
+    quiet = re.search(r"Submitted task (\S+)", platform.mito("submit", "--", "true").stdout).group(1)  # type: ignore[union-attr]
+    platform.wait_task(quiet)
+    assert platform.mito("get", "logs", quiet).stdout.strip() == "(no output on stdout)"
+    with contextlib.closing(sqlite3.connect(platform.home / "coordinator-data" / "mitosis.db")) as database, database:
+        database.execute("UPDATE tasks SET archived_at = datetime(archived_at, '-2 hours')")
+    assert platform.mito("get", "logs", quiet).stdout.strip() == "(no output kept: the task ended over an hour ago without --terminal)"

@@ -256,7 +256,7 @@ async def cmd_get_logs(client: AsyncClient, args: argparse.Namespace) -> Any:
     stream = "stderr" if args.stderr else "stdout"
     if args.follow:
         return client.follow_logs(args.uuid, stream)
-    return (await client.output(args.uuid, stream)).rstrip("\n")
+    return (await client.output(args.uuid, stream)).rstrip("\n") or f"(no output on {stream})"
 
 
 def _group(client: AsyncClient, args: argparse.Namespace) -> str:

@@ -671,7 +671,7 @@ class AsyncClient:
         """A task's output so far: the live window while it runs and for an hour after, then the
         std-log artifact (tasks submitted with ``terminal`` keep one)."""
         answer = await self.logs(task_uuid, stream)
-        if answer.data or not answer.complete:
+        if answer.data or not answer.complete or answer.kept:  # (kept and empty: it printed nothing there)
             return answer.data
         with tempfile.TemporaryDirectory() as scratch:
             try:
