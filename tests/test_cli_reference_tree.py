@@ -32,7 +32,7 @@ def test_batches_accounts_and_administration(platform: Platform) -> None:
     # cancelling in batches (tasks that no worker may run stay Ready)
     waiting = [submitted_uuid(platform.mito("submit", "-t", "nowhere", "-l", "stuck", "--", "true").stdout) for _ in range(3)]
     assert "Cancelled 2 tasks" in platform.mito("tasks", "cancel-list", f"{waiting[0]},{waiting[1]}").stdout
-    assert "Cancelled 1 task\n" in platform.mito("tasks", "cancel-many", "-l", "stuck").stdout
+    assert "Cancelled 1 task in group" in platform.mito("tasks", "cancel-many", "-l", "stuck").stdout
 
     # attachments
     for name in ("a.txt", "b.txt"):
