@@ -1,6 +1,6 @@
 """mito_lab: run experiment fleets from a notebook (a Python Mitosis).
 
-``Client`` / ``AsyncClient`` are the SDK (with the wire's ``SubmitTaskReq`` and ``TaskSpec``);
+``Client`` / ``AsyncClient`` are the SDK (with the wire's ``SubmitTaskReq``, ``TaskSpec`` and the ``TasksQueryReq`` filter);
 ``Sweep``, ``Dashboard`` and the magics (``%load_ext mito_lab``) are the notebook layer built on it.
 They are imported on first use, so the CLI and the servers do not pay for pandas and ipywidgets."""
 
@@ -23,6 +23,7 @@ _EXPORTS = {
     "MitoRateLimited": "mito_lab.client.http",
     "SubmitTaskReq": "mito_lab.wire",
     "TaskSpec": "mito_lab.wire",
+    "TasksQueryReq": "mito_lab.wire",
     "Sweep": "mito_lab.sweeps",
     "Dashboard": "mito_lab.magics.dashboard",
     "record": "mito_lab.sweeps",

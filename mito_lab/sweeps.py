@@ -27,10 +27,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mito_lab.client.api import RERUN_PREFIX
 from mito_lab.client.http import MitoError
 from mito_lab.client.live import Bundle, LiveView
 from mito_lab.client.views import FAILED_COLOR, NO_MATHS, STATE_COLORS, failed, updated_info
-from mito_lab.wire import AttachmentRef, AttachmentSource, RemoteResourceDownload, SubmitTaskReq, TaskInfo, TasksQueryReq, TaskState
+from mito_lab.wire import AttachmentRef, AttachmentSource, RemoteResourceDownload, TaskInfo, TasksQueryReq, TaskState
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -388,15 +389,18 @@ class Sweep:
             self.client.run(every())
         return self
 
-    def results(self, concurrency: int = 8) -> "pd.DataFrame":
-        """One row per run: its parameters, state, exit status, duration, every recorded value,
-        the executed notebook's local path, and for a failed run the failing cell and error.
-        Result artifacts are downloaded ``concurrency`` at a time, once (they are cached)."""
+    def results(self, concurrency: int = 8, history: bool = False) -> "pd.DataFrame":
+        """One row per run (its newest attempt; every attempt, oldest first, with ``history``):
+        its parameters, state, exit status, duration, cost, every recorded value, the executed
+        notebook's local path, for a failed run the failing cell and error, and the attempt it
+        ``replaces`` (a retry's). Result artifacts are downloaded ``concurrency`` at a time, once
+        (they are cached)."""
         import pandas as pd
 
         from mito_lab.client.frames import TASK_STATES, ReadableFrame
 
-        runs = self.runs()
+        runs = self.runs() if not history else sorted(
+            self.client.run(_sweep_tasks(self.client.aio, self.name, self.group)), key=lambda info: (run_index(info), info.task_id))
         folders = self.client.run(self._download(runs, concurrency))
         rows = []
         for info, folder in zip(runs, folders, strict=True):
@@ -408,6 +412,7 @@ class Sweep:
                 "state": info.state.value,
                 "exit_status": info.result.exit_status if info.result else None,
                 "duration": (info.ended_at - info.started_at) if info.ended_at and info.started_at else None,
+                "replaces": next((label.removeprefix(RERUN_PREFIX) for label in info.labels if label.startswith(RERUN_PREFIX)), None),
                 "cpu_s": info.usage.cpu_s if info.usage else None,
                 "max_rss": info.usage.max_rss if info.usage else None,
                 "cpu_efficiency": info.usage.cpu_efficiency if info.usage else None,
@@ -452,16 +457,14 @@ class Sweep:
         results = self.results()
         return results[(results["exit_status"].fillna(0) != 0) | (results["state"] == "Cancelled")].reset_index(drop=True)
 
-    def retry_failed(self) -> list["TaskHandle"]:
-        """Run the failed runs again (as new tasks with the same command and labels)."""
-        requests = [
-            SubmitTaskReq(group_name=info.group_name, tags=info.tags, labels=info.labels, timeout=timedelta(seconds=info.timeout),
-                          priority=info.priority, task_spec=info.spec, max_attempts=info.max_attempts)
-            for info in self.runs() if failed(info)
-        ]
-        if not requests:
+    def retry_failed(self, **changes: Any) -> list["TaskHandle"]:
+        """Run the failed runs again, as new tasks of the same runs (``results()`` then shows the
+        newest attempt of each), with ``changes`` to their limits or placement: ``timeout="x2"``,
+        ``tags=[...]``, ``priority=...`` (see ``client.rerun``)."""
+        again = [info.uuid for info in self.runs() if failed(info)]
+        if not again:
             return []
-        handles = self.client.submit_many(requests)
+        handles = self.client.rerun(again, **changes)
         errors = [h for h in handles if isinstance(h, MitoError)]
         if errors:
             raise errors[0]

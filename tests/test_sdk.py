@@ -226,6 +226,22 @@ def test_submit_many_takes_what_submit_takes(sqlite_platform: Platform, sqlite_c
         sqlite_client.submit_many(["true", request], labels=["many"])
 
 
+def test_reruns_change_limits_and_placement_and_keep_their_link(sqlite_platform: Platform, sqlite_client: Client) -> None:
+    sqlite_platform.start_worker("--tags", "big")
+    slow = sqlite_client.submit(["sleep", "5"], timeout="1s", labels=["train", "lr=0.1"], envs={"A": "1"})
+    assert slow.wait(timeout=60).result.msg.value == "ExecTimeout"  # type: ignore[union-attr]
+    [again] = sqlite_client.rerun(slow.uuid, timeout="x10", tags=["big"], envs={"B": "2"})
+    info = again.wait(timeout=60)  # type: ignore[union-attr]
+    assert info.result.exit_status == 0 and info.result.msg is None and info.timeout == 10 and info.tags == ["big"]  # type: ignore[union-attr]
+    assert sorted(info.labels) == sorted(["train", "lr=0.1", f"mito-rerun-of:{slow.uuid}"]) and info.spec.envs == {"A": "1", "B": "2"}
+    # by a filter: the reruns of a rerun replace the run before, not the first one
+    [third] = sqlite_client.rerun(mito_lab.TasksQueryReq(labels=["train"], exit_status="=0"))
+    labels = third.wait(timeout=60).labels  # type: ignore[union-attr]
+    assert f"mito-rerun-of:{again.uuid}" in labels and f"mito-rerun-of:{slow.uuid}" not in labels  # type: ignore[union-attr]
+    with pytest.raises(MitoError, match="no task to run again"):
+        sqlite_client.rerun(mito_lab.TasksQueryReq(labels=["nothing"]))
+
+
 def test_the_output_of_a_running_task_is_there_while_it_runs(sqlite_platform: Platform, sqlite_client: Client) -> None:
     """A Python task's prints reach ``logs()`` while it runs, on a worker whose environment does
     not ask for unbuffered output (as a worker started by hand has none)."""

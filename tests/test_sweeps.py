@@ -78,9 +78,16 @@ def test_a_grid_sweep_with_a_failing_run(lab: tuple[Platform, Client], tmp_path:
         with pytest.raises(MitoError, match="no sweep named 'nothing'"):
             Sweep.reopen(again, "nothing")
 
-    retried = sweep.retry_failed()
-    assert len(retried) == 1 and retried[0].wait(timeout=120).result.exit_status == 1  # type: ignore[union-attr]
-    assert len(sweep.tasks()) == 7 and sweep.results().iloc[2]["uuid"] == str(retried[0].uuid)
+    failed_uuid = results.iloc[2]["uuid"]
+    retried = sweep.retry_failed(timeout="x2", priority=3)  # the sweep's timeout is 1h
+    ended = retried[0].wait(timeout=120)  # type: ignore[union-attr]
+    assert len(retried) == 1 and ended.result.exit_status == 1 and (ended.timeout, ended.priority) == (7200, 3)
+    again = sweep.results()
+    assert len(sweep.tasks()) == 7 and again.iloc[2]["uuid"] == str(retried[0].uuid) and again.iloc[2]["replaces"] == failed_uuid
+    history = sweep.results(history=True)
+    assert len(history) == 7 and history[history["run"] == 2]["uuid"].tolist() == [failed_uuid, str(retried[0].uuid)]
+    with pytest.raises(ValueError, match="x2, x1.5"):
+        sweep.retry_failed(timeout="x-1")
     with pytest.raises(MitoError, match=f"already has a sweep named '{LONG_NAME}'"):
         Sweep.launch(client, EXPERIMENT, {"lr": [0.1]}, name=LONG_NAME)
 

@@ -64,6 +64,7 @@ from mito_lab.wire import (
     SubmitTaskReq,
     SubmitTaskResp,
     TaskExecState,
+    TaskFilter,
     TaskInfo,
     TaskLogResp,
     TaskQueryResp,
@@ -187,6 +188,43 @@ def task_request(
         priority=priority,
         task_spec=spec,
         max_attempts=max_attempts,
+    )
+
+
+RERUN_PREFIX = "mito-rerun-of:"
+"""The label a rerun carries: the uuid of the run it replaces."""
+
+
+def changed_timeout(seconds: int, change: str | timedelta | None) -> timedelta:
+    """A rerun's timeout: the old one (``None``), scaled (``"x2"``, ``"x0.5"``) or a new duration."""
+    if change is None:
+        return timedelta(seconds=seconds)
+    if isinstance(change, str) and change.strip()[:1] in ("x", "×"):
+        try:
+            factor = float(change.strip()[1:])
+        except ValueError:
+            factor = 0.0
+        if not 0 < factor < float("inf"):
+            raise ValueError(f"timeout {change!r}: a factor is written x2, x1.5, x0.5")
+        return timedelta(seconds=max(1, round(seconds * factor)))
+    return parse_duration(change)
+
+
+def rerun_request(
+    info: TaskInfo, *, timeout: str | timedelta | None = None, tags: Iterable[str] | None = None, priority: int | None = None,
+    labels: Iterable[str] = (), envs: Mapping[str, str] | None = None, max_attempts: int | None = None,
+) -> SubmitTaskReq:
+    """A new run of the task ``info`` with changed limits or placement (``None``: as it was;
+    ``envs`` are added to its own), labelled with the uuid of the run it replaces."""
+    spec = info.spec if not envs else info.spec.model_copy(update={"envs": {**info.spec.envs, **envs}})
+    return SubmitTaskReq(
+        group_name=info.group_name,
+        tags=list(info.tags if tags is None else tags),
+        labels=[*(label for label in info.labels if not label.startswith(RERUN_PREFIX)), *labels, RERUN_PREFIX + str(info.uuid)],
+        timeout=changed_timeout(info.timeout, timeout),
+        priority=info.priority if priority is None else priority,
+        task_spec=spec,
+        max_attempts=info.max_attempts if max_attempts is None else max_attempts,
     )
 
 
@@ -406,6 +444,20 @@ class AsyncClient:
         for batch in batches:  # an empty one is refused by BatchSubmitReq, as ever
             results += (await self.session.call("POST", "tasks/submit", BatchSubmitReq(tasks=batch), BatchSubmitResp)).results
         return BatchSubmitResp(results=results)
+
+    async def rerun(self, tasks: uuid_module.UUID | str | Iterable[uuid_module.UUID | str] | TaskFilter, **changes: Any) -> BatchSubmitResp:
+        """Run tasks again, as new tasks that keep the link to the run they replace (the label
+        ``mito-rerun-of:<uuid>``): the listed ones, or those a filter matches (e.g. the failed
+        ones of a label: ``TasksQueryReq(labels=[...], exit_status="!=0")``). ``changes``: those of
+        :func:`rerun_request` (``timeout="x2"``, ``tags=[...]``, ``priority``, ...)."""
+        if isinstance(tasks, TaskFilter):
+            infos = (await self.query_tasks(TasksQueryReq.model_validate(tasks.model_dump(exclude_unset=True)))).tasks
+        else:
+            listed = [tasks] if isinstance(tasks, uuid_module.UUID | str) else list(tasks)
+            infos = [(await self.get_task(task_uuid)).info for task_uuid in listed]
+        if not infos:
+            raise MitoError(404, "no task to run again")
+        return await self.submit_many([rerun_request(info, **changes) for info in infos])
 
     async def cancel_tasks(self, request: TasksCancelReq) -> TasksCancelResp:
         return await self.session.call("POST", "tasks/cancel", request, TasksCancelResp)

@@ -203,7 +203,14 @@ class Client:
     def submit_many(self, commands: Iterable[Submittable], **options: Any) -> list[TaskHandle | MitoError]:
         """Submit many tasks in one request, each what ``submit`` takes (``options`` apply to every
         command that is not a request); a handle for each accepted one, the error for the others."""
-        answer: BatchSubmitResp = self.run(self.aio.submit_many(commands, **options))
+        return self._handles(self.run(self.aio.submit_many(commands, **options)))
+
+    def rerun(self, tasks: Any, **changes: Any) -> list[TaskHandle | MitoError]:
+        """Run tasks again with changed limits or placement (see ``AsyncClient.rerun``): a
+        handle for each new run, the error for the refused ones."""
+        return self._handles(self.run(self.aio.rerun(tasks, **changes)))
+
+    def _handles(self, answer: BatchSubmitResp) -> list[TaskHandle | MitoError]:
         return [TaskHandle(self, r.Ok.uuid) if r.Ok else MitoError(400, r.Err.msg if r.Err else "refused") for r in answer.results]
 
     def task(self, task_uuid: uuid_module.UUID | str) -> TaskHandle:
