@@ -240,6 +240,11 @@ def test_reruns_change_limits_and_placement_and_keep_their_link(sqlite_platform:
     assert f"mito-rerun-of:{again.uuid}" in labels and f"mito-rerun-of:{slow.uuid}" not in labels  # type: ignore[union-attr]
     with pytest.raises(MitoError, match="no task to run again"):
         sqlite_client.rerun(mito_lab.TasksQueryReq(labels=["nothing"]))
+    # the CLI's
+    printed = sqlite_platform.mito("rerun", str(slow.uuid), "--timeout", "x3", "-t", "big").stdout
+    assert re.fullmatch(rf"Submitted task \S+ \(#\d+\) replacing {slow.uuid}\n", printed)
+    refused = sqlite_platform.mito("rerun", str(slow.uuid), "--timeout", "x0", check=False)
+    assert refused.returncode == 2 and "a factor is written x2" in refused.stderr
 
 
 def test_the_output_of_a_running_task_is_there_while_it_runs(sqlite_platform: Platform, sqlite_client: Client) -> None:

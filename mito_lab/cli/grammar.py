@@ -247,6 +247,17 @@ async def cmd_get_artifact(client: AsyncClient, args: argparse.Namespace) -> Any
     return f"Downloaded {args.content_type.value} of task {args.uuid} to {path}"
 
 
+async def cmd_rerun(client: AsyncClient, args: argparse.Namespace) -> Any:
+    changes = {name: value for name, value in (("timeout", args.timeout), ("tags", args.tags), ("priority", args.priority)) if value is not None}
+    try:
+        answer = await client.rerun(args.uuids, **changes)
+    except ValueError as exc:
+        raise GrammarError(f"rerun: {exc}") from None
+    lines = [f"Submitted task {item.Ok.uuid} (#{item.Ok.task_id}) replacing {old}" if item.Ok else f"error: {old}: {item.Err.msg if item.Err else 'refused'}"
+             for old, item in zip(args.uuids, answer.results, strict=True)]
+    return "\n".join(lines)
+
+
 async def cmd_why(client: AsyncClient, args: argparse.Namespace) -> Any:
     return await client.explain(args.uuid)
 
@@ -610,6 +621,13 @@ def build_parser(prog: str = "mito client") -> Parser:
     submit = commands.add_parser("submit", help="Submit a task", usage="submit [OPTIONS] [-- <COMMAND>...]")
     _add_submit_options(submit)
     submit.set_defaults(func=cmd_submit)
+
+    rerun = commands.add_parser("rerun", help="Run tasks again as new tasks, with a changed timeout, tags or priority")
+    rerun.add_argument("uuids", type=UUID_ARG, nargs="+", metavar="UUID")
+    rerun.add_argument("--timeout", help="a new timeout (1h, 30min) or a factor of the old one (x2)")
+    rerun.add_argument("-t", "--tags", nargs="*", action=CommaList, help="run where these tags are (default: the task's own)")
+    rerun.add_argument("-p", "--priority", type=int, help="a new priority (default: the task's own)")
+    rerun.set_defaults(func=cmd_rerun)
 
     why = commands.add_parser("why", help="Why a task waits: its place in the queue, what it waits for, which workers could run it")
     why.add_argument("uuid", type=UUID_ARG, metavar="UUID")
