@@ -243,22 +243,32 @@ def test_typos_cards_and_errors_in_a_shell(live: Platform, shell: InteractiveShe
         "(a task's result is what it leaves in $MITO_RESULT_DIR)"]
 
 
+def board_update(text: str) -> Callable[[Message], bool]:
+    """The dashboard's state or rows, as the kernel sends them to the page, mention ``text``."""
+
+    def check(message: Message) -> bool:
+        return message["msg_type"] == "comm_msg" and text in json.dumps(message["content"]["data"])
+
+    return check
+
+
 def test_the_dashboard_follows_tasks_and_workers_live(live: Platform, kernel: Kernel) -> None:
-    kernel.execute("%load_ext mito_lab\nboard = %mito dashboard\nboard")
+    shown = kernel.execute("%load_ext mito_lab\nboard = %mito dashboard\nboard")
+    view = next(m for m in shown if m["msg_type"] == "display_data")["content"]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in view and "mito dashboard" in view["text/html"]
     live.start_worker("-t", "gpu")
-    kernel.wait_for(widget_update("gpu"), "the new worker in the workers tab")
+    kernel.wait_for(board_update('"gpu"'), "the new worker in the workers tab")
 
     submitted = len(kernel.seen)
     first = live.api("POST", "/tasks", {"task_spec": {"args": ["true"]}, "labels": ["idle-kernel"]}).json["uuid"]
-    kernel.wait_for(widget_update(first[:8]), "a row for the new task", since=submitted)
-    kernel.wait_for(widget_update(">Finished</span>"), "the task's badge Finished while the kernel is idle", since=submitted)
-    kernel.wait_for(widget_update("Finished 1"), "the count of Finished tasks", since=submitted)
+    kernel.wait_for(board_update(first), "a row for the new task", since=submitted)
+    kernel.wait_for(board_update('"Finished": 1'), "the task counted Finished while the kernel is idle", since=submitted)
 
     busy = kernel.start("import time\ntime.sleep(20)")  # the kernel is busy with another cell...
     submitted = len(kernel.seen)
     second = live.api("POST", "/tasks", {"task_spec": {"args": ["sh", "-c", "echo working; sleep 1"]}}).json["uuid"]
-    kernel.wait_for(widget_update(second[:8]), "a row for the second task", since=submitted)
-    kernel.wait_for(widget_update("Finished 2"), "the second task counted Finished while another cell runs", since=submitted)
+    kernel.wait_for(board_update(second), "a row for the second task", since=submitted)
+    kernel.wait_for(board_update('"Finished": 2'), "the second task counted Finished while another cell runs", since=submitted)
     still_busy = not any(m["parent_header"].get("msg_id") == busy and m["msg_type"] == "status"
                          and m["content"]["execution_state"] == "idle" for m in kernel.seen)
     assert still_busy, "the updates must have come while the sleeping cell ran"

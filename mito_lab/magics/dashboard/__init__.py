@@ -100,8 +100,8 @@ class Dashboard(anywidget.AnyWidget):
         self._result_reader: asyncio.Future[Any] | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self._resend_table = True
-        self._workers_changed = True
-        self._log_changed = False
+        self._workers_dirty = True
+        self._log_dirty = False
         self._log_text = ""
         self._follow: asyncio.Task[None] | None = None
         self._stop_listening: Any = None
@@ -227,7 +227,7 @@ class Dashboard(anywidget.AnyWidget):
         self.known_workers = {worker.worker_id: worker for worker in workers.workers}
         for event in buffered:
             self._on_event(event)
-        self._resend_table = self._workers_changed = True
+        self._resend_table = self._workers_dirty = True
         self.live = True
         self.status = f"live · group {group} · {self.client.coordinator}"
         self._flush()
@@ -270,31 +270,38 @@ class Dashboard(anywidget.AnyWidget):
         self._track_worker_task(event)
 
     async def _read_new_tasks(self) -> None:
-        """Read the tasks first heard of, together: the newest of the group in one listing (those
-        are almost always the new ones), any other one by itself."""
+        """Read the tasks first heard of, together: the newest of the group, a page at a time
+        (those are almost always the new ones), any other one by itself."""
         while self._pending:
             await asyncio.sleep(FLUSH_SECONDS)  # a burst of submissions is read at once
             wanted, group = set(self._pending), self.group
-            table = await self.client.aio.task_columns(TasksQueryReq(group_name=group, limit=len(wanted) + READ_SLACK))
-            if group != self.group:
-                return  # the reload for the new group reads its tasks
-            for row in rows_of_columns(table, set()):
-                if row[0] not in self.store:
+            offset, page = 0, len(wanted) + READ_SLACK
+            while any(task_uuid not in self.store for task_uuid in wanted):
+                table = await self.client.aio.task_columns(TasksQueryReq(group_name=group, limit=page, offset=offset))
+                if group != self.group:
+                    return  # the reload for the new group reads its tasks
+                fresh = [row for row in rows_of_columns(table, set()) if row[0] not in self.store]
+                for row in fresh:
                     self._add_row(row)
-            oldest = self.store.oldest_id()
-            for task_uuid in wanted - set(self.store.rows):  # not among the newest: a task of long ago
-                try:
-                    answer = await self.client.aio.get_task(task_uuid)
-                except MitoError:
-                    self._ignored.add(task_uuid)  # gone, or no longer visible to us
-                    self._pending.pop(task_uuid, None)
-                    continue
-                if oldest is not None and answer.info.task_id < oldest:
-                    self._ignored.add(task_uuid)  # older than the rows: counted among those beyond them
-                    self._pending.pop(task_uuid, None)
-                elif task_uuid not in self.store:
-                    self._add_row(row_of_info(answer.info, any(a.content_type == ArtifactContentType.result for a in answer.artifacts)))
+                if not fresh or table.num_rows < page:
+                    break  # past the new tasks
+                offset += page
+            for task_uuid in [task_uuid for task_uuid in wanted if task_uuid not in self.store]:
+                await self._read_old_task(task_uuid)
             self._schedule_flush()
+
+    async def _read_old_task(self, task_uuid: str) -> None:
+        """A task not among the newest changed: shown if the rows reach back to it."""
+        try:
+            answer = await self.client.aio.get_task(task_uuid)
+        except MitoError:
+            answer = None  # gone, or no longer visible to us
+        horizon = self.store.horizon
+        if answer is None or (horizon is not None and answer.info.task_id < horizon):
+            self._ignored.add(task_uuid)  # older than the rows: counted among those beyond them
+            self._pending.pop(task_uuid, None)
+        elif task_uuid not in self.store:
+            self._add_row(row_of_info(answer.info, any(a.content_type == ArtifactContentType.result for a in answer.artifacts)))
 
     def _add_row(self, row: list[Any]) -> None:
         """A task read: its row, brought up to date by the events that came before or during the read."""
@@ -333,7 +340,7 @@ class Dashboard(anywidget.AnyWidget):
                     self.known_workers[info.worker_id] = info.model_copy(update={"assigned_task_id": None})
         else:
             return
-        self._workers_changed = True
+        self._workers_dirty = True
         self._schedule_flush()
 
     def _worker_event(self, event: dict[str, Any]) -> None:
@@ -347,7 +354,7 @@ class Dashboard(anywidget.AnyWidget):
         else:
             self._in_background(self._add_worker(worker_uuid))
             return
-        self._workers_changed = True
+        self._workers_dirty = True
         self._schedule_flush()
 
     async def _add_worker(self, worker_uuid: uuid_module.UUID) -> None:
@@ -357,7 +364,7 @@ class Dashboard(anywidget.AnyWidget):
             return  # gone again, or no longer visible to us
         if self.group in answer.groups:
             self.known_workers[worker_uuid] = answer.info
-            self._workers_changed = True
+            self._workers_dirty = True
             self._schedule_flush()
 
     # --- updating the page ----------------------------------------------------------------------
@@ -380,12 +387,12 @@ class Dashboard(anywidget.AnyWidget):
                 self.store.changes_since_snapshot = 0
                 self._resend_table = False
             self.summary = {**self.store.summary(), "rev": self.rev, "clock": round(time.time(), 3)}
-            if self._workers_changed:
+            if self._workers_dirty:
                 self.workers = self._worker_rows()
-                self._workers_changed = False
-            if self._log_changed:
+                self._workers_dirty = False
+            if self._log_dirty:
                 self.task_log = {**self.task_log, "text": self._log_text}
-                self._log_changed = False
+                self._log_dirty = False
         if changed and not resend:
             self.send({"type": "rows", "rev": self.rev, "columns": self.store.columns(changed)})
 
@@ -437,11 +444,11 @@ class Dashboard(anywidget.AnyWidget):
     async def _follow_logs(self, task_uuid: uuid_module.UUID, stream: str) -> None:
         async for piece in self.client.aio.follow_logs(task_uuid, stream):
             self._log_text = (self._log_text + piece)[-LOG_TAIL_CHARS:]
-            self._log_changed = True
+            self._log_dirty = True
             self._schedule_flush()
         if not self._log_text:
             self._log_text = await self.client.aio.output(task_uuid, stream)
-            self._log_changed = True
+            self._log_dirty = True
             self._schedule_flush()
 
     @property

@@ -15,10 +15,12 @@ const COLUMNS = [
   { key: "duration", title: "duration", width: "92px" },
   { key: "worker", title: "worker", width: "84px" },
   { key: "created", title: "created", width: "78px" },
-  { key: "actions", title: "", width: "178px" },
+  { key: "actions", title: "", width: "200px" },
 ];
 const GRID = COLUMNS.map((c) => c.width).join(" ");
 const OUTCOMES = ["done", "failed", "running", "waiting"];
+const COPY_ICON = `<svg width="11" height="11" viewBox="0 0 11 11"><rect x="3" y="0.5" width="7" height="7.5" rx="1" fill="none" stroke="currentColor"/>
+  <rect x="0.5" y="3" width="7" height="7.5" rx="1" fill="var(--md-bg)" stroke="currentColor"/></svg>`;
 
 // one store per board, shared by `initialize` and every view of the board
 const stores = new Map();
@@ -255,7 +257,7 @@ function render({ model, el }) {
     return `<div class="md-row" data-uuid="${esc(uuid)}" style="grid-template-columns:${GRID}">
       <div class="md-c">${store.get(at, "id")}</div>
       <div class="md-c md-state">${badge(at)}</div>
-      <div class="md-c"><code title="${esc(uuid)}">${esc(uuid.slice(0, 8))}</code><button class="md-copy" data-act="copy" title="copy the uuid">⧉</button></div>
+      <div class="md-c"><code title="${esc(uuid)}">${esc(uuid.slice(0, 8))}</code><button class="md-copy" data-act="copy" title="copy the uuid">${COPY_ICON}</button></div>
       <div class="md-c" title="${esc(command)}"><code>${esc(command)}</code></div>
       <div class="md-c" title="${esc(labels)}">${esc(labels)}</div>
       <div class="md-c">${durationText(duration)}</div>

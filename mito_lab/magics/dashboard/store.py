@@ -82,6 +82,8 @@ class TaskStore:
         self.rows: dict[str, Row] = {row[0]: row for row in rows}
         own = Counter(row[_AT["state"]] for row in self.rows.values())
         self.beyond = {state: max(0, number - own[state]) for state, number in (group_totals or {}).items()}
+        # where the rows begin when the group has more tasks: older ones are only counted
+        self.horizon = min((row[1] for row in self.rows.values()), default=None) if group_totals else None
         self.changed: set[str] = set()
         self.changes_since_snapshot = 0
 
@@ -125,9 +127,6 @@ class TaskStore:
                 self.rows[task_uuid][_AT["result"]] = news = True
                 self._touched(task_uuid)
         return news
-
-    def oldest_id(self) -> int | None:
-        return min((row[1] for row in self.rows.values()), default=None)
 
     # --- what the page receives ---------------------------------------------------------------
 
