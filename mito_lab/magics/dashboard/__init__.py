@@ -84,8 +84,8 @@ class Dashboard(anywidget.AnyWidget):
         super().__init__(
             group=group, groups=groups, coordinator=client.coordinator,
             board_id=uuid_module.uuid4().hex,
-            palette={"states": {state.value: color for state, color in STATE_COLORS.items()}, "failed": FAILED_COLOR,
-                     "unknown": UNKNOWN_COLOR, "progress": PROGRESS_COLORS},
+            palette={"states": {state.value: color for state, color in STATE_COLORS.items()}, "order": [state.value for state in STATE_COLORS],
+                     "failed": FAILED_COLOR, "unknown": UNKNOWN_COLOR, "progress": PROGRESS_COLORS},
             task_log={"uuid": "", "stream": "stdout", "text": ""},
         )
         self.store = TaskStore()

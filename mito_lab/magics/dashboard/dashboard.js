@@ -8,14 +8,14 @@ const OVERSCAN = 8;
 const TABS = ["tasks", "timeline", "durations", "workers"];
 const COLUMNS = [
   { key: "id", title: "#", width: "64px" },
-  { key: "state", title: "state", width: "170px" },
-  { key: "uuid", title: "uuid", width: "112px" },
+  { key: "state", title: "state", width: "150px" },
+  { key: "uuid", title: "uuid", width: "100px" },
   { key: "command", title: "command", width: "minmax(160px, 3fr)" },
   { key: "labels", title: "labels", width: "minmax(70px, 1fr)" },
-  { key: "duration", title: "duration", width: "92px" },
-  { key: "worker", title: "worker", width: "84px" },
-  { key: "created", title: "created", width: "78px" },
-  { key: "actions", title: "", width: "200px" },
+  { key: "duration", title: "duration", width: "84px" },
+  { key: "worker", title: "worker", width: "78px" },
+  { key: "created", title: "created", width: "70px" },
+  { key: "actions", title: "", width: "164px" },
 ];
 const GRID = COLUMNS.map((c) => c.width).join(" ");
 const OUTCOMES = ["done", "failed", "running", "waiting"];
@@ -295,7 +295,7 @@ function render({ model, el }) {
       `<div class="md-seg md-seg-${name}" style="width:${(100 * parts[name]) / total}%;background:${palette.progress[name]}" title="${parts[name]} ${name}"></div>`).join("");
     const ended = parts.done + parts.failed;
     $(".md-progress-text").textContent = `${ended}/${summary.total} · ` + OUTCOMES.map((name) => `${parts[name]} ${name}`).join(" · ");
-    const chips = Object.keys(palette.states).map((state) =>
+    const chips = palette.order.map((state) =>
       `<button class="md-chip${ui.filter.has(state) ? " md-on" : ""}" data-state="${state}" style="--chip:${palette.states[state]}" title="show only ${state} tasks">${state} <span class="md-count">${summary.counts[state] ?? 0}</span></button>`);
     chips.push(`<button class="md-chip${ui.filter.has("failed") ? " md-on" : ""}" data-state="failed" style="--chip:${palette.failed}" title="show only the tasks that failed">failed <span class="md-count">${parts.failed}</span></button>`);
     $(".md-counts").innerHTML = chips.join("");
@@ -332,6 +332,12 @@ function render({ model, el }) {
     const canvas = $(".md-timeline");
     const bars = currentView().filter((at) => store.get(at, "started") != null && store.get(at, "worker"));
     const workers = [...new Set(bars.map((at) => store.get(at, "worker")))].sort();
+    // a worker running several tasks at once gets a line per task it ran alongside others
+    const laneOf = new Map();
+    const firstLane = new Map();
+    let lanes = 0;
+    const byWorker = new Map(workers.map((worker) => [worker, []]));
+    for (const at of bars) byWorker.get(store.get(at, "worker")).push(at);
     const note = $(".md-timeline-note");
     const width = Math.max(320, $(".md-pane[data-pane=timeline]").clientWidth - 8);
     if (!bars.length) {
@@ -346,21 +352,39 @@ function render({ model, el }) {
       start = Math.min(start, store.get(at, "started"));
       stop = Math.max(stop, store.get(at, "ended") ?? end);
     }
-    const lane = 18, left = 76, top = 4, axis = 22;
-    const height = top + workers.length * lane + axis;
+    for (const worker of workers) {
+      const ends = [];
+      firstLane.set(worker, lanes);
+      for (const at of byWorker.get(worker).sort((a, b) => store.get(a, "started") - store.get(b, "started"))) {
+        let line = ends.findIndex((busyUntil) => busyUntil <= store.get(at, "started"));
+        if (line < 0) line = ends.push(0) - 1;
+        ends[line] = store.get(at, "ended") ?? end;
+        laneOf.set(at, lanes + line);
+      }
+      lanes += Math.max(1, ends.length);
+    }
+    const lane = lanes > 24 ? 8 : 14, left = 76, top = 4, axis = 22;
+    const height = top + lanes * lane + axis;
     const context = canvasFor(canvas, width, height);
     const span = Math.max(stop - start, 0.001);
     const x = (moment) => left + ((moment - start) / span) * (width - left - 8);
-    const laneOf = new Map(workers.map((worker, index) => [worker, index]));
     context.fillStyle = "#607d8b";
-    workers.forEach((worker, index) => context.fillText(worker.slice(0, 8), 2, top + index * lane + 12));
+    context.strokeStyle = "#cfd8dc";
+    for (const worker of workers) {
+      const y = top + firstLane.get(worker) * lane;
+      context.fillText(worker.slice(0, 8), 2, y + 10);
+      context.beginPath();
+      context.moveTo(0, y);
+      context.lineTo(width, y);
+      context.stroke();
+    }
     for (const at of bars) {
       const state = store.get(at, "state");
       const kind = outcome(state, store.get(at, "exit"));
       context.fillStyle = kind === "failed" ? (state === "Cancelled" ? palette.states.Cancelled : palette.failed) : palette.progress[kind];
       const from = x(store.get(at, "started"));
       const to = x(store.get(at, "ended") ?? end);
-      context.fillRect(from, top + laneOf.get(store.get(at, "worker")) * lane + 2, Math.max(1, to - from), lane - 5);
+      context.fillRect(from, top + laneOf.get(at) * lane + 1, Math.max(1, to - from - 0.5), lane - 2);
     }
     const step = niceStep(span, 8);
     context.fillStyle = "#607d8b";
@@ -384,7 +408,7 @@ function render({ model, el }) {
     const box = canvas.getBoundingClientRect();
     const px = event.clientX - box.left, py = event.clientY - box.top;
     const hit = shape.bars.find((at) => {
-      const index = shape.laneOf.get(store.get(at, "worker"));
+      const index = shape.laneOf.get(at);
       const from = shape.x(store.get(at, "started")), to = shape.x(store.get(at, "ended") ?? shape.end);
       return py >= shape.top + index * shape.lane && py < shape.top + (index + 1) * shape.lane && px >= from - 1 && px <= Math.max(to, from + 1) + 1;
     });
@@ -462,24 +486,43 @@ function render({ model, el }) {
     start = Math.max(start, end - 3600);
     const buckets = 60;
     const width = Math.max((end - start) / buckets, 1e-3);
-    const busy = new Map(workers.map((worker) => [worker.id, new Float64Array(buckets)]));
+    // busy: some task running, however many at once (the union of the worker's task intervals)
+    const intervals = new Map(workers.map((worker) => [worker.id, []]));
     for (let at = 0; at < store.size; at++) {
-      const series = busy.get(store.get(at, "worker"));
+      const own = intervals.get(store.get(at, "worker"));
       const started = store.get(at, "started");
-      if (!series || started == null) continue;
-      const from = Math.max(started, start), to = Math.min(store.get(at, "ended") ?? end, end);
-      for (let b = Math.max(0, Math.floor((from - start) / width)); b < buckets && start + b * width < to; b++) {
-        const overlap = Math.min(to, start + (b + 1) * width) - Math.max(from, start + b * width);
-        if (overlap > 0) series[b] += overlap / width;
+      if (own && started != null) own.push([Math.max(started, start), Math.min(store.get(at, "ended") ?? end, end)]);
+    }
+    const busy = new Map();
+    for (const [worker, own] of intervals) {
+      const series = new Float64Array(buckets);
+      own.sort((a, b) => a[0] - b[0]);
+      let from = null, to = null;
+      const add = () => {
+        for (let b = Math.max(0, Math.floor((from - start) / width)); b < buckets && start + b * width < to; b++) {
+          const overlap = Math.min(to, start + (b + 1) * width) - Math.max(from, start + b * width);
+          if (overlap > 0) series[b] += overlap / width;
+        }
+      };
+      for (const [a, b] of own) {
+        if (b <= a) continue;
+        if (to !== null && a <= to) to = Math.max(to, b);
+        else {
+          if (to !== null) add();
+          from = a;
+          to = b;
+        }
       }
+      if (to !== null) add();
+      busy.set(worker, series);
     }
     return { busy, buckets, start, end };
   }
 
   function spark(series) {
     const bars = [...series].map((value, index) =>
-      `<rect x="${index * 2}" y="${16 - Math.min(1, value) * 16}" width="2" height="${Math.min(1, value) * 16}"></rect>`).join("");
-    return `<svg class="md-spark" width="${series.length * 2}" height="16" viewBox="0 0 ${series.length * 2} 16">${bars}</svg>`;
+      `<rect x="${index * 1.5}" y="${16 - Math.min(1, value) * 16}" width="1.5" height="${Math.min(1, value) * 16}"></rect>`).join("");
+    return `<svg class="md-spark" width="${series.length * 1.5}" height="16" viewBox="0 0 ${series.length * 1.5} 16">${bars}</svg>`;
   }
 
   function renderWorkers() {
@@ -523,7 +566,8 @@ function render({ model, el }) {
         <td class="md-age">${durationText(Math.max(0, now() - worker.heartbeat)).replace(/\.\d s$/, " s")} ago</td>
         <td class="md-current-cell">${current}</td><td>${spark(series)} ${Math.round(fraction * 100)}%</td></tr>`;
     }).join("");
-    box.innerHTML = `<table class="md-worker-table"><tr><th>worker</th><th>state</th><th>tags</th><th>labels</th><th>heartbeat</th>
+    box.innerHTML = `<table class="md-worker-table"><colgroup><col style="width:9%"><col style="width:8%"><col style="width:11%">
+      <col style="width:11%"><col style="width:9%"><col style="width:30%"><col style="width:22%"></colgroup><tr><th>worker</th><th>state</th><th>tags</th><th>labels</th><th>heartbeat</th>
       <th>current task</th><th>busy (${durationText(end - start).replace(/\.\d s$/, " s")})</th></tr>${rows}</table>`;
   }
 
