@@ -7,20 +7,14 @@ repository (CI keeps that folder; it is ignored by git)."""
 from __future__ import annotations
 
 import re
-import secrets
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import nbformat
 import pytest
 
-from conftest import Platform, free_port, login_env, require_service, start_platform, stop_process
-from mito_lab.testing import spawn
+from conftest import Platform, login_env, require_service, start_platform
+from mito_lab.testing import CHROMIUM, jupyterlab, launch_chromium, run_notebook_in_page
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts" / "dashboard"
 TASKS = 2000
 CELLS = ["%load_ext mito_lab\n%mito connect", "board = %mito dashboard\nboard"]
@@ -32,42 +26,14 @@ def lab(tmp_path: Path) -> Iterator[tuple[Platform, str]]:
     if not CHROMIUM.exists():
         require_service("Debian's Chromium is not installed (apt-get install chromium)")
     platform: Platform = start_platform(tmp_path / "platform")
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in CELLS],
-                                        metadata={"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}})
-    nbformat.write(notebook, folder / "board.ipynb")
-    port, token = free_port(), secrets.token_hex(16)
     env = platform.env(**login_env(platform), JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter"))
-    lab = spawn([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-                 f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--ServerApp.open_browser=False", "--allow-root"],
-                tmp_path / "jupyterlab.log", env, cwd=folder)
     try:
-        for _ in range(2):
-            platform.start_worker("--slots", "3")
-        yield platform, f"http://127.0.0.1:{port}/lab/tree/board.ipynb?token={token}"
+        with jupyterlab(tmp_path / "notebooks", CELLS, env, tmp_path / "jupyterlab.log") as url:
+            for _ in range(2):
+                platform.start_worker("--slots", "3")
+            yield platform, url
     finally:
-        stop_process(lab)
         platform.stop()
-
-
-def open_notebook(page: Any, url: str) -> None:
-    from playwright.sync_api import expect
-
-    deadline = time.monotonic() + 60
-    while True:  # JupyterLab takes a moment to listen
-        try:
-            page.goto(url, timeout=10_000)
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    expect(page.locator(".jp-Notebook")).to_be_visible(timeout=60_000)
-    # the kernel has started and is idle (the status bar says so once it really is)
-    expect(page.locator("#jp-main-statusbar").get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=120_000)
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_text("Run All Cells", exact=True).click()
 
 
 @pytest.mark.timeout(300)
@@ -77,10 +43,10 @@ def test_the_dashboard_shows_two_thousand_tasks_in_chromium(lab: tuple[Platform,
     platform, url = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         try:
-            open_notebook(page, url)
+            run_notebook_in_page(page, url)
             board = page.locator(".mito-dash").first
             expect(board.locator(".md-live")).to_have_text("● live", timeout=90_000)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anywidget
+import orjson
 import traitlets as t
 
 from mito_lab.client.http import MitoError
@@ -72,7 +73,9 @@ class Dashboard(anywidget.AnyWidget):
     palette = t.Dict().tag(sync=True)
     summary = t.Dict().tag(sync=True)  # counts, progress, total, shown, rev, clock
     workers = t.List().tag(sync=True)
-    table = t.Dict().tag(sync=True)  # {"rev": n, "columns": {...}}: every row, resent now and then
+    # every row, resent now and then: {"rev": n, "columns": {...}} as JSON bytes (one binary frame,
+    # which the widget machinery passes through without walking every value)
+    table = t.Bytes(b"").tag(sync=True)
     task_log = t.Dict().tag(sync=True)  # the followed task: uuid, stream, text (its tail)
 
     def __init__(self, client: "Client", group: str | None = None) -> None:
@@ -383,7 +386,7 @@ class Dashboard(anywidget.AnyWidget):
         resend = self._resend_table or self.store.changes_since_snapshot >= max(SNAPSHOT_MIN_CHANGES, len(self.store.rows) // 2)
         with self.hold_sync():
             if resend:
-                self.table = {"rev": self.rev, "columns": self.store.columns()}
+                self.table = orjson.dumps({"rev": self.rev, "columns": self.store.columns()})
                 self.store.changes_since_snapshot = 0
                 self._resend_table = False
             self.summary = {**self.store.summary(), "rev": self.rev, "clock": round(time.time(), 3)}

@@ -22,6 +22,13 @@ const OUTCOMES = ["done", "failed", "running", "waiting"];
 const COPY_ICON = `<svg width="11" height="11" viewBox="0 0 11 11"><rect x="3" y="0.5" width="7" height="7.5" rx="1" fill="none" stroke="currentColor"/>
   <rect x="0.5" y="3" width="7" height="7.5" rx="1" fill="var(--md-bg)" stroke="currentColor"/></svg>`;
 
+// the `table` state: JSON in a binary frame (a DataView, or an ArrayBuffer)
+function decodeTable(value) {
+  if (!value || !value.byteLength) return null;
+  const bytes = value instanceof ArrayBuffer ? new Uint8Array(value) : new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+  return JSON.parse(new TextDecoder().decode(bytes));
+}
+
 // one store per board, shared by `initialize` and every view of the board
 const stores = new Map();
 
@@ -35,8 +42,9 @@ class Store {
     this.listeners = new Set();
   }
 
-  load(table) {
-    if (!table || !table.columns || table.rev < this.rev) return;
+  load(value) {
+    const table = decodeTable(value);
+    if (!table || table.rev < this.rev) return;
     this.cols = {};
     for (const key in table.columns) this.cols[key] = table.columns[key].slice();
     this.size = (this.cols.uuid || []).length;
@@ -223,9 +231,10 @@ function render({ model, el }) {
     const needle = ui.search.trim().toLowerCase();
     const view = [];
     for (let at = 0; at < store.size; at++) if (matches(at, needle)) view.push(at);
-    const values = new Map(view.map((at) => [at, sortValue(at, ui.sortKey)]));
+    const values = new Array(store.size);
+    for (const at of view) values[at] = sortValue(at, ui.sortKey);
     view.sort((a, b) => {
-      const x = values.get(a), y = values.get(b);
+      const x = values[a], y = values[b];
       if (x == null || y == null) return x == null ? (y == null ? 0 : 1) : -1; // empty last
       return (x < y ? -1 : x > y ? 1 : 0) * ui.sortDir;
     });

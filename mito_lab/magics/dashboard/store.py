@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 import shlex
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -74,14 +74,16 @@ def rows_of_columns(table: pa.Table, with_result: set[str]) -> Iterator[Row]:
 
 
 class TaskStore:
-    """The rows of one group, newest ``capacity`` tasks at most, and which changed since the page
-    last heard of them. ``beyond`` counts, per state, the group's tasks older than the rows."""
+    """The rows of one group, and which changed since the page last heard of them. The counts per
+    state and per outcome are kept as rows change (a summary costs nothing however many rows);
+    ``beyond`` counts, per state, the group's tasks older than the rows."""
 
     def __init__(self, rows: Iterable[Row] = (), group_totals: dict[str, int] | None = None) -> None:
         """``group_totals``: the group's tasks per state, when it has more than the rows."""
         self.rows: dict[str, Row] = {row[0]: row for row in rows}
-        own = Counter(row[_AT["state"]] for row in self.rows.values())
-        self.beyond = {state: max(0, number - own[state]) for state, number in (group_totals or {}).items()}
+        self.counts: Counter[str] = Counter(row[_AT["state"]] for row in self.rows.values())
+        self.outcomes: Counter[str] = Counter(outcome(row[_AT["state"]], row[_AT["exit"]]) for row in self.rows.values())
+        self.beyond = {state: max(0, number - self.counts[state]) for state, number in (group_totals or {}).items()}
         # where the rows begin when the group has more tasks: older ones are only counted
         self.horizon = min((row[1] for row in self.rows.values()), default=None) if group_totals else None
         self.changed: set[str] = set()
@@ -94,8 +96,16 @@ class TaskStore:
         return self.rows[task_uuid][_AT[column]]
 
     def put(self, row: Row) -> None:
+        known = self.rows.get(row[0])
+        if known is not None:
+            self._count(known, -1)
         self.rows[row[0]] = row
+        self._count(row, 1)
         self._touched(row[0])
+
+    def _count(self, row: Row, sign: int) -> None:
+        self.counts[row[_AT["state"]]] += sign
+        self.outcomes[outcome(row[_AT["state"]], row[_AT["exit"]])] += sign
 
     def _touched(self, task_uuid: str) -> None:
         self.changed.add(task_uuid)
@@ -107,6 +117,7 @@ class TaskStore:
         row = self.rows.get(event["uuid"])
         if row is None:
             return False
+        self._count(row, -1)
         row[_AT["state"]] = event["state"]
         row[_AT["exec"]] = event.get("exec_state")
         if event.get("archived") and event.get("exit_status") is not None:
@@ -116,6 +127,7 @@ class TaskStore:
         if event.get("worker"):
             row[_AT["worker"]] = event["worker"]
         row[_AT["cancellable"]] = not event.get("archived") and event["state"] in ACTIVE and not event.get("cancel_requested")
+        self._count(row, 1)
         self._touched(event["uuid"])
         return True
 
@@ -130,10 +142,10 @@ class TaskStore:
 
     # --- what the page receives ---------------------------------------------------------------
 
-    def columns(self, task_uuids: Iterable[str] | None = None) -> dict[str, list[Any]]:
+    def columns(self, task_uuids: Iterable[str] | None = None) -> dict[str, Sequence[Any]]:
         """Rows as one array per column (all rows, or those listed)."""
         rows = list(self.rows.values()) if task_uuids is None else [self.rows[u] for u in task_uuids if u in self.rows]
-        return {name: [row[index] for row in rows] for index, name in enumerate(COLUMNS)}
+        return dict(zip(COLUMNS, zip(*rows))) if rows else dict.fromkeys(COLUMNS, ())
 
     def take_changes(self) -> list[str]:
         changed, self.changed = sorted(self.changed), set()
@@ -141,16 +153,11 @@ class TaskStore:
 
     def summary(self) -> dict[str, Any]:
         """Counts per state and the progress bar's parts, of the whole group."""
-        counts = dict.fromkeys(STATES, 0)
-        progress = dict.fromkeys(("done", "failed", "running", "waiting"), 0)
+        counts = {**dict.fromkeys(STATES, 0), **{state: n for state, n in self.counts.items() if n}}
+        progress = {name: self.outcomes[name] for name in ("done", "failed", "running", "waiting")}
         for state, number in self.beyond.items():
             counts[state] = counts.get(state, 0) + number
-        state_at, exit_at = _AT["state"], _AT["exit"]
-        for row in self.rows.values():
-            counts[row[state_at]] = counts.get(row[state_at], 0) + 1
-            progress[outcome(row[state_at], row[exit_at])] += 1
-        # tasks beyond the rows have no known exit status: the ended ones count as done
-        for state, number in self.beyond.items():
+            # tasks beyond the rows have no known exit status: the ended ones count as done
             progress[outcome(state, None)] += number
         return {"counts": counts, "progress": progress, "total": sum(counts.values()), "shown": len(self.rows)}
 
