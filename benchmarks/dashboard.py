@@ -207,17 +207,22 @@ def run(tasks: int, workers: int, slots: int, dashboard: bool) -> dict[str, Any]
                 watch = KernelWatch(max(runtime.glob("kernel-*.json"), key=lambda path: path.stat().st_mtime))
                 memory = {"uss": 0, "heap": 0.0}
 
+                def metrics() -> dict[str, float]:
+                    return {item["name"]: item["value"] for item in devtools.send("Performance.getMetrics")["metrics"]}
+
                 def sample() -> None:
                     memory["uss"] = max(memory["uss"], renderer_bytes())
-                    metrics = {item["name"]: item["value"] for item in devtools.send("Performance.getMetrics")["metrics"]}
-                    memory["heap"] = max(memory["heap"], metrics.get("JSHeapUsedSize", 0))
+                    memory["heap"] = max(memory["heap"], metrics().get("JSHeapUsedSize", 0))
 
                 began = time.time()
                 ticks = iter(range(sys.maxsize))
                 pids = (platform.process.pid, [worker.pid for worker in running])
-                cpu_before = cpu_seconds_by_part(*pids)
+                cpu_before, page_before = cpu_seconds_by_part(*pids), metrics()
                 seconds, ended = run_workload(client, tasks, lambda: next(ticks) % 10 or sample())
                 cpu = {part: round(used - cpu_before[part], 2) for part, used in cpu_seconds_by_part(*pids).items()}
+                # where the page's main thread spent its time (Chromium's own accounting, seconds)
+                page_work = {name: round(value - page_before[name], 2) for name, value in metrics().items()
+                             if name in ("TaskDuration", "ScriptDuration", "LayoutDuration", "RecalcStyleDuration")}
                 lag: dict[str, float | None] = {}
                 if dashboard:
                     page.wait_for_function("() => window.mitoFinalAt", timeout=60_000, polling=50)
@@ -237,6 +242,7 @@ def run(tasks: int, workers: int, slots: int, dashboard: bool) -> dict[str, Any]
                               "rate_warning": "rate exceeded" in lab_log.read_text(errors="replace")},
                     "final_counts_lag_s": lag,
                     "cpu_seconds": cpu,
+                    "page_seconds": page_work,
                     "page_mb": {"renderer_private_peak": round(memory["uss"] / MB, 1), "js_heap_peak": round(memory["heap"] / MB, 1)},
                 }
         finally:

@@ -50,7 +50,8 @@ def test_the_dashboard_shows_two_thousand_tasks_in_chromium(lab: tuple[Platform,
             board = page.locator(".mito-dash").first
             expect(board.locator(".md-live")).to_have_text("● live", timeout=90_000)
 
-            batch = [{"task_spec": {"args": ["true"]}, "labels": ["browser", f"n{index}"]} for index in range(TASKS)]
+            talker = platform.api("POST", "/tasks", {"task_spec": {"args": ["seq", "1", "400"]}, "labels": ["talker"]}).json["uuid"]
+            batch = [{"task_spec": {"args": ["true"]}, "labels": ["browser", f"n{index}"]} for index in range(TASKS - 1)]
             answer = platform.api("POST", "/tasks/submit", {"tasks": batch})
             assert answer.status == 200, answer.body
             last = answer.json["results"][-1]["Ok"]["uuid"]
@@ -72,7 +73,19 @@ def test_the_dashboard_shows_two_thousand_tasks_in_chromium(lab: tuple[Platform,
             expect(board.locator(".md-shown")).to_have_text(f"1 of {TASKS} tasks shown")
             assert row.locator('button[data-act="cancel"]').is_disabled()  # an ended task cannot be cancelled...
             assert row.locator('button[data-act="result"]').is_disabled()  # ...and `true` left no result
+            row.locator('button[data-act="copy"]').click()
+            expect(board.locator(".md-status")).to_contain_text(last)
+
+            board.locator(".md-search").fill("talker")  # its output, in the log view, scrolled to the newest line
+            board.locator(f'.md-row[data-uuid="{talker}"] button[data-act="logs"]').click()
+            log = board.locator(".md-log-text")
+            expect(log).to_contain_text("\n400")
+            assert log.evaluate("view => view.scrollHeight - view.scrollTop - view.clientHeight") <= 2
+            page.screenshot(path=str(ARTIFACTS / "logs.png"))
+
             board.locator(".md-search").fill("")
+            board.locator('.md-h[data-key="id"]').click()  # sorted by number, oldest first
+            expect(board.locator(".md-row").first.locator(".md-c").first).to_have_text("1")
 
             for tab, expected in (("timeline", re.compile(rf"^{TASKS} tasks on 2 workers")), ("durations", re.compile(rf"^run time of {TASKS} tasks")),
                                   ("workers", re.compile("busy fraction"))):

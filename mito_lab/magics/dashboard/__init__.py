@@ -332,19 +332,22 @@ class Dashboard(anywidget.AnyWidget):
 
     def _track_worker_task(self, event: dict[str, Any]) -> None:
         """Keep the workers' current task right without asking: taken when Running, freed when archived."""
-        worker = event.get("worker")
-        task_uuid = uuid_module.UUID(event["uuid"])
-        if worker and event.get("state") == TaskState.Running.value and uuid_module.UUID(worker) in self.known_workers:
-            info = self.known_workers[uuid_module.UUID(worker)]
-            self.known_workers[info.worker_id] = info.model_copy(update={"assigned_task_id": task_uuid})
-        elif event.get("archived"):
-            for info in self.known_workers.values():
-                if info.assigned_task_id == task_uuid:
-                    self.known_workers[info.worker_id] = info.model_copy(update={"assigned_task_id": None})
+        if event.get("archived"):
+            task_uuid = uuid_module.UUID(event["uuid"])
+            holders = [info for info in self.known_workers.values() if info.assigned_task_id == task_uuid]
+            for info in holders:
+                self.known_workers[info.worker_id] = info.model_copy(update={"assigned_task_id": None})
+        elif event.get("state") == TaskState.Running.value and event.get("worker"):
+            worker = self.known_workers.get(uuid_module.UUID(event["worker"]))
+            task_uuid = uuid_module.UUID(event["uuid"])
+            holders = [worker] if worker is not None and worker.assigned_task_id != task_uuid else []
+            for info in holders:
+                self.known_workers[info.worker_id] = info.model_copy(update={"assigned_task_id": task_uuid})
         else:
             return
-        self._workers_dirty = True
-        self._schedule_flush()
+        if holders:
+            self._workers_dirty = True
+            self._schedule_flush()
 
     def _worker_event(self, event: dict[str, Any]) -> None:
         worker_uuid = uuid_module.UUID(event["worker_id"])

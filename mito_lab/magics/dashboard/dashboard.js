@@ -4,6 +4,7 @@
 // changed in between (`rows` messages); actions go back to it as messages.
 
 const ROW_HEIGHT = 26;
+const RENDER_MS = 500; // the page redraws for new data at most twice a second
 const OVERSCAN = 8;
 const TABS = ["tasks", "timeline", "durations", "workers"];
 const COLUMNS = [
@@ -14,7 +15,7 @@ const COLUMNS = [
   { key: "labels", title: "labels", width: "minmax(70px, 1fr)" },
   { key: "duration", title: "duration", width: "84px" },
   { key: "worker", title: "worker", width: "78px" },
-  { key: "created", title: "created", width: "70px" },
+  { key: "created", title: "created", width: "76px" },
   { key: "actions", title: "", width: "164px" },
 ];
 const GRID = COLUMNS.map((c) => c.width).join(" ");
@@ -107,11 +108,17 @@ function durationText(seconds) {
   return `${Math.floor(seconds / 3600)} h ${Math.floor((seconds % 3600) / 60)} min`;
 }
 
+const pad = (number) => String(number).padStart(2, "0");
+
+// by hand: toLocaleTimeString costs a hundred times more, and every row in view shows one
 function clockText(epoch) {
   if (epoch == null) return "";
   const moment = new Date(epoch * 1000);
-  const today = new Date().toDateString() === moment.toDateString();
-  return today ? moment.toLocaleTimeString([], { hour12: false }) : moment.toLocaleDateString();
+  const today = new Date();
+  if (moment.getDate() === today.getDate() && moment.getMonth() === today.getMonth() && moment.getFullYear() === today.getFullYear()) {
+    return `${pad(moment.getHours())}:${pad(moment.getMinutes())}:${pad(moment.getSeconds())}`;
+  }
+  return `${moment.getFullYear()}-${pad(moment.getMonth() + 1)}-${pad(moment.getDate())}`;
 }
 
 function outcome(state, exit) {
@@ -195,6 +202,12 @@ function render({ model, el }) {
       <canvas class="md-utilisation"></canvas><div class="md-workers"></div></div>
     <div class="md-status"></div>`;
   const $ = (selector) => el.querySelector(selector);
+  const written = new Map(); // what each part was last given: an update that changes nothing touches no DOM
+  const write = (selector, html) => {
+    if (written.get(selector) === html) return;
+    written.set(selector, html);
+    $(selector).innerHTML = html;
+  };
   const scroll = $(".md-scroll");
   const rowsBox = $(".md-rows");
   const logText = $(".md-log-text");
@@ -278,14 +291,15 @@ function render({ model, el }) {
 
   function renderTable() {
     const view = currentView();
-    $(".md-spacer").style.height = `${view.length * ROW_HEIGHT}px`;
     const first = Math.max(0, Math.floor(scroll.scrollTop / ROW_HEIGHT) - OVERSCAN);
     const last = Math.min(view.length, Math.ceil((scroll.scrollTop + scroll.clientHeight) / ROW_HEIGHT) + OVERSCAN);
-    rowsBox.style.transform = `translateY(${first * ROW_HEIGHT}px)`;
+    const height = `${view.length * ROW_HEIGHT}px`, shift = `translateY(${first * ROW_HEIGHT}px)`;
+    if ($(".md-spacer").style.height !== height) $(".md-spacer").style.height = height;
+    if (rowsBox.style.transform !== shift) rowsBox.style.transform = shift;
     let html = "";
     for (let i = first; i < last; i++) html += rowHtml(view[i]);
-    rowsBox.innerHTML = html;
-    $(".md-shown").textContent = view.length === store.size ? `${store.size} tasks` : `${view.length} of ${store.size} tasks shown`;
+    write(".md-rows", html);
+    write(".md-shown", view.length === store.size ? `${store.size} tasks` : `${view.length} of ${store.size} tasks shown`);
     for (const header of el.querySelectorAll(".md-sortable")) {
       header.classList.toggle("md-sorted", header.dataset.key === ui.sortKey);
       header.dataset.dir = ui.sortDir > 0 ? "▲" : "▼";
@@ -300,14 +314,14 @@ function render({ model, el }) {
     ui.offset = Date.now() / 1000 - summary.clock;
     const total = Math.max(1, summary.total);
     const parts = summary.progress;
-    $(".md-bar").innerHTML = OUTCOMES.filter((name) => parts[name]).map((name) =>
-      `<div class="md-seg md-seg-${name}" style="width:${(100 * parts[name]) / total}%;background:${palette.progress[name]}" title="${parts[name]} ${name}"></div>`).join("");
+    write(".md-bar", OUTCOMES.filter((name) => parts[name]).map((name) =>
+      `<div class="md-seg md-seg-${name}" style="width:${(100 * parts[name]) / total}%;background:${palette.progress[name]}" title="${parts[name]} ${name}"></div>`).join(""));
     const ended = parts.done + parts.failed;
-    $(".md-progress-text").textContent = `${ended}/${summary.total} · ` + OUTCOMES.map((name) => `${parts[name]} ${name}`).join(" · ");
+    write(".md-progress-text", esc(`${ended}/${summary.total} · ` + OUTCOMES.map((name) => `${parts[name]} ${name}`).join(" · ")));
     const chips = palette.order.map((state) =>
       `<button class="md-chip${ui.filter.has(state) ? " md-on" : ""}" data-state="${state}" style="--chip:${palette.states[state]}" title="show only ${state} tasks">${state} <span class="md-count">${summary.counts[state] ?? 0}</span></button>`);
     chips.push(`<button class="md-chip${ui.filter.has("failed") ? " md-on" : ""}" data-state="failed" style="--chip:${palette.failed}" title="show only the tasks that failed">failed <span class="md-count">${parts.failed}</span></button>`);
-    $(".md-counts").innerHTML = chips.join("");
+    write(".md-counts", chips.join(""));
   }
 
   function renderHead() {
@@ -592,12 +606,26 @@ function render({ model, el }) {
     else renderWorkers();
   }
 
-  let frame = 0;
+  // what the user does is drawn at the next frame; what the data does at most every RENDER_MS
+  let frame = 0, timer = 0, drawn = 0;
+  const draw = () => {
+    frame = 0;
+    drawn = performance.now();
+    if (ui.summaryChanged) renderSummary();
+    ui.summaryChanged = false;
+    renderTab();
+  };
   const schedule = () => {
-    if (!frame) frame = requestAnimationFrame(() => {
-      frame = 0;
-      renderTab();
-    });
+    if (!frame) frame = requestAnimationFrame(draw);
+  };
+  const scheduleData = () => {
+    if (frame || timer) return;
+    const wait = RENDER_MS - (performance.now() - drawn);
+    if (wait <= 0) schedule();
+    else timer = setTimeout(() => {
+      timer = 0;
+      schedule();
+    }, wait);
   };
 
   el.addEventListener("click", (event) => {
@@ -645,17 +673,17 @@ function render({ model, el }) {
   $(".md-timeline").addEventListener("mousemove", timelineTip);
 
   const onSummary = () => {
-    renderSummary();
-    schedule();
+    ui.summaryChanged = true;
+    scheduleData();
   };
   const onHead = () => renderHead();
   model.on("change:summary", onSummary);
-  model.on("change:workers", schedule);
+  model.on("change:workers", scheduleData);
   model.on("change:tab", schedule);
   model.on("change:task_log", renderLog);
   for (const name of ["group", "groups", "coordinator", "live", "status"]) model.on(`change:${name}`, onHead);
-  store.listeners.add(schedule);
-  const ticker = setInterval(schedule, 1000); // run times and heartbeat ages grow
+  store.listeners.add(scheduleData);
+  const ticker = setInterval(scheduleData, 1000); // run times and heartbeat ages grow
 
   renderHead();
   renderSummary();
@@ -664,9 +692,10 @@ function render({ model, el }) {
   return () => {
     clearInterval(ticker);
     if (frame) cancelAnimationFrame(frame);
-    store.listeners.delete(schedule);
+    clearTimeout(timer);
+    store.listeners.delete(scheduleData);
     model.off("change:summary", onSummary);
-    model.off("change:workers", schedule);
+    model.off("change:workers", scheduleData);
     model.off("change:tab", schedule);
     model.off("change:task_log", renderLog);
     for (const name of ["group", "groups", "coordinator", "live", "status"]) model.off(`change:${name}`, onHead);

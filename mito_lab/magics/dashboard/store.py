@@ -98,14 +98,14 @@ class TaskStore:
     def put(self, row: Row) -> None:
         known = self.rows.get(row[0])
         if known is not None:
-            self._count(known, -1)
+            self._count((known[_AT["state"]], known[_AT["exit"]]), -1)
         self.rows[row[0]] = row
-        self._count(row, 1)
+        self._count((row[_AT["state"]], row[_AT["exit"]]), 1)
         self._touched(row[0])
 
-    def _count(self, row: Row, sign: int) -> None:
-        self.counts[row[_AT["state"]]] += sign
-        self.outcomes[outcome(row[_AT["state"]], row[_AT["exit"]])] += sign
+    def _count(self, state_and_exit: tuple[str, int | None], sign: int) -> None:
+        self.counts[state_and_exit[0]] += sign
+        self.outcomes[outcome(*state_and_exit)] += sign
 
     def _touched(self, task_uuid: str) -> None:
         self.changed.add(task_uuid)
@@ -117,7 +117,7 @@ class TaskStore:
         row = self.rows.get(event["uuid"])
         if row is None:
             return False
-        self._count(row, -1)
+        counted = row[_AT["state"]], row[_AT["exit"]]
         row[_AT["state"]] = event["state"]
         row[_AT["exec"]] = event.get("exec_state")
         if event.get("archived") and event.get("exit_status") is not None:
@@ -127,7 +127,9 @@ class TaskStore:
         if event.get("worker"):
             row[_AT["worker"]] = event["worker"]
         row[_AT["cancellable"]] = not event.get("archived") and event["state"] in ACTIVE and not event.get("cancel_requested")
-        self._count(row, 1)
+        if (row[_AT["state"]], row[_AT["exit"]]) != counted:  # most events change only the fine state
+            self._count(counted, -1)
+            self._count((row[_AT["state"]], row[_AT["exit"]]), 1)
         self._touched(event["uuid"])
         return True
 
