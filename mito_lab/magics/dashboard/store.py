@@ -1,14 +1,14 @@
 """What the dashboard knows of a group's tasks, kept as compact rows for the page.
 
 One row per task, its values in ``COLUMNS`` order; the page receives them column-oriented (one
-JSON array per column), whole in a snapshot or as the rows changed since the last update. The
+JSON array per column), all of them now and then, or the rows changed since the last update. The
 counts are always of the whole group, whatever the page filters."""
 
 from __future__ import annotations
 
 import heapq
-from collections import Counter
 import shlex
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
