@@ -263,6 +263,8 @@ def test_the_dashboard_follows_tasks_and_workers_live(live: Platform, kernel: Ke
     first = live.api("POST", "/tasks", {"task_spec": {"args": ["true"]}, "labels": ["idle-kernel"]}).json["uuid"]
     kernel.wait_for(board_update(first), "a row for the new task", since=submitted)
     kernel.wait_for(board_update('"Finished": 1'), "the task counted Finished while the kernel is idle", since=submitted)
+    kernel.wait_for(lambda m: m["msg_type"] == "update_display_data" and "Finished 1" in m["content"]["data"]["text/html"],
+                    "the display's snapshot brought up to date once the task ended", since=submitted)
 
     busy = kernel.start("import time\ntime.sleep(20)")  # the kernel is busy with another cell...
     submitted = len(kernel.seen)

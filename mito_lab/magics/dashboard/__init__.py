@@ -53,6 +53,7 @@ RESULTS_PER_REQUEST = 1000
 SNAPSHOT_MIN_CHANGES = 2000  # the whole table is resent after this many row changes, or half the rows
 LOG_TAIL_CHARS = 50_000
 NEWEST_IN_SNAPSHOT = 15
+QUIET_SECONDS = 5.0  # once tasks stop changing for this long, the display's snapshot is brought up to date
 
 
 class Dashboard(anywidget.AnyWidget):
@@ -102,6 +103,7 @@ class Dashboard(anywidget.AnyWidget):
         self._reader: asyncio.Future[Any] | None = None
         self._result_reader: asyncio.Future[Any] | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._quiet_handle: asyncio.TimerHandle | None = None
         self._resend_table = True
         self._workers_dirty = True
         self._log_dirty = False
@@ -189,7 +191,7 @@ class Dashboard(anywidget.AnyWidget):
     def _stop(self) -> None:
         if self._stop_listening is not None:
             self._stop_listening()
-        for handle in (self._follow, self._flush_handle, self._reader, self._result_reader):
+        for handle in (self._follow, self._flush_handle, self._quiet_handle, self._reader, self._result_reader):
             if handle is not None:
                 handle.cancel()
         self.live = False
@@ -401,6 +403,19 @@ class Dashboard(anywidget.AnyWidget):
                 self._log_dirty = False
         if changed and not resend:
             self.send({"type": "rows", "rev": self.rev, "columns": self.store.columns(changed)})
+        if changed and self._displayed:
+            if self._quiet_handle is not None:
+                self._quiet_handle.cancel()
+            self._quiet_handle = asyncio.get_running_loop().call_later(QUIET_SECONDS, self._refresh_display)
+
+    def _refresh_display(self) -> None:
+        """Put the panel's state in its display's HTML fallback, what a saved notebook shows where
+        no kernel runs the panel (JupyterLab redraws the panel for it, once per burst of changes)."""
+        from IPython.display import update_display
+
+        self._quiet_handle = None
+        data, metadata = self._repr_mimebundle_()
+        update_display(data, metadata=metadata, raw=True, display_id=self.board_id)
 
     def _worker_rows(self) -> list[dict[str, Any]]:
         return [

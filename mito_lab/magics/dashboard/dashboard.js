@@ -30,8 +30,11 @@ function decodeTable(value) {
   return JSON.parse(new TextDecoder().decode(bytes));
 }
 
-// one store per board, shared by `initialize` and every view of the board
+// one store per board, shared by `initialize` and every view of the board; and what the person
+// chose to see (search, sort, filter, scroll), so that a view made anew (the kernel refreshes the
+// display's snapshot once a burst of changes is over) opens where the last one was
 const stores = new Map();
+const choices = new Map();
 
 class Store {
   constructor() {
@@ -172,7 +175,9 @@ function render({ model, el }) {
     store = new Store(); // a view without the model's initialize (should not happen): start from the table
     store.load(model.get("table"));
   }
-  const ui = { sortKey: "id", sortDir: -1, search: "", filter: new Set(), view: [], viewKey: "", follow: true, offset: 0 };
+  const id = model.get("board_id");
+  if (!choices.has(id)) choices.set(id, { sortKey: "id", sortDir: -1, search: "", filter: new Set(), scrollTop: 0, follow: true });
+  const ui = Object.assign(choices.get(id), { view: [], viewKey: "", offset: 0 });
 
   el.classList.add("mito-dash");
   el.innerHTML = `
@@ -610,6 +615,7 @@ function render({ model, el }) {
   let frame = 0, timer = 0, drawn = 0;
   const draw = () => {
     frame = 0;
+    if (!el.isConnected) return; // out of the page (replaced, or scrolled away): nothing to draw
     drawn = performance.now();
     if (ui.summaryChanged) renderSummary();
     ui.summaryChanged = false;
@@ -666,7 +672,10 @@ function render({ model, el }) {
   $(".md-stream").addEventListener("change", (event) => {
     if (ui.logUuid) model.send({ action: "logs", uuid: ui.logUuid, stream: event.target.value });
   });
-  scroll.addEventListener("scroll", schedule, { passive: true });
+  scroll.addEventListener("scroll", () => {
+    ui.scrollTop = scroll.scrollTop;
+    schedule();
+  }, { passive: true });
   logText.addEventListener("scroll", () => {
     ui.follow = logText.scrollHeight - logText.scrollTop - logText.clientHeight < 24;
   }, { passive: true });
@@ -688,7 +697,12 @@ function render({ model, el }) {
   renderHead();
   renderSummary();
   renderLog();
+  $(".md-search").value = ui.search;
   renderTab();
+  requestAnimationFrame(() => {
+    scroll.scrollTop = ui.scrollTop;
+    logText.scrollTop = ui.follow ? logText.scrollHeight : logText.scrollTop;
+  });
   return () => {
     clearInterval(ticker);
     if (frame) cancelAnimationFrame(frame);
