@@ -104,11 +104,16 @@ function initialize({ model }) {
 const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 const esc = (text) => String(text ?? "").replace(/[&<>"']/g, (c) => ESCAPES[c]);
 
+// as the kernel's readable_duration (mito_lab/client/views.py): 0.2 s, 3 min 4 s, 2 h 5 min, 3 d 4 h
 function durationText(seconds) {
   if (seconds == null) return "";
-  if (seconds < 120) return `${seconds.toFixed(1)} s`;
-  if (seconds < 7200) return `${Math.floor(seconds / 60)} min ${Math.floor(seconds % 60)} s`;
-  return `${Math.floor(seconds / 3600)} h ${Math.floor((seconds % 3600) / 60)} min`;
+  if (seconds < 59.95) return `${Math.max(0, seconds).toFixed(1)} s`;
+  const whole = Math.max(60, Math.round(seconds));
+  const days = Math.floor(whole / 86400), hours = Math.floor((whole % 86400) / 3600);
+  const minutes = Math.floor((whole % 3600) / 60), rest = whole % 60;
+  if (days) return `${days} d${hours ? ` ${hours} h` : ""}`;
+  if (hours) return `${hours} h${minutes ? ` ${minutes} min` : ""}`;
+  return `${minutes} min${rest ? ` ${rest} s` : ""}`;
 }
 
 const pad = (number) => String(number).padStart(2, "0");

@@ -7,7 +7,7 @@ import html
 import time
 from typing import Any
 
-from mito_lab.client.views import FAILED_COLOR, STATE_COLORS, UNKNOWN_COLOR
+from mito_lab.client.views import FAILED_COLOR, STATE_COLORS, UNKNOWN_COLOR, readable_duration
 from mito_lab.wire import TaskState
 
 PROGRESS_COLORS = {"done": STATE_COLORS[TaskState.Finished], "failed": FAILED_COLOR, "running": STATE_COLORS[TaskState.Running],
@@ -46,10 +46,7 @@ def _counts(summary: dict[str, Any]) -> str:
 
 
 def _duration(row: dict[str, Any], now: float) -> str:
-    if row["started"] is None:
-        return ""
-    seconds = max(0.0, (row["ended"] or now) - row["started"])
-    return f"{seconds:.1f} s" if seconds < 120 else f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    return "" if row["started"] is None else readable_duration((row["ended"] or now) - row["started"])
 
 
 def _task_rows(rows: list[dict[str, Any]], now: float) -> str:
