@@ -6,6 +6,7 @@ stream while no cell runs, and while other cells do. In an in-process shell: ``C
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import time
@@ -99,18 +100,6 @@ def value_of(messages: list[Message]) -> str:
         if message["msg_type"] == "execute_result":
             return message["content"]["data"]["text/plain"]
     raise AssertionError(f"no result in {[m['msg_type'] for m in messages]}")
-
-
-def widget_update(text: str) -> Callable[[Message], bool]:
-    """A widget model's state changed to something containing ``text``."""
-
-    def check(message: Message) -> bool:
-        if message["msg_type"] != "comm_msg":
-            return False
-        state = message["content"]["data"].get("state", {})
-        return any(isinstance(v, str) and text in v for v in state.values())
-
-    return check
 
 
 def test_magics_return_dataframes_and_handles(live: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
