@@ -305,3 +305,55 @@ def running_release(env: Mapping[str, str], release: Path | None) -> dict[str, s
     if release is None:
         return dict(env)
     return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(release), env.get("PYTHONPATH", "")]))}
+
+
+# --- a notebook in a real browser: JupyterLab on loopback, Debian's Chromium --------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+PYTHON_KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
+
+
+@contextmanager
+def jupyterlab(folder: Path, cells: list[str], env: Mapping[str, str], log: Path) -> Iterator[str]:
+    """JupyterLab serving ``folder``, where a notebook of ``cells`` is written as ``board.ipynb``;
+    yields the notebook's URL (with its token). Its kernels' connection files are in
+    ``$JUPYTER_RUNTIME_DIR`` when ``env`` sets it."""
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells],
+                                        metadata={"kernelspec": PYTHON_KERNELSPEC})
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, folder / "board.ipynb")
+    port, token = free_port(), secrets.token_hex(16)
+    lab = spawn([sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
+                 f"--ServerApp.root_dir={folder}", "--ServerApp.open_browser=False", "--allow-root"], log, env, cwd=folder)
+    try:
+        yield f"http://127.0.0.1:{port}/lab/tree/board.ipynb?token={token}"
+    finally:
+        stop_process(lab)
+
+
+def run_notebook_in_page(page: Any, url: str) -> None:
+    """Open the notebook at ``url`` in a Playwright page once JupyterLab listens, wait for its
+    kernel, and run all its cells from the Run menu."""
+    from playwright.sync_api import expect
+
+    deadline = time.monotonic() + 60
+    while True:  # JupyterLab takes a moment to listen
+        try:
+            page.goto(url, timeout=10_000)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    expect(page.locator(".jp-Notebook")).to_be_visible(timeout=60_000)
+    # the kernel has started and is idle (the status bar says so once it really is)
+    expect(page.locator("#jp-main-statusbar").get_by_text("Python 3 (ipykernel) | Idle")).to_be_visible(timeout=120_000)
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_text("Run All Cells", exact=True).click()
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Debian's Chromium, headless, driven by Playwright (never a browser Playwright downloads)."""
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])

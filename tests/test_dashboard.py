@@ -1,5 +1,7 @@
-"""The dashboard's behaviour, driven in-process as a person would: filters, counts, the per-task
-cancel, result and logs buttons, and the workers tab (the kernel tests show it stays live)."""
+"""The dashboard's kernel side, driven in-process: the rows and counts it keeps, the actions the
+page asks for (logs, cancel, result), the workers, the coalescing of events into few updates of
+the page, and the static snapshot a saved notebook shows. The page itself is tested in a real
+browser (``test_browser.py``); the widget in a real kernel in ``test_notebook.py``."""
 
 from __future__ import annotations
 
@@ -11,52 +13,93 @@ from typing import Any
 
 from conftest import ADMIN, Platform
 from mito_lab import Client
-from mito_lab.magics.dashboard import Dashboard
+from mito_lab.magics.dashboard import FLUSH_SECONDS, Dashboard
 from mito_lab.testing import wait_until
-from mito_lab.wire import TaskState
-
+from mito_lab.wire import SubmitTaskReq, TaskSpec
 
 eventually = functools.partial(wait_until, timeout=60, interval=0.05)
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
-def rows(board: Dashboard) -> dict[str, Any]:
-    return {str(row.info.uuid): row for row in board.table.children}
+def ask(board: Dashboard, action: str, task: Any, **extra: str) -> None:
+    """What the page sends when a row's button is clicked."""
+    board._on_page_message(board, {"action": action, "uuid": str(task), **extra}, [])
 
 
-def test_dashboard_buttons_filters_and_workers(platform: Platform, client: Client, tmp_path: Path) -> None:
+def count(board: Dashboard, state: str) -> int:
+    return (board.summary.get("counts") or {}).get(state, 0)
+
+
+def test_dashboard_actions_counts_and_workers(platform: Platform, client: Client, tmp_path: Path) -> None:
     board = Dashboard(client)
     try:
-        assert board.group.value == ADMIN[0] and board.table.children == ()
+        assert board.group == ADMIN[0] and board.store.rows == {}
         platform.start_worker("-t", "cpu")
-        eventually(lambda: "cpu" in board.workers_table.value, "the worker")
+        eventually(lambda: any("cpu" in worker["tags"] for worker in board.workers), "the worker")
         talker = client.submit('for i in 1 2 3; do echo "line $i"; done; echo done > "$MITO_RESULT_DIR/r.txt"', labels=["talk"])
         sleeper = client.submit(["sleep", "600"], labels=["sleep"])
-        eventually(lambda: rows(board).get(str(talker.uuid)) and rows(board)[str(talker.uuid)].info.result is not None, "the first task done")
-        eventually(lambda: str(sleeper.uuid)[:8] in board.workers_table.value, "the worker's current task")
-        assert board.state_buttons[TaskState.Finished].description == "Finished 1"
-        assert board.state_buttons[TaskState.Running].description == "Running 1"
+        talker_id, sleeper_id = str(talker.uuid), str(sleeper.uuid)
+        eventually(lambda: talker_id in board.store and board.store.value(talker_id, "result"), "the first task's result")
+        eventually(lambda: any(worker["task"] == sleeper_id for worker in board.workers), "the worker's current task")
+        assert count(board, "Finished") == 1 and count(board, "Running") == 1
+        assert board.store.value(talker_id, "labels") == "talk" and not board.store.value(talker_id, "cancellable")
+        assert board.store.value(sleeper_id, "cancellable") and not board.store.value(sleeper_id, "result")
 
-        rows(board)[str(talker.uuid)].logs_button.click()
-        eventually(lambda: board.log_view.value == "line 1\nline 2\nline 3\n", "the task's output")
-        rows(board)[str(talker.uuid)].download_button.click()
-        result = tmp_path / "mito-results" / str(talker.uuid) / "result" / "r.txt"
-        eventually(lambda: "unpacked" in board.status.value, "where the result went")
-        assert result.read_text() == "done\n"
+        ask(board, "logs", talker.uuid)
+        eventually(lambda: board.log_text == "line 1\nline 2\nline 3\n", "the task's output")
+        ask(board, "result", talker.uuid)
+        eventually(lambda: "unpacked" in board.status, "where the result went")
+        assert (tmp_path / "mito-results" / talker_id / "result" / "r.txt").read_text() == "done\n"
 
-        sleeping_row = rows(board)[str(sleeper.uuid)]
-        assert sleeping_row.download_button.disabled and not sleeping_row.cancel_button.disabled
-        sleeping_row.cancel_button.click()
-        eventually(lambda: board.state_buttons[TaskState.Cancelled].description == "Cancelled 1", "the cancelled task")
-        assert sleeper.wait(timeout=30).state == TaskState.Cancelled
-        eventually(lambda: "idle" in board.workers_table.value, "the worker idle again")
+        ask(board, "cancel", sleeper.uuid)
+        eventually(lambda: count(board, "Cancelled") == 1, "the cancelled task counted")
+        assert sleeper.wait(timeout=30).state.value == "Cancelled"
+        eventually(lambda: all(worker["task"] is None for worker in board.workers), "the worker idle again")
+        eventually(lambda: not board.store.value(sleeper_id, "cancellable"), "no cancel on an ended task")
+        assert board.summary["progress"] == {"done": 1, "failed": 1, "running": 0, "waiting": 0}
 
-        board.state_buttons[TaskState.Cancelled].value = True  # filter: only Cancelled tasks
-        eventually(lambda: list(rows(board)) == [str(sleeper.uuid)], "only the cancelled task")
-        board.state_buttons[TaskState.Cancelled].value = False
-        board.labels.value = "talk"
-        eventually(lambda: list(rows(board)) == [str(talker.uuid)], "only the labelled task")
+        ask(board, "reboot", sleeper.uuid)
+        assert "unknown" in board.status
+        ask(board, "logs", "not-a-uuid")
+        assert "not a task uuid" in board.status
     finally:
         board.close()
+    assert not board.live
+
+
+def test_a_burst_of_events_is_one_update_of_the_page(platform: Platform, client: Client) -> None:
+    """A thousand events at once (tasks finishing together) reach the page as one update, with
+    every row and count right; the display bundle's HTML fallback shows the same."""
+    client.submit_many([SubmitTaskReq(task_spec=TaskSpec(args=["true"]), labels=["burst"]) for _ in range(300)])
+    board = Dashboard(client)
+    try:
+        eventually(lambda: count(board, "Ready") == 300, "the waiting tasks")
+        board._stop_listening()  # from here on the events are delivered by hand, together
+        before = board.rev
+        now = "2030-01-01T00:00:00+00:00"
+        events = []
+        for task in list(board.store.rows):
+            common = {"kind": "task", "uuid": task, "group": ADMIN[0], "attempts": 1, "cancel_requested": False, "started_at": now}
+            events += [
+                {**common, "state": "Running", "exec_state": "ExecSpawned", "archived": False, "exit_status": None, "msg": None, "ended_at": None},
+                {**common, "state": "Running", "exec_state": "ExecFinished", "archived": False, "exit_status": None, "msg": None, "ended_at": None},
+                {**common, "state": "Finished", "exec_state": "TaskCommitted", "archived": True, "exit_status": 0 if task[0] < "8" else 2,
+                 "msg": None, "ended_at": "2030-01-01T00:00:01+00:00"},
+            ]
+        client._thread.call_soon(lambda: [board._on_event(event) for event in events])
+        eventually(lambda: count(board, "Finished") == 300, "every task Finished")
+        time.sleep(3 * FLUSH_SECONDS)  # a second update, had one been due, would have come by now
+        assert board.rev == before + 1, f"{len(events)} events made {board.rev - before} updates"
+        failed = sum(1 for task in board.store.rows if board.store.value(task, "exit") == 2)
+        assert board.summary["progress"] == {"done": 300 - failed, "failed": failed, "running": 0, "waiting": 0}
+        assert {board.store.value(task, "state") for task in board.store.rows} == {"Finished"}
+
+        data, _ = board._repr_mimebundle_()
+        assert WIDGET_VIEW in data and "Finished 300" in data["text/html"]
+        assert f"300/300 · {300 - failed} done · {failed} failed · 0 running · 0 waiting" in data["text/html"]
+    finally:
+        board.close()
+    assert "Finished 300" in board.snapshot_html() and "stopped" in board.snapshot_html()
 
 
 def test_events_of_a_task_first_seen_in_a_burst_leave_no_background_error(client: Client) -> None:
@@ -71,7 +114,7 @@ def test_events_of_a_task_first_seen_in_a_burst_leave_no_background_error(client
         handle = client.submit(["true"])
         event = {"kind": "task", "uuid": str(handle.uuid), "group": ADMIN[0], "state": "Ready", "archived": False}
         loop.call_soon_threadsafe(lambda: [board._on_event(dict(event)) for _ in range(2)])
-        eventually(lambda: str(handle.uuid) in rows(board), "the task's row")
+        eventually(lambda: str(handle.uuid) in board.store, "the task's row")
         time.sleep(0.5)  # a second read, had one started, would have ended by now
     finally:
         board.close()

@@ -6,6 +6,7 @@ stream while no cell runs, and while other cells do. In an in-process shell: ``C
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import time
@@ -99,18 +100,6 @@ def value_of(messages: list[Message]) -> str:
         if message["msg_type"] == "execute_result":
             return message["content"]["data"]["text/plain"]
     raise AssertionError(f"no result in {[m['msg_type'] for m in messages]}")
-
-
-def widget_update(text: str) -> Callable[[Message], bool]:
-    """A widget model's state changed to something containing ``text``."""
-
-    def check(message: Message) -> bool:
-        if message["msg_type"] != "comm_msg":
-            return False
-        state = message["content"]["data"].get("state", {})
-        return any(isinstance(v, str) and text in v for v in state.values())
-
-    return check
 
 
 def test_magics_return_dataframes_and_handles(live: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,22 +232,34 @@ def test_typos_cards_and_errors_in_a_shell(live: Platform, shell: InteractiveShe
         "(a task's result is what it leaves in $MITO_RESULT_DIR)"]
 
 
+def board_update(text: str) -> Callable[[Message], bool]:
+    """The dashboard's state or rows, as the kernel sends them to the page, mention ``text``."""
+
+    def check(message: Message) -> bool:
+        return message["msg_type"] == "comm_msg" and text in json.dumps(message["content"]["data"])
+
+    return check
+
+
 def test_the_dashboard_follows_tasks_and_workers_live(live: Platform, kernel: Kernel) -> None:
-    kernel.execute("%load_ext mito_lab\nboard = %mito dashboard\nboard")
+    shown = kernel.execute("%load_ext mito_lab\nboard = %mito dashboard\nboard")
+    view = next(m for m in shown if m["msg_type"] == "display_data")["content"]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in view and "mito dashboard" in view["text/html"]
     live.start_worker("-t", "gpu")
-    kernel.wait_for(widget_update("gpu"), "the new worker in the workers tab")
+    kernel.wait_for(board_update('"gpu"'), "the new worker in the workers tab")
 
     submitted = len(kernel.seen)
     first = live.api("POST", "/tasks", {"task_spec": {"args": ["true"]}, "labels": ["idle-kernel"]}).json["uuid"]
-    kernel.wait_for(widget_update(first[:8]), "a row for the new task", since=submitted)
-    kernel.wait_for(widget_update(">Finished</span>"), "the task's badge Finished while the kernel is idle", since=submitted)
-    kernel.wait_for(widget_update("Finished 1"), "the count of Finished tasks", since=submitted)
+    kernel.wait_for(board_update(first), "a row for the new task", since=submitted)
+    kernel.wait_for(board_update('"Finished": 1'), "the task counted Finished while the kernel is idle", since=submitted)
+    kernel.wait_for(lambda m: m["msg_type"] == "update_display_data" and "Finished 1" in m["content"]["data"]["text/html"],
+                    "the display's snapshot brought up to date once the task ended", since=submitted)
 
     busy = kernel.start("import time\ntime.sleep(20)")  # the kernel is busy with another cell...
     submitted = len(kernel.seen)
     second = live.api("POST", "/tasks", {"task_spec": {"args": ["sh", "-c", "echo working; sleep 1"]}}).json["uuid"]
-    kernel.wait_for(widget_update(second[:8]), "a row for the second task", since=submitted)
-    kernel.wait_for(widget_update("Finished 2"), "the second task counted Finished while another cell runs", since=submitted)
+    kernel.wait_for(board_update(second), "a row for the second task", since=submitted)
+    kernel.wait_for(board_update('"Finished": 2'), "the second task counted Finished while another cell runs", since=submitted)
     still_busy = not any(m["parent_header"].get("msg_id") == busy and m["msg_type"] == "status"
                          and m["content"]["execution_state"] == "idle" for m in kernel.seen)
     assert still_busy, "the updates must have come while the sleeping cell ran"
