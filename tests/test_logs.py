@@ -25,7 +25,7 @@ def test_chunks_window_and_completion(platform: Platform) -> None:
     ship(platform, token, work["id"], "stdout", 0, "hello ")  # a retried chunk is ignored
     ship(platform, token, work["id"], "stderr", 0, "oops\n")
     first = platform.api("GET", f"/tasks/{task}/logs").json
-    assert first == {"stream": "stdout", "offset": 0, "next": 12, "data": "hello world\n", "complete": False}
+    assert first == {"stream": "stdout", "offset": 0, "next": 12, "data": "hello world\n", "complete": False, "kept": True}
     assert platform.api("GET", f"/tasks/{task}/logs?offset=6").json["data"] == "world\n"
     assert platform.api("GET", f"/tasks/{task}/logs?stream=stderr").json["data"] == "oops\n"
     assert platform.api("GET", f"/tasks/{task}/logs?stream=other").status == 400
@@ -40,7 +40,7 @@ def test_chunks_window_and_completion(platform: Platform) -> None:
     report(platform, token, work["id"], "Finish")
     report(platform, token, work["id"], {"Commit": {"exit_status": 0}})
     rest = platform.api("GET", f"/tasks/{task}/logs?offset={offset}&wait=30").json
-    assert rest == {"stream": "stdout", "offset": offset, "next": offset, "data": "", "complete": True}
+    assert rest == {"stream": "stdout", "offset": offset, "next": offset, "data": "", "complete": True, "kept": True}
     platform.add_user("sam")
     assert platform.api("GET", f"/tasks/{task}/logs", user="sam").status == 403
 

@@ -115,6 +115,7 @@ def as_columns(task: dict[str, Any]) -> dict[str, Any]:
     """A task of ``POST /tasks/query`` as the columnar route's row should show it."""
     moment = {name: task[name] and datetime.fromisoformat(task[name]) for name in ("created_at", "updated_at", "started_at", "ended_at")}
     result = task["result"] or {}
+    usage = task["usage"] or {}
     return {
         "uuid": task["uuid"], "task_id": task["task_id"], "group": task["group_name"], "creator": task["creator_username"],
         "state": task["state"], "exec_state": task["exec_state"], "command": shlex.join(task["spec"]["args"]),
@@ -122,6 +123,8 @@ def as_columns(task: dict[str, Any]) -> dict[str, Any]:
         "attempts": task["attempts"], "exit_status": result.get("exit_status"), "msg": result.get("msg"), **moment,
         "duration": moment["ended_at"] - moment["started_at"] if task["started_at"] and task["ended_at"] else None,
         "worker": task["reporter_uuid"], "upstream": task["upstream_task_uuid"], "downstream": task["downstream_task_uuid"],
+        "cpu_s": usage.get("cpu_s"), "max_rss": usage.get("max_rss"), "gpu_max_memory": usage.get("gpu_max_memory"),
+        "cpu_efficiency": usage["cpu_s"] / usage["wall_s"] / usage["cores"] if usage else None,
     }
 
 
@@ -131,7 +134,8 @@ def test_the_columns_list_what_the_query_lists(platform: Platform) -> None:
     work = fetch(platform, token)
     report(platform, token, work["id"], {"ExecState": "ExecSpawned"})
     report(platform, token, work["id"], "Finish")
-    report(platform, token, work["id"], {"Commit": {"exit_status": 3}})
+    usage = {"wall_s": 2.0, "cpu_s": 3.0, "max_rss": 123_456_789, "cores": 2.0, "gpu_max_memory": 2**30}
+    report(platform, token, work["id"], {"Commit": {"exit_status": 3, "usage": usage}})
     cancelled = submit(platform, labels=["col"], tags=["gpu"])
     assert platform.api("DELETE", f"/tasks/{cancelled}").status == 200
     for priority in range(4):
@@ -150,6 +154,7 @@ def test_the_columns_list_what_the_query_lists(platform: Platform) -> None:
     finished = arrow_table(platform.api("POST", "/tasks/query/columns", {"labels": ["done"]})).to_pylist()[0]
     assert (finished["uuid"], finished["state"], finished["exit_status"], finished["exec_state"]) == (done, "Finished", 3, "TaskCommitted")
     assert finished["duration"].total_seconds() >= 0 and finished["worker"] is not None
+    assert (finished["cpu_s"], finished["max_rss"], finished["cpu_efficiency"], finished["gpu_max_memory"]) == (3.0, 123_456_789, 0.75, 2**30)
 
 
 def test_the_columns_refuse_what_the_query_refuses(platform: Platform) -> None:
