@@ -27,7 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mito_lab.client.api import RERUN_PREFIX
+from mito_lab.client.api import RERUN_PREFIX, rerun_request
 from mito_lab.client.http import MitoError
 from mito_lab.client.live import Bundle, LiveView
 from mito_lab.client.views import FAILED_COLOR, NO_MATHS, STATE_COLORS, failed, updated_info
@@ -461,10 +461,10 @@ class Sweep:
         """Run the failed runs again, as new tasks of the same runs (``results()`` then shows the
         newest attempt of each), with ``changes`` to their limits or placement: ``timeout="x2"``,
         ``tags=[...]``, ``priority=...`` (see ``client.rerun``)."""
-        again = [info.uuid for info in self.runs() if failed(info)]
+        again = [rerun_request(info, **changes) for info in self.runs() if failed(info)]  # the runs are read already
         if not again:
             return []
-        handles = self.client.rerun(again, **changes)
+        handles = self.client.submit_many(again)
         errors = [h for h in handles if isinstance(h, MitoError)]
         if errors:
             raise errors[0]

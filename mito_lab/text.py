@@ -16,3 +16,17 @@ def size_text(size: int) -> str:
             return f"{size} B" if unit == "B" else f"{value:.1f}".removesuffix(".0") + f" {unit}"
         value /= 1000
     raise AssertionError("unreachable")
+
+
+def readable_duration(seconds: float) -> str:
+    """``0.2 s``, ``59.9 s``, ``3 min 4 s``, ``2 h 5 min``, ``3 d 4 h``: as precise as a reader wants."""
+    if seconds < 59.95:
+        return f"{max(0.0, seconds):.1f} s"
+    days, rest = divmod(max(60, round(seconds)), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, whole_seconds = divmod(rest, 60)
+    if days:
+        return f"{days} d" + (f" {hours} h" if hours else "")
+    if hours:
+        return f"{hours} h" + (f" {minutes} min" if minutes else "")
+    return f"{minutes} min" + (f" {whole_seconds} s" if whole_seconds else "")

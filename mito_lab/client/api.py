@@ -454,7 +454,7 @@ class AsyncClient:
             infos = (await self.query_tasks(TasksQueryReq.model_validate(tasks.model_dump(exclude_unset=True)))).tasks
         else:
             listed = [tasks] if isinstance(tasks, uuid_module.UUID | str) else list(tasks)
-            infos = [(await self.get_task(task_uuid)).info for task_uuid in listed]
+            infos = [answer.info for answer in await asyncio.gather(*(self.get_task(task_uuid) for task_uuid in listed))]
         if not infos:
             raise MitoError(404, "no task to run again")
         return await self.submit_many([rerun_request(info, **changes) for info in infos])

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from mito_lab.client.views import readable_duration
+from mito_lab.text import readable_duration
 from mito_lab.wire import (
     AttachmentQueryInfo,
     AttachmentsQueryResp,

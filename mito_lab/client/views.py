@@ -8,7 +8,7 @@ import shlex
 from datetime import datetime, timezone
 from typing import Any
 
-from mito_lab.text import size_text
+from mito_lab.text import readable_duration, size_text
 from mito_lab.wire import TaskInfo, TaskResultMessage, TaskResultSpec, TaskState, TaskUsage, TaskWhyResp
 
 STATE_COLORS = {
@@ -60,20 +60,6 @@ def state_badge(info: TaskInfo) -> str:
         text += f" · {info.exec_state.value}"
     return (f'<span style="background:{color};color:white;border-radius:3px;padding:1px 6px;'
             f'white-space:nowrap">{html.escape(text)}</span>')
-
-
-def readable_duration(seconds: float) -> str:
-    """``0.2 s``, ``59.9 s``, ``3 min 4 s``, ``2 h 5 min``, ``3 d 4 h``: as precise as a reader wants."""
-    if seconds < 59.95:
-        return f"{max(0.0, seconds):.1f} s"
-    days, rest = divmod(max(60, round(seconds)), 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, whole_seconds = divmod(rest, 60)
-    if days:
-        return f"{days} d" + (f" {hours} h" if hours else "")
-    if hours:
-        return f"{hours} h" + (f" {minutes} min" if minutes else "")
-    return f"{minutes} min" + (f" {whole_seconds} s" if whole_seconds else "")
 
 
 def run_seconds(info: TaskInfo, now: datetime | None = None) -> float | None:

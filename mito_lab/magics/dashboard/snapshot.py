@@ -7,7 +7,8 @@ import html
 import time
 from typing import Any
 
-from mito_lab.client.views import FAILED_COLOR, STATE_COLORS, UNKNOWN_COLOR, readable_duration
+from mito_lab.client.views import FAILED_COLOR, STATE_COLORS, UNKNOWN_COLOR
+from mito_lab.text import readable_duration
 from mito_lab.wire import TaskState
 
 PROGRESS_COLORS = {"done": STATE_COLORS[TaskState.Finished], "failed": FAILED_COLOR, "running": STATE_COLORS[TaskState.Running],

@@ -16,7 +16,7 @@ from mito_lab.server.services.context import Context
 from mito_lab.server.services.dispatch import SERVING_ROLES
 from mito_lab.server.services.groups import require_role, role_in_group
 from mito_lab.server.services.tasks import load_task, now
-from mito_lab.text import counted
+from mito_lab.text import counted, readable_duration
 from mito_lab.wire import (
     HEARTBEATS_PER_TIMEOUT,
     Dependency,
@@ -31,7 +31,6 @@ from mito_lab.wire import (
 )
 
 MISSED_HEARTBEATS = 2  # a worker this many heartbeats late is shown as offline (it is dropped later)
-# (its own heartbeats, where it said how often it sends them; else as often as the timeout needs)
 
 _LINKED_WORKERS = (
     sa.select(Worker, GroupWorker.role, User.username)
@@ -51,10 +50,15 @@ _AHEAD = sa.select(sa.func.count()).where(
 
 
 def _age(moment: datetime | None, at: datetime) -> str:
-    if moment is None:
-        return ""
-    seconds = max(0, int((at - moment).total_seconds()))
-    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min" if seconds < 7200 else f"{seconds // 3600} h"
+    return "" if moment is None else readable_duration((at - moment).total_seconds())
+
+
+def _silent_after(worker: Worker, by_timeout: timedelta) -> timedelta:
+    """How late a worker's heartbeat may be before it is shown offline: two of its own heartbeats
+    where it said how often it sends them, else as often as the heartbeat timeout needs."""
+    if worker.heartbeat_interval is None:
+        return by_timeout
+    return min(by_timeout, MISSED_HEARTBEATS * timedelta(seconds=worker.heartbeat_interval))
 
 
 def _verdict(worker: Worker, role: Role, creator: str, task_tags: list[str], held: list[HeldTask], silent_after: timedelta, at: datetime) -> WorkerVerdict:
@@ -65,7 +69,7 @@ def _verdict(worker: Worker, role: Role, creator: str, task_tags: list[str], hel
         fit, reason = WorkerFit.MissingTags, f"it lacks the task's {'tag' if len(missing) == 1 else 'tags'} {', '.join(missing)}"
     elif worker.state != WorkerState.Normal:
         fit, reason = WorkerFit.ShuttingDown, "it is shutting down: it takes no new task"
-    elif at - worker.last_heartbeat > (min(silent_after, MISSED_HEARTBEATS * timedelta(seconds=worker.heartbeat_interval)) if worker.heartbeat_interval else silent_after):
+    elif at - worker.last_heartbeat > _silent_after(worker, silent_after):
         fit, reason = WorkerFit.Offline, f"no heartbeat for {_age(worker.last_heartbeat, at)}"
     elif held:
         fit = WorkerFit.Busy

@@ -65,9 +65,9 @@ class LogService:
                 last = chunks[-1].offset + chunks[-1].length
                 return TaskLogResp(stream=stream, offset=chunks[0].offset, next=last, data="".join(c.data for c in chunks),
                                    complete=ended and len(chunks) < MAX_ANSWER_CHUNKS, kept=True)
-            if not ended:
+            if task.archived_at is None:
                 return None
-            kept = task.archived_at is not None and now() - task.archived_at < RETENTION
+            kept = now() - task.archived_at < RETENTION
             return TaskLogResp(stream=stream, offset=offset, next=offset, data="", complete=True, kept=kept)
 
         found = await long_poll(self.context, available, EVENTS, lambda event: event.get("uuid") == str(task_uuid), wait)
