@@ -94,9 +94,8 @@ def test_a_burst_of_events_is_one_update_of_the_page(platform: Platform, client:
         assert board.summary["progress"] == {"done": 300 - failed, "failed": failed, "running": 0, "waiting": 0}
         assert {board.store.value(task, "state") for task in board.store.rows} == {"Finished"}
 
-        data, _ = board._repr_mimebundle_()
-        assert WIDGET_VIEW in data and "Finished 300" in data["text/html"]
-        assert f"300/300 · {300 - failed} done · {failed} failed · 0 running · 0 waiting" in data["text/html"]
+        snapshot = board._snapshot_bundle()["text/html"]
+        assert "Finished 300" in snapshot and f"300/300 · {300 - failed} done · {failed} failed · 0 running · 0 waiting" in snapshot
     finally:
         board.close()
     assert "Finished 300" in board.snapshot_html() and "stopped" in board.snapshot_html()
