@@ -436,7 +436,7 @@ class Dashboard(anywidget.AnyWidget):
 
     def _on_page_message(self, _widget: Any, content: dict[str, Any], _buffers: list[Any]) -> None:
         action, task = content.get("action"), content.get("uuid")
-        if action not in ("logs", "cancel", "result") or not isinstance(task, str):
+        if action not in ("logs", "why", "cancel", "result") or not isinstance(task, str):
             self.status = f"the page asked for something unknown: {action!r}"
             return
         try:
@@ -446,6 +446,8 @@ class Dashboard(anywidget.AnyWidget):
             return
         if action == "logs":
             self._soon(self.show_logs(task_uuid, content.get("stream", "stdout")))
+        elif action == "why":
+            self._soon(self.show_why(task_uuid))
         elif action == "cancel":
             self._soon(self.cancel(task_uuid))
         else:
@@ -479,6 +481,14 @@ class Dashboard(anywidget.AnyWidget):
             self._log_text = await self.client.aio.output(task_uuid, stream)
             self._log_dirty = True
             self._schedule_flush()
+
+    async def show_why(self, task_uuid: uuid_module.UUID) -> None:
+        """Show, where the log goes, why the task waits: the coordinator's own explanation."""
+        if self._follow is not None:
+            self._follow.cancel()
+        explanation = await self.client.aio.explain(task_uuid)
+        self._log_text = str(explanation)
+        self.task_log = {"uuid": str(task_uuid), "stream": "why", "text": self._log_text}
 
     @property
     def log_text(self) -> str:

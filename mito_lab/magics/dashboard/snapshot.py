@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from mito_lab.client.views import FAILED_COLOR, STATE_COLORS, UNKNOWN_COLOR
-from mito_lab.text import readable_duration
+from mito_lab.text import readable_duration, size_text
 from mito_lab.wire import TaskState
 
 PROGRESS_COLORS = {"done": STATE_COLORS[TaskState.Finished], "failed": FAILED_COLOR, "running": STATE_COLORS[TaskState.Running],
@@ -51,7 +51,7 @@ def _duration(row: dict[str, Any], now: float) -> str:
 
 
 def _task_rows(rows: list[dict[str, Any]], now: float) -> str:
-    head = "".join(f'<th style="{_CELL}">{name}</th>' for name in ("#", "state", "uuid", "command", "labels", "duration"))
+    head = "".join(f'<th style="{_CELL}">{name}</th>' for name in ("#", "state", "uuid", "command", "labels", "duration", "cpu", "peak mem"))
     body = []
     for row in rows:
         state = row["state"] + (f" ({row['exit']})" if row["exit"] not in (None, 0) else "") + (f" · {row['msg']}" if row["msg"] else "")
@@ -59,7 +59,8 @@ def _task_rows(rows: list[dict[str, Any]], now: float) -> str:
                  f'{html.escape(state)}</span>')
         cells = (str(row["id"]), badge, f'<code>{row["uuid"][:8]}</code>',
                  f'<code title="{html.escape(row["command"])}">{html.escape(row["command"][:80])}</code>',
-                 html.escape(row["labels"]), _duration(row, now))
+                 html.escape(row["labels"]), _duration(row, now), "" if row["cpu"] is None else f'{row["cpu"]:.1f} s',
+                 "" if row["rss"] is None else size_text(row["rss"]))
         body.append("<tr>" + "".join(f'<td style="{_CELL};max-width:28em">{cell}</td>' for cell in cells) + "</tr>")
     return f'<table style="border-collapse:collapse;font-size:90%"><tr>{head}</tr>{"".join(body)}</table>'
 
