@@ -341,6 +341,8 @@ def test_a_sweep_tells_the_notebook_and_a_webhook_when_it_is_done(sqlite_lab: Pl
         assert (state["message"], state["kind"], state["shown"]) == (shown["text/plain"], "success", False)
         [posted] = hook.wait_for(1)
         assert posted.json["label"] == "mito-sweep:nb-done" and posted.json["counts"]["succeeded"] == 2 and signed_by(posted, SECRET)
+        listed = kernel.execute("%load_ext mito_lab\nframe = %mito alert list\ntype(frame).__name__, list(frame['label']), list(frame['on'])")
+        assert value_of(listed) == "('ReadableFrame', ['mito-sweep:nb-done'], [['done']])"
     finally:
         kernel.close()
 

@@ -237,21 +237,22 @@ def alert_request(
     when a threshold is given."""
     count: int | None = None
     share: float | None = None
-    if isinstance(failures, str):
-        text = failures.strip()
-        try:
-            if text.endswith("%"):
-                share = float(text[:-1]) / 100
-            else:
-                count = int(text)
-        except ValueError:
-            raise ValueError(f"failures {failures!r}: give a number of runs (3) or a share of them (20%)") from None
-    elif isinstance(failures, bool):
+    number: float | None = None
+    if isinstance(failures, bool):
         raise ValueError("failures: give a number of runs (3) or a share of them (0.2, '20%'), not True or False")
-    elif isinstance(failures, float) and failures < 1:
-        share = failures
-    elif failures is not None:
-        count = int(failures)
+    try:
+        if isinstance(failures, str) and failures.strip().endswith("%"):
+            share = float(failures.strip()[:-1]) / 100
+        elif failures is not None:
+            number = float(failures)
+    except ValueError:
+        raise ValueError(f"failures {failures!r}: give a number of runs (3) or a share of them (0.2, 20%)") from None
+    if number is not None and number < 1:
+        share = number
+    elif number is not None:
+        if not number.is_integer():
+            raise ValueError(f"failures {failures!r}: a number of runs is whole (3), a share is below 1 (0.2)")
+        count = int(number)
     events = list(on) if on is not None else [AlertEvent.done, *([AlertEvent.failures] if failures is not None else [])]
     return CreateAlertReq(group_name=group, label=label, url=url, secret=secret, on=events, failures=count, failure_share=share)
 
