@@ -203,6 +203,30 @@ def test_done_and_failures_fire_once_signed_and_again_after_reruns(lab: Platform
     assert len(hook.received) == 4
 
 
+def test_two_coordinators_sharing_redis_send_one_post(tmp_path: Path, pg_url: str, redis_url: str, receivers: list[Receiver]) -> None:
+    """Both hear every task end (Redis): the alert's mark, raised by one, keeps the other from sending it again."""
+    shared = ("--db", pg_url, "--redis", redis_url, "--redis-skip-acl-rules")
+    first = start_platform(tmp_path / "a", *shared, env=SETTINGS)
+    keys = first.home / "coordinator-data"
+    second = start_platform(tmp_path / "b", *shared, "--access-token-private-path", str(keys / "private.pem"),
+                            "--access-token-public-path", str(keys / "public.pem"), env=SETTINGS)
+    try:
+        hook, probe = receiver(receivers), receiver(receivers)
+        alert = {"label": "shared", "url": hook.url, "secret": SECRET}
+        assert second.api("POST", "/alerts", alert).status == 200
+        first.start_worker()  # the task ends through the first coordinator
+        first.wait_task(submit(first, "true", "shared"))
+        hook.wait_for(1)
+        # a new alert on the label is evaluated (with the first one) by the second coordinator: once
+        # its POST is in, the second has looked at the ended runs, and found them sent
+        assert second.api("POST", "/alerts", {**alert, "url": probe.url}).status == 200
+        probe.wait_for(1)
+        assert len(hook.received) == 1
+    finally:
+        first.stop()
+        second.stop()
+
+
 def test_a_failing_receiver_gets_retries_and_a_refusing_one_does_not(sqlite_lab: Platform, sdk: Any, receivers: list[Receiver]) -> None:
     client = sdk(sqlite_lab)
     flaky = receiver(receivers, statuses=[500, 503])
