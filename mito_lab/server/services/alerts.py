@@ -134,7 +134,7 @@ _CREATOR_MAY = sa.and_(
 def _origin(url: str) -> str:
     """What others see of a webhook URL (a chat's webhook URL is its own secret): scheme, host, port."""
     parsed = urlsplit(url)
-    return f"{parsed.scheme}://{parsed.hostname}{f':{parsed.port}' if parsed.port else ''}/…"
+    return f"{parsed.scheme}://{parsed.netloc.rpartition('@')[2]}/…"
 
 
 def _summary(event: AlertEvent, label: str, group: str, counts: AlertCounts, threshold: str) -> str:
@@ -147,7 +147,7 @@ class AlertService:
     def __init__(self, context: Context) -> None:
         self.context = context
         self._ended: set[str] = set()  # uuids of tasks that ended since the last evaluation
-        self._labels: set[tuple[int, str]] = set()  # (group id, label) to evaluate: a new alert's
+        self._labels: set[tuple[int, str]] = set()  # (group id, label) to evaluate whatever ended: new alerts'
         self._next_count: dict[tuple[int, str], float] = {}  # (group id, label) -> loop time it may be counted again
         self._wake = asyncio.Event()
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue(QUEUED_DELIVERIES)
