@@ -341,6 +341,9 @@ def test_the_cli(sqlite_lab: Platform, receivers: list[Receiver]) -> None:
     assert missing.returncode == 1 and missing.stderr.strip() == "error: Alert 1 not found"
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
 def test_a_sweep_tells_the_notebook_and_a_webhook_when_it_is_done(sqlite_lab: Platform, receivers: list[Receiver]) -> None:
     hook = receiver(receivers)
     kernel = Kernel(sqlite_lab)
@@ -357,10 +360,11 @@ def test_a_sweep_tells_the_notebook_and_a_webhook_when_it_is_done(sqlite_lab: Pl
         assert value_of(waited) == "(1, True, {'Succeeded': 2, 'Failed': 0, 'Running': 0, 'Waiting': 0})"
         notice = kernel.wait_for(lambda m: m["msg_type"] == "display_data" and "Sweep nb-done is done" in m["content"]["data"].get("text/plain", ""),
                                  "the notice", since=0)
-        shown = notice["content"]["data"]
+        shown = notice["content"]["data"]  # the notice's snapshot, what shows where widgets do not
         assert shown["text/plain"] == "Sweep nb-done is done: 2 succeeded, 0 failed"
-        assert ">nb-done</code> · 2/2 ended · 2 succeeded · 0 failed" in shown["text/html"]  # the sweep's final bar, where widgets do not show
-        model = shown["application/vnd.jupyter.widget-view+json"]["model_id"]
+        assert ">nb-done</code> · 2/2 ended · 2 succeeded · 0 failed" in shown["text/html"]  # the sweep's final bar
+        widget = kernel.wait_for(lambda m: m["msg_type"] == "display_data" and WIDGET_VIEW in m["content"]["data"], "the notice's widget", since=0)
+        model = widget["content"]["data"][WIDGET_VIEW]["model_id"]
         opened = kernel.wait_for(lambda m: m["msg_type"] == "comm_open" and m["content"]["comm_id"] == model, "the notice's widget", since=0)
         state = opened["content"]["data"]["state"]
         assert (state["message"], state["kind"], state["shown"]) == (shown["text/plain"], "success", False)

@@ -27,7 +27,8 @@ import traitlets as t
 
 from mito_lab.client.http import MitoError
 from mito_lab.client.views import FAILED_COLOR, STATE_COLORS, UNKNOWN_COLOR
-from mito_lab.magics.dashboard.snapshot import PROGRESS_COLORS, SNAPSHOT_STYLE, progress_line, snapshot_html
+from mito_lab.magics.dashboard.snapshot import PROGRESS_COLORS, progress_line, snapshot_html
+from mito_lab.magics.live_output import display_live, snapshot_bundle, snapshot_id
 from mito_lab.magics.dashboard.store import ACTIVE, TaskStore, row_of_info, rows_of_columns
 from mito_lab.wire import (
     ArtifactContentType,
@@ -119,24 +120,13 @@ class Dashboard(anywidget.AnyWidget):
     # --- display --------------------------------------------------------------------------------
 
     def _ipython_display_(self) -> None:
-        """Two outputs: the panel's static snapshot, then the live panel. A notebook saved and
-        opened again without the kernel that ran it cannot draw the panel (JupyterLab says
-        "Loading widget..." or "model not found" for ever), so the snapshot is an output of its
-        own, kept up to date, which the page hides while the live panel beside it is drawn."""
-        from IPython.display import display
-
-        display(self._snapshot_bundle(), raw=True, display_id=self._snapshot_id)
-        data, metadata = self._repr_mimebundle_()
-        data["text/plain"] = ""  # the snapshot beside it says it in text too
-        display(data, metadata=metadata, raw=True, display_id=self.board_id)
+        """The panel after its static snapshot (``magics/live_output.py``), which is kept up to
+        date: what a saved notebook shows where no kernel draws the panel."""
+        display_live(self, self._snapshot_bundle(), self.board_id)
         self._displayed = True
 
-    @property
-    def _snapshot_id(self) -> str:
-        return f"{self.board_id}-snapshot"
-
     def _snapshot_bundle(self) -> dict[str, str]:
-        return {"text/plain": repr(self), "text/html": SNAPSHOT_STYLE + self.snapshot_html()}
+        return snapshot_bundle(self.snapshot_html(), repr(self))
 
     def __repr__(self) -> str:
         summary = self.summary or {}
@@ -192,7 +182,7 @@ class Dashboard(anywidget.AnyWidget):
             if self._displayed:
                 from IPython.display import update_display
 
-                update_display(self._snapshot_bundle(), raw=True, display_id=self._snapshot_id)
+                update_display(self._snapshot_bundle(), raw=True, display_id=snapshot_id(self.board_id))
                 update_display({"text/plain": ""}, raw=True, display_id=self.board_id)
         finally:
             super().close()
@@ -423,7 +413,7 @@ class Dashboard(anywidget.AnyWidget):
         from IPython.display import update_display
 
         self._quiet_handle = None
-        update_display(self._snapshot_bundle(), raw=True, display_id=self._snapshot_id)
+        update_display(self._snapshot_bundle(), raw=True, display_id=snapshot_id(self.board_id))
 
     def _worker_rows(self) -> list[dict[str, Any]]:
         return [

@@ -197,7 +197,7 @@ function render({ model, el }) {
   if (!choices.has(id)) choices.set(id, { sortKey: "id", sortDir: -1, search: "", filter: new Set(), scrollTop: 0, follow: true });
   const ui = Object.assign(choices.get(id), { view: [], viewKey: "", offset: 0 });
 
-  el.classList.add("mito-dash");
+  el.classList.add("mito-dash", "mito-live"); // mito-live: its snapshot gives way (magics/live_output.py)
   el.innerHTML = `
     <div class="md-head"><b>mito</b> group <select class="md-group"></select>
       <span class="md-coordinator"></span><span class="md-live"></span></div>

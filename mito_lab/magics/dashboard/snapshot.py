@@ -76,18 +76,6 @@ def _worker_rows(workers: list[dict[str, Any]], now: float) -> str:
     return "<br>".join(lines)
 
 
-# A snapshot output stands before its live panel's output. Where the panel is drawn, the snapshot
-# gives way; where it cannot be (a kernel that did not draw it, or none), JupyterLab's placeholder
-# in the next output ("Loading widget...", "model not found") is hidden and the snapshot shows.
-# Plain CSS, so it works in a saved notebook with no kernel at all.
-SNAPSHOT_STYLE = (
-    "<style>"
-    ".jp-OutputArea-child:has(.mito-snapshot) + .jp-OutputArea-child > .jp-OutputArea-output:not(:has(.mito-dash)) {display:none}"
-    ".jp-OutputArea-child:has(.mito-snapshot):has(+ .jp-OutputArea-child .mito-dash) {display:none}"
-    "</style>"
-)
-
-
 def snapshot_html(board: dict[str, Any]) -> str:
     """``board``: group, coordinator, summary, newest (rows as dicts), workers, log, live."""
     now = time.time()
@@ -99,7 +87,7 @@ def snapshot_html(board: dict[str, Any]) -> str:
                 f'<pre style="background:#1e1e1e;color:#e6e6e6;max-height:12em;overflow:auto;padding:4px">'
                 f'{html.escape(log["text"][-4000:])}</pre>') if log["uuid"] else ""
     return (
-        '<div class="mito-snapshot mito-dash-snapshot" style="font-family:sans-serif;font-size:13px">'
+        '<div class="mito-dash-snapshot" style="font-family:sans-serif;font-size:13px">'
         f'<div><b>mito dashboard</b> · group <b>{html.escape(board["group"])}</b> · {html.escape(board["coordinator"])}'
         f' · <i>snapshot of {time.strftime("%Y-%m-%d %H:%M:%S")}, {state}</i></div>'
         f'{_progress_bar(summary)}<div style="margin:4px 0">{_counts(summary)}</div>'

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
 
 import anywidget
 import traitlets as t
 
 from mito_lab.client.views import NO_MATHS
+from mito_lab.magics.live_output import display_live, snapshot_bundle
 
 HERE = Path(__file__).parent
 KINDS = ("info", "success", "warning", "error")
@@ -26,11 +26,10 @@ class Notice(anywidget.AnyWidget):
     banner = t.Unicode().tag(sync=True)  # HTML: what the output shows
     shown = t.Bool(False).tag(sync=True)  # the page has popped its toast: a view made again does not
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        data, metadata = super()._repr_mimebundle_(**kwargs)
-        data["text/html"] = self.banner  # shown where the widget cannot be (no kernel)
-        data["text/plain"] = self.message
-        return data, metadata
+    def _ipython_display_(self) -> None:
+        """The banner as a static snapshot, then the widget (``magics/live_output.py``): a saved
+        notebook shows the banner where no kernel draws the widget."""
+        display_live(self, snapshot_bundle(self.banner, self.message))
 
 
 def notify(message: str, kind: str = "info", banner: str | None = None) -> None:

@@ -49,7 +49,7 @@ function toast(message, kind) {
 }
 
 function render({ model, el }) {
-  el.classList.add("mito-notice");
+  el.classList.add("mito-notice", "mito-live"); // mito-live: its snapshot gives way (magics/live_output.py)
   el.innerHTML = model.get("banner");
   if (!model.get("shown")) {
     model.set("shown", true);
