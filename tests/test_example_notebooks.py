@@ -12,6 +12,7 @@ import pytest
 from nbclient import NotebookClient
 
 from conftest import Platform, adopt_env, login_env, start_platform
+from mito_lab.client.frames import MISSING
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
 
@@ -60,3 +61,9 @@ def test_sweep(lab: Platform, tmp_path: Path) -> None:
                  if output.output_type == "execute_result" and "final_loss" in output.data.get("text/html", ""))
     assert table.count("<tr>") == 6 and table.count("FloatingPointError") == 1  # six runs, one diverged
     assert any("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
+    tables = [output.data["text/html"] for cell in notebook.cells for output in cell.get("outputs", [])
+              if output.output_type == "execute_result" and "text/html" in output.data]
+    costs = next(table for table in tables if "max_rss" in table and "cpu_efficiency" in table)
+    assert costs.count("<tr>") == 6 and MISSING not in costs  # every run was measured
+    history = next(table for table in tables if "replaces" in table)
+    assert history.count("<tr>") == 7 and history.count("FloatingPointError") == 2  # six runs and a retry, which failed alike
