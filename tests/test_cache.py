@@ -27,8 +27,10 @@ from mito_lab.wire import (
     ArtifactSource,
     AttachmentRef,
     AttachmentSource,
+    ChangeTaskReq,
     RemoteResourceDownload,
     TaskExecState,
+    TaskSpec,
     TasksQueryReq,
     TaskState,
 )
@@ -36,6 +38,7 @@ from test_end_to_end import submitted_uuid
 from test_notebook import shell  # noqa: F401 - a fixture
 from test_sweeps import EXPERIMENT
 
+README = Path(__file__).parent.parent / "README.md"
 RESULT = ArtifactContentType.result
 # every run appends to $LEDGER: a cache hit must leave it as it was
 RUN = ["sh", "-c", 'echo ran >> "$LEDGER"; date +%s%N > "$MITO_RESULT_DIR/stamp"; echo "$X" > "$MITO_RESULT_DIR/x"']
@@ -98,6 +101,15 @@ def test_a_cached_submit_is_answered_by_the_newest_run_that_succeeded(platform: 
     assert (away_info.state, away_info.cached_from) == (TaskState.Ready, None)
     client.cancel_task(away.uuid)
 
+    # a task whose command was changed before it ran answers for neither command
+    changed = client.submit(RUN, envs={**envs, "X": "changed"}, cache=True, tags=["nowhere"])
+    client.change_task(changed.uuid, ChangeTaskReq(tags=[], task_spec=TaskSpec(args=["sh", "-c", RUN[2] + " # changed"], envs=envs)))
+    changed.wait(timeout=60)
+    for command, X in ((RUN, "changed"), ([*RUN[:2], RUN[2] + " # changed"], "1")):
+        rerun = client.submit(command, envs={**envs, "X": X}, cache=True)
+        assert rerun.wait(timeout=60).cached_from is None
+    assert runs(ledger) == 10
+
     # hits are visible in every listing
     frame = client.tasks()
     hits = frame[frame["cached_from"].notna()]
@@ -135,6 +147,24 @@ def test_shared_artifacts_are_charged_once_and_deleted_with_the_last_task_naming
     client.delete_artifact(copy.uuid, RESULT, admin=True)
     assert client.get_group(ADMIN[0]).storage_used == grown - size
     assert http("GET", link).status == 404
+
+    # a user's upload replaces a hit's artifact: the source keeps its own, still charged once
+    envs["X"] = "replaced"
+    source = client.submit(RUN, envs=envs, cache=True)
+    source.wait(timeout=60)
+    copy = client.submit(RUN, envs=envs, cache=True)
+    assert client.get_task(copy.uuid).info.cached_from == source.uuid
+    original = client.download_artifact(source.uuid, RESULT, tmp_path / "original.tar.gz")
+    used = client.get_group(ADMIN[0]).storage_used
+    replacement = tmp_path / "replacement.tar.gz"
+    replacement.write_bytes(b"x" * 1000)
+    client.upload_artifact(copy.uuid, RESULT, replacement)
+    assert client.get_group(ADMIN[0]).storage_used == used + 1000
+    assert client.download_artifact(source.uuid, RESULT, tmp_path / "kept.tar.gz").read_bytes() == original.read_bytes()
+    # ... and replaces the source's: its object goes with its charge, and the run answers no more
+    client.upload_artifact(source.uuid, RESULT, replacement)
+    assert client.get_group(ADMIN[0]).storage_used == used + 1000 + 1000 - len(original.read_bytes())
+    assert client.submit(RUN, envs=envs, cache=True).wait(timeout=60).cached_from is None and runs(ledger) == 4
 
 
 @pytest.fixture(params=["postgres-local", "sqlite-s3"])
@@ -232,7 +262,7 @@ def test_clients_written_for_the_reference_see_nothing_new(sqlite_platform: Plat
     assert "cached_from" in schemas["SubmitTaskResp"]["properties"] and "cached_from" in schemas["TaskInfo"]["properties"]
 
 
-def test_the_cli_and_the_magic_take_cache_and_force(
+def test_the_cli_the_magic_and_the_readme_example(
     sqlite_platform: Platform, shell: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: F811 - the fixture
 ) -> None:
     platform = sqlite_platform
@@ -244,6 +274,7 @@ def test_the_cli_and_the_magic_take_cache_and_force(
     hit = submitted_uuid(answered)
     assert f"a cache hit, Finished with the artifacts of {first}" in answered
     assert f"cached:     a cache hit of {first}" in platform.mito("get", "task", hit).stdout
+    assert f"it has ended: Finished, exit status 0, a cache hit of {first}" in platform.mito("why", hit).stdout
     listed = platform.mito("get", "tasks").stdout
     assert re.search(rf"^{hit}\s+Finished\s+0 \(cache hit\)\s+again", listed, re.MULTILINE)
     assert re.search(rf"^{first}\s+Finished\s+0\s", listed, re.MULTILINE)
@@ -258,6 +289,12 @@ def test_the_cli_and_the_magic_take_cache_and_force(
     monkeypatch.chdir(tmp_path)
     handle = shell.run_line_magic("mito", "submit --cache -- " + " ".join(map(repr, STAMP)))
     assert handle.info.cached_from is not None and str(handle.info.cached_from) == forced
+
+    text = README.read_text()
+    section = text[text.index("**Cached reruns.**"):]
+    example = section[section.index("```python\n") + len("```python\n"):]
+    with Client(platform.url, *ADMIN, credential_path=tmp_path / "credentials") as client:
+        exec(example[:example.index("```")], {"client": client})  # its asserts hold
 
 
 def test_an_extended_sweep_runs_only_the_new_combinations(sqlite_platform: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

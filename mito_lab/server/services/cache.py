@@ -32,6 +32,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mito_lab.server.db.engine import chunks
 from mito_lab.server.db.models import Artifact, Attachment, Group, Task, User, UserGroup
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.uploads import artifact_key, artifact_object, attachment_object
@@ -131,45 +132,51 @@ async def _resources(context: Context, user: User, requests: Sequence[SubmitTask
     member_of = sa.select(UserGroup.group_id).where(UserGroup.user_id == user.id)
     found: dict[tuple[Any, ...], _Stored] = {}
     async with context.db.read() as session:
-        if artifacts:
+        for chunk in chunks(list(artifacts)):
             rows = await session.scalars(
                 sa.select(Artifact).join(Task, Task.uuid == Artifact.task_uuid)
-                .where(Artifact.task_uuid.in_(artifacts), Task.group_id.in_(member_of))
+                .where(Artifact.task_uuid.in_(chunk), Task.group_id.in_(member_of))
             )
             for artifact in rows:
                 found[("artifact", artifact.task_uuid, artifact.content_type)] = _Stored(
                     Artifact, artifact.id, artifact.object_key, artifact_object(artifact), artifact.digest
                 )
         for group, keys in attachments.items():
-            rows = await session.execute(
-                sa.select(Attachment, Group.group_name).join(Group, Group.id == Attachment.group_id)
-                .where(Group.group_name == group, Group.id.in_(member_of), Attachment.key.in_(keys))
-            )
-            for attachment, group_name in rows:
-                found[("attachment", group_name, attachment.key)] = _Stored(
-                    Attachment, attachment.id, attachment.object_key, attachment_object(group_name, attachment), attachment.digest
+            for chunk in chunks(list(keys)):
+                pairs = await session.execute(
+                    sa.select(Attachment, Group.group_name).join(Group, Group.id == Attachment.group_id)
+                    .where(Group.group_name == group, Group.id.in_(member_of), Attachment.key.in_(chunk))
                 )
+                for attachment, group_name in pairs:
+                    found[("attachment", group_name, attachment.key)] = _Stored(
+                        Attachment, attachment.id, attachment.object_key, attachment_object(group_name, attachment), attachment.digest
+                    )
     return found
 
 
-async def look_up(context: Context, session: AsyncSession, group_id: int, keyed: Keyed | None) -> Keyed | None:
-    """``keyed`` with the run it is answered from, if it is looked up and one is found: the
-    group's newest source of that key. On PostgreSQL the source is locked (shared) until the
-    submit commits, so that its artifacts cannot be deleted while the hit takes them."""
-    if keyed is None or not keyed.lookup:
-        return keyed
-    query = (
-        sa.select(Task.uuid)
-        .where(
-            Task.group_id == group_id, Task.cache_key == keyed.key, Task.state == TaskState.Finished,
-            Task.exit_status == 0, Task.result_msg.is_(None), Task.archived_at.is_not(None),
-        )
-        .order_by(Task.id.desc()).limit(1)
+async def look_up(context: Context, session: AsyncSession, wanted: Sequence[tuple[int, Keyed | None]]) -> list[Keyed | None]:
+    """Each (group id, key) with the run it is answered from, if it is looked up and the group has
+    a source of its key: the newest. One query for a batch. On PostgreSQL the sources are locked
+    (shared) until the submit commits, so that their artifacts cannot go while hits take them."""
+    keys = {keyed.key for _, keyed in wanted if keyed is not None and keyed.lookup}
+    if not keys:
+        return [keyed for _, keyed in wanted]
+    query = sa.select(Task.id, Task.uuid, Task.group_id, Task.cache_key).where(
+        Task.cache_key.in_(keys), Task.group_id.in_({group_id for group_id, _ in wanted}), Task.state == TaskState.Finished,
+        Task.exit_status == 0, Task.result_msg.is_(None), Task.archived_at.is_not(None),
     )
     if not context.db.is_sqlite:
         query = query.with_for_update(read=True)
-    source = await session.scalar(query)
-    return keyed if source is None else Keyed(keyed.key, keyed.lookup, source)
+    newest: dict[tuple[int, str], tuple[int, uuid_module.UUID]] = {}
+    for row in await session.execute(query):
+        mark = (row.group_id, row.cache_key)
+        if mark not in newest or row.id > newest[mark][0]:
+            newest[mark] = (row.id, row.uuid)
+    found = []
+    for group_id, keyed in wanted:
+        source = newest.get((group_id, keyed.key)) if keyed is not None and keyed.lookup else None
+        found.append(keyed if source is None else Keyed(keyed.key, keyed.lookup, source[1]))  # type: ignore[union-attr]
+    return found
 
 
 async def share_artifacts(session: AsyncSession, hits: Sequence[tuple[uuid_module.UUID, uuid_module.UUID]]) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.engine import bulk_insert
+from mito_lab.server.db.engine import bulk_insert, chunks
 from mito_lab.server.db.models import (
     Artifact,
     Group,
@@ -214,7 +214,7 @@ async def artifact_download(
 class NewTask:
     """A task just inserted, as its answer and its event read it (a batch makes thousands: no ORM
     objects). A new task has not run: the fields after ``state`` are those of any new task, but
-    for a cache hit's end (``ended``)."""
+    a cache hit's, which is created ended."""
 
     id: int
     uuid: uuid_module.UUID
@@ -293,11 +293,12 @@ async def insert_tasks(
         next_ids[group.id] += 1
     if any(keys):  # the columns of every row alike (one bulk insert), only in batches that use the cache
         for row, keyed in zip(rows, keys, strict=True):
-            hit = keyed is not None and keyed.source is not None
+            source = keyed.source if keyed is not None else None
+            ended = moment if source is not None else None
             row.update(
-                cache_key=keyed.key if keyed is not None and not hit else None, cached_from=keyed.source if hit else None,  # type: ignore[union-attr]
-                state=TaskState.Finished if hit else state, exit_status=0 if hit else None,
-                ended_at=moment if hit else None, archived_at=moment if hit else None,
+                cache_key=keyed.key if keyed is not None and source is None else None, cached_from=source,
+                state=state if source is None else TaskState.Finished, exit_status=None if source is None else 0,
+                ended_at=ended, archived_at=ended,
             )
     if not rows:
         return []
@@ -392,8 +393,7 @@ class TaskService:
         async with self.context.db.write() as session:
             group = await group_with_role(session, user, request.group_name, Role.Write)
             await require_readable_references(session, user, request.task_spec)
-            keyed = await look_up(self.context, session, group.id, keyed)
-            [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready, keys=[keyed])
+            [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready, keys=await look_up(self.context, session, [(group.id, keyed)]))
             await share_artifacts(session, [(task.uuid, task.cached_from)] if task.cached_from else [])
             await tasks_created(self.context, session, [task])
         return SubmitTaskResp(task_id=task.task_id, uuid=task.uuid, cached_from=task.cached_from)
@@ -420,7 +420,7 @@ class TaskService:
                 chunk_refusals = [await self._refusal(session, user, item, groups[item.group_name]) for item in chunk]
                 accepted = [(groups[item.group_name], item, keyed)
                             for item, keyed, refusal in zip(chunk, chunk_keys, chunk_refusals, strict=True) if refusal is None]
-                looked_up = [await look_up(self.context, session, group.id, keyed) for group, _, keyed in accepted]  # type: ignore[union-attr]
+                looked_up = await look_up(self.context, session, [(group.id, keyed) for group, _, keyed in accepted])  # type: ignore[union-attr]
                 created = await insert_tasks(session, user.id, [(group, item) for group, item, _ in accepted], TaskState.Ready, keys=looked_up)  # type: ignore[misc]
                 await share_artifacts(session, [(task.uuid, task.cached_from) for task in created if task.cached_from])
                 await tasks_created(self.context, session, created)
@@ -464,6 +464,7 @@ class TaskService:
             if request.task_spec is not None:
                 await require_readable_references(session, user, request.task_spec)
                 task.spec = request.task_spec.model_dump(mode="json")
+                task.cache_key = None  # its key says what it would have run: it answers no cache lookup
             task.updated_at = now()
             await set_task_marks(session, task, tags=request.tags)
             await task_changed(self.context, session, task)
@@ -547,7 +548,7 @@ class TaskService:
         writable = await self._groups_at_least(user, Role.Write)
         async with self.context.db.write() as session:
             cancelled: set[uuid_module.UUID] = set()
-            for chunk in _chunks(uuids):
+            for chunk in chunks(uuids):
                 conditions = [Task.uuid.in_(chunk), Task.state.in_(CANCELLABLE), Task.group_id.in_(writable)]
                 cancelled.update(await self._archive_cancelled(session, conditions))
         return CancelListResp(cancelled_count=len(cancelled), failed_uuids=[u for u in uuids if u not in cancelled])
@@ -609,11 +610,11 @@ class TaskService:
     async def download_artifacts_list(self, user: User, request: ArtifactsListReq) -> ArtifactsDownloadResp:
         """Links for the listed tasks; tasks of groups the caller cannot read are left out."""
         readable = await self._groups_at_least(user, Role.Read)
-        for chunk in _chunks(request.uuids):
+        for chunk in chunks(request.uuids):
             await settle_artifacts(self.context, chunk)
         async with self.context.db.read() as session:
             found: list[Artifact] = []
-            for chunk in _chunks(request.uuids):
+            for chunk in chunks(request.uuids):
                 tasks = sa.select(Task.uuid).where(Task.uuid.in_(chunk), Task.group_id.in_(readable))
                 rows = await session.scalars(
                     sa.select(Artifact).where(Artifact.task_uuid.in_(tasks), Artifact.content_type == request.content_type)
@@ -658,7 +659,7 @@ class TaskService:
         deleted: list[Artifact] = []
         unnamed: list[str] = []
         async with self.context.db.write() as session:
-            for chunk in _chunks(request.uuids):
+            for chunk in chunks(request.uuids):
                 rows = await session.execute(
                     sa.select(Artifact, Task.group_id)
                     .join(Task, Task.uuid == Artifact.task_uuid)
@@ -684,7 +685,7 @@ class TaskService:
             return []
         await no_longer_cached(session, {artifact.task_uuid for artifact, _ in pairs})
         objects = {artifact_object(artifact): (artifact.size, group_id) for artifact, group_id in pairs}
-        shared = await shared_objects(session, objects, besides=[artifact.id for artifact, _ in pairs])
+        shared = await shared_objects(session, objects, besides={artifact.id for artifact, _ in pairs})
         for artifact, _ in pairs:
             await session.delete(artifact)
         await session.flush()  # a later look at the objects' names in this transaction sees them gone
@@ -697,11 +698,3 @@ class TaskService:
     async def _delete_objects(self, names: Sequence[str]) -> None:
         for name in names:  # after the rows are gone: a failure leaves an invisible orphan
             await self.context.store.delete(self.context.artifacts_bucket, name)
-
-
-# Long UUID lists are processed in chunks to stay under the databases' bind-parameter limits.
-CHUNK = 1024
-
-
-def _chunks(items: list[uuid_module.UUID]) -> list[list[uuid_module.UUID]]:
-    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]

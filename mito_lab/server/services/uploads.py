@@ -27,6 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from mito_lab.server.db.engine import chunks
 from mito_lab.server.db.models import (
     Artifact,
     ArtifactUpload,
@@ -153,7 +154,7 @@ async def settle(context: Context, connection: Any, kind: Kind, key: tuple[Any, 
     if kind is ARTIFACTS and any(grant.uploader_id is not None and not grant.recorded for grant in grants):
         await no_longer_cached(connection, [key[0]])  # a user's upload may replace what the run produced
     # a cache hit's artifact names its source's object: replacing it frees nothing, deletes nothing
-    kept = record is not None and kind is ARTIFACTS and bool(await shared_objects(connection, [current], besides=[record.id]))
+    kept = record is not None and kind is ARTIFACTS and bool(await shared_objects(connection, [current], besides={record.id}))
     freed = 0 if record is None or kept else record.size
     newest_recorded = max((grant.id for grant in grants if grant.recorded), default=0)
     chosen, outcome = None, None
@@ -244,13 +245,12 @@ async def shared_objects(connection: Any, names: Collection[str], besides: Colle
     """The artifact objects among ``names`` that artifacts other than ``besides`` (ids) name too: a
     cache hit's artifacts name its source's objects (``services/cache.py``). An object is charged
     once, and deleted and given back only with the last artifact naming it."""
-    if not names:
-        return set()
     artifacts = ARTIFACTS.records
-    query = sa.select(artifacts.c.object_key).where(artifacts.c.object_key.in_(list(names))).distinct()
-    if besides:
-        query = query.where(artifacts.c.id.not_in(list(besides)))
-    return set((await connection.scalars(query)).all())
+    named: set[str] = set()
+    for chunk in chunks(list(names)):
+        query = sa.select(artifacts.c.object_key, artifacts.c.id).where(artifacts.c.object_key.in_(chunk))
+        named.update(name for name, artifact_id in await connection.execute(query) if artifact_id not in besides)
+    return named
 
 
 async def no_longer_cached(connection: Any, task_uuids: Collection[uuid_module.UUID]) -> None:
@@ -259,9 +259,8 @@ async def no_longer_cached(connection: Any, task_uuids: Collection[uuid_module.U
     change, so that on PostgreSQL it waits for a cache hit taking them to commit (the lookup
     locks its source), and a hit taking them afterwards finds the task no longer a source."""
     tasks = Task.__table__
-    await connection.execute(
-        tasks.update().where(tasks.c.uuid.in_(list(task_uuids)), tasks.c.cache_key.is_not(None)).values(cache_key=None)
-    )
+    for chunk in chunks(list(task_uuids)):
+        await connection.execute(tasks.update().where(tasks.c.uuid.in_(chunk), tasks.c.cache_key.is_not(None)).values(cache_key=None))
 
 
 async def settle_pending(context: Context, kind: Kind, condition: sa.ColumnElement[bool], users_only: bool = True) -> None:
