@@ -87,7 +87,7 @@ class Sizes:
 
 FULL = Sizes(tasks=2000, latency_samples=200, batch=10_000, listing=100_000, transfer_mb=512, idle_workers=200, idle_seconds=30,
              claim_depths=(200, 20_000), claims=100, api_calls=500)
-QUICK = Sizes(tasks=100, latency_samples=20, batch=1000, listing=5000, transfer_mb=32, idle_workers=20, idle_seconds=5,
+QUICK = Sizes(tasks=100, latency_samples=20, batch=1000, listing=5000, transfer_mb=32, idle_workers=20, idle_seconds=1,
               claim_depths=(50, 500), claims=20, api_calls=50)
 TARGETS = {
     "throughput_ratio_min": 0.5,

@@ -240,6 +240,13 @@ class CoordinatorConfig(_Settings):
     events_ping_interval: PositiveDuration = timedelta(seconds=30)
     http_idle_timeout: PositiveDuration = timedelta(seconds=60)
     http_body_timeout: PositiveDuration = timedelta(seconds=60)
+    # Campaign alerts' webhooks (README, Campaign alerts): each POST's time to be answered, the
+    # attempts made before giving up, the wait before the first retry (doubled at each one), and
+    # the hosts a webhook may name (empty: any; the coordinator POSTs from inside your network).
+    alert_timeout: PositiveDuration = timedelta(seconds=10)
+    alert_attempts: Annotated[int, Field(ge=1, le=20)] = 5
+    alert_backoff: PositiveDuration = timedelta(seconds=2)
+    alert_hosts: CommaList = []
 
 
 class WorkerConfig(_Settings):

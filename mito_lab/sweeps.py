@@ -20,6 +20,7 @@ import os
 import secrets
 import sys
 import tempfile
+import threading
 import uuid as uuid_module
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,16 +28,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mito_lab.client.api import RERUN_PREFIX, rerun_request
+from mito_lab.client.api import rerun_request
 from mito_lab.client.http import MitoError
 from mito_lab.client.live import Bundle, LiveView
 from mito_lab.client.views import FAILED_COLOR, NO_MATHS, STATE_COLORS, failed, updated_info
-from mito_lab.wire import AttachmentRef, AttachmentSource, RemoteResourceDownload, TaskInfo, TasksQueryReq, TaskState
+from mito_lab.wire import RERUN_PREFIX, AttachmentRef, AttachmentSource, RemoteResourceDownload, TaskInfo, TasksQueryReq, TaskState
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from mito_lab.client.api import AsyncClient
+    from mito_lab.client.views import AlertView
     from mito_lab.client.frames import ReadableFrame
     from mito_lab.client.handle import TaskHandle
     from mito_lab.client.sync import Client
@@ -243,15 +245,20 @@ def sweep_bundle(name: str, counts: dict[str, int]) -> Bundle:
 class SweepProgress:
     """A live bar of a sweep's runs (``sweep.progress()``), fed by the event stream; it follows
     the runs the sweep had when it was made (after ``retry_failed()``, ask for a new one).
-    ``Sweep.wait`` brings it to the final counts before returning, so the two agree."""
+    ``Sweep.wait`` brings it to the final counts before returning, so the two agree.
+    ``ended``, if given, is called once with the final counts when every run has ended (on the
+    client's loop; at once if they have already)."""
 
-    def __init__(self, sweep: "Sweep") -> None:
+    def __init__(self, sweep: "Sweep", ended: Callable[[dict[str, int]], None] | None = None) -> None:
         self.sweep = sweep
         self.runs: dict[uuid_module.UUID, TaskInfo] = {info.uuid: info for info in sweep.runs()}
         self._view = LiveView(self._bundle, sweep.client._thread.loop)
         self._stop_listening: Callable[[], None] | None = None
+        self._when_ended = ended
         if not self._ended():
             sweep.client.run(self._follow())
+        elif ended is not None:
+            sweep.client._thread.call_soon(self._changed)
 
     def counts(self) -> dict[str, int]:
         return tally(self.runs.values())
@@ -300,6 +307,9 @@ class SweepProgress:
         if self._stop_listening is not None:
             self._stop_listening()
             self._stop_listening = None
+        if self._when_ended is not None:
+            ended, self._when_ended = self._when_ended, None
+            ended(self.counts())
 
 
 # --- the sweep, from a notebook -------------------------------------------------------------------
@@ -498,6 +508,32 @@ class Sweep:
         bar = SweepProgress(self)
         self._bars.append(bar)
         return bar
+
+    def on_done(self, callback: Callable[[dict[str, int]], Any] | None = None, *, notify: bool = True) -> None:
+        """Once every run of the sweep has ended (at once if they have), call ``callback`` with
+        the final counts (those of ``counts()``) in a thread of its own: cells keep running
+        meanwhile, and it may call the client (``sweep.results()``). With ``notify``, a notebook
+        also shows it: a JupyterLab toast and a banner with the sweep's final bar (text in a
+        terminal). Like ``progress()``, it follows the runs the sweep has now: after
+        ``retry_failed()``, ask again."""
+
+        def ended(counts: dict[str, int]) -> None:
+            if notify:
+                from mito_lab.magics.notice import notify as show  # ipywidgets: imported when a notice is shown
+
+                failed = counts["Failed"]
+                message = f"Sweep {self.name} is done: {counts['Succeeded']} succeeded, {failed} failed"
+                show(message, "warning" if failed else "success", sweep_bundle(self.name, counts)["text/html"])
+            if callback is not None:
+                threading.Thread(target=callback, args=(counts,), name=f"mito-sweep-done-{self.name}", daemon=True).start()
+
+        self._bars.append(SweepProgress(self, ended))
+
+    def alert(self, url: str, secret: str, **options: Any) -> "AlertView":
+        """A campaign alert on the sweep's runs (``client.alert`` with the sweep's label and
+        group): the coordinator POSTs to ``url`` when they are done, or, with ``failures=``,
+        when that many (or that share) of them failed, whether or not a notebook is open."""
+        return self.client.alert(self.label, url, secret, group=self.group, **options)
 
     def _ipython_display_(self) -> None:
         """The sweep shows as a live bar of its runs."""

@@ -44,13 +44,20 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def free_port_pair() -> int:
-    """A port P with P+10000 free too (SeaweedFS uses both)."""
-    for _ in range(200):
+def free_port_pairs(count: int) -> list[int]:
+    """``count`` ports P, each with P+10000 free too (SeaweedFS uses both), where no port of one
+    pair is a port of another (SeaweedFS refuses a port that is another's P+10000)."""
+    taken: set[int] = set()
+    ports: list[int] = []
+    for _ in range(500):
         port = free_port()
-        if port + 10000 < 65536 and _port_free(port + 10000):
-            return port
-    raise ServiceError("no free port pair")
+        if port in taken or port + 10000 in taken or port + 10000 >= 65536 or not _port_free(port + 10000):
+            continue
+        ports.append(port)
+        taken.update((port, port + 10000))
+        if len(ports) == count:
+            return ports
+    raise ServiceError(f"no {count} free port pairs on 127.0.0.1")
 
 
 def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30, interval: float = 0.1) -> Any:
@@ -195,15 +202,19 @@ def seaweedfs(root: Path) -> Iterator[S3Server]:
         "name": "mito", "credentials": [{"accessKey": access, "secretKey": secret}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }]}))
-    ports = [free_port_pair() for _ in range(4)]
-    while len(set(ports)) < 4:
-        ports = [free_port_pair() for _ in range(4)]
-    master, volume, filer, s3_port = ports
-    command = [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3_port}",
-               "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", f"-s3.config={creds}"]
-    server = S3Server(f"http://127.0.0.1:{s3_port}", access, secret, command, root / "weed.log")
-    server.start()
+    # Another test process may take a probed port before weed binds it: try fresh ports then.
+    for attempt in range(3):
+        master, volume, filer, s3_port = free_port_pairs(4)
+        command = [weed, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                   f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3_port}",
+                   "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", f"-s3.config={creds}"]
+        server = S3Server(f"http://127.0.0.1:{s3_port}", access, secret, command, root / "weed.log")
+        try:
+            server.start()
+            break
+        except ServiceError as exc:
+            if attempt == 2 or not any(sign in str(exc) for sign in ("Port allocation failed", "address already in use")):
+                raise
     try:
         yield server
     finally:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import re
 import uuid as uuid_module
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -783,6 +785,114 @@ def task_columns_schema() -> pa.Schema:
         ("cpu_s", pa.float64()), ("max_rss", pa.int64()), ("cpu_efficiency", pa.float64()), ("gpu_max_memory", pa.int64()),
         ("cached_from", text),
     ])
+
+
+# --- campaign alerts -----------------------------------------------------------------------------
+
+RERUN_PREFIX = "mito-rerun-of:"
+"""The label a rerun carries: the uuid of the run it replaces (``client.rerun``). An alert counts
+only the newest run of each: a failed run replaced by a rerun no longer counts as failed."""
+
+
+class AlertEvent(_LenientEnum):
+    done = "done"  # every run carrying the label has ended
+    failures = "failures"  # the runs that failed reach the alert's threshold
+
+
+ALERT_SIGNATURE_HEADER = "X-Mito-Signature"
+ALERT_TIMESTAMP_HEADER = "X-Mito-Timestamp"
+ALERT_URL_MAX = 2048
+
+
+def alert_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """What a webhook POST carries in ``X-Mito-Signature``: ``sha256=`` and the hex HMAC-SHA256,
+    keyed with the alert's secret, of ``<X-Mito-Timestamp>.<body>`` (the timestamp is signed too,
+    so a captured request cannot be replayed later with a new one)."""
+    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def _webhook_url(url: str) -> str:
+    try:
+        parsed = urlsplit(url)
+        parsed.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a URL ({exc})") from None
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"a webhook URL is http:// or https:// with a host, not {url!r}")
+    if any(ord(ch) < 33 for ch in url):
+        raise ValueError("a webhook URL has no spaces or control characters")
+    return url
+
+
+WebhookUrl = Annotated[str, Field(max_length=ALERT_URL_MAX), AfterValidator(_webhook_url)]
+
+
+class CreateAlertReq(Request):
+    """``POST /alerts``: notify ``url`` when the runs labelled ``label`` in the group are all done,
+    and/or when their failures reach ``failures`` runs or ``failure_share`` of the runs."""
+
+    group_name: Name | None = Field(default=None, description="defaults to the caller's own group")
+    label: str = Field(min_length=1, max_length=255)
+    url: WebhookUrl
+    secret: str = Field(min_length=16, max_length=1024, description="the HMAC key of X-Mito-Signature; never shown again")
+    on: Annotated[list[AlertEvent], BeforeValidator(_dedupe)] = Field(default=[AlertEvent.done], min_length=1)
+    failures: Annotated[int, Strict()] | None = Field(None, ge=1, le=INT32_MAX, description="failed runs that fire 'failures'")
+    failure_share: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="share of the runs failed that fires 'failures'")
+
+    @model_validator(mode="after")
+    def _threshold_with_failures(self) -> "CreateAlertReq":
+        thresholds = (self.failures is not None) + (self.failure_share is not None)
+        if AlertEvent.failures in self.on and thresholds != 1:
+            raise ValueError("on 'failures' takes one threshold: failures (a count) or failure_share (0 to 1)")
+        if AlertEvent.failures not in self.on and thresholds:
+            raise ValueError("a failures threshold needs 'failures' among the events (on)")
+        return self
+
+
+class AlertCounts(Response):
+    """The runs of an alert's label (the newest attempt of each), by where they stand."""
+
+    runs: int = 0
+    succeeded: int = 0
+    failed: int = Field(0, description="ended with a non-zero exit status, or cancelled")
+    running: int = Field(0, description="held by a worker")
+    waiting: int = Field(0, description="Ready or Pending")
+
+
+class AlertInfo(Response):
+    id: int
+    group_name: str
+    label: str
+    on: list[AlertEvent]
+    failures: int | None = None
+    failure_share: float | None = None
+    url: str = Field(description="in full for its creator; scheme, host and port for the others")
+    secret_hint: str = Field(description="the secret's last characters")
+    creator_username: str
+    created_at: Timestamp
+    active: bool = Field(description="its creator still has Write in the group: it fires")
+    fired_at: Timestamp | None = None
+    last_event: AlertEvent | None = None
+    delivery: str | None = Field(None, description="how its last webhook POST went")
+
+
+class AlertsResp(Response):
+    group_name: str
+    alerts: list[AlertInfo]
+
+
+class AlertPayload(Response):
+    """The JSON body of a webhook POST."""
+
+    event: AlertEvent
+    alert: int
+    group: str
+    label: str
+    counts: AlertCounts
+    failures: int | None = None
+    failure_share: float | None = None
+    at: Timestamp
+    text: str = Field(description="the same in one line, for chat webhooks that show a 'text' field")
 
 
 # --- workers ------------------------------------------------------------------------------------

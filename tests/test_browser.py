@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,20 +21,27 @@ TASKS = 2000
 CELLS = ["%load_ext mito_lab\n%mito connect", "board = %mito dashboard\nboard"]
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[tuple[Platform, str]]:
-    """A platform with workers, and JupyterLab serving a notebook that opens the dashboard."""
+@contextmanager
+def lab_with(tmp_path: Path, cells: list[str]) -> Iterator[tuple[Platform, str]]:
+    """A platform with two workers, and JupyterLab serving a notebook of ``cells``."""
     if not CHROMIUM.exists():
         require_service("Debian's Chromium is not installed (apt-get install chromium)")
     platform: Platform = start_platform(tmp_path / "platform")
     env = platform.env(**login_env(platform), JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter"))
     try:
-        with jupyterlab(tmp_path / "notebooks", CELLS, env, tmp_path / "jupyterlab.log") as url:
+        with jupyterlab(tmp_path / "notebooks", cells, env, tmp_path / "jupyterlab.log") as url:
             for _ in range(2):
                 platform.start_worker("--slots", "3")
             yield platform, url
     finally:
         platform.stop()
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[tuple[Platform, str]]:
+    """JupyterLab serving a notebook that opens the dashboard."""
+    with lab_with(tmp_path, CELLS) as served:
+        yield served
 
 
 @pytest.mark.timeout(300)
@@ -96,6 +104,47 @@ def test_the_dashboard_shows_two_thousand_tasks_in_chromium(lab: tuple[Platform,
             assert page.get_by_text("IOPub message rate exceeded").count() == 0
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "failed.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_saved_notebook_opened_again_shows_snapshots_not_placeholders(tmp_path: Path) -> None:
+    """Saved, its kernel shut down and opened again (a new kernel that never drew these widgets),
+    the notebook shows the dashboard's last snapshot and the task's card, and none of
+    JupyterLab's placeholders for widgets it cannot draw ("Loading widget...", "model not found")."""
+    from playwright.sync_api import expect, sync_playwright
+
+    cells = [*CELLS, "import mito_lab\nmito_lab.Client().submit(['true'], labels=['saved']).wait()"]
+    with lab_with(tmp_path, cells) as (platform, url), sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        try:
+            run_notebook_in_page(page, url)
+            board = page.locator(".mito-dash").first
+            expect(board.locator('.md-chip[data-state="Finished"] .md-count')).to_have_text("1", timeout=90_000)
+            expect(page.locator(".jp-Cell").nth(2).get_by_text("Finished")).to_be_visible(timeout=60_000)  # the card wait() returned
+            expect(page.locator(".mito-snapshot")).to_be_hidden()  # the live panel is drawn: its snapshot gives way
+            page.wait_for_timeout(6_000)  # the snapshot is brought up to date once tasks are quiet for 5 s
+            page.locator(".jp-Notebook").click()
+            page.keyboard.press("Control+s")
+            expect(page.locator(".jp-mod-dirty")).to_have_count(0, timeout=10_000)
+            page.get_by_role("menuitem", name="Kernel", exact=True).click()
+            page.get_by_text("Shut Down Kernel", exact=True).click()
+            expect(page.locator("#jp-main-statusbar").get_by_text("No Kernel")).to_be_visible(timeout=30_000)
+
+            page.reload()
+            expect(page.locator(".jp-Notebook")).to_be_visible(timeout=60_000)
+            snapshot = page.locator(".mito-snapshot")
+            expect(snapshot).to_be_visible(timeout=60_000)
+            expect(snapshot).to_contain_text("Finished 1")
+            page.wait_for_timeout(3_000)  # time for JupyterLab to give up on the widgets
+            page.screenshot(path=str(ARTIFACTS / "reopened.png"), full_page=True)
+            for placeholder in ("Loading widget...", "model not found"):
+                assert page.get_by_text(placeholder).filter(visible=True).count() == 0, f"{placeholder!r} is shown"
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / "reopened-failed.png"), full_page=True)
             raise
         finally:
             browser.close()

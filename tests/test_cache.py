@@ -305,7 +305,9 @@ def test_an_extended_sweep_runs_only_the_new_combinations(sqlite_platform: Platf
     with Client(platform.url, *ADMIN, credential_path=tmp_path / "credentials") as client:
         first = Sweep.launch(client, EXPERIMENT, {"lr": [0.1, 0.01], "seed": [1]}, cache=True).wait(timeout=240)
         before = first.results()
-        extended = Sweep.launch(client, EXPERIMENT, {"lr": [0.1, 0.01, 0.001], "seed": [1]}, cache=True)
+        # extended from the command line: the same runs as the SDK's
+        platform.mito("sweep", str(EXPERIMENT), "-p", "lr", "0.1,0.01,0.001", "-p", "seed", "1", "--cache", "-n", "extended")
+        extended = Sweep.reopen(client, "extended")
         assert extended.counts()["Succeeded"] >= 2  # the old combinations are done the moment they are submitted
         results = extended.wait(timeout=240).results()
         assert list(results["lr"]) == [0.1, 0.01, 0.001] and list(results["exit_status"]) == [0, 0, 0]

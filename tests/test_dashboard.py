@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import ADMIN, Platform
 from mito_lab import Client
 from mito_lab.magics.dashboard import FLUSH_SECONDS, Dashboard
@@ -45,18 +47,31 @@ def test_dashboard_actions_counts_and_workers(platform: Platform, client: Client
         assert board.store.value(talker_id, "labels") == "talk" and not board.store.value(talker_id, "cancellable")
         assert board.store.value(sleeper_id, "cancellable") and not board.store.value(sleeper_id, "result")
 
+        # what the run cost, from the event of its commit, and the same from a fresh read
+        eventually(lambda: board.store.value(talker_id, "rss"), "the first task's cost")
+        cost = [board.store.value(talker_id, column) for column in ("cpu", "rss", "efficiency")]
+        assert cost[0] >= 0 and cost[1] > 0 and 0 <= cost[2]
+        client.run(board.reload())
+        assert [board.store.value(talker_id, column) for column in ("cpu", "rss", "efficiency")] == pytest.approx(cost)
+
         ask(board, "logs", talker.uuid)
         eventually(lambda: board.log_text == "line 1\nline 2\nline 3\n", "the task's output")
+        stuck = client.submit(["true"], tags=["gpu"])  # no worker has the tag: it waits, and the board says why
+        ask(board, "why", stuck.uuid)
+        eventually(lambda: board.task_log["stream"] == "why", "the explanation")
+        assert board.log_text.startswith(f"Task {stuck.uuid} (Ready): ") and "gpu" in board.log_text
+        stuck.cancel()
+        eventually(lambda: count(board, "Cancelled") == 1, "the waiting task cancelled")
         ask(board, "result", talker.uuid)
         eventually(lambda: "unpacked" in board.status, "where the result went")
         assert (tmp_path / "mito-results" / talker_id / "result" / "r.txt").read_text() == "done\n"
 
         ask(board, "cancel", sleeper.uuid)
-        eventually(lambda: count(board, "Cancelled") == 1, "the cancelled task counted")
+        eventually(lambda: count(board, "Cancelled") == 2, "the cancelled task counted")
         assert sleeper.wait(timeout=30).state.value == "Cancelled"
         eventually(lambda: all(worker["task"] is None for worker in board.workers), "the worker idle again")
         eventually(lambda: not board.store.value(sleeper_id, "cancellable"), "no cancel on an ended task")
-        assert board.summary["progress"] == {"done": 1, "failed": 1, "running": 0, "waiting": 0}
+        assert board.summary["progress"] == {"done": 1, "failed": 2, "running": 0, "waiting": 0}
 
         ask(board, "reboot", sleeper.uuid)
         assert "unknown" in board.status
@@ -94,9 +109,8 @@ def test_a_burst_of_events_is_one_update_of_the_page(platform: Platform, client:
         assert board.summary["progress"] == {"done": 300 - failed, "failed": failed, "running": 0, "waiting": 0}
         assert {board.store.value(task, "state") for task in board.store.rows} == {"Finished"}
 
-        data, _ = board._repr_mimebundle_()
-        assert WIDGET_VIEW in data and "Finished 300" in data["text/html"]
-        assert f"300/300 · {300 - failed} done · {failed} failed · 0 running · 0 waiting" in data["text/html"]
+        snapshot = board._snapshot_bundle()["text/html"]
+        assert "Finished 300" in snapshot and f"300/300 · {300 - failed} done · {failed} failed · 0 running · 0 waiting" in snapshot
     finally:
         board.close()
     assert "Finished 300" in board.snapshot_html() and "stopped" in board.snapshot_html()

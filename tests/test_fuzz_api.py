@@ -47,8 +47,9 @@ def make_world(platform: Platform) -> World:
     assert http("PUT", upload["url"], raw=b"ok", headers=OCTETS).status == 200
     worker = platform.api("POST", "/workers", {"groups": [f"{group}:Admin"]}).json
     platform.add_user("target")  # what the routes taking a username may lock, delete or change
+    alert = platform.api("POST", "/alerts", {"label": "fuzzed", "url": "http://127.0.0.1:9/hook", "secret": "a-webhook-secret-to-fuzz"}).json
     parameters = {"group": group, "task_uuid": task, "worker_uuid": worker["worker_id"], "key": "data.txt",
-                  "kind": "result", "username": "target", "state": "ExecSpawned"}
+                  "kind": "result", "username": "target", "state": "ExecSpawned", "alert_id": str(alert["id"])}
     return World(parameters, platform.token(), worker["token"])
 
 

@@ -78,27 +78,33 @@ def test_exec_states_stream_over_the_websocket_to_members_only(platform: Platfor
     platform.add_user("rex")
     platform.start_worker()
 
-    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Any]]:
         mine = await websocket_connect(f"ws{platform.url[4:]}/events?token={platform.token()}")
+        batched = await websocket_connect(f"ws{platform.url[4:]}/events?batch=1&token={platform.token()}")
         theirs = await websocket_connect(f"ws{platform.url[4:]}/events?token={platform.token('rex', 'rex-password')}")
         task = await asyncio.to_thread(submit, platform, task_spec={"args": ["true"]})
         seen: list[dict[str, Any]] = []
         while not any(e.get("uuid") == task and e.get("archived") for e in seen):
             seen.append(json.loads(await asyncio.wait_for(mine.read_message(), 30)))
+        batches: list[Any] = []  # the same events, as arrays of those that waited
+        while not any(e.get("uuid") == task and e.get("archived") for batch in batches for e in batch):
+            batches.append(json.loads(await asyncio.wait_for(batched.read_message(), 30)))
         leaked: list[dict[str, Any]] = []
         try:
             while True:
                 leaked.append(json.loads(await asyncio.wait_for(theirs.read_message(), 0.5)))
         except TimeoutError:
             pass
-        for connection in (mine, theirs):  # close and wait for the handshake, so no socket is left behind
+        for connection in (mine, batched, theirs):  # close and wait for the handshake, so no socket is left behind
             connection.close()
             with contextlib.suppress(TimeoutError):
                 while await asyncio.wait_for(connection.read_message(), 10) is not None:
                     pass
-        return [e for e in seen if e.get("uuid") == task], [e for e in leaked if e.get("kind") == "task"]
+        return [e for e in seen if e.get("uuid") == task], [e for e in leaked if e.get("kind") == "task"], batches
 
-    events, leaked = asyncio.run(scenario())
+    events, leaked, batches = asyncio.run(scenario())
+    assert all(isinstance(batch, list) and batch for batch in batches)
+    assert [e for batch in batches for e in batch if e.get("uuid") == events[0]["uuid"]] == events
     states = [e["state"] for e in events]
     assert states[0] == "Ready" and "Running" in states and states[-1] == "Finished"
     reported = [e["exec_state"] for e in events]

@@ -22,6 +22,7 @@ from mito_lab.server.app import Coordinator
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 MEMBERS = {"owner": "Admin", "boss": "Admin", "writer": "Write", "reader": "Read"}
+HOOK, HOOK_SECRET = "http://127.0.0.1:9/hook", "a-webhook-secret-of-the-matrix"
 RANK = {"Read": 0, "Write": 1, "Admin": 2}
 
 
@@ -34,6 +35,7 @@ class World:
     spare_task: str
     worker: str
     worker_token: str
+    alert: int
 
 
 @dataclass
@@ -76,8 +78,9 @@ def make_world(platform: Platform, index: int) -> World:
     # reading them records the uploads (they commit on completion), then they can be made old
     assert [a["content_type"] for a in platform.api("GET", f"/tasks/{task}", user="owner").json["artifacts"]] == ["result"]
     assert platform.api("GET", f"/groups/{group}/attachments/data.txt", user="owner").status == 200
+    alert = platform.api("POST", "/alerts", {"group_name": group, "label": "none", "url": HOOK, "secret": HOOK_SECRET}, user="owner").json
     backdate(platform)
-    return World(group, task, spare, worker["worker_id"], worker["token"])
+    return World(group, task, spare, worker["worker_id"], worker["token"], alert["id"])
 
 
 def backdate(platform: Platform) -> None:
@@ -107,6 +110,7 @@ GROUP_ENDPOINTS: list[tuple[str, Endpoint]] = [
     ("Read", lambda w: ("POST", f"/groups/{w.group}/download/attachments/list", {"keys": ["data.txt"]})),
     ("Read", lambda w: ("GET", f"/workers/{w.worker}", None)),
     ("Read", lambda w: ("POST", "/workers/query", {"group_name": w.group})),
+    ("Read", lambda w: ("GET", f"/alerts?group={w.group}", None)),
     ("Write", lambda w: ("POST", "/tasks", {"group_name": w.group, "task_spec": {"args": ["true"]}})),
     ("Write", lambda w: ("PUT", f"/tasks/{w.task}", {"priority": 3})),
     ("Write", lambda w: ("PUT", f"/tasks/{w.task}/labels", {"labels": ["x"]})),
@@ -121,6 +125,8 @@ GROUP_ENDPOINTS: list[tuple[str, Endpoint]] = [
     ("Write", lambda w: ("POST", f"/groups/{w.group}/delete/attachments/list", {"keys": ["data.txt"]})),
     ("Write", lambda w: ("PUT", f"/workers/{w.worker}/tags", {"tags": ["t"]})),
     ("Write", lambda w: ("PUT", f"/workers/{w.worker}/labels", {"labels": ["l"]})),
+    ("Write", lambda w: ("POST", "/alerts", {"group_name": w.group, "label": "made", "url": HOOK, "secret": HOOK_SECRET})),
+    ("Write", lambda w: ("DELETE", f"/alerts/{w.alert}", None)),
     ("Admin", lambda w: ("PUT", f"/groups/{w.group}/users", {"relations": {"outsider": "Read"}})),
     ("Admin", lambda w: ("DELETE", f"/groups/{w.group}/users?users=outsider", None)),
     ("Admin", lambda w: ("POST", f"/groups/{w.group}/users/remove", {"users": ["outsider"]})),
@@ -143,6 +149,10 @@ def _worker(platform: Platform, world: World) -> Any:
 
 def _members(platform: Platform, world: World) -> dict[str, str]:
     return platform.api("GET", f"/groups/{world.group}", user="owner").json["users_in_group"]
+
+
+def _alerts(platform: Platform, world: World) -> dict[int, str]:
+    return {a["id"]: a["label"] for a in platform.api("GET", f"/alerts?group={world.group}", user="owner").json["alerts"]}
 
 
 def _attachments(platform: Platform, world: World) -> list[str]:
@@ -171,12 +181,15 @@ READ_BACK: dict[tuple[str, str], ReadBack] = {
     ("DELETE", "/workers/{worker}/groups"): lambda p, w, a: _worker(p, w)["groups"].get(w.group) is not None,  # only an unknown group named
     ("POST", "/workers/shutdown"): lambda p, w, a: _worker(p, w)["info"]["state"] == "Normal",  # no worker matched its labels
     ("DELETE", "/workers/{worker}"): lambda p, w, a: p.api("GET", f"/workers/{w.worker}", user="owner").status == 404,
+    ("POST", "/alerts"): lambda p, w, a: _alerts(p, w).get(a.json["id"]) == "made",
+    ("DELETE", "/alerts/{alert}"): lambda p, w, a: w.alert not in _alerts(p, w),
 }
 
 
 def route_of(world: World, endpoint: tuple[str, str, Any]) -> tuple[str, str]:
     method, path, _ = endpoint
     path = path.split("?")[0].replace(world.spare_task, "{spare}").replace(world.task, "{task}").replace(world.worker, "{worker}")
+    path = path.replace(f"/alerts/{world.alert}", "/alerts/{alert}")
     return method, re.sub(rf"/{re.escape(world.group)}(?=/|$)", "/{group}", path)
 
 
@@ -330,7 +343,7 @@ def test_every_user_route_is_in_the_matrix() -> None:
         ("POST", "/groups/{group}/attachments/query"), ("DELETE", "/workers/{worker_uuid}/groups/remove"),
         ("POST", "/login"), ("GET", "/health"),
     }
-    world = World("G", "T", "S", "W", "")
+    world = World("G", "T", "S", "W", "", 0)
     covered = set()
     for endpoint in [e for _, e in GROUP_ENDPOINTS] + [e for _, e, _ in LIST_ENDPOINTS] + ADMIN_ENDPOINTS:
         method, path, _ = endpoint(world)

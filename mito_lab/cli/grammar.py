@@ -16,12 +16,13 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from mito_lab.client.api import AsyncClient, task_request
+from mito_lab.client.api import AsyncClient, alert_request, task_request
 from mito_lab.client.unpack import extract
 from mito_lab.config import parse_duration
 from mito_lab.sweeps import Launched, launch, parse_value
 from mito_lab.text import counted, size_text
 from mito_lab.wire import (
+    AlertEvent,
     ArtifactContentType,
     ArtifactRef,
     ArtifactsFilterReq,
@@ -390,6 +391,26 @@ async def cmd_sweep(client: AsyncClient, args: argparse.Namespace) -> Launched:
         )
     except ValueError as exc:
         raise GrammarError(f"sweep: {exc}") from None
+
+
+async def cmd_alert_add(client: AsyncClient, args: argparse.Namespace) -> Any:
+    secret = _ask_missing(args.secret, "Secret (the webhook's HMAC key)", secret=True)
+    try:
+        request = alert_request(args.label, args.url, secret, on=args.on, failures=args.failures, group=args.group)
+    except ValidationError as exc:
+        raise GrammarError(f"alert add: {describe_validation_error(exc)}") from None
+    except ValueError as exc:
+        raise GrammarError(f"alert add: {exc}") from None
+    return await client.create_alert(request)
+
+
+async def cmd_alert_list(client: AsyncClient, args: argparse.Namespace) -> Any:
+    return await client.query_alerts(args.group)
+
+
+async def cmd_alert_remove(client: AsyncClient, args: argparse.Namespace) -> Any:
+    await client.remove_alert(args.id)
+    return f"Removed alert {args.id}"
 
 
 async def cmd_help(client: AsyncClient | None, args: argparse.Namespace) -> str:
@@ -766,6 +787,24 @@ def build_parser(prog: str = "mito client") -> Parser:
     sweep.add_argument("--python", default="python3", help="the Python with mito_lab on the workers [default: python3]")
     _add_cache_options(sweep, "each run")
     sweep.set_defaults(func=cmd_sweep)
+
+    alert = _subcommands(commands.add_parser("alert", help="Campaign alerts: a webhook told when a label's runs are done or failing"))
+    add = alert.add_parser("add", help="POST to URL when the runs labelled LABEL have all ended, or when their failures pass a threshold",
+                           usage="alert add LABEL URL [--secret SECRET] [--failures N|P%%] [--on done,failures] [-g GROUP]")
+    add.add_argument("label", metavar="LABEL", help="the runs' label (a sweep's is mito-sweep:NAME)")
+    add.add_argument("url", metavar="URL", help="the webhook, http:// or https://")
+    add.add_argument("--secret", help="the HMAC key that signs each POST (X-Mito-Signature), 16 characters or more [default: asked]")
+    add.add_argument("--failures", help="fire 'failures' once this many runs failed (3), or this share of them (20%%)")
+    add.add_argument("--on", nargs="*", action=CommaList, convert=AlertEvent, metavar="EVENTS",
+                     help="done, failures [default: done, and failures with --failures]")
+    add.add_argument("-g", "--group", help="the group [default: your own]")
+    add.set_defaults(func=cmd_alert_add)
+    listing = alert.add_parser("list", help="The alerts of a group")
+    listing.add_argument("-g", "--group", help="the group [default: your own]")
+    listing.set_defaults(func=cmd_alert_list)
+    remove = alert.add_parser("remove", help="Delete an alert")
+    remove.add_argument("id", type=_argument_type(int, "alert id"), metavar="ID")
+    remove.set_defaults(func=cmd_alert_remove)
 
     shutdown = commands.add_parser("shutdown", help="Shutdown the coordinator")
     shutdown.add_argument("secret", metavar="SECRET", help="the secret in the coordinator's start-up log")

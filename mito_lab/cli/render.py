@@ -8,9 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mito_lab.client.views import usage_text, why_text
+from mito_lab.client.views import alert_condition, alert_text, usage_text, why_text
 from mito_lab.text import counted, size_text
 from mito_lab.wire import (
+    AlertInfo,
+    AlertsResp,
     AttachmentMetadata,
     AttachmentsQueryResp,
     DownloadResp,
@@ -129,6 +131,14 @@ def _attachments(response: AttachmentsQueryResp) -> str:
     return table(["KEY", "SIZE", "UPDATED"], [[a.key, a.size, _when(a.updated_at)] for a in response.attachments])
 
 
+def _alerts(response: AlertsResp) -> str:
+    if not response.alerts:
+        return f"No alerts in group {response.group_name}"
+    rows = [[a.id, a.label, alert_condition(a), a.url, a.secret_hint, a.creator_username, "yes" if a.active else "no",
+             f"{a.last_event.value} {_when(a.fired_at)}" if a.last_event else "", a.delivery or ""] for a in response.alerts]
+    return table(["ID", "LABEL", "ON", "URL", "SECRET", "CREATOR", "ACTIVE", "FIRED", "DELIVERY"], rows)
+
+
 def as_json(result: Any) -> str | None:
     """Machine-readable output (``--json``): the API's own JSON."""
     if result is None:
@@ -160,6 +170,10 @@ def render(result: Any, verbose: bool = False) -> str | None:
         return f"Submitted task {result.uuid} (#{result.task_id}){hit}"
     if isinstance(result, TaskWhyResp):
         return why_text(result)
+    if isinstance(result, AlertInfo):
+        return alert_text(result)
+    if isinstance(result, AlertsResp):
+        return _alerts(result)
     if isinstance(result, TaskQueryResp):
         return _task(result)
     if isinstance(result, TasksQueryResp):

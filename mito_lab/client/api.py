@@ -20,11 +20,14 @@ from mito_lab.client.events import Event, EventStream, Listener
 from mito_lab.client.http import HttpSession, MitoError
 from mito_lab.client.progress import ShowProgress, progress_bar
 from mito_lab.client.unpack import extract
-from mito_lab.client.views import Explanation
+from mito_lab.client.views import AlertView, Explanation
 from mito_lab.config import cache_dir, parse_duration
 from mito_lab.wire import (
     MAX_BATCH_TASKS,
+    RERUN_PREFIX,
     AdminChangePasswordReq,
+    AlertEvent,
+    AlertsResp,
     ArtifactContentType,
     ArtifactsDownloadResp,
     ArtifactsFilterReq,
@@ -42,6 +45,7 @@ from mito_lab.wire import (
     ChangePasswordReq,
     ChangeTaskReq,
     ChangeUserStateReq,
+    CreateAlertReq,
     CreateGroupReq,
     CreateUserReq,
     DeleteArtifactsListResp,
@@ -198,10 +202,6 @@ def task_request(
     )
 
 
-RERUN_PREFIX = "mito-rerun-of:"
-"""The label a rerun carries: the uuid of the run it replaces."""
-
-
 def changed_timeout(seconds: int, change: str | timedelta | None) -> timedelta:
     """A rerun's timeout: the old one (``None``), scaled (``"x2"``, ``"x0.5"``) or a new duration."""
     if change is None:
@@ -233,6 +233,35 @@ def rerun_request(
         task_spec=spec,
         max_attempts=info.max_attempts if max_attempts is None else max_attempts,
     )
+
+
+def alert_request(
+    label: str, url: str, secret: str, *, on: Iterable[AlertEvent | str] | None = None, failures: int | float | str | None = None,
+    group: str | None = None,
+) -> CreateAlertReq:
+    """A campaign alert from friendly arguments: ``failures`` is a count of failed runs (``3``),
+    or a share of the runs (``0.2``, ``"20%"``); ``on`` defaults to ``done``, and ``failures``
+    when a threshold is given."""
+    count: int | None = None
+    share: float | None = None
+    number: float | None = None
+    if isinstance(failures, bool):
+        raise ValueError("failures: give a number of runs (3) or a share of them (0.2, '20%'), not True or False")
+    try:
+        if isinstance(failures, str) and failures.strip().endswith("%"):
+            share = float(failures.strip()[:-1]) / 100
+        elif failures is not None:
+            number = float(failures)
+    except ValueError:
+        raise ValueError(f"failures {failures!r}: give a number of runs (3) or a share of them (0.2, 20%)") from None
+    if number is not None and number < 1:
+        share = number
+    elif number is not None:
+        if not number.is_integer():
+            raise ValueError(f"failures {failures!r}: a number of runs is whole (3), a share is below 1 (0.2)")
+        count = int(number)
+    events = list(on) if on is not None else [AlertEvent.done, *([AlertEvent.failures] if failures is not None else [])]
+    return CreateAlertReq(group_name=group, label=label, url=url, secret=secret, on=events, failures=count, failure_share=share)
 
 
 Submittable = SubmitTaskReq | list[str] | str  # a request, an argument list, or a script for ``bash -c``
@@ -380,6 +409,33 @@ class AsyncClient:
         return await self._upload(
             f"groups/{group}/attachments", lambda size: UploadAttachmentReq(key=key, content_length=size), path, progress, recorded
         )
+
+    # --- campaign alerts ------------------------------------------------------------------------
+
+    async def alert(
+        self, label: str, url: str, secret: str, *, on: Iterable[AlertEvent | str] | None = None,
+        failures: int | float | str | None = None, group: str | None = None,
+    ) -> AlertView:
+        """Have the coordinator POST to ``url`` when the runs labelled ``label`` in ``group``
+        (default: your own) have all ended (``on="done"``), or when ``failures`` of them failed
+        (a count, or a share such as ``0.2`` or ``"20%"``), signed with ``secret`` (see the
+        README, Campaign alerts). A label whose runs have all ended already fires at once."""
+        return await self.create_alert(alert_request(label, url, secret, on=on, failures=failures, group=group))
+
+    async def create_alert(self, request: CreateAlertReq) -> AlertView:
+        return await self.session.call("POST", "alerts", request, AlertView)
+
+    async def query_alerts(self, group: str | None = None) -> AlertsResp:
+        return await self.session.call("GET", "alerts", None, AlertsResp, query=f"?group={quote(group)}" if group else "")
+
+    async def alerts(self, group: str | None = None) -> pd.DataFrame:
+        """The campaign alerts of a group (default: your own), with what each one's last delivery came to."""
+        from mito_lab.client.frames import alerts_frame
+
+        return alerts_frame((await self.query_alerts(group)).alerts)
+
+    async def remove_alert(self, alert_id: int) -> None:
+        await self.session.call("DELETE", f"alerts/{int(alert_id)}")
 
     # --- workers --------------------------------------------------------------------------------
 

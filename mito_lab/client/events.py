@@ -43,7 +43,8 @@ class EventStream:
 
     @property
     def url(self) -> str:
-        return "ws" + self.session.url("events")[4:]  # http -> ws, https -> wss
+        # http -> ws, https -> wss; events in batches (a coordinator before them ignores the option)
+        return "ws" + self.session.url("events")[4:] + "?batch=1"
 
     async def listen(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` with every event from now on; returns the function that stops it.
@@ -93,7 +94,9 @@ class EventStream:
             reconnecting = True
             while (message := await self._connection.read_message()) is not None:
                 if isinstance(message, str):
-                    self._dispatch(json.loads(message))
+                    events = json.loads(message)
+                    for event in events if isinstance(events, list) else (events,):
+                        self._dispatch(event)
             self._connected.clear()
             if self._closing:
                 return

@@ -14,6 +14,8 @@ import pyarrow as pa
 
 from mito_lab.text import readable_duration
 from mito_lab.wire import (
+    AlertInfo,
+    AlertsResp,
     AttachmentQueryInfo,
     AttachmentsQueryResp,
     Role,
@@ -37,6 +39,8 @@ LEADING_TASK_COLUMNS = ["uuid", "state", "exit_status", "command", "labels", "du
 TASK_COLUMNS = LEADING_TASK_COLUMNS + [name for name in task_columns_schema().names if name not in LEADING_TASK_COLUMNS]
 WORKER_COLUMNS = ["worker_id", "state", "tags", "labels", "creator", "last_heartbeat", "task", "created_at", "updated_at"]
 ATTACHMENT_COLUMNS = ["key", "size", "created_at", "updated_at"]
+ALERT_COLUMNS = ["id", "label", "on", "failures", "failure_share", "url", "secret_hint", "active", "fired_at", "last_event", "delivery",
+                 "group", "creator", "created_at"]
 # Arrow types read into pandas' nullable types (then cast to the reference's dtypes)
 _PANDAS_TYPES = {pa.string(): pd.StringDtype(), pa.int64(): pd.Int64Dtype()}
 
@@ -194,6 +198,27 @@ def attachments_frame(attachments: Sequence[AttachmentQueryInfo]) -> ReadableFra
     return _frame(columns, ATTACHMENT_COLUMNS)
 
 
+def alerts_frame(alerts: Sequence[AlertInfo]) -> ReadableFrame:
+    """A group's campaign alerts, oldest first."""
+    columns = {
+        "id": pd.Series([a.id for a in alerts], dtype="int64"),
+        "label": _text(a.label for a in alerts),
+        "on": _lists([event.value for event in a.on] for a in alerts),
+        "failures": pd.Series([a.failures for a in alerts], dtype="Int64"),
+        "failure_share": pd.Series([a.failure_share for a in alerts], dtype="Float64"),
+        "url": _text(a.url for a in alerts),
+        "secret_hint": _text(a.secret_hint for a in alerts),
+        "active": pd.Series([a.active for a in alerts], dtype="bool"),
+        "fired_at": _utc(a.fired_at for a in alerts),
+        "last_event": _text(a.last_event.value if a.last_event else None for a in alerts),
+        "delivery": _text(a.delivery for a in alerts),
+        "group": _text(a.group_name for a in alerts),
+        "creator": _text(a.creator_username for a in alerts),
+        "created_at": _utc(a.created_at for a in alerts),
+    }
+    return _frame(columns, ALERT_COLUMNS)
+
+
 def groups_frame(groups: Mapping[str, Role]) -> ReadableFrame:
     """Your groups and your role in each."""
     names = sorted(groups)
@@ -211,6 +236,8 @@ def to_frame(result: Any) -> Any:
         return workers_frame(result.workers)
     if isinstance(result, AttachmentsQueryResp):
         return attachments_frame(result.attachments)
+    if isinstance(result, AlertsResp):
+        return alerts_frame(result.alerts)
     if isinstance(result, dict) and all(isinstance(role, Role) for role in result.values()):
         return groups_frame(result)
     return result

@@ -10,10 +10,8 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
-
 from mito_lab.client.live import Bundle, LiveView
-from mito_lab.client.progress import ShowProgress, wanted
+from mito_lab.client.progress import ShowProgress, open_bar, wanted
 from mito_lab.client.views import task_bundle, task_html, task_text, updated_info
 from mito_lab.wire import TaskExecState, TaskInfo, TaskState
 
@@ -97,13 +95,12 @@ class TaskHandle:
         """Block until the task has ended and its outcome is committed; returns its final info
         (shown as the task's card). Shows a progress bar (in a notebook or a terminal, or when
         ``progress=True``). A card of the task shown earlier shows the end by the time it returns."""
-        bar = tqdm(total=_STEPS, desc="waiting", bar_format="{desc} |{bar}| [{elapsed}]", leave=False) if wanted(progress) else None
+        bar = open_bar(_STEPS, "waiting", unit="step", steps_only=True) if wanted(progress) else None
 
         def changed(info: TaskInfo) -> None:
             self._info = info
             if bar is not None:
-                bar.n = _step(info)
-                bar.set_description(_describe(info), refresh=True)
+                bar.show(_step(info), _describe(info))
 
         try:
             final = ended(self.client.wait_task(self.uuid, timeout, changed))

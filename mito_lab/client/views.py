@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mito_lab.text import readable_duration, size_text
-from mito_lab.wire import TaskInfo, TaskResultMessage, TaskResultSpec, TaskState, TaskUsage, TaskWhyResp
+from mito_lab.wire import AlertInfo, TaskInfo, TaskResultMessage, TaskResultSpec, TaskState, TaskUsage, TaskWhyResp
 
 STATE_COLORS = {
     TaskState.Pending: "#9e9e9e",
@@ -143,3 +143,37 @@ def usage_text(usage: TaskUsage) -> str:
     share = f" ({efficiency:.0%} of {usage.cores:g} core{'' if usage.cores == 1 else 's'})" if efficiency is not None else ""
     gpu = f", peak GPU memory {size_text(usage.gpu_max_memory)}" if usage.gpu_max_memory is not None else ""
     return f"{usage.cpu_s:.2f} s CPU in {usage.wall_s:.2f} s{share}, peak memory {size_text(usage.max_rss)}{gpu}"
+
+
+def alert_condition(info: AlertInfo) -> str:
+    """``done, failures >= 3`` / ``failures >= 20% of the runs``: when the alert fires."""
+    events = []
+    for event in info.on:
+        if event.value == "failures":
+            events.append(f"failures >= {info.failures}" if info.failures is not None else f"failures >= {info.failure_share:.0%} of the runs")
+        else:
+            events.append(event.value)
+    return ", ".join(events)
+
+
+def alert_text(info: AlertInfo) -> str:
+    """An alert in one line, and what became of its last delivery."""
+    state = "" if info.active else " (inactive: its creator no longer has Write in the group)"
+    text = (f"Alert {info.id} on label {info.label} in group {info.group_name}: {alert_condition(info)} -> {info.url} "
+            f"(secret {info.secret_hint}){state}")
+    if info.fired_at is not None and info.last_event is not None:
+        text += f"\n  fired {info.last_event.value} at {info.fired_at.isoformat()}; {info.delivery or ''}".rstrip("; ")
+    return text
+
+
+class AlertView(AlertInfo):
+    """A campaign alert (``client.alert``): shows in a notebook and prints as the CLI does."""
+
+    def __str__(self) -> str:
+        return alert_text(self)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(alert_text(self))
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(alert_text(self))}</pre>"

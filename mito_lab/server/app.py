@@ -29,6 +29,7 @@ from mito_lab.server.events import RedisEvents, make_events, remove_reference_ac
 from mito_lab.server.handlers.base import MAX_DRAINED_BODY, SMALL_JSON_BODY, NotFoundHandler
 from mito_lab.server.services import uploads
 from mito_lab.server.services.activity import ACCESS, CANCEL, DATABASE_WATCH_SECONDS, EVENTS, TASKS_READY, watch_database
+from mito_lab.server.services.alerts import AlertService
 from mito_lab.server.services.attachments import AttachmentService
 from mito_lab.server.services.auth import Tokens, load_or_create_keys
 from mito_lab.server.services.context import Context
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 REAP_SECONDS = 1.0
 
 # Tornado tries the routes in order: the workers' protocol, the busiest, comes first.
-HANDLER_MODULES = ("workers", "tasks", "blobs", "misc", "users", "admin", "groups", "attachments", "events")
+HANDLER_MODULES = ("workers", "tasks", "blobs", "misc", "users", "admin", "groups", "attachments", "alerts", "events")
 
 
 class StartupError(Exception):
@@ -116,6 +117,7 @@ class Coordinator:
         self.logs = LogService(self.context)
         self.tasks = TaskService(self.context)
         self.streams = EventStreamService(self.context, self.users, self.groups)
+        self.alerts = AlertService(self.context)
         self._server: HTTPServer | None = None
         self._background: list[asyncio.Task[None]] = []
         # POST /admin/shutdown must present this; it is only ever written to the log (reference 1.3)
@@ -170,6 +172,7 @@ class Coordinator:
             raise StartupError(f"cannot listen on {config.bind}: {exc.strerror or exc}") from exc
         self.workers.restore()  # from now on the workers can reach it
         self.streams.start()
+        self.alerts.start()
         # What start-up built (modules, models, schemas: over 100,000 objects) lives as long as the
         # process: frozen out of the collector's sight, a full collection scans only what came since.
         # A 10,000-task batch triggers a few; over the start-up heap they took a third of its time.
@@ -235,6 +238,7 @@ class Coordinator:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.alerts.close()
         await self.context.events.close()
         await self.context.db.close()
         if self._data_dir_lock is not None:

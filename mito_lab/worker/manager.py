@@ -15,9 +15,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from mito_lab.cli.main import build_parser
+from mito_lab.client.progress import progress_bar
 from mito_lab.config import cache_dir
 from mito_lab.text import counted
 from mito_lab.worker.identity import masked
@@ -81,17 +81,20 @@ def spawn(count: int, worker_args: list[str]) -> int:
     logs = state_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     workers = [w for w in load() if alive(w)]
-    for _ in tqdm(range(count), desc="spawning workers", unit="worker"):
-        log_path = logs / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{len(workers)}.log"
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "mito_lab", "worker", *worker_args],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env=dict(os.environ, NO_COLOR="1"),
-            )
-        started = _start_time(process.pid)
-        if started is not None:
-            workers.append(Managed(process.pid, started, recorded, str(log_path)))
+    with progress_bar(None, count, "spawning workers", unit="worker") as advance:
+        for _ in range(count):
+            log_path = logs / f"worker-{time.strftime('%Y%m%d-%H%M%S')}-{len(workers)}.log"
+            with log_path.open("ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "mito_lab", "worker", *worker_args],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True, env=dict(os.environ, NO_COLOR="1"),
+                )
+            started = _start_time(process.pid)
+            if started is not None:
+                workers.append(Managed(process.pid, started, recorded, str(log_path)))
+            if advance is not None:
+                advance(1)
     save(workers)
     # a worker with bad options or credentials exits at once: wait until each has registered or exited
     deadline = time.monotonic() + STARTUP_SECONDS

@@ -27,7 +27,7 @@ import traitlets as t
 
 from mito_lab.client.http import MitoError
 from mito_lab.client.views import FAILED_COLOR, STATE_COLORS, UNKNOWN_COLOR
-from mito_lab.magics.dashboard.snapshot import PROGRESS_COLORS, progress_line, snapshot_html
+from mito_lab.magics.dashboard.snapshot import PROGRESS_COLORS, SNAPSHOT_STYLE, progress_line, snapshot_html
 from mito_lab.magics.dashboard.store import ACTIVE, TaskStore, row_of_info, rows_of_columns
 from mito_lab.wire import (
     ArtifactContentType,
@@ -118,17 +118,25 @@ class Dashboard(anywidget.AnyWidget):
 
     # --- display --------------------------------------------------------------------------------
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        data, metadata = super()._repr_mimebundle_(**kwargs)
-        data["text/html"] = self.snapshot_html()  # shown where the live widget cannot be (no kernel)
-        return data, metadata
-
     def _ipython_display_(self) -> None:
+        """Two outputs: the panel's static snapshot, then the live panel. A notebook saved and
+        opened again without the kernel that ran it cannot draw the panel (JupyterLab says
+        "Loading widget..." or "model not found" for ever), so the snapshot is an output of its
+        own, kept up to date, which the page hides while the live panel beside it is drawn."""
         from IPython.display import display
 
+        display(self._snapshot_bundle(), raw=True, display_id=self._snapshot_id)
         data, metadata = self._repr_mimebundle_()
+        data["text/plain"] = ""  # the snapshot beside it says it in text too
         display(data, metadata=metadata, raw=True, display_id=self.board_id)
         self._displayed = True
+
+    @property
+    def _snapshot_id(self) -> str:
+        return f"{self.board_id}-snapshot"
+
+    def _snapshot_bundle(self) -> dict[str, str]:
+        return {"text/plain": repr(self), "text/html": SNAPSHOT_STYLE + self.snapshot_html()}
 
     def __repr__(self) -> str:
         summary = self.summary or {}
@@ -184,7 +192,8 @@ class Dashboard(anywidget.AnyWidget):
             if self._displayed:
                 from IPython.display import update_display
 
-                update_display({"text/plain": repr(self), "text/html": self.snapshot_html()}, raw=True, display_id=self.board_id)
+                update_display(self._snapshot_bundle(), raw=True, display_id=self._snapshot_id)
+                update_display({"text/plain": ""}, raw=True, display_id=self.board_id)
         finally:
             super().close()
 
@@ -409,13 +418,12 @@ class Dashboard(anywidget.AnyWidget):
             self._quiet_handle = asyncio.get_running_loop().call_later(QUIET_SECONDS, self._refresh_display)
 
     def _refresh_display(self) -> None:
-        """Put the panel's state in its display's HTML fallback, what a saved notebook shows where
-        no kernel runs the panel (JupyterLab redraws the panel for it, once per burst of changes)."""
+        """Bring the snapshot beside the panel up to date: what a saved notebook shows where no
+        kernel runs the panel."""
         from IPython.display import update_display
 
         self._quiet_handle = None
-        data, metadata = self._repr_mimebundle_()
-        update_display(data, metadata=metadata, raw=True, display_id=self.board_id)
+        update_display(self._snapshot_bundle(), raw=True, display_id=self._snapshot_id)
 
     def _worker_rows(self) -> list[dict[str, Any]]:
         return [
@@ -428,7 +436,7 @@ class Dashboard(anywidget.AnyWidget):
 
     def _on_page_message(self, _widget: Any, content: dict[str, Any], _buffers: list[Any]) -> None:
         action, task = content.get("action"), content.get("uuid")
-        if action not in ("logs", "cancel", "result") or not isinstance(task, str):
+        if action not in ("logs", "why", "cancel", "result") or not isinstance(task, str):
             self.status = f"the page asked for something unknown: {action!r}"
             return
         try:
@@ -438,6 +446,8 @@ class Dashboard(anywidget.AnyWidget):
             return
         if action == "logs":
             self._soon(self.show_logs(task_uuid, content.get("stream", "stdout")))
+        elif action == "why":
+            self._soon(self.show_why(task_uuid))
         elif action == "cancel":
             self._soon(self.cancel(task_uuid))
         else:
@@ -471,6 +481,14 @@ class Dashboard(anywidget.AnyWidget):
             self._log_text = await self.client.aio.output(task_uuid, stream)
             self._log_dirty = True
             self._schedule_flush()
+
+    async def show_why(self, task_uuid: uuid_module.UUID) -> None:
+        """Show, where the log goes, why the task waits: the coordinator's own explanation."""
+        if self._follow is not None:
+            self._follow.cancel()
+        explanation = await self.client.aio.explain(task_uuid)
+        self._log_text = str(explanation)
+        self.task_log = {"uuid": str(task_uuid), "stream": "why", "text": self._log_text}
 
     @property
     def log_text(self) -> str:

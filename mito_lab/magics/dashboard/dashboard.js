@@ -14,9 +14,11 @@ const COLUMNS = [
   { key: "command", title: "command", width: "minmax(160px, 3fr)" },
   { key: "labels", title: "labels", width: "minmax(70px, 1fr)" },
   { key: "duration", title: "duration", width: "84px" },
+  { key: "cpu", title: "cpu", width: "64px" },
+  { key: "rss", title: "peak mem", width: "76px" },
   { key: "worker", title: "worker", width: "78px" },
   { key: "created", title: "created", width: "76px" },
-  { key: "actions", title: "", width: "164px" },
+  { key: "actions", title: "", width: "200px" },
 ];
 const GRID = COLUMNS.map((c) => c.width).join(" ");
 const OUTCOMES = ["done", "failed", "running", "waiting"];
@@ -114,6 +116,17 @@ function durationText(seconds) {
   if (days) return `${days} d${hours ? ` ${hours} h` : ""}`;
   if (hours) return `${hours} h${minutes ? ` ${minutes} min` : ""}`;
   return `${minutes} min${rest ? ` ${rest} s` : ""}`;
+}
+
+// bytes for people, as the kernel's size_text: powers of 1000
+function sizeText(bytes) {
+  if (bytes == null) return "";
+  let value = bytes;
+  for (const unit of ["B", "kB", "MB", "GB"]) {
+    if (value < 1000) return unit === "B" ? `${bytes} B` : `${+value.toFixed(1)} ${unit}`;
+    value /= 1000;
+  }
+  return `${+value.toFixed(1)} TB`;
 }
 
 const pad = (number) => String(number).padStart(2, "0");
@@ -286,6 +299,9 @@ function render({ model, el }) {
     const worker = store.get(at, "worker");
     const command = store.get(at, "command");
     const labels = store.get(at, "labels");
+    const cpu = store.get(at, "cpu"), efficiency = store.get(at, "efficiency");
+    const state = store.get(at, "state");
+    const waiting = state === "Pending" || state === "Ready";
     return `<div class="md-row" data-uuid="${esc(uuid)}" style="grid-template-columns:${GRID}">
       <div class="md-c">${store.get(at, "id")}</div>
       <div class="md-c md-state">${badge(at)}</div>
@@ -293,9 +309,11 @@ function render({ model, el }) {
       <div class="md-c" title="${esc(command)}"><code>${esc(command)}</code></div>
       <div class="md-c" title="${esc(labels)}">${esc(labels)}</div>
       <div class="md-c">${durationText(duration)}</div>
+      <div class="md-c" title="${cpu == null ? "" : `${cpu.toFixed(2)} s of CPU${efficiency == null ? "" : `, ${Math.round(efficiency * 100)}% of its cores`}`}">${cpu == null ? "" : `${cpu.toFixed(1)} s`}</div>
+      <div class="md-c">${sizeText(store.get(at, "rss"))}</div>
       <div class="md-c">${worker ? `<code title="${esc(worker)}">${esc(worker.slice(0, 8))}</code>` : ""}</div>
       <div class="md-c">${clockText(store.get(at, "created"))}</div>
-      <div class="md-c md-actions"><button data-act="logs">logs</button><button data-act="cancel"${store.get(at, "cancellable") ? "" : " disabled"}>cancel</button><button data-act="result"${store.get(at, "result") ? "" : " disabled"} title="${store.get(at, "result") ? "download and unpack its result" : "no result artifact"}">result</button></div>
+      <div class="md-c md-actions"><button data-act="logs">logs</button><button data-act="why"${waiting ? "" : " disabled"} title="${waiting ? "why it waits" : "it does not wait"}">why</button><button data-act="cancel"${store.get(at, "cancellable") ? "" : " disabled"}>cancel</button><button data-act="result"${store.get(at, "result") ? "" : " disabled"} title="${store.get(at, "result") ? "download and unpack its result" : "no result artifact"}">result</button></div>
     </div>`;
   }
 
@@ -353,8 +371,10 @@ function render({ model, el }) {
     if (log.uuid !== ui.logUuid || log.stream !== ui.logStream) ui.follow = true; // a new log starts at its end
     ui.logUuid = log.uuid;
     ui.logStream = log.stream;
-    $(".md-log-title").innerHTML = `<b>${esc(log.stream)}</b> of <code>${esc(log.uuid)}</code>`;
-    $(".md-stream").value = log.stream;
+    const why = log.stream === "why";
+    $(".md-log-title").innerHTML = why ? `why <code>${esc(log.uuid)}</code> waits` : `<b>${esc(log.stream)}</b> of <code>${esc(log.uuid)}</code>`;
+    $(".md-stream").style.visibility = why ? "hidden" : "";
+    if (!why) $(".md-stream").value = log.stream;
     logText.textContent = log.text;
     if (ui.follow) logText.scrollTop = logText.scrollHeight;
   }
@@ -662,6 +682,7 @@ function render({ model, el }) {
       } else {
         model.send({ action: target.dataset.act, uuid, stream: $(".md-stream").value });
         if (target.dataset.act === "logs") $(".md-log-title").innerHTML = `loading the output of <code>${esc(uuid)}</code>…`;
+        if (target.dataset.act === "why") $(".md-log-title").innerHTML = `asking why <code>${esc(uuid)}</code> waits…`;
       }
     }
   });

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from mito_lab.client.views import FAILED_COLOR, STATE_COLORS, UNKNOWN_COLOR
-from mito_lab.text import readable_duration
+from mito_lab.text import readable_duration, size_text
 from mito_lab.wire import TaskState
 
 PROGRESS_COLORS = {"done": STATE_COLORS[TaskState.Finished], "failed": FAILED_COLOR, "running": STATE_COLORS[TaskState.Running],
@@ -51,7 +51,7 @@ def _duration(row: dict[str, Any], now: float) -> str:
 
 
 def _task_rows(rows: list[dict[str, Any]], now: float) -> str:
-    head = "".join(f'<th style="{_CELL}">{name}</th>' for name in ("#", "state", "uuid", "command", "labels", "duration"))
+    head = "".join(f'<th style="{_CELL}">{name}</th>' for name in ("#", "state", "uuid", "command", "labels", "duration", "cpu", "peak mem"))
     body = []
     for row in rows:
         state = row["state"] + (f" ({row['exit']})" if row["exit"] not in (None, 0) else "") + (f" · {row['msg']}" if row["msg"] else "")
@@ -59,7 +59,8 @@ def _task_rows(rows: list[dict[str, Any]], now: float) -> str:
                  f'{html.escape(state)}</span>')
         cells = (str(row["id"]), badge, f'<code>{row["uuid"][:8]}</code>',
                  f'<code title="{html.escape(row["command"])}">{html.escape(row["command"][:80])}</code>',
-                 html.escape(row["labels"]), _duration(row, now))
+                 html.escape(row["labels"]), _duration(row, now), "" if row["cpu"] is None else f'{row["cpu"]:.1f} s',
+                 "" if row["rss"] is None else size_text(row["rss"]))
         body.append("<tr>" + "".join(f'<td style="{_CELL};max-width:28em">{cell}</td>' for cell in cells) + "</tr>")
     return f'<table style="border-collapse:collapse;font-size:90%"><tr>{head}</tr>{"".join(body)}</table>'
 
@@ -75,6 +76,18 @@ def _worker_rows(workers: list[dict[str, Any]], now: float) -> str:
     return "<br>".join(lines)
 
 
+# A snapshot output stands before its live panel's output. Where the panel is drawn, the snapshot
+# gives way; where it cannot be (a kernel that did not draw it, or none), JupyterLab's placeholder
+# in the next output ("Loading widget...", "model not found") is hidden and the snapshot shows.
+# Plain CSS, so it works in a saved notebook with no kernel at all.
+SNAPSHOT_STYLE = (
+    "<style>"
+    ".jp-OutputArea-child:has(.mito-snapshot) + .jp-OutputArea-child > .jp-OutputArea-output:not(:has(.mito-dash)) {display:none}"
+    ".jp-OutputArea-child:has(.mito-snapshot):has(+ .jp-OutputArea-child .mito-dash) {display:none}"
+    "</style>"
+)
+
+
 def snapshot_html(board: dict[str, Any]) -> str:
     """``board``: group, coordinator, summary, newest (rows as dicts), workers, log, live."""
     now = time.time()
@@ -86,7 +99,7 @@ def snapshot_html(board: dict[str, Any]) -> str:
                 f'<pre style="background:#1e1e1e;color:#e6e6e6;max-height:12em;overflow:auto;padding:4px">'
                 f'{html.escape(log["text"][-4000:])}</pre>') if log["uuid"] else ""
     return (
-        '<div class="mito-dash-snapshot" style="font-family:sans-serif;font-size:13px">'
+        '<div class="mito-snapshot mito-dash-snapshot" style="font-family:sans-serif;font-size:13px">'
         f'<div><b>mito dashboard</b> · group <b>{html.escape(board["group"])}</b> · {html.escape(board["coordinator"])}'
         f' · <i>snapshot of {time.strftime("%Y-%m-%d %H:%M:%S")}, {state}</i></div>'
         f'{_progress_bar(summary)}<div style="margin:4px 0">{_counts(summary)}</div>'

@@ -19,7 +19,7 @@ from mito_lab.client.views import STATE_COLORS
 from mito_lab.wire import TaskInfo, TaskState
 
 COLUMNS = ("uuid", "id", "state", "exit", "msg", "exec", "command", "labels", "created", "started", "ended", "worker",
-           "result", "cancellable")
+           "result", "cancellable", "cpu", "rss", "efficiency")
 _AT = {name: index for index, name in enumerate(COLUMNS)}
 STATES = [state.value for state in STATE_COLORS]
 ACTIVE = {TaskState.Pending.value, TaskState.Ready.value, TaskState.Running.value}
@@ -54,13 +54,15 @@ def row_of_info(info: TaskInfo, has_result: bool = False) -> Row:
         ", ".join(info.labels), _seconds(info.created_at), _seconds(info.started_at), _seconds(info.ended_at),
         str(info.reporter_uuid) if info.reporter_uuid else None, has_result,
         info.state.value in ACTIVE and info.result is None and not info.cancel_requested,
+        *((info.usage.cpu_s, info.usage.max_rss, info.usage.cpu_efficiency) if info.usage else (None, None, None)),
     ]
 
 
 def rows_of_columns(table: pa.Table, with_result: set[str]) -> Iterator[Row]:
     """Rows from ``POST /tasks/query/columns``'s answer (``wire.task_columns_schema``)."""
     column = {name: table.column(name).to_pylist() for name in
-              ("uuid", "task_id", "state", "exit_status", "msg", "exec_state", "command", "labels", "worker")}
+              ("uuid", "task_id", "state", "exit_status", "msg", "exec_state", "command", "labels", "worker",
+               "cpu_s", "max_rss", "cpu_efficiency")}
     moments = {name: table.column(name).cast(pa.int64()).to_pylist() for name in ("created_at", "started_at", "ended_at")}
     for index, task_uuid in enumerate(column["uuid"]):
         state, exit_status = column["state"][index], column["exit_status"][index]
@@ -70,6 +72,7 @@ def rows_of_columns(table: pa.Table, with_result: set[str]) -> Iterator[Row]:
             *(None if moments[name][index] is None else round(moments[name][index] / 1e6, 3) for name in ("created_at", "started_at", "ended_at")),
             column["worker"][index], task_uuid in with_result,
             state in ACTIVE and exit_status is None,  # a cancellation already asked is only known from events
+            column["cpu_s"][index], column["max_rss"][index], column["cpu_efficiency"][index],
         ]
 
 
@@ -126,6 +129,8 @@ class TaskStore:
         row[_AT["ended"]] = _seconds(event.get("ended_at"))
         if event.get("worker"):
             row[_AT["worker"]] = event["worker"]
+        if "cpu_s" in event:  # the run's cost, on the event of its commit
+            row[_AT["cpu"]], row[_AT["rss"]], row[_AT["efficiency"]] = event["cpu_s"], event["max_rss"], event["cpu_efficiency"]
         row[_AT["cancellable"]] = not event.get("archived") and event["state"] in ACTIVE and not event.get("cancel_requested")
         if (row[_AT["state"]], row[_AT["exit"]]) != counted:  # most events change only the fine state
             self._count(counted, -1)

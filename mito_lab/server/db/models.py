@@ -24,6 +24,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 
 from mito_lab.wire import (
+    AlertEvent,
     ArtifactContentType,
     Role,
     TaskExecState,
@@ -353,3 +354,27 @@ class TaskLog(Base):
     offset: Mapped[int] = mapped_column(sa.BigInteger)
     length: Mapped[int]
     data: Mapped[str] = mapped_column(sa.Text)
+
+
+class Alert(Timestamps, Base):
+    """A campaign alert: the runs labelled ``label`` in a group notify a webhook when they are all
+    done, or when their failures reach a threshold (``services/alerts.py``). Each event fires
+    once for the runs there are: its mark is the newest task id of the label when it fired, and
+    it fires again only once newer tasks carry the label (a rerun, a grid extended)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (sa.Index("ix_alerts_group_label", "group_id", "label"),)
+
+    group_id: Mapped[int] = mapped_column(sa.ForeignKey("groups.id", ondelete="CASCADE"))
+    creator_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    label: Mapped[str] = mapped_column(sa.String(255))
+    events: Mapped[list[str]]  # AlertEvent values
+    failures: Mapped[int | None]
+    failure_share: Mapped[float | None]
+    url: Mapped[str] = mapped_column(sa.String(2048))
+    secret: Mapped[str] = mapped_column(sa.String(1024))  # the HMAC key: it signs, so it is kept as given
+    done_mark: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    failures_mark: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    fired_at: Mapped[datetime | None]
+    last_event: Mapped[AlertEvent | None] = mapped_column(_enum(AlertEvent, "alert_event"))
+    delivery: Mapped[str | None] = mapped_column(sa.String(1024))

@@ -18,7 +18,8 @@ from mito_lab.server.services.streams import Stream
 @stream_request_body  # else Tornado would read a body, up to the server's 1 GiB, into memory first
 class EventsHandler(WebSocketHandler):
     """Authenticate with ``Authorization: Bearer TOKEN`` or ``?token=TOKEN`` (browsers cannot set
-    headers on a WebSocket). Each message is one JSON event; see ``services/activity.py``."""
+    headers on a WebSocket). Each message is one JSON event (see ``services/activity.py``), or with
+    ``?batch=1`` a JSON array of the events that waited (see ``services/streams.py``)."""
 
     stream: Stream | None = None
     _admitted: tuple[User, str, set[str]]
@@ -59,7 +60,7 @@ class EventsHandler(WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         user, token, groups = self._admitted
-        self.stream = self.mito.streams.open(self, user, token, groups)
+        self.stream = self.mito.streams.open(self, user, token, groups, batched=self.get_query_argument("batch", "0") == "1")
 
     def on_message(self, message: str | bytes) -> None:
         """The stream is one-way; messages from the client are ignored."""

@@ -18,7 +18,7 @@ from mito_lab.server.db.engine import after_commit
 from mito_lab.server.db.models import Task
 from mito_lab.server.events import RECHECK, RedisEvents
 from mito_lab.server.services.context import Context
-from mito_lab.wire import TaskState
+from mito_lab.wire import TaskState, TaskUsage
 
 if TYPE_CHECKING:  # tasks.py imports this module
     from mito_lab.server.services.tasks import NewTask
@@ -90,7 +90,16 @@ def task_payload(task: Task | NewTask, group: str) -> dict[str, Any]:
         "cancel_requested": task.cancel_requested,
         "started_at": task.started_at.isoformat() if task.started_at else None,
         "ended_at": task.ended_at.isoformat() if task.ended_at else None,
+        **usage_fields(task),
     }
+
+
+def usage_fields(task: Task | NewTask) -> dict[str, Any]:
+    """The run's cost, on the event of the commit that reported it."""
+    if task.archived_at is None or task.cpu_seconds is None or task.wall_seconds is None or task.cores is None:
+        return {}
+    usage = TaskUsage.model_construct(wall_s=task.wall_seconds, cpu_s=task.cpu_seconds, cores=task.cores)
+    return {"cpu_s": task.cpu_seconds, "max_rss": task.max_rss, "cpu_efficiency": usage.cpu_efficiency}
 
 
 def announce_ready(context: Context, session: AsyncSession) -> None:

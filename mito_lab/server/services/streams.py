@@ -9,6 +9,9 @@ holding up whoever published them, and when a socket ends (README, Security note
   waits for the kernel to take it (its reader does not keep up), so what the coordinator holds for
   a socket is its queue, never a growing write buffer; once ``events_queue_limit`` events wait,
   the socket is closed with 1013 (try again later) and the client reconnects and resyncs.
+- A socket opened with ``?batch=1`` gets what waits for it as one message, a JSON array of events
+  (oldest first), instead of a message per event: a reader of thousands of events a second (a
+  notebook's dashboard) parses a message per burst, not per event.
 - A user opens at most ``events_sockets_per_user`` sockets on one coordinator (429 past it).
 - Access is checked again when the bus says a user's access changed (``ACCESS``) and every
   ``ACCESS_REFRESH_SECONDS`` anyway (for other coordinators without Redis, and tokens expiring): a
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 ACCESS_REFRESH_SECONDS = 10.0
 SLICE_SECONDS = 0.01  # the pump's longest hold on the loop
 WRITES_PER_TURN = 64  # a socket's messages written before the next socket's turn
+BATCH_LIMIT = 1000  # events in one message of a batched socket
 # WebSocket close codes (RFC 6455 7.4.1, IANA registry)
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
@@ -66,6 +70,7 @@ class Stream:
     username: str
     token: str
     groups: set[str]
+    batched: bool = False  # waiting events go as one JSON array
     queue: deque[tuple[tuple[str, ...], str]] = field(default_factory=deque)  # (the event's groups, its JSON)
     scheduled: bool = False  # in the pump's list of sockets to write to
     writing: bool = False  # its last write waits for the kernel
@@ -139,8 +144,8 @@ class EventStreamService:
         if len(self._of_user.get(user.username, ())) >= limit:
             raise TooManyStreams(user.username, limit)
 
-    def open(self, socket: Socket, user: User, token: str, groups: set[str]) -> Stream:
-        stream = Stream(socket, user.username, token, set(groups))
+    def open(self, socket: Socket, user: User, token: str, groups: set[str], batched: bool = False) -> Stream:
+        stream = Stream(socket, user.username, token, set(groups), batched)
         self._of_user[stream.username].add(stream)
         for group in stream.groups:
             self._of_group[group].add(stream)
@@ -221,11 +226,9 @@ class EventStreamService:
                 continue  # a check reschedules the stream when it is done
             last: Awaitable[None] | None = None
             try:
-                for _ in range(min(WRITES_PER_TURN, len(stream.queue))):
-                    groups, text = stream.queue.popleft()
-                    if stream.sees(groups):  # not if the group was left since it was queued
-                        last = stream.socket.write_message(text)
-                        last.add_done_callback(_retrieve)  # type: ignore[attr-defined]
+                for text in self._messages(stream):
+                    last = stream.socket.write_message(text)
+                    last.add_done_callback(_retrieve)  # type: ignore[attr-defined]
             except WebSocketClosedError:
                 self.closed(stream)
                 continue
@@ -236,6 +239,16 @@ class EventStreamService:
                 self._schedule(stream)
             if loop.time() >= deadline:
                 return
+
+    @staticmethod
+    def _messages(stream: Stream) -> list[str]:
+        """This turn's messages of ``stream``: the events it may still see, taken off its queue."""
+        taken = min(BATCH_LIMIT if stream.batched else WRITES_PER_TURN, len(stream.queue))
+        texts = [text for groups, text in (stream.queue.popleft() for _ in range(taken))
+                 if stream.sees(groups)]  # not if the group was left since it was queued
+        if stream.batched and texts:
+            return ["[" + ",".join(texts) + "]"]
+        return texts
 
     def _written(self, stream: Stream, future: asyncio.Future[None]) -> None:
         stream.writing = False

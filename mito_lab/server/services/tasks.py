@@ -229,6 +229,10 @@ class NewTask:
     started_at: datetime | None = None
     ended_at: datetime | None = None
     archived_at: datetime | None = None
+    wall_seconds: float | None = None
+    cpu_seconds: float | None = None
+    max_rss: int | None = None
+    cores: float | None = None
     cached_from: uuid_module.UUID | None = None
 
     @classmethod

@@ -3,14 +3,14 @@ content digest of artifacts and attachments (kept once a cache key needed it); a
 up by their object, which a hit shares with its source
 
 Revision ID: 0010_result_cache
-Revises: 0009_task_usage
+Revises: 0011_alerts (numbered before it, merged after it: the chain is 0009, 0011, 0010)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010_result_cache"
-down_revision = "0009_task_usage"
+down_revision = "0011_alerts"
 branch_labels = None
 depends_on = None
 
