@@ -4,9 +4,9 @@ same work in its group that succeeded, instead of running again (a cache hit).
 The same work is the same cache key: the SHA-256 of a canonical JSON of the group, the spec's
 args, envs, terminal_output and watch, and each resource's path with its content's digest (an
 attachment's, or an upstream artifact's). A digest is the object's MD5, which S3 gives as the
-ETag of a single-part upload and the local store computes; it is kept on the artifact or
-attachment row once a key needed it (the coordinator never sees uploaded bytes, and reading an
-object is paid once, by the first cached submit that refers to it). Where the store cannot tell
+ETag of a single-part upload and the local store computes; it is asked of the store the first
+time a key needs it and kept on the artifact or attachment row (uploads and commits stay as they
+were: only cached submits pay for digests, once per object). Where the store cannot tell
 a digest (an object uploaded in parts), the object's name stands in: no object is ever rewritten
 (each upload names its own, ``services/uploads.py``), so the lookup may miss, never find other
 content. Tags, labels, priority, timeout and attempts decide where and when a task runs, not
@@ -172,10 +172,10 @@ async def look_up(context: Context, session: AsyncSession, wanted: Sequence[tupl
         mark = (row.group_id, row.cache_key)
         if mark not in newest or row.id > newest[mark][0]:
             newest[mark] = (row.id, row.uuid)
-    found = []
+    found: list[Keyed | None] = []
     for group_id, keyed in wanted:
         source = newest.get((group_id, keyed.key)) if keyed is not None and keyed.lookup else None
-        found.append(keyed if source is None else Keyed(keyed.key, keyed.lookup, source[1]))  # type: ignore[union-attr]
+        found.append(Keyed(keyed.key, keyed.lookup, source[1]) if keyed is not None and source is not None else keyed)
     return found
 
 
