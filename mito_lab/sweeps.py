@@ -150,8 +150,14 @@ async def launch(
     kernel: str | None = None,
     python: str = "python3",
     max_attempts: int = 3,
+    cache: bool = False,
+    force: bool = False,
 ) -> Launched:
-    """Upload the notebook (once per content) and submit one task per combination in one batch."""
+    """Upload the notebook (once per content) and submit one task per combination in one batch.
+    ``cache``: a combination that already ran successfully with this notebook in the group (in
+    any sweep launched with ``cache`` or ``force``) is answered from that run at once, so a grid
+    extended by a value runs only the new combinations; ``force``: run every one anyway, and be
+    the runs later ``cache`` launches find."""
     from mito_lab.client.api import task_request
 
     notebook = Path(notebook)
@@ -173,7 +179,7 @@ async def launch(
         task_request(
             run_command(python, notebook.name, combo, kernel),
             group=group, tags=tags, labels=[*labels, SWEEP_LABEL, SWEEP_PREFIX + name, f"{RUN_PREFIX}{index}"],
-            timeout=timeout, priority=priority, resources=[resource], max_attempts=max_attempts,
+            timeout=timeout, priority=priority, resources=[resource], max_attempts=max_attempts, cache=cache, force=force,
         )
         for index, combo in enumerate(combos)
     ]
@@ -323,7 +329,7 @@ class Sweep:
     @classmethod
     def launch(cls, client: "Client", notebook: Path | str, parameters: Grid, **options: Any) -> "Sweep":
         """Run ``notebook`` once per parameter combination across the fleet (see :func:`launch`
-        for the options: name, group, tags, labels, timeout, priority, kernel, python)."""
+        for the options: name, group, tags, labels, timeout, priority, kernel, python, cache, force)."""
         launched = client.run(launch(client.aio, Path(notebook), parameters, **options))
         return cls(client, launched.name, launched.group)
 
@@ -402,9 +408,10 @@ class Sweep:
     def results(self, concurrency: int = 8, history: bool = False) -> "pd.DataFrame":
         """One row per run (its newest attempt; every attempt, oldest first, with ``history``):
         its parameters, state, exit status, duration, cost, every recorded value, the executed
-        notebook's local path, for a failed run the failing cell and error, and the attempt it
-        ``replaces`` (a retry's). Result artifacts are downloaded ``concurrency`` at a time, once
-        (they are cached)."""
+        notebook's local path, for a failed run the failing cell and error, the attempt it
+        ``replaces`` (a retry's), and for a cache hit the run it was answered from
+        (``cached_from``), whose duration and cost it shows. Result artifacts are downloaded
+        ``concurrency`` at a time, once (they are cached)."""
         import pandas as pd
 
         from mito_lab.client.frames import TASK_STATES, ReadableFrame
@@ -412,20 +419,23 @@ class Sweep:
         runs = self.runs() if not history else sorted(
             self.client.run(_sweep_tasks(self.client.aio, self.name, self.group)), key=lambda info: (run_index(info), info.task_id))
         folders = self.client.run(self._download(runs, concurrency))
+        sources = self.client.run(self._sources(runs))
         rows = []
         for info, folder in zip(runs, folders, strict=True):
             found = _read_outcome(folder)
+            ran = sources[info.cached_from] if info.cached_from else info
             rows.append({
                 "run": run_index(info),
                 **run_parameters(info),
                 "uuid": str(info.uuid),
                 "state": info.state.value,
                 "exit_status": info.result.exit_status if info.result else None,
-                "duration": (info.ended_at - info.started_at) if info.ended_at and info.started_at else None,
+                "duration": (ran.ended_at - ran.started_at) if ran.ended_at and ran.started_at else None,
                 "replaces": next((label.removeprefix(RERUN_PREFIX) for label in info.labels if label.startswith(RERUN_PREFIX)), None),
-                "cpu_s": info.usage.cpu_s if info.usage else None,
-                "max_rss": info.usage.max_rss if info.usage else None,
-                "cpu_efficiency": info.usage.cpu_efficiency if info.usage else None,
+                "cached_from": str(info.cached_from) if info.cached_from else None,
+                "cpu_s": ran.usage.cpu_s if ran.usage else None,
+                "max_rss": ran.usage.max_rss if ran.usage else None,
+                "cpu_efficiency": ran.usage.cpu_efficiency if ran.usage else None,
                 **found.get("records", {}),
                 "notebook": found.get("notebook"),
                 "failed_cell": found.get("failed_cell"),
@@ -439,6 +449,12 @@ class Sweep:
             frame[column] = frame[column].astype("Float64")
         frame["duration"] = pd.to_timedelta(frame["duration"])
         return frame
+
+    async def _sources(self, runs: list[TaskInfo]) -> dict[uuid_module.UUID, TaskInfo]:
+        """The runs that cache hits among ``runs`` were answered from."""
+        wanted = list({info.cached_from for info in runs if info.cached_from is not None})
+        found = await asyncio.gather(*(self.client.aio.get_task(source) for source in wanted))
+        return {source: answer.info for source, answer in zip(wanted, found, strict=True)}
 
     async def _download(self, runs: list[TaskInfo], concurrency: int) -> list[Path | None]:
         from mito_lab.config import cache_dir

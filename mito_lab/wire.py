@@ -535,11 +535,28 @@ class SubmitTaskReq(Request):
     priority: Int32 = 0
     task_spec: SubmittedSpec
     max_attempts: Annotated[int, Strict()] = Field(default=3, ge=1, le=100, description="runs allowed when workers are lost")
+    # mito_lab, result caching; left out when false, so that a request without them is the
+    # reference's exactly (its coordinator refuses unknown fields)
+    cache: Flag = Field(
+        default=False, exclude_if=lambda value: not value,
+        description="answer from the group's newest run of the same args, envs, terminal_output, watch and resource "
+        "contents that finished with exit status 0, if there is one: the task is created Finished with that run's "
+        "artifacts (cached_from), and no worker runs it. Otherwise it runs, and later cache lookups find it. "
+        "A chained task (MITO_NEW_TASK) is never answered from the cache",
+    )
+    force: Flag = Field(
+        default=False, exclude_if=lambda value: not value,
+        description="run even if the cache has an answer, and be the run that later cache lookups find",
+    )
 
 
 class SubmitTaskResp(Response):
     task_id: int
     uuid: UUID
+    cached_from: UUID | None = Field(
+        default=None, exclude_if=lambda value: value is None,  # unsaid, not sent: the reference's answer exactly
+        description="a cache hit: the run whose artifacts the new task has (it is Finished already)",
+    )
 
 
 class ChangeTaskReq(Request):
@@ -646,6 +663,7 @@ class TaskInfo(Response):
     started_at: Timestamp | None = Field(None, description="when a worker took the current attempt")
     ended_at: Timestamp | None = Field(None, description="when the task became Finished or Cancelled")
     usage: TaskUsage | None = Field(None, description="what its committed run cost, where its worker measured it")
+    cached_from: UUID | None = Field(None, description="a cache hit: the run whose artifacts it has (no worker ran it)")
 
 
 class ArtifactInfo(Response):
@@ -752,7 +770,8 @@ def task_columns_schema() -> pa.Schema:
     ``msg`` are its result, null until it has one; ``worker`` is the uuid of the worker that
     reported it; ``duration`` is ``ended_at - started_at``; ``cpu_s``, ``max_rss`` (bytes),
     ``cpu_efficiency`` and ``gpu_max_memory`` (bytes) are what the run cost (``TaskUsage``), null
-    where its worker did not measure it."""
+    where its worker did not measure it; ``cached_from`` is, for a cache hit, the run whose
+    artifacts it has."""
     import pyarrow as pa  # the listings need it; the worker and the CLI do not import it
 
     text, moment, span = pa.string(), pa.timestamp("us", tz="UTC"), pa.duration("us")
@@ -764,6 +783,7 @@ def task_columns_schema() -> pa.Schema:
         ("created_at", moment), ("updated_at", moment), ("started_at", moment), ("ended_at", moment), ("duration", span),
         ("worker", text), ("upstream", text), ("downstream", text),
         ("cpu_s", pa.float64()), ("max_rss", pa.int64()), ("cpu_efficiency", pa.float64()), ("gpu_max_memory", pa.int64()),
+        ("cached_from", text),
     ])
 
 

@@ -125,6 +125,7 @@ def as_columns(task: dict[str, Any]) -> dict[str, Any]:
         "worker": task["reporter_uuid"], "upstream": task["upstream_task_uuid"], "downstream": task["downstream_task_uuid"],
         "cpu_s": usage.get("cpu_s"), "max_rss": usage.get("max_rss"), "gpu_max_memory": usage.get("gpu_max_memory"),
         "cpu_efficiency": usage["cpu_s"] / usage["wall_s"] / usage["cores"] if usage else None,
+        "cached_from": task["cached_from"],
     }
 
 

@@ -211,6 +211,8 @@ async def cmd_submit(client: AsyncClient, args: argparse.Namespace) -> Any:
             terminal=args.terminal,
             resources=args.resources or [],
             watch=args.watch,
+            cache=args.cache,
+            force=args.force,
         )
     except ValidationError as exc:
         raise GrammarError(f"submit: {describe_validation_error(exc)}") from None
@@ -385,6 +387,7 @@ async def cmd_sweep(client: AsyncClient, args: argparse.Namespace) -> Launched:
         return await launch(
             client, Path(args.notebook), grid or [{}], name=args.name, group=args.group, tags=args.tags or [],
             labels=args.labels or [], timeout=args.timeout, priority=args.priority, kernel=args.kernel, python=args.python,
+            cache=args.cache, force=args.force,
         )
     except ValueError as exc:
         raise GrammarError(f"sweep: {exc}") from None
@@ -599,7 +602,14 @@ def _add_submit_options(submit: argparse.ArgumentParser) -> None:
                         help="Files to download before the task runs: artifact=UUID:TYPE:PATH or attachment=KEY:PATH")
     submit.add_argument("--watch", type=_argument_type(_watch, "watch"),
                         help="The UUID and the state of the task to watch before triggering this task, as UUID,STATE")
+    _add_cache_options(submit, "the task")
     submit.add_argument("command", nargs="*", metavar="COMMAND", help="The command to run")
+
+
+def _add_cache_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--cache", action="store_true", help=f"answer {what} at once from the group's newest successful run "
+                        "of the same command, environment and resources, if there is one (no worker runs it)")
+    parser.add_argument("--force", action="store_true", help="run even if the cache has an answer, and be the run later --cache submits find")
 
 
 def _add_change_options(change: argparse.ArgumentParser) -> None:
@@ -775,6 +785,7 @@ def build_parser(prog: str = "mito client") -> Parser:
     sweep.add_argument("--priority", type=int, default=0, help="[default: 0]")
     sweep.add_argument("--kernel", help="the kernel on the workers [default: the notebook's]")
     sweep.add_argument("--python", default="python3", help="the Python with mito_lab on the workers [default: python3]")
+    _add_cache_options(sweep, "each run")
     sweep.set_defaults(func=cmd_sweep)
 
     alert = _subcommands(commands.add_parser("alert", help="Campaign alerts: a webhook told when a label's runs are done or failing"))

@@ -37,7 +37,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def _outcome(info: TaskInfo) -> str:
     if info.result is None:
         return ""
-    return str(info.result.exit_status) + (f" ({info.result.msg.value})" if info.result.msg else "")
+    return str(info.result.exit_status) + (f" ({info.result.msg.value})" if info.result.msg else "") + (" (cache hit)" if info.cached_from else "")
 
 
 def _task(response: TaskQueryResp) -> str:
@@ -55,6 +55,8 @@ def _task(response: TaskQueryResp) -> str:
     ]
     if info.result is not None:
         lines.append(f"  result:     exit status {_outcome(info)}")
+    if info.cached_from is not None:
+        lines.append(f"  cached:     a cache hit of {info.cached_from} (no worker ran it; its artifacts are that run's)")
     if info.usage is not None:
         lines.append(f"  cost:       {usage_text(info.usage)}")
     if info.reporter_uuid:
@@ -164,7 +166,8 @@ def render(result: Any, verbose: bool = False) -> str | None:
     if isinstance(result, AttachmentMetadata):
         return f"size {size_text(result.size)}, updated {result.updated_at.isoformat()}, created {result.created_at.isoformat()}"
     if isinstance(result, SubmitTaskResp):
-        return f"Submitted task {result.uuid} (#{result.task_id})"
+        hit = f": a cache hit, Finished with the artifacts of {result.cached_from}" if result.cached_from else ""
+        return f"Submitted task {result.uuid} (#{result.task_id}){hit}"
     if isinstance(result, TaskWhyResp):
         return why_text(result)
     if isinstance(result, AlertInfo):

@@ -179,8 +179,13 @@ def task_request(
     resources: Iterable[RemoteResourceDownload] = (),
     watch: tuple[uuid_module.UUID, TaskExecState] | None = None,
     max_attempts: int = 3,
+    cache: bool = False,
+    force: bool = False,
 ) -> SubmitTaskReq:
-    """Build a submit request from friendly arguments (validated like any request)."""
+    """Build a submit request from friendly arguments (validated like any request). ``cache``:
+    answered at once by the group's newest successful run of the same command, environment and
+    resource contents, if there is one (a cache hit, Finished with that run's artifacts; its
+    ``cached_from`` names the run); ``force``: run anyway, and be the run later lookups find."""
     spec = command if isinstance(command, TaskSpec) else TaskSpec(
         args=list(command), envs=dict(envs or {}), resources=list(resources), terminal_output=terminal, watch=watch
     )
@@ -192,6 +197,8 @@ def task_request(
         priority=priority,
         task_spec=spec,
         max_attempts=max_attempts,
+        cache=cache,
+        force=force,
     )
 
 

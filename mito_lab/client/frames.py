@@ -154,6 +154,7 @@ def tasks_frame(tasks: Sequence[TaskInfo]) -> ReadableFrame:
         "max_rss": pd.Series([usage.max_rss if usage else None for usage in usages], dtype="Int64"),
         "cpu_efficiency": pd.Series([usage.cpu_efficiency if usage else None for usage in usages], dtype="Float64"),
         "gpu_max_memory": pd.Series([usage.gpu_max_memory if usage else None for usage in usages], dtype="Int64"),
+        "cached_from": _text(t.cached_from for t in tasks),
     }
     return _frame(columns, TASK_COLUMNS)
 

@@ -97,6 +97,8 @@ def task_html(info: TaskInfo) -> str:
         rows.append(("labels", html.escape(", ".join(info.labels))))
     if info.started_at is not None:
         rows.append(("run time", duration_text(info)))
+    if info.cached_from is not None:
+        rows.append(("cached from", f"<code>{info.cached_from}</code> (no worker ran it)"))
     if info.attempts > 1:
         rows.append(("attempts", f"{info.attempts} of {info.max_attempts}"))
     cells = "".join(f'<tr><th style="text-align:left;padding-right:1em;vertical-align:top">{name}</th><td style="text-align:left">{value}</td></tr>'

@@ -19,7 +19,7 @@ import time
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
 from minio import Minio
@@ -51,6 +51,10 @@ class ObjectStore(Protocol):
 
     async def size(self, bucket: str, key: str) -> int | None:
         """The object's size in bytes, ``None`` if there is none (an upload lands whole or not at all)."""
+
+    async def digest(self, bucket: str, key: str) -> str | None:
+        """``md5:<hex>`` of the object's content, ``None`` if there is no object or the store cannot
+        tell (result caching keys resources by it; objects are never rewritten, so it never changes)."""
 
 
 class Arrival(NamedTuple):
@@ -184,6 +188,21 @@ class LocalStore:
         except FileNotFoundError:
             return None
 
+    async def digest(self, bucket: str, key: str) -> str | None:
+        """Read whole, off the loop: the same MD5 as S3's ETag of a single-part upload."""
+        return await asyncio.to_thread(_file_md5, self.path(bucket, key))
+
+
+def _file_md5(path: Path) -> str | None:
+    try:
+        with path.open("rb") as handle:
+            return "md5:" + hashlib.file_digest(handle, "md5").hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+_PLAIN_ETAG = re.compile(r"[0-9a-f]{32}")
+
 
 class S3Store:
     """S3 through minio; presigning is a local computation, bucket calls run in a thread."""
@@ -220,11 +239,21 @@ class S3Store:
     async def delete(self, bucket: str, key: str) -> None:
         await asyncio.to_thread(self.client.remove_object, bucket, key)
 
-    async def size(self, bucket: str, key: str) -> int | None:
+    async def _stat(self, bucket: str, key: str) -> Any:
         try:
-            found = await asyncio.to_thread(self.client.stat_object, bucket, key)
+            return await asyncio.to_thread(self.client.stat_object, bucket, key)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
                 return None
             raise
-        return found.size
+
+    async def size(self, bucket: str, key: str) -> int | None:
+        found = await self._stat(bucket, key)
+        return None if found is None else found.size
+
+    async def digest(self, bucket: str, key: str) -> str | None:
+        """The ETag, where it is the content's MD5: that of a single-part upload, which a presigned
+        PUT is (a multipart upload's is ``<md5 of the parts' md5s>-<parts>``)."""
+        found = await self._stat(bucket, key)
+        etag = "" if found is None else (found.etag or "").strip('"').lower()
+        return f"md5:{etag}" if _PLAIN_ETAG.fullmatch(etag) else None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -281,6 +281,16 @@ async def bulk_insert(session: AsyncSession, table: sa.Table, rows: list[dict[st
     # SQLAlchemy begins asyncpg's transaction at its first statement: a COPY before any would commit alone
     assert driver.is_in_transaction(), "bulk_insert needs a statement run before it in the transaction"  # type: ignore[union-attr]
     await driver.copy_records_to_table(table.name, records=records, columns=columns)  # type: ignore[union-attr]
+
+
+CHUNK = 1024
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T]) -> list[Sequence[T]]:
+    """Long lists of values go into statements ``CHUNK`` at a time: under the databases' limits
+    of bound parameters."""
+    return [items[at : at + CHUNK] for at in range(0, len(items), CHUNK)]
 
 
 def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:

@@ -218,6 +218,10 @@ class Task(Timestamps, Base):
         sa.Index("ix_tasks_dispatch", "state", "group_id", sa.text("priority DESC"), "id"),
         sa.Index("ix_tasks_group_listing", "group_id", "id"),
         sa.Index("ix_tasks_updated_at", "updated_at"),  # coordinators notice each other's changes by it
+        # result caching: a group's runs by the key of what they ran, newest last; only the tasks
+        # submitted with cache or force have a key, so the index costs the other submits nothing
+        sa.Index("ix_tasks_cache", "group_id", "cache_key", "id",
+                 sqlite_where=sa.text("cache_key IS NOT NULL"), postgresql_where=sa.text("cache_key IS NOT NULL")),
     )
 
     uuid: Mapped[uuid_module.UUID] = mapped_column(sa.Uuid, unique=True, default=uuid_module.uuid4)
@@ -256,6 +260,10 @@ class Task(Timestamps, Base):
     max_rss: Mapped[int | None] = mapped_column(sa.BigInteger)
     cores: Mapped[float | None]
     gpu_max_memory: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # result caching (services/cache.py): the key of what a run submitted with cache or force ran
+    # (None for every other task, and for cache hits), and for a hit, the run whose artifacts it has
+    cache_key: Mapped[str | None] = mapped_column(sa.String(64))
+    cached_from: Mapped[uuid_module.UUID | None] = mapped_column(sa.Uuid)
 
 
 class TaskTag(Base):
@@ -276,7 +284,9 @@ class TaskLabel(Base):
 
 class Artifact(Timestamps, Base):
     __tablename__ = "artifacts"
-    __table_args__ = (sa.UniqueConstraint("task_uuid", "content_type"),)
+    # a cache hit's artifacts name its source's objects: an object is deleted, and its size given
+    # back, when no artifact names it any more (looked up by object_key)
+    __table_args__ = (sa.UniqueConstraint("task_uuid", "content_type"), sa.Index("ix_artifacts_object_key", "object_key"))
 
     task_uuid: Mapped[uuid_module.UUID] = mapped_column(sa.Uuid)
     content_type: Mapped[ArtifactContentType] = mapped_column(_enum(ArtifactContentType, "artifact_type"))
@@ -284,6 +294,7 @@ class Artifact(Timestamps, Base):
     # the object holding it: the upload's own name; None for artifacts stored before uploads had
     # their own names (``<task uuid>/<type>.tar.gz``)
     object_key: Mapped[str | None] = mapped_column(sa.String(1024))
+    digest: Mapped[str | None] = mapped_column(sa.String(64))  # of the object's content, once a cache key needed it
 
 
 class UploadGrant:
@@ -318,6 +329,7 @@ class Attachment(Timestamps, Base):
     key: Mapped[str] = mapped_column(sa.String(1024))
     size: Mapped[int] = mapped_column(sa.BigInteger)
     object_key: Mapped[str | None] = mapped_column(sa.String(1024))  # None: ``<group>/<key>``, as before 0007
+    digest: Mapped[str | None] = mapped_column(sa.String(64))  # of the object's content, once a cache key needed it
 
 
 class AttachmentUpload(Timestamps, UploadGrant, Base):

@@ -139,4 +139,6 @@ async def explain(context: Context, user: User, task_uuid: uuid_module.UUID) -> 
         summary = f"worker {runner} runs it, for {_age(task.started_at, at)}" + (f" ({task.exec_state.value})" if task.exec_state else "")
     else:
         summary = f"it has ended: {task.state.value}" + (f", exit status {task.exit_status}" if task.exit_status is not None else "")
+        if task.cached_from is not None:
+            summary += f", a cache hit of {task.cached_from} (no worker ran it)"
     return TaskWhyResp(uuid=task.uuid, state=task.state, summary=summary, ahead=ahead, waiting_for=waiting_for, workers=verdicts)

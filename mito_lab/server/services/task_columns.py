@@ -51,6 +51,7 @@ _COLUMNS = (
         _tasks.c.max_rss,
         sa.case((_tasks.c.wall_seconds > 0, _tasks.c.cpu_seconds / _tasks.c.wall_seconds / _tasks.c.cores)).label("cpu_efficiency"),
         _tasks.c.gpu_max_memory,
+        uuid_text(_tasks.c.cached_from).label("cached_from"),
     )
     .join(User, User.id == _tasks.c.creator_id)
     .join(Group, Group.id == _tasks.c.group_id)

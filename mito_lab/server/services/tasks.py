@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.engine import bulk_insert
+from mito_lab.server.db.engine import bulk_insert, chunks
 from mito_lab.server.db.models import (
     Artifact,
     Group,
@@ -28,6 +28,7 @@ from mito_lab.server.db.models import (
 )
 from mito_lab.server.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
 from mito_lab.server.services.activity import cancel_requested, task_changed, tasks_created
+from mito_lab.server.services.cache import Keyed, cache_keys, look_up, share_artifacts
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import (
     charge_storage,
@@ -35,7 +36,14 @@ from mito_lab.server.services.groups import (
     locked_group,
     require_role,
 )
-from mito_lab.server.services.uploads import ARTIFACTS, artifact_object, grant_upload, settle_artifacts
+from mito_lab.server.services.uploads import (
+    ARTIFACTS,
+    artifact_object,
+    grant_upload,
+    no_longer_cached,
+    settle_artifacts,
+    shared_objects,
+)
 from mito_lab.server.storage import BATCH_DOWNLOAD_URL_LIFETIME, download_url_lifetime
 from mito_lab.wire import (
     COMPARISON_PATTERN,
@@ -146,7 +154,7 @@ def task_fields(task: Task, creator: str, group: str) -> dict[str, Any]:
         "upstream_task_uuid": task.upstream_task_uuid, "downstream_task_uuid": task.downstream_task_uuid,
         "reporter_uuid": task.reporter_uuid, "attempts": task.attempts, "max_attempts": task.max_attempts,
         "exec_state": task.exec_state, "cancel_requested": task.cancel_requested,
-        "started_at": task.started_at, "ended_at": task.ended_at, "usage": usage_of(task),
+        "started_at": task.started_at, "ended_at": task.ended_at, "usage": usage_of(task), "cached_from": task.cached_from,
     }
 
 
@@ -205,7 +213,8 @@ async def artifact_download(
 @dataclass(frozen=True)
 class NewTask:
     """A task just inserted, as its answer and its event read it (a batch makes thousands: no ORM
-    objects). A new task has not run: the fields after ``state`` are those of any new task."""
+    objects). A new task has not run: the fields after ``state`` are those of any new task, but
+    a cache hit's, which is created ended."""
 
     id: int
     uuid: uuid_module.UUID
@@ -224,6 +233,13 @@ class NewTask:
     cpu_seconds: float | None = None
     max_rss: int | None = None
     cores: float | None = None
+    cached_from: uuid_module.UUID | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], row_id: int) -> NewTask:
+        """The task as ``insert_tasks`` inserts its row."""
+        return cls(row_id, row["uuid"], row["task_id"], row["group_id"], row["state"], exit_status=row.get("exit_status"),
+                   ended_at=row.get("ended_at"), archived_at=row.get("archived_at"), cached_from=row.get("cached_from"))
 
 
 _TASKS = Task.__table__
@@ -253,12 +269,14 @@ async def insert_tasks(
     items: Sequence[tuple[Group, SubmitTaskReq]],
     state: TaskState,
     upstream_task_uuid: uuid_module.UUID | None = None,
+    keys: Sequence[Keyed | None] = (),
 ) -> list[NewTask]:
     """Create tasks in bulk, in order, in a handful of statements whatever their number: each
     group's ``task_id`` range is taken in one UPDATE; the rows go in one bulk insert without
     RETURNING (on SQLite, RETURNING in parameter order costs one statement per row) and their ids
     are read back by that range, which the UPDATE's lock keeps ours; tags and labels go in one
-    bulk insert each."""
+    bulk insert each. ``keys``: each task's cache key (``services/cache.py``), if any is keyed; a
+    task with a source is created as its cache hit, Finished with exit status 0."""
     counts = Counter(group.id for group, _ in items)
     ranges: dict[int, tuple[int, int]] = {}
     for group_id, count in counts.items():
@@ -277,6 +295,15 @@ async def insert_tasks(
             "created_at": moment, "updated_at": moment,
         })
         next_ids[group.id] += 1
+    if any(keys):  # the columns of every row alike (one bulk insert), only in batches that use the cache
+        for row, keyed in zip(rows, keys, strict=True):
+            source = keyed.source if keyed is not None else None
+            ended = moment if source is not None else None
+            row.update(
+                cache_key=keyed.key if keyed is not None and source is None else None, cached_from=source,
+                state=state if source is None else TaskState.Finished, exit_status=None if source is None else 0,
+                ended_at=ended, archived_at=ended,
+            )
     if not rows:
         return []
     if len(rows) == 1:  # a single submit, the latency path: one INSERT ... RETURNING, no COPY, no read-back
@@ -287,7 +314,7 @@ async def insert_tasks(
         for group_id, (first, last) in ranges.items():
             found = await session.execute(_IDS_BY_TASK_ID, {"group_id": group_id, "first": first, "last": last})
             ids.update(((group_id, task_id), row_id) for task_id, row_id in found)
-    tasks = [NewTask(ids[row["group_id"], row["task_id"]], row["uuid"], row["task_id"], row["group_id"], state) for row in rows]
+    tasks = [NewTask.from_row(row, ids[row["group_id"], row["task_id"]]) for row in rows]
     for model, column, mark in ((TaskTag, "tags", "tag"), (TaskLabel, "labels", "label")):
         marks = [{"task_id": task.id, mark: value} for task, row in zip(tasks, rows, strict=True) for value in row[column]]
         await bulk_insert(session, model.__table__, marks)
@@ -366,12 +393,14 @@ class TaskService:
     # --- submitting and changing ----------------------------------------------------------------
 
     async def submit(self, user: User, request: SubmitTaskReq) -> SubmitTaskResp:
+        [keyed] = await cache_keys(self.context, user, [request])
         async with self.context.db.write() as session:
             group = await group_with_role(session, user, request.group_name, Role.Write)
             await require_readable_references(session, user, request.task_spec)
-            [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready)
+            [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready, keys=await look_up(self.context, session, [(group.id, keyed)]))
+            await share_artifacts(session, [(task.uuid, task.cached_from)] if task.cached_from else [])
             await tasks_created(self.context, session, [task])
-        return SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)
+        return SubmitTaskResp(task_id=task.task_id, uuid=task.uuid, cached_from=task.cached_from)
 
     async def submit_many(self, user: User, request: BatchSubmitReq) -> BatchSubmitResp:
         """Submit in order; an item refused (group, role, references) does not stop the rest. Up
@@ -379,10 +408,12 @@ class TaskService:
         other: if one fails, the chunks before it stay submitted."""
         refusals: list[ApiError | None] = []
         tasks: list[NewTask] = []
+        keys = await cache_keys(self.context, user, request.tasks)
         for start in range(0, len(request.tasks), BATCH_COMMIT_TASKS):
             if start:  # let the requests that came meanwhile reach the writers before the next chunk:
                 await asyncio.sleep(CHUNK_PAUSE_SECONDS)  # reading, parsing, authenticating takes them a few turns of the loop
             chunk = request.tasks[start : start + BATCH_COMMIT_TASKS]
+            chunk_keys = keys[start : start + BATCH_COMMIT_TASKS]
             async with self.context.db.write() as session:
                 groups: dict[str | None, Group | ApiError] = {}
                 for name in dict.fromkeys(item.group_name for item in chunk):
@@ -391,8 +422,11 @@ class TaskService:
                     except ApiError as exc:
                         groups[name] = exc
                 chunk_refusals = [await self._refusal(session, user, item, groups[item.group_name]) for item in chunk]
-                accepted = [(groups[item.group_name], item) for item, refusal in zip(chunk, chunk_refusals, strict=True) if refusal is None]
-                created = await insert_tasks(session, user.id, accepted, TaskState.Ready)  # type: ignore[arg-type]
+                accepted = [(groups[item.group_name], item, keyed)
+                            for item, keyed, refusal in zip(chunk, chunk_keys, chunk_refusals, strict=True) if refusal is None]
+                looked_up = await look_up(self.context, session, [(group.id, keyed) for group, _, keyed in accepted])  # type: ignore[union-attr]
+                created = await insert_tasks(session, user.id, [(group, item) for group, item, _ in accepted], TaskState.Ready, keys=looked_up)  # type: ignore[misc]
+                await share_artifacts(session, [(task.uuid, task.cached_from) for task in created if task.cached_from])
                 await tasks_created(self.context, session, created)
             refusals += chunk_refusals
             tasks += created
@@ -405,7 +439,7 @@ class TaskService:
                 results.append(BatchSubmitItem(Err=ErrorMsg(msg=refusal.msg)))
             else:
                 task = next(created)
-                results.append(BatchSubmitItem(Ok=SubmitTaskResp(task_id=task.task_id, uuid=task.uuid)))
+                results.append(BatchSubmitItem(Ok=SubmitTaskResp(task_id=task.task_id, uuid=task.uuid, cached_from=task.cached_from)))
         return BatchSubmitResp(results=results)
 
     @staticmethod
@@ -434,6 +468,7 @@ class TaskService:
             if request.task_spec is not None:
                 await require_readable_references(session, user, request.task_spec)
                 task.spec = request.task_spec.model_dump(mode="json")
+                task.cache_key = None  # its key says what it would have run: it answers no cache lookup
             task.updated_at = now()
             await set_task_marks(session, task, tags=request.tags)
             await task_changed(self.context, session, task)
@@ -517,7 +552,7 @@ class TaskService:
         writable = await self._groups_at_least(user, Role.Write)
         async with self.context.db.write() as session:
             cancelled: set[uuid_module.UUID] = set()
-            for chunk in _chunks(uuids):
+            for chunk in chunks(uuids):
                 conditions = [Task.uuid.in_(chunk), Task.state.in_(CANCELLABLE), Task.group_id.in_(writable)]
                 cancelled.update(await self._archive_cancelled(session, conditions))
         return CancelListResp(cancelled_count=len(cancelled), failed_uuids=[u for u in uuids if u not in cancelled])
@@ -579,11 +614,11 @@ class TaskService:
     async def download_artifacts_list(self, user: User, request: ArtifactsListReq) -> ArtifactsDownloadResp:
         """Links for the listed tasks; tasks of groups the caller cannot read are left out."""
         readable = await self._groups_at_least(user, Role.Read)
-        for chunk in _chunks(request.uuids):
+        for chunk in chunks(request.uuids):
             await settle_artifacts(self.context, chunk)
         async with self.context.db.read() as session:
             found: list[Artifact] = []
-            for chunk in _chunks(request.uuids):
+            for chunk in chunks(request.uuids):
                 tasks = sa.select(Task.uuid).where(Task.uuid.in_(chunk), Task.group_id.in_(readable))
                 rows = await session.scalars(
                     sa.select(Artifact).where(Artifact.task_uuid.in_(tasks), Artifact.content_type == request.content_type)
@@ -605,8 +640,8 @@ class TaskService:
                 raise NotFound(f"Artifact {content_type.value} of task {task_uuid}")
             if guarded and artifact.updated_at > now() - DELETE_GUARD:
                 raise InvalidRequest("the artifact was updated less than an hour ago and cannot be deleted yet")
-            await self._drop_artifacts(session, [(artifact, task.group_id)])
-        await self._delete_objects([artifact])
+            unnamed = await self._drop_artifacts(session, [(artifact, task.group_id)])
+        await self._delete_objects(unnamed)
 
     async def delete_artifacts(self, user: User, request: ArtifactsFilterReq) -> DeleteArtifactsResp:
         async with self.context.db.write() as session:
@@ -619,15 +654,16 @@ class TaskService:
                     Artifact.updated_at <= now() - DELETE_GUARD,
                 )
             )).all()
-            await self._drop_artifacts(session, [(a, group.id) for a in rows])
-        await self._delete_objects(rows)
+            unnamed = await self._drop_artifacts(session, [(a, group.id) for a in rows])
+        await self._delete_objects(unnamed)
         return DeleteArtifactsResp(deleted_count=len(rows))
 
     async def delete_artifacts_list(self, user: User, request: ArtifactsListReq) -> DeleteArtifactsListResp:
         writable = await self._groups_at_least(user, Role.Write)
         deleted: list[Artifact] = []
+        unnamed: list[str] = []
         async with self.context.db.write() as session:
-            for chunk in _chunks(request.uuids):
+            for chunk in chunks(request.uuids):
                 rows = await session.execute(
                     sa.select(Artifact, Task.group_id)
                     .join(Task, Task.uuid == Artifact.task_uuid)
@@ -639,26 +675,30 @@ class TaskService:
                     )
                 )
                 pairs = [(artifact, group_id) for artifact, group_id in rows.all()]
-                await self._drop_artifacts(session, pairs)
+                unnamed += await self._drop_artifacts(session, pairs)
                 deleted.extend(artifact for artifact, _ in pairs)
-        await self._delete_objects(deleted)
+        await self._delete_objects(unnamed)
         gone = {a.task_uuid for a in deleted}
         return DeleteArtifactsListResp(deleted_count=len(deleted), failed_uuids=[u for u in request.uuids if u not in gone])
 
-    async def _drop_artifacts(self, session: AsyncSession, pairs: list[tuple[Artifact, int]]) -> None:
-        """Remove artifact rows and give their space back to their groups."""
-        for artifact, group_id in pairs:
-            await charge_storage(session, await locked_group(self.context, session, group_id), artifact.size, 0)
+    async def _drop_artifacts(self, session: AsyncSession, pairs: list[tuple[Artifact, int]]) -> list[str]:
+        """Remove artifact rows, their tasks from the cache's sources, and give their groups the
+        space of the objects no other artifact names (a cache hit shares its source's); returns
+        those objects, to be deleted."""
+        if not pairs:
+            return []
+        await no_longer_cached(session, {artifact.task_uuid for artifact, _ in pairs})
+        objects = {artifact_object(artifact): (artifact.size, group_id) for artifact, group_id in pairs}
+        shared = await shared_objects(session, objects, besides={artifact.id for artifact, _ in pairs})
+        for artifact, _ in pairs:
             await session.delete(artifact)
+        await session.flush()  # a later look at the objects' names in this transaction sees them gone
+        unnamed = [name for name in objects if name not in shared]
+        for name in unnamed:
+            size, group_id = objects[name]
+            await charge_storage(session, await locked_group(self.context, session, group_id), size, 0)
+        return unnamed
 
-    async def _delete_objects(self, artifacts: Sequence[Artifact]) -> None:
-        for artifact in artifacts:  # after the rows are gone: a failure leaves an invisible orphan
-            await self.context.store.delete(self.context.artifacts_bucket, artifact_object(artifact))
-
-
-# Long UUID lists are processed in chunks to stay under the databases' bind-parameter limits.
-CHUNK = 1024
-
-
-def _chunks(items: list[uuid_module.UUID]) -> list[list[uuid_module.UUID]]:
-    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+    async def _delete_objects(self, names: Sequence[str]) -> None:
+        for name in names:  # after the rows are gone: a failure leaves an invisible orphan
+            await self.context.store.delete(self.context.artifacts_bucket, name)

@@ -20,13 +20,14 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid as uuid_module
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
+from mito_lab.server.db.engine import chunks
 from mito_lab.server.db.models import (
     Artifact,
     ArtifactUpload,
@@ -150,6 +151,11 @@ async def settle(context: Context, connection: Any, kind: Kind, key: tuple[Any, 
     former = await kind.former_name(context, connection, key)
     current = record and (record.object_key or former)
     group_id = await kind.group_of(connection, key)
+    if kind is ARTIFACTS and any(grant.uploader_id is not None and not grant.recorded for grant in grants):
+        await no_longer_cached(connection, [key[0]])  # a user's upload may replace what the run produced
+    # a cache hit's artifact names its source's object: replacing it frees nothing, deletes nothing
+    kept = record is not None and kind is ARTIFACTS and bool(await shared_objects(connection, [current], besides={record.id}))
+    freed = 0 if record is None or kept else record.size
     newest_recorded = max((grant.id for grant in grants if grant.recorded), default=0)
     chosen, outcome = None, None
     dropped: list[int] = []
@@ -179,7 +185,7 @@ async def settle(context: Context, connection: Any, kind: Kind, key: tuple[Any, 
             await connection.scalar(_MAY_WRITE, {"user_id": grant.uploader_id, "group_id": group_id})
         ) not in Role.Write.and_above():
             refusal = "its uploader may no longer write in the group"
-        elif not await _has_room(connection, group_id, arrived - (record.size if record else 0)):
+        elif not await _has_room(connection, group_id, arrived - freed):
             refusal = "the group's storage quota would be exceeded"
         if refusal is None:
             chosen = grant
@@ -191,8 +197,8 @@ async def settle(context: Context, connection: Any, kind: Kind, key: tuple[Any, 
             dropped.append(grant.id)
     if chosen is not None:
         outcome = RECORDED
-        await _record(connection, kind, key, record, chosen, group_id, moment)
-        if current is not None:
+        await _record(connection, kind, key, record, chosen, group_id, moment, freed)
+        if current is not None and not kept:
             doomed.append(current)
         if (final and chosen.uploader_id is None) or chosen.expires_at <= moment:
             dropped.append(chosen.id)
@@ -214,22 +220,47 @@ async def _has_room(connection: Any, group_id: int, growth: int) -> bool:
     return row.storage_used + growth <= row.storage_quota
 
 
-async def _record(connection: Any, kind: Kind, key: tuple[Any, Any], record: Any, grant: Any, group_id: int, moment: datetime) -> None:
-    """Make the grant's object the record, at the size that arrived, and charge the difference."""
+async def _record(
+    connection: Any, kind: Kind, key: tuple[Any, Any], record: Any, grant: Any, group_id: int, moment: datetime, freed: int,
+) -> None:
+    """Make the grant's object the record, at the size that arrived, and charge the difference
+    with what the record's former object gives back (``freed``)."""
     if record is None:
         await connection.execute(kind.records.insert().values(
             **dict(zip(kind.key, key, strict=True)), size=grant.size, object_key=grant.object_key, created_at=moment, updated_at=moment,
         ))
     else:
-        await connection.execute(
-            kind.records.update().where(kind.records.c.id == record.id).values(size=grant.size, object_key=grant.object_key, updated_at=moment)
-        )
-    growth = grant.size - (record.size if record else 0)
+        await connection.execute(kind.records.update().where(kind.records.c.id == record.id).values(
+            size=grant.size, object_key=grant.object_key, digest=None, updated_at=moment,
+        ))
+    growth = grant.size - freed
     if growth:
         used = _groups.c.storage_used
         await connection.execute(
             _groups.update().where(_groups.c.id == group_id).values(storage_used=sa.case((used + growth < 0, 0), else_=used + growth))
         )
+
+
+async def shared_objects(connection: Any, names: Collection[str], besides: Collection[int] = ()) -> set[str]:
+    """The artifact objects among ``names`` that artifacts other than ``besides`` (ids) name too: a
+    cache hit's artifacts name its source's objects (``services/cache.py``). An object is charged
+    once, and deleted and given back only with the last artifact naming it."""
+    artifacts = ARTIFACTS.records
+    named: set[str] = set()
+    for chunk in chunks(list(names)):
+        query = sa.select(artifacts.c.object_key, artifacts.c.id).where(artifacts.c.object_key.in_(chunk))
+        named.update(name for name, artifact_id in await connection.execute(query) if artifact_id not in besides)
+    return named
+
+
+async def no_longer_cached(connection: Any, task_uuids: Collection[uuid_module.UUID]) -> None:
+    """These tasks' artifacts changed (deleted, or replaced by a user's upload): they are no longer
+    what the run produced, so the run answers no cache lookup. Written before the artifacts
+    change, so that on PostgreSQL it waits for a cache hit taking them to commit (the lookup
+    locks its source), and a hit taking them afterwards finds the task no longer a source."""
+    tasks = Task.__table__
+    for chunk in chunks(list(task_uuids)):
+        await connection.execute(tasks.update().where(tasks.c.uuid.in_(chunk), tasks.c.cache_key.is_not(None)).values(cache_key=None))
 
 
 async def settle_pending(context: Context, kind: Kind, condition: sa.ColumnElement[bool], users_only: bool = True) -> None:
