@@ -67,3 +67,7 @@ def test_sweep(lab: Platform, tmp_path: Path) -> None:
     assert costs.count("<tr>") == 6 and MISSING not in costs  # every run was measured
     history = next(table for table in tables if "replaces" in table)
     assert history.count("<tr>") == 7 and history.count("FloatingPointError") == 2  # six runs and a retry, which failed alike
+    extended = next(table for table in tables if "cached_from" in table)
+    # nine runs: the five that succeeded came from the cache; the failed one and the three new ones
+    # ran (no cached_from), and the failed one failed again (no final_loss)
+    assert extended.count("<tr>") == 9 and extended.count(MISSING) == 4 + 1

@@ -1,6 +1,6 @@
 """campaign alerts: webhooks notified when a label's runs are done or their failures pass a threshold
 
-Revision ID: 0011_alerts
+Revision ID: 0010_alerts
 Revises: 0009_task_usage
 """
 
@@ -9,7 +9,7 @@ from alembic import op
 
 import mito_lab.server.db.models
 
-revision = "0011_alerts"
+revision = "0010_alerts"
 down_revision = "0009_task_usage"
 branch_labels = None
 depends_on = None

@@ -2,15 +2,15 @@
 content digest of artifacts and attachments (kept once a cache key needed it); artifacts looked
 up by their object, which a hit shares with its source
 
-Revision ID: 0010_result_cache
-Revises: 0011_alerts (numbered before it, merged after it: the chain is 0009, 0011, 0010)
+Revision ID: 0011_result_cache
+Revises: 0010_alerts
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_result_cache"
-down_revision = "0011_alerts"
+revision = "0011_result_cache"
+down_revision = "0010_alerts"
 branch_labels = None
 depends_on = None
 
