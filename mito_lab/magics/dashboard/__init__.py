@@ -51,7 +51,9 @@ FLUSH_SECONDS = 0.3  # the most often the page is updated; also how long reads o
 MAX_ROWS = 50_000  # the newest tasks of the group the page holds; older ones are only counted
 READ_SLACK = 200  # read this many more of the newest tasks than were heard of (their events follow)
 RESULTS_PER_REQUEST = 1000
-SNAPSHOT_MIN_CHANGES = 2000  # the whole table is resent after this many row changes, or half the rows
+# The whole table (the state a page opened anew loads) is resent once this many rows changed since,
+# or half the rows, and once tasks are quiet; in between, only the changed rows go to the page.
+TABLE_MIN_CHANGED_ROWS = 2000
 LOG_TAIL_CHARS = 50_000
 NEWEST_IN_SNAPSHOT = 15
 QUIET_SECONDS = 5.0  # once tasks stop changing for this long, the display's snapshot is brought up to date
@@ -387,11 +389,11 @@ class Dashboard(anywidget.AnyWidget):
             self._flush_handle = None
         self.rev += 1
         changed = self.store.take_changes()
-        resend = self._resend_table or self.store.changes_since_snapshot >= max(SNAPSHOT_MIN_CHANGES, len(self.store.rows) // 2)
+        resend = self._resend_table or len(self.store.changed_since_table) >= max(TABLE_MIN_CHANGED_ROWS, len(self.store.rows) // 2)
         with self.hold_sync():
             if resend:
                 self.table = orjson.dumps({"rev": self.rev, "columns": self.store.columns()})
-                self.store.changes_since_snapshot = 0
+                self.store.changed_since_table.clear()
                 self._resend_table = False
             self.summary = {**self.store.summary(), "rev": self.rev, "clock": round(time.time(), 3)}
             if self._workers_dirty:
@@ -408,12 +410,15 @@ class Dashboard(anywidget.AnyWidget):
             self._quiet_handle = asyncio.get_running_loop().call_later(QUIET_SECONDS, self._refresh_display)
 
     def _refresh_display(self) -> None:
-        """Bring the snapshot beside the panel up to date: what a saved notebook shows where no
-        kernel runs the panel."""
+        """Tasks are quiet: bring the snapshot beside the panel up to date (what a saved notebook
+        shows where no kernel runs the panel), and the table state (what a page opened anew loads)."""
         from IPython.display import update_display
 
         self._quiet_handle = None
         update_display(self._snapshot_bundle(), raw=True, display_id=snapshot_id(self.board_id))
+        if self.store.changed_since_table:
+            self._resend_table = True
+            self._schedule_flush()
 
     def _worker_rows(self) -> list[dict[str, Any]]:
         return [

@@ -90,7 +90,7 @@ class TaskStore:
         # where the rows begin when the group has more tasks: older ones are only counted
         self.horizon = min((row[1] for row in self.rows.values()), default=None) if group_totals else None
         self.changed: set[str] = set()
-        self.changes_since_snapshot = 0
+        self.changed_since_table: set[str] = set()  # rows the page's table state is behind on
 
     def __contains__(self, task_uuid: str) -> bool:
         return task_uuid in self.rows
@@ -112,7 +112,7 @@ class TaskStore:
 
     def _touched(self, task_uuid: str) -> None:
         self.changed.add(task_uuid)
-        self.changes_since_snapshot += 1
+        self.changed_since_table.add(task_uuid)
 
     def apply_event(self, event: dict[str, Any]) -> bool:
         """Merge a task event (``server/services/activity.py``) into its row; False if the task

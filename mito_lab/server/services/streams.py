@@ -23,7 +23,6 @@ holding up whoever published them, and when a socket ends (README, Security note
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
+import orjson
 from tornado.websocket import WebSocketClosedError
 
 from mito_lab.server.db.models import User
@@ -57,7 +57,7 @@ MAX_CLOSE_REASON = 123  # bytes: a close frame's payload is at most 125, with th
 class Socket(Protocol):
     """What a stream writes to: the ``/events`` handler (Tornado's ``WebSocketHandler``)."""
 
-    def write_message(self, message: str) -> Awaitable[None]: ...
+    def write_message(self, message: bytes) -> Awaitable[None]: ...  # UTF-8 JSON, sent as a text frame
 
     def close(self, code: int | None = None, reason: str | None = None) -> None: ...
 
@@ -71,7 +71,7 @@ class Stream:
     token: str
     groups: set[str]
     batched: bool = False  # waiting events go as one JSON array
-    queue: deque[tuple[tuple[str, ...], str]] = field(default_factory=deque)  # (the event's groups, its JSON)
+    queue: deque[tuple[tuple[str, ...], bytes]] = field(default_factory=deque)  # (the event's groups, its JSON)
     scheduled: bool = False  # in the pump's list of sockets to write to
     writing: bool = False  # its last write waits for the kernel
     checking: int = 0  # access checks under way: nothing is written meanwhile
@@ -197,13 +197,13 @@ class EventStreamService:
             groups = (group,) if group is not None else tuple(event.get("groups") or ())
             targets = {stream for name in groups for stream in self._of_group.get(name, ())}
             if targets:
-                entry = (groups, json.dumps(event))  # made once and shared: a queue holds a reference per event
+                entry = (groups, orjson.dumps(event))  # made once and shared: a queue holds a reference per event
                 for stream in targets:
                     self._queue(stream, entry)
             if loop.time() >= deadline:
                 return
 
-    def _queue(self, stream: Stream, entry: tuple[tuple[str, ...], str]) -> None:
+    def _queue(self, stream: Stream, entry: tuple[tuple[str, ...], bytes]) -> None:
         if stream.closed:
             return
         if len(stream.queue) >= self.limit:
@@ -241,13 +241,13 @@ class EventStreamService:
                 return
 
     @staticmethod
-    def _messages(stream: Stream) -> list[str]:
+    def _messages(stream: Stream) -> list[bytes]:
         """This turn's messages of ``stream``: the events it may still see, taken off its queue."""
         taken = min(BATCH_LIMIT if stream.batched else WRITES_PER_TURN, len(stream.queue))
         texts = [text for groups, text in (stream.queue.popleft() for _ in range(taken))
                  if stream.sees(groups)]  # not if the group was left since it was queued
         if stream.batched and texts:
-            return ["[" + ",".join(texts) + "]"]
+            return [b"[" + b",".join(texts) + b"]"]
         return texts
 
     def _written(self, stream: Stream, future: asyncio.Future[None]) -> None:
