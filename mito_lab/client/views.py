@@ -6,7 +6,8 @@ from __future__ import annotations
 import html
 import shlex
 from datetime import datetime, timezone
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from mito_lab.text import readable_duration, size_text
 from mito_lab.wire import AlertInfo, TaskInfo, TaskResultMessage, TaskResultSpec, TaskState, TaskUsage, TaskWhyResp
@@ -124,17 +125,26 @@ def why_text(answer: TaskWhyResp) -> str:
     return "\n".join(lines)
 
 
-class Explanation(TaskWhyResp):
-    """``explain``'s answer, which shows in a notebook and prints as ``mito client why`` does."""
+class ShownAsText:
+    """An answer shown as the CLI prints it: by ``print``, IPython, and a notebook (preformatted).
+    ``as_text`` is the function that writes it."""
+
+    as_text: ClassVar[Callable[[Any], str]]
 
     def __str__(self) -> str:
-        return why_text(self)
+        return type(self).as_text(self)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(why_text(self))
+        printer.text(str(self))
 
     def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(why_text(self))}</pre>"
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+
+class Explanation(ShownAsText, TaskWhyResp):
+    """``explain``'s answer, shown as ``mito client why`` prints it."""
+
+    as_text = why_text
 
 
 def usage_text(usage: TaskUsage) -> str:
@@ -166,14 +176,7 @@ def alert_text(info: AlertInfo) -> str:
     return text
 
 
-class AlertView(AlertInfo):
-    """A campaign alert (``client.alert``): shows in a notebook and prints as the CLI does."""
+class AlertView(ShownAsText, AlertInfo):
+    """A campaign alert (``client.alert``), shown as the CLI prints it."""
 
-    def __str__(self) -> str:
-        return alert_text(self)
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        printer.text(alert_text(self))
-
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(alert_text(self))}</pre>"
+    as_text = alert_text
