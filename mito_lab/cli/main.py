@@ -131,7 +131,7 @@ def run_worker(namespace: argparse.Namespace) -> int:
 
 
 # The commands of cli/grammar.py, named here so that `mito --help` need not import the client.
-CLIENT_COMMANDS = ("auth", "login", "create", "submit", "rerun", "get", "why", "upload", "manage", "sweep", "shutdown",
+CLIENT_COMMANDS = ("auth", "login", "create", "submit", "rerun", "get", "why", "upload", "manage", "sweep", "alert", "shutdown",
                    "users", "groups", "tasks", "workers", "admin", "help", "quit", "exit")
 
 
