@@ -94,6 +94,10 @@ WRONG_TYPES = [
     Case("PUT", f"/groups/{GROUP}/users", {"relations": {"mitosis_admin": "Owner"}}, says="relations"),
     Case("GET", "/tasks/00000000-0000-0000-0000-000000000000/logs?offset=-1", says="offset"),
     Case("GET", "/tasks/00000000-0000-0000-0000-000000000000/logs?stream=stdin", says="stream"),
+    # numbers in plain digits only, and arguments as sent: Tornado would turn %02 into a space and strip it
+    *(Case("GET", f"/tasks/00000000-0000-0000-0000-000000000000/logs?{query}", says=name) for query, name in (
+        ("offset=0%02", "offset"), ("offset=%201", "offset"), ("offset=1_000", "offset"), ("offset=%D9%A3", "offset"),
+        ("offset=1.5", "offset"), ("wait=1%09", "wait"), ("wait=%2B1", "wait"), ("stream=stdout%02", "stream"))),
     Case("POST", "/tasks/query?limit=5", {"group_name": GROUP}, says="unknown query parameter"),
 ]
 

@@ -1,6 +1,6 @@
 """Campaign alerts: webhooks notified when a label's runs are done or their failures pass a threshold."""
 
-from mito_lab.server.handlers.base import ApiHandler, operation
+from mito_lab.server.handlers.base import ApiHandler, operation, query_argument
 from mito_lab.wire import AlertInfo, AlertsResp, CreateAlertReq
 
 
@@ -13,7 +13,7 @@ class AlertsHandler(ApiHandler):
     @operation("A group's campaign alerts (Read in the group)", response=AlertsResp, query={"group": "the group (default: your own)"})
     async def get(self) -> None:
         user = await self.user()
-        self.send(await self.mito.alerts.listing(user, self.get_query_argument("group", None)))
+        self.send(await self.mito.alerts.listing(user, query_argument(self, "group")))
 
 
 class AlertHandler(ApiHandler):

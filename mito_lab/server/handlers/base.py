@@ -288,12 +288,35 @@ class _Chunks(io.RawIOBase):
         return data
 
 
+def query_argument(handler: RequestHandler, name: str, default: str | None = None) -> str | None:
+    """A query argument as it was sent (Tornado's reader turns control characters into spaces and
+    strips them: ``offset=0%02`` would read as ``0``, ``stream=stdout%02`` as ``stdout``)."""
+    return handler.get_query_argument(name, default, strip=False)
+
+
+def query_arguments(handler: RequestHandler, name: str) -> list[str]:
+    """Every value of a repeated query argument, as sent (see ``query_argument``)."""
+    return handler.get_query_arguments(name, strip=False)
+
+
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+
+
+def number_argument(handler: RequestHandler, name: str, default: float, meaning: str, whole: bool = False) -> float:
+    """A number from the query string, in plain digits (``int`` and ``float`` would also take
+    spaces, underscores, signs and other scripts' digits); a 400 saying it must be ``meaning``."""
+    raw = query_argument(handler, name)
+    if raw is None:
+        return default
+    written = _DECIMAL.fullmatch(raw)
+    if written is None or (whole and written.group(1)):
+        raise InvalidRequest(f"{name} must be {meaning}")
+    return float(raw)
+
+
 def wait_argument(handler: RequestHandler) -> float:
     """``?wait=SECONDS`` of the long-polling routes; absent means answer at once."""
-    try:
-        wait = float(handler.get_query_argument("wait", "0"))
-    except ValueError:
-        raise InvalidRequest("wait must be a number of seconds") from None
+    wait = number_argument(handler, "wait", 0, "a number of seconds")
     if not 0 <= wait <= MAX_WAIT_SECONDS:
         raise InvalidRequest(f"wait must be between 0 and {MAX_WAIT_SECONDS} seconds")
     return wait

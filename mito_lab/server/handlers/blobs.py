@@ -14,7 +14,7 @@ from pathlib import Path
 from tornado.iostream import StreamClosedError
 
 from mito_lab.server.errors import InsufficientStorage, InvalidRequest, NotFound, PermissionDenied, UploadUrlUsed
-from mito_lab.server.handlers.base import ApiHandler
+from mito_lab.server.handlers.base import ApiHandler, query_argument
 from mito_lab.server.storage import LocalStore
 
 CHUNK = 1 << 20
@@ -39,9 +39,9 @@ class BlobHandler(ApiHandler):
         method = self.request.method or ""
         if method not in ("GET", "PUT"):
             return  # tornado answers 405
-        size = self.get_query_argument("size", None)
+        size = query_argument(self, "size")
         refusal = self.store.verify(
-            method, bucket, key, self.get_query_argument("expires", ""), self.get_query_argument("sig", ""), size
+            method, bucket, key, query_argument(self, "expires", ""), query_argument(self, "sig", ""), size
         )
         if refusal:
             raise PermissionDenied(refusal)

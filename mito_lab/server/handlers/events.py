@@ -11,7 +11,7 @@ from tornado.websocket import WebSocketHandler
 
 from mito_lab.server.db.models import User
 from mito_lab.server.errors import ApiError, InvalidToken, ShuttingDown
-from mito_lab.server.handlers.base import SMALL_JSON_BODY
+from mito_lab.server.handlers.base import SMALL_JSON_BODY, query_argument
 from mito_lab.server.services.streams import Stream
 
 
@@ -37,7 +37,7 @@ class EventsHandler(WebSocketHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         header = self.request.headers.get("Authorization", "")
-        token = header.partition(" ")[2] if header.lower().startswith("bearer ") else self.get_query_argument("token", "")
+        token = header.partition(" ")[2] if header.lower().startswith("bearer ") else query_argument(self, "token", "")
         streams = self.mito.streams
         try:
             if self.mito.context.closing:
@@ -60,7 +60,7 @@ class EventsHandler(WebSocketHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         user, token, groups = self._admitted
-        self.stream = self.mito.streams.open(self, user, token, groups, batched=self.get_query_argument("batch", "0") == "1")
+        self.stream = self.mito.streams.open(self, user, token, groups, batched=query_argument(self, "batch", "0") == "1")
 
     def on_message(self, message: str | bytes) -> None:
         """The stream is one-way; messages from the client are ignored."""

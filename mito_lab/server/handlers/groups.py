@@ -1,7 +1,7 @@
 """Groups and their members."""
 
 from mito_lab.server.errors import InvalidRequest
-from mito_lab.server.handlers.base import TASK_JSON_BODY, ApiHandler, operation
+from mito_lab.server.handlers.base import TASK_JSON_BODY, ApiHandler, operation, query_arguments
 from mito_lab.wire import (
     CreateGroupReq,
     GroupQueryInfo,
@@ -40,7 +40,7 @@ class GroupMembersHandler(ApiHandler):
     async def delete(self, group: str) -> None:
         """``DELETE /groups/{g}/users?users=a&users=b``."""
         user = await self.user()
-        usernames = self.get_query_arguments("users")
+        usernames = query_arguments(self, "users")
         if not usernames:
             raise InvalidRequest("give the users to remove as ?users=a&users=b")
         await self.mito.groups.remove_members(user, group, usernames)

@@ -9,7 +9,9 @@ from mito_lab.server.handlers.base import (
     TASK_JSON_BODY,
     UUID_PATTERN,
     ApiHandler,
+    number_argument,
     operation,
+    query_argument,
     wait_argument,
 )
 from mito_lab.wire import (
@@ -194,13 +196,10 @@ class TaskLogsHandler(ApiHandler):
     )
     async def get(self, task_uuid: str) -> None:
         user = await self.user()
-        stream = self.get_query_argument("stream", "stdout")
+        stream = query_argument(self, "stream", "stdout")
         if stream not in ("stdout", "stderr"):
             raise InvalidRequest("stream must be stdout or stderr")
-        try:
-            offset = int(self.get_query_argument("offset", "0"))
-        except ValueError:
-            raise InvalidRequest("offset must be a number of bytes") from None
+        offset = int(number_argument(self, "offset", 0, "a number of bytes", whole=True))
         if not 0 <= offset <= MAX_SIZE:
             raise InvalidRequest(f"offset must be between 0 and {MAX_SIZE} bytes")
         self.send(await self.mito.logs.read(user, uuid.UUID(task_uuid), stream, offset, wait_argument(self)))

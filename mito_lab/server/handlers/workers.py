@@ -9,6 +9,8 @@ from mito_lab.server.handlers.base import (
     UUID_PATTERN,
     ApiHandler,
     operation,
+    query_argument,
+    query_arguments,
     wait_argument,
 )
 from mito_lab.server.handlers.tasks import TASK, content_type
@@ -44,7 +46,7 @@ WORKER = rf"(?P<worker_uuid>{UUID_PATTERN})"
 
 def shutdown_op(handler: ApiHandler) -> WorkerShutdownOp:
     try:
-        return WorkerShutdownOp(handler.get_query_argument("op", "graceful"))
+        return WorkerShutdownOp(query_argument(handler, "op", "graceful"))
     except ValueError:
         raise InvalidRequest("op must be graceful or force") from None
 
@@ -176,7 +178,7 @@ class WorkerGroupsHandler(ApiHandler):
     async def delete(self, worker_uuid: str) -> None:
         """``DELETE /workers/{uuid}/groups?groups=a&groups=b``."""
         user = await self.user()
-        names = self.get_query_arguments("groups")
+        names = query_arguments(self, "groups")
         if not names:
             raise InvalidRequest("give the groups to remove as ?groups=a&groups=b")
         await self.mito.workers.remove_groups(user, uuid.UUID(worker_uuid), names)
