@@ -36,5 +36,4 @@ def display_live(widget: Any, snapshot: dict[str, str], display_id: str | None =
     display(snapshot, raw=True, display_id=snapshot_id(display_id) if display_id else None)
     data, metadata = widget._repr_mimebundle_()
     data["text/plain"] = ""  # the snapshot says it in text
-    data.pop("text/html", None)
     display(data, metadata=metadata, raw=True, display_id=display_id)
