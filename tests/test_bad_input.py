@@ -166,6 +166,8 @@ OUT_OF_RANGE = [
     Case("POST", f"/admin/groups/{GROUP}/storage-quota", {"storage_quota": "=9000PB"}, says="over"),
     Case("POST", f"/admin/groups/{GROUP}/storage-quota", {"storage_quota": "-5 parsecs"}, says="invalid"),
     Case("GET", "/tasks/00000000-0000-0000-0000-000000000000/logs?offset=99999999999999999999999", says="offset"),
+    Case("GET", "/tasks/00000000-0000-0000-0000-000000000000/logs?offset=" + "9" * 5000, says="offset"),
+    Case("GET", "/tasks/00000000-0000-0000-0000-000000000000/logs?wait=" + "9" * 400, says="wait"),
     Case("GET", "/tasks/00000000-0000-0000-0000-000000000000/logs?wait=601", says="wait"),
     Case("GET", "/tasks/00000000-0000-0000-0000-000000000000/logs?wait=nan", says="wait"),
     Case("GET", "/tasks/00000000-0000-0000-0000-000000000000/logs?wait=-1", says="wait"),

@@ -299,19 +299,20 @@ def query_arguments(handler: RequestHandler, name: str) -> list[str]:
     return handler.get_query_arguments(name, strip=False)
 
 
-_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
+_DECIMAL = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")  # longer is past every bound (and int() refuses 4,300 digits)
 
 
 def number_argument(handler: RequestHandler, name: str, default: float, meaning: str, whole: bool = False) -> float:
     """A number from the query string, in plain digits (``int`` and ``float`` would also take
-    spaces, underscores, signs and other scripts' digits); a 400 saying it must be ``meaning``."""
+    spaces, underscores, signs and other scripts' digits); a 400 saying it must be ``meaning``.
+    ``whole``: an integer, read exactly (a float would turn 400 nines into infinity)."""
     raw = query_argument(handler, name)
     if raw is None:
         return default
     written = _DECIMAL.fullmatch(raw)
     if written is None or (whole and written.group(1)):
         raise InvalidRequest(f"{name} must be {meaning}")
-    return float(raw)
+    return int(raw) if whole else float(raw)
 
 
 def wait_argument(handler: RequestHandler) -> float:
