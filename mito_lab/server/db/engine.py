@@ -14,14 +14,17 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
+
+from mito_lab.server.db.driver import DriverConnection, DriverStatements
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x6D69746F  # "mito": serialises migrations of coordinators starting together
 _AFTER_COMMIT = "mito_after_commit"
 # PostgreSQL's statistics of a table are refreshed after bulk loads at most this often
 STATISTICS_SECONDS = 5.0
+DRIVER_POOL_SIZE = 10  # PostgreSQL connections of the hot paths (``transaction``, ``statements``)
 
 log = logging.getLogger(__name__)
 # JSON columns (specs, tags, labels) through orjson: a 10,000-task batch or a 100,000-row listing
@@ -59,8 +62,9 @@ class Database:
         else:
             self.engine = create_async_engine(self.url, pool_size=10, max_overflow=20, **JSON_CODEC)
             # statements that stand alone need no BEGIN before and ROLLBACK or COMMIT after: two
-            # round trips to the server each, as many as the statement itself (see ``statements``)
+            # round trips to the server each, as many as the statement itself (see ``lookup``)
             self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            self._driver = DriverStatements(self.engine, size=DRIVER_POOL_SIZE)  # see ``transaction``
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         self._refreshing: dict[str, bool] = {}  # table -> more bulk loads since the last ANALYZE
@@ -138,15 +142,16 @@ class Database:
                 callback()
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection | LoopConnection]:
+    async def transaction(self) -> AsyncIterator[Statements]:
         """A Core connection in a transaction, for the hot paths where the ORM's unit of work costs
         more than the rule it serves. On SQLite it is a synchronous connection used right on the
         event loop: a statement there costs tens of microseconds, where aiosqlite hands each one
         to its thread and back. It cannot stall the loop on a lock: it holds the writers' lock of
         this process (the only one that opens the embedded database), and WAL readers never block
-        a writer."""
+        a writer. On PostgreSQL the statements run as asyncpg's prepared statements, outside
+        SQLAlchemy's engine (``driver.py``)."""
         if self._write_lock is None:
-            async with self.engine.begin() as connection:
+            async with self._driver.connection(transaction=True) as connection:
                 yield connection
             return
         async with self._write_lock:
@@ -154,13 +159,13 @@ class Database:
                 yield LoopConnection(connection)
 
     @contextlib.asynccontextmanager
-    async def statements(self) -> AsyncIterator[AsyncConnection | LoopConnection]:
+    async def statements(self) -> AsyncIterator[Statements]:
         """A Core connection for statements that each stand alone (a read by key, a claim that
         checks its own conditions as it updates): on PostgreSQL each commits by itself, with no
         round trips to begin and end a transaction. On SQLite it is ``transaction``, whose
         BEGIN and COMMIT cost microseconds."""
         if self._write_lock is None:
-            async with self._autocommit.connect() as connection:
+            async with self._driver.connection(transaction=False) as connection:
                 yield connection
             return
         async with self.transaction() as connection:
@@ -186,6 +191,8 @@ class Database:
         await self.engine.dispose()
         if self.is_sqlite:
             self._loop_engine.dispose()
+        else:
+            await self._driver.close()
 
 
 class LoopConnection:
@@ -210,6 +217,11 @@ class LoopConnection:
 
     async def exec_driver_sql(self, statement: str, parameters: Any = None) -> sa.CursorResult[Any]:
         return self._connection.exec_driver_sql(statement, parameters)
+
+
+Statements = LoopConnection | DriverConnection
+"""What ``transaction`` and ``statements`` yield: Core statements, run on the loop (SQLite) or on
+asyncpg's prepared statements (PostgreSQL)."""
 
 
 class LoopSession:

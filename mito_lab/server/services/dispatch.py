@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mito_lab.server.db.engine import Statements
 from mito_lab.server.db.models import ArtifactUpload, GroupWorker, Task, TaskTag, Worker
 from mito_lab.server.errors import WorkerGone
 from mito_lab.server.events import RECHECK
@@ -382,13 +382,13 @@ class Dispatcher:
         return answer
 
     async def _apply(
-        self, connection: AsyncConnection, worker: WorkerIdentity, reports: list[TaskReport], moment: datetime,
+        self, connection: Statements, worker: WorkerIdentity, reports: list[TaskReport], moment: datetime,
         events: list[tuple[TaskRow, dict[str, Any]]],
     ) -> tuple[list[ReportRefusal], bool]:
         """Apply each report (all its ops or none); the refusals, and whether a gracefully stopping
         worker has just committed its last task."""
         rows = await connection.execute(self._reported, {"ids": [r.id for r in reports], "worker_pk": worker.id})
-        tasks = {row.id: TaskRow(**row._mapping) for row in rows}
+        tasks = {row.id: TaskRow(**row._asdict()) for row in rows}
         refused, written, committed = [], [], []
         for report in reports:
             task = tasks.get(report.id)
@@ -431,14 +431,14 @@ class Dispatcher:
         downstream = [t.downstream_task_uuid for t in committed if t.downstream_task_uuid is not None]
         if downstream:  # chained tasks become Ready when their upstream commits
             for row in await connection.execute(_RELEASE_DOWNSTREAM, {"uuids": downstream, "moment": moment}):
-                released = TaskRow(**row._mapping)
+                released = TaskRow(**row._asdict())
                 events.append((released, _event_fields(released)))
         retiring = False
         if committed and worker.state == WorkerState.GracefulShutdown:  # it goes at its last commit (reference 2.6)
             retiring = await connection.scalar(_STILL_HOLDING, {"worker_pk": worker.id}) is None
         return refused, retiring
 
-    async def _undelivered(self, connection: AsyncConnection, worker: WorkerIdentity, holding: list[int]) -> list[WorkerTaskResp]:
+    async def _undelivered(self, connection: Statements, worker: WorkerIdentity, holding: list[int]) -> list[WorkerTaskResp]:
         """Tasks assigned to the worker that it never received (an answer lost with a coordinator
         or a connection): hand them over again, without counting a new attempt."""
         rows = (await connection.execute(_UNDELIVERED, {"worker_pk": worker.id, "holding": holding})).all()
@@ -452,7 +452,7 @@ class Dispatcher:
         return max(1, min(want, found // (2 * (self.waiting + 1))))
 
     async def _take(
-        self, connection: AsyncConnection, worker: WorkerIdentity, want: int, moment: datetime,
+        self, connection: Statements, worker: WorkerIdentity, want: int, moment: datetime,
         events: list[tuple[TaskRow, dict[str, Any]]],
     ) -> list[WorkerTaskResp]:
         if worker.state != WorkerState.Normal or not worker.serving_groups:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import uuid as uuid_module
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mito_lab.server.db.engine import Statements
 
 from mito_lab.server.db.models import Group, Task
 from mito_lab.server.services.context import Context
@@ -33,7 +35,7 @@ async def reserve_output(context: Context, session: AsyncSession, task: Task, co
     return await grant_upload(context, await session.connection(), ARTIFACTS, (task.uuid, content_type), group, size, None)
 
 
-async def confirm_outputs(context: Context, connection: AsyncConnection, task_uuids: list[uuid_module.UUID]) -> set[uuid_module.UUID]:
+async def confirm_outputs(context: Context, connection: Statements, task_uuids: list[uuid_module.UUID]) -> set[uuid_module.UUID]:
     """Record the outputs of these tasks that arrived whole and charge their groups; drop the
     others. Returns the tasks that lost an output."""
     if not task_uuids:
