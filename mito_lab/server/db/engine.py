@@ -107,18 +107,18 @@ class Database:
             yield session
 
     @contextlib.asynccontextmanager
-    async def lookup(self) -> AsyncIterator[AsyncSession]:
-        """A session for a few reads by key, as every request's authentication makes. On SQLite
-        they run on the loop's own connections (tens of microseconds; a WAL reader never waits),
-        where a read through aiosqlite costs a hand-off to its thread and back; on PostgreSQL
-        outside a transaction (see ``statements``). Listings, which may read for long, use
-        ``read``."""
+    async def lookup(self) -> AsyncIterator[Statements]:
+        """A Core connection for a few reads by key, as every request's authentication makes, each
+        standing alone. On SQLite they run on the loop's own connections (tens of microseconds; a
+        WAL reader never waits for the writers' lock), where a read through aiosqlite costs a
+        hand-off to its thread and back; on PostgreSQL on asyncpg's prepared statements, outside
+        a transaction (see ``statements``). Listings, which may read for long, use ``read``."""
         if self._write_lock is None:
-            async with self.sessions(bind=self._autocommit) as session:
-                yield session
+            async with self._driver.connection(transaction=False) as connection:
+                yield connection
             return
-        with Session(self._loop_engine, expire_on_commit=False) as sync_session:
-            yield LoopSession(sync_session)  # type: ignore[misc]  # see ``write``
+        with self._loop_engine.connect() as connection:
+            yield LoopConnection(connection)
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:

@@ -273,8 +273,8 @@ async def settle_pending(context: Context, kind: Kind, condition: sa.ColumnEleme
 
 
 async def _settle_each(context: Context, kind: Kind, keys_query: sa.Select) -> None:
-    async with context.db.lookup() as session:
-        keys = [tuple(row) for row in (await session.execute(keys_query)).all()]
+    async with context.db.lookup() as connection:
+        keys = [tuple(row) for row in (await connection.execute(keys_query)).all()]
     for key in keys:
         async with context.db.transaction() as connection:
             await settle(context, connection, kind, key)

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import make_transient_to_detached
 
 from mito_lab.server.db.models import User
 from mito_lab.server.errors import (
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 # built once: every authenticated request reads its user
-_USER_BY_NAME = sa.select(User).where(User.username == sa.bindparam("name"))
+_USER_BY_NAME = sa.select(*User.__table__.columns).where(User.__table__.c.username == sa.bindparam("name"))
 
 RetireWorkers = Callable[[AsyncSession, int], Awaitable[None]]
 """Shuts down every worker a user registered (the user's id), re-queueing their tasks."""
@@ -92,10 +93,12 @@ class UserService:
     async def authenticate(self, bearer: str) -> User:
         """The user behind a bearer token (reference 6.1: token, existence, state, signature)."""
         claims = self.context.tokens.verify(bearer, "user")
-        async with self.context.db.lookup() as session:
-            user = await session.scalar(_USER_BY_NAME, {"name": claims.sub})
-        if user is None:
+        async with self.context.db.lookup() as connection:
+            row = (await connection.execute(_USER_BY_NAME, {"name": claims.sub})).first()
+        if row is None:
             raise WrongCredentials()
+        user = User(**row._asdict())
+        make_transient_to_detached(user)  # as if read by a session that has closed since
         if user.state != UserState.Active:
             raise PermissionDenied(f"user {user.username} is {user.state.value}")
         if user.auth_signature != claims.sign:

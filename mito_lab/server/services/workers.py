@@ -403,8 +403,8 @@ class WorkerService:
     async def reap(self) -> None:
         """Remove the workers silent for longer than they may be (``_silent``); their tasks are
         taken back. Looked for first without a transaction: the check runs every second."""
-        async with self.context.db.lookup() as session:
-            if await session.scalar(sa.select(Worker.id).where(self._silent()).limit(1)) is None:
+        async with self.context.db.lookup() as connection:
+            if await connection.scalar(sa.select(Worker.id).where(self._silent()).limit(1)) is None:
                 return
         due = sa.select(Worker).where(self._silent())
         if not self.context.db.is_sqlite:
