@@ -138,6 +138,7 @@ class DriverConnection:
     def __init__(self, connection: asyncpg.Connection, statements: DriverStatements) -> None:
         self._connection = connection
         self._statements = statements
+        self.info: dict[str, Any] = {}  # as a session's (``after_commit``)
 
     @property
     def dialect(self) -> sa.Dialect:
@@ -163,6 +164,7 @@ class DriverConnection:
         return (await self.execute(statement, parameters)).scalar()
 
     async def copy_records(self, table: str, columns: list[str], records: list[tuple[Any, ...]]) -> None:
+        """``COPY table (columns) FROM STDIN`` of values bound already (``engine.bulk_insert``)."""
         await self._connection.copy_records_to_table(table, records=records, columns=columns)
 
 

@@ -149,14 +149,18 @@ class Database:
         to its thread and back. It cannot stall the loop on a lock: it holds the writers' lock of
         this process (the only one that opens the embedded database), and WAL readers never block
         a writer. On PostgreSQL the statements run as asyncpg's prepared statements, outside
-        SQLAlchemy's engine (``driver.py``)."""
+        SQLAlchemy's engine (``driver.py``). Callbacks registered with ``after_commit`` run once
+        the commit succeeded."""
         if self._write_lock is None:
             async with self._driver.connection(transaction=True) as connection:
                 yield connection
-            return
-        async with self._write_lock:
-            with self._loop_engine.begin() as connection:
-                yield LoopConnection(connection)
+        else:
+            async with self._write_lock:
+                with self._loop_engine.begin() as sync_connection:
+                    connection = LoopConnection(sync_connection)
+                    yield connection
+        for callback in connection.info.pop(_AFTER_COMMIT, []):
+            callback()
 
     @contextlib.asynccontextmanager
     async def statements(self) -> AsyncIterator[Statements]:
@@ -167,6 +171,8 @@ class Database:
         if self._write_lock is None:
             async with self._driver.connection(transaction=False) as connection:
                 yield connection
+            for callback in connection.info.pop(_AFTER_COMMIT, []):
+                callback()
             return
         async with self.transaction() as connection:
             yield connection
@@ -201,6 +207,7 @@ class LoopConnection:
 
     def __init__(self, connection: sa.Connection) -> None:
         self._connection = connection
+        self.info: dict[str, Any] = {}  # as a session's (``after_commit``)
 
     @property
     def dialect(self) -> sa.Dialect:
@@ -263,15 +270,16 @@ class LoopSession:
         self.sync_session.add_all(instances)
 
 
-async def bulk_insert(session: AsyncSession, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """INSERT ``rows`` (dicts with the same keys) in the session's transaction, of the values bound
-    as SQLAlchemy binds them but column by column (one map() per column, not SQLAlchemy's
-    per-row parameter processing, which was a third of a 10,000-task batch submit). On PostgreSQL
-    it is a COPY on the session's own connection: half the time of an executemany (an INSERT per
-    row on the server), and no slower for one row; on SQLite one executemany of the driver."""
+async def bulk_insert(target: AsyncSession | Statements, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT ``rows`` (dicts with the same keys) in the transaction of ``target`` (a session of
+    ``write``, a connection of ``transaction``), of the values bound as SQLAlchemy binds them but
+    column by column (one map() per column, not SQLAlchemy's per-row parameter processing, which
+    was a third of a 10,000-task batch submit). On PostgreSQL it is a COPY on the transaction's
+    own connection: half the time of an executemany (an INSERT per row on the server), and no
+    slower for one row; on SQLite one executemany of the driver."""
     if not rows:
         return
-    connection = await session.connection()
+    connection = target if isinstance(target, LoopConnection | DriverConnection) else await target.connection()
     dialect = connection.dialect
     columns = list(rows[0])
     values = []
@@ -287,9 +295,12 @@ async def bulk_insert(session: AsyncSession, table: sa.Table, rows: list[dict[st
     records = list(zip(*values, strict=True))
     if dialect.name != "postgresql":
         names = ", ".join(f'"{name}"' for name in columns)
-        await connection.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(columns))})', records)
+        await connection.exec_driver_sql(f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join("?" * len(columns))})', records)  # type: ignore[union-attr]
         return
-    driver = (await connection.get_raw_connection()).driver_connection
+    if isinstance(connection, DriverConnection):
+        await connection.copy_records(table.name, columns, records)
+        return
+    driver = (await connection.get_raw_connection()).driver_connection  # type: ignore[union-attr]
     # SQLAlchemy begins asyncpg's transaction at its first statement: a COPY before any would commit alone
     assert driver.is_in_transaction(), "bulk_insert needs a statement run before it in the transaction"  # type: ignore[union-attr]
     await driver.copy_records_to_table(table.name, records=records, columns=columns)  # type: ignore[union-attr]
@@ -305,8 +316,9 @@ def chunks(items: Sequence[T]) -> list[Sequence[T]]:
     return [items[at : at + CHUNK] for at in range(0, len(items), CHUNK)]
 
 
-def after_commit(session: AsyncSession, callback: Callable[[], None]) -> None:
-    """Run ``callback`` when ``session``'s transaction has committed (e.g. to publish an event)."""
+def after_commit(session: AsyncSession | Statements, callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the transaction of ``session`` (a session of ``write``, a connection
+    of ``transaction``) has committed (e.g. to publish an event)."""
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 

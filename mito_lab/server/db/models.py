@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import uuid as uuid_module
 from datetime import datetime, timezone
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, make_transient_to_detached, mapped_column
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
@@ -134,6 +135,17 @@ def _enum(enum_class: type, name: str) -> sa.Enum:
 
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON, list[str]: sa.JSON}
+
+
+ModelT = TypeVar("ModelT", bound=Base)
+
+
+def detached(model: type[ModelT], columns: Mapping[str, Any]) -> ModelT:
+    """A model object of a row read as Core columns (the hot paths read no entities), as if a
+    session that has closed since had loaded it."""
+    instance = model(**columns)
+    make_transient_to_detached(instance)
+    return instance
 
 
 class Timestamps:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.engine import after_commit
+from mito_lab.server.db.engine import Statements, after_commit
 from mito_lab.server.db.models import Task
 from mito_lab.server.events import RECHECK, RedisEvents
 from mito_lab.server.services.context import Context
@@ -102,7 +102,7 @@ def usage_fields(task: Task | NewTask) -> dict[str, Any]:
     return {"cpu_s": task.cpu_seconds, "max_rss": task.max_rss, "cpu_efficiency": usage.cpu_efficiency}
 
 
-def announce_ready(context: Context, session: AsyncSession) -> None:
+def announce_ready(context: Context, session: AsyncSession | Statements) -> None:
     """Once the transaction commits, wake waiting fetches: a task may now match some worker.
     Announced once per transaction, however many tasks it made runnable."""
     if not session.info.get(_READY_ANNOUNCED):
@@ -122,7 +122,7 @@ async def task_changed(context: Context, session: AsyncSession, task: Task, **de
         after_commit(session, lambda: context.events.publish_raw(key, code, ttl=EXEC_STATE_TTL_SECONDS))
 
 
-async def tasks_created(context: Context, session: AsyncSession, tasks: Sequence[NewTask]) -> None:
+async def tasks_created(context: Context, session: AsyncSession | Statements, tasks: Sequence[NewTask]) -> None:
     """Publish the events of new tasks in one batch once the transaction commits (one Redis
     pipeline for a batch of any size), and wake fetches if any is Ready."""
     groups = {group_id: await context.group_name(session, group_id) for group_id in {task.group_id for task in tasks}}

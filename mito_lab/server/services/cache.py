@@ -32,7 +32,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.engine import chunks
+from mito_lab.server.db.engine import Statements, chunks
 from mito_lab.server.db.models import Artifact, Attachment, Group, Task, User, UserGroup
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.uploads import artifact_key, artifact_object, attachment_object
@@ -154,7 +154,7 @@ async def _resources(context: Context, user: User, requests: Sequence[SubmitTask
     return found
 
 
-async def look_up(context: Context, session: AsyncSession, wanted: Sequence[tuple[int, Keyed | None]]) -> list[Keyed | None]:
+async def look_up(context: Context, session: AsyncSession | Statements, wanted: Sequence[tuple[int, Keyed | None]]) -> list[Keyed | None]:
     """Each (group id, key) with the run it is answered from, if it is looked up and the group has
     a source of its key: the newest. One query for a batch. On PostgreSQL the sources are locked
     (shared) until the submit commits, so that their artifacts cannot go while hits take them."""
@@ -179,7 +179,7 @@ async def look_up(context: Context, session: AsyncSession, wanted: Sequence[tupl
     return found
 
 
-async def share_artifacts(session: AsyncSession, hits: Sequence[tuple[uuid_module.UUID, uuid_module.UUID]]) -> None:
+async def share_artifacts(session: AsyncSession | Statements, hits: Sequence[tuple[uuid_module.UUID, uuid_module.UUID]]) -> None:
     """Give each hit (its uuid, its source's) artifact rows naming the source's objects, with their
     sizes and digests. A source's artifact stored before uploads had their own names gets its
     name written out first: objects are shared by ``object_key`` alone."""

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mito_lab.config import CoordinatorConfig
-from mito_lab.server.db.engine import Database
+from mito_lab.server.db.engine import Database, Statements
 from mito_lab.server.db.models import Group
 from mito_lab.server.events import InProcessEvents
 from mito_lab.server.services.auth import Tokens
@@ -25,7 +25,7 @@ class Context:
     closing: bool = False  # the coordinator is stopping: long polls answer now
     _group_names: dict[int, str] = field(default_factory=dict)
 
-    async def group_name(self, session: AsyncSession, group_id: int) -> str:
+    async def group_name(self, session: AsyncSession | Statements, group_id: int) -> str:
         """Group names never change, so they are cached for the events' sake."""
         if group_id not in self._group_names:
             self._group_names[group_id] = await session.scalar(sa.select(Group.group_name).where(Group.id == group_id)) or ""

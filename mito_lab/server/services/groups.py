@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mito_lab.config import parse_size
-from mito_lab.server.db.models import Group, GroupWorker, User, UserGroup
+from mito_lab.server.db.engine import Statements
+from mito_lab.server.db.models import Group, GroupWorker, User, UserGroup, detached
 from mito_lab.server.errors import (
     AlreadyExists,
     InvalidRequest,
@@ -71,22 +72,25 @@ def _sufficient(role: Role | None, group: Group, minimum: Role) -> Role:
 
 
 # built once: a submit's group and role are read on every call, and building the statement cost
-# more than running it on SQLite
+# more than running it on SQLite. Columns, not the entity: it serves sessions and the hot path's
+# Core connections alike.
+_GROUP_COLUMNS = Group.__table__.columns
 _GROUP_AND_ROLE = (
-    sa.select(Group, UserGroup.role)
+    sa.select(*_GROUP_COLUMNS, UserGroup.role)
     .outerjoin(UserGroup, sa.and_(UserGroup.group_id == Group.id, UserGroup.user_id == sa.bindparam("user_id")))
     .where(Group.group_name == sa.bindparam("name"))
 )
 
 
-async def group_with_role(session: AsyncSession, user: User, name: str | None, minimum: Role) -> Group:
+async def group_with_role(session: AsyncSession | Statements, user: User, name: str | None, minimum: Role) -> Group:
     """The named group (the caller's personal group when no name is given) if the caller's role
-    in it is at least ``minimum``: one statement reads both."""
+    in it is at least ``minimum``: one statement reads both. The group is detached: a session
+    that changes it reads it again (``locked_group``)."""
     row = (await session.execute(_GROUP_AND_ROLE, {"user_id": user.id, "name": name or user.username})).first()
     if row is None:
         raise NotFound(f"User or group with name {name or user.username}")
-    group, role = row
-    _sufficient(role, group, minimum)
+    group = detached(Group, {column.key: getattr(row, column.key) for column in _GROUP_COLUMNS})
+    _sufficient(row.role, group, minimum)
     return group
 
 

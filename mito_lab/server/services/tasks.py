@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.engine import bulk_insert, chunks
+from mito_lab.server.db.engine import Statements, bulk_insert, chunks
 from mito_lab.server.db.models import (
     Artifact,
     Group,
@@ -264,7 +264,7 @@ def new_uuids(count: int) -> list[uuid_module.UUID]:
 
 
 async def insert_tasks(
-    session: AsyncSession,
+    session: AsyncSession | Statements,
     creator_id: int,
     items: Sequence[tuple[Group, SubmitTaskReq]],
     state: TaskState,
@@ -321,7 +321,7 @@ async def insert_tasks(
     return tasks
 
 
-async def require_readable_references(session: AsyncSession, user: User, spec: TaskSpec) -> None:
+async def require_readable_references(session: AsyncSession | Statements, user: User, spec: TaskSpec) -> None:
     """A task may fetch artifacts of, and watch, only tasks of groups its creator can read: the
     worker doing it may serve other groups too, and must not carry their data across."""
     referenced = {r.remote_file.Artifact.uuid for r in spec.resources if isinstance(r.remote_file, ArtifactSource)}
@@ -394,7 +394,7 @@ class TaskService:
 
     async def submit(self, user: User, request: SubmitTaskReq) -> SubmitTaskResp:
         [keyed] = await cache_keys(self.context, user, [request])
-        async with self.context.db.write() as session:
+        async with self.context.db.transaction() as session:
             group = await group_with_role(session, user, request.group_name, Role.Write)
             await require_readable_references(session, user, request.task_spec)
             [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready, keys=await look_up(self.context, session, [(group.id, keyed)]))
@@ -414,7 +414,7 @@ class TaskService:
                 await asyncio.sleep(CHUNK_PAUSE_SECONDS)  # reading, parsing, authenticating takes them a few turns of the loop
             chunk = request.tasks[start : start + BATCH_COMMIT_TASKS]
             chunk_keys = keys[start : start + BATCH_COMMIT_TASKS]
-            async with self.context.db.write() as session:
+            async with self.context.db.transaction() as session:
                 groups: dict[str | None, Group | ApiError] = {}
                 for name in dict.fromkeys(item.group_name for item in chunk):
                     try:
@@ -443,7 +443,7 @@ class TaskService:
         return BatchSubmitResp(results=results)
 
     @staticmethod
-    async def _refusal(session: AsyncSession, user: User, item: SubmitTaskReq, group: Group | ApiError) -> ApiError | None:
+    async def _refusal(session: AsyncSession | Statements, user: User, item: SubmitTaskReq, group: Group | ApiError) -> ApiError | None:
         """Why an item of a batch cannot be submitted (its group, or what it refers to), or ``None``."""
         if isinstance(group, ApiError):
             return group

@@ -9,9 +9,8 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import make_transient_to_detached
 
-from mito_lab.server.db.models import User
+from mito_lab.server.db.models import User, detached
 from mito_lab.server.errors import (
     AlreadyExists,
     NotFound,
@@ -97,8 +96,7 @@ class UserService:
             row = (await connection.execute(_USER_BY_NAME, {"name": claims.sub})).first()
         if row is None:
             raise WrongCredentials()
-        user = User(**row._asdict())
-        make_transient_to_detached(user)  # as if read by a session that has closed since
+        user = detached(User, row._asdict())
         if user.state != UserState.Active:
             raise PermissionDenied(f"user {user.username} is {user.state.value}")
         if user.auth_signature != claims.sign:
