@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # tasks.py imports this module
 
 EVENTS = "mito:events"  # {"kind": "task" | "worker" | "log", ...}
 TASKS_READY = "mito:tasks-ready"  # wakes the waiting fetches of every coordinator
+OFFERED_TASKS = 64  # the most new tasks an announcement offers by id (``announce_ready``)
 CANCEL = "mito:cancel"  # {"worker": <worker uuid>, "task": <task uuid>}
 ACCESS = "mito:access"  # {"user": <username>}: the user's tokens, state or memberships changed
 EXEC_STATE_TTL_SECONDS = 3600
@@ -102,12 +103,21 @@ def usage_fields(task: Task | NewTask) -> dict[str, Any]:
     return {"cpu_s": task.cpu_seconds, "max_rss": task.max_rss, "cpu_efficiency": usage.cpu_efficiency}
 
 
-def announce_ready(context: Context, session: AsyncSession | Statements) -> None:
+def announce_ready(context: Context, session: AsyncSession | Statements, new: Sequence[NewTask] = ()) -> None:
     """Once the transaction commits, wake waiting fetches: a task may now match some worker.
-    Announced once per transaction, however many tasks it made runnable."""
-    if not session.info.get(_READY_ANNOUNCED):
-        session.info[_READY_ANNOUNCED] = True
-        after_commit(session, lambda: context.events.publish(TASKS_READY, {}))
+    Announced once per transaction, however many tasks it made runnable. ``new``: tasks it
+    created Ready; if they are all it made runnable, and no more than ``OFFERED_TASKS``, the
+    announcement offers them (id, group, tags), and each coordinator hands each to one waiting
+    worker that can run it (``Dispatcher``), instead of waking them all to look."""
+    announced = session.info.get(_READY_ANNOUNCED)
+    if announced is None:
+        announced = session.info[_READY_ANNOUNCED] = {"offer": []}
+        after_commit(session, lambda: context.events.publish(TASKS_READY, announced if announced.get("offer") else {}))
+    offer = announced.get("offer")
+    if offer is not None and new and len(offer) + len(new) <= OFFERED_TASKS:
+        offer += [[task.id, task.group_id, list(task.tags)] for task in new]
+    else:  # a task became runnable some other way, or too many: every waiting worker looks
+        announced.pop("offer", None)
 
 
 async def task_changed(context: Context, session: AsyncSession, task: Task, **details: Any) -> None:
@@ -128,8 +138,9 @@ async def tasks_created(context: Context, session: AsyncSession | Statements, ta
     groups = {group_id: await context.group_name(session, group_id) for group_id in {task.group_id for task in tasks}}
     messages = [(EVENTS, task_payload(task, groups[task.group_id])) for task in tasks]
     after_commit(session, lambda: context.events.publish_many(messages))
-    if any(task.state == TaskState.Ready for task in tasks):
-        announce_ready(context, session)
+    ready = [task for task in tasks if task.state == TaskState.Ready]
+    if ready:
+        announce_ready(context, session, ready)
 
 
 def worker_changed(context: Context, session: AsyncSession, worker_id: uuid_module.UUID, groups: list[str], event: str, **details: Any) -> None:

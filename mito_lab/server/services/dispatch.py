@@ -14,10 +14,12 @@ to two workers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid as uuid_module
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,8 +33,8 @@ from mito_lab.server.events import RECHECK
 from mito_lab.server.services.activity import (
     EVENTS,
     EXEC_STATE_TTL_SECONDS,
+    RECHECK_SECONDS,
     TASKS_READY,
-    long_poll,
     task_payload,
 )
 from mito_lab.server.services.context import Context
@@ -317,20 +319,61 @@ def end_refused(task: TaskRow, moment: datetime, changed: Callable[[TaskRow], No
     changed(task)
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """A worker long-polling this coordinator for tasks."""
+
+    worker: WorkerIdentity
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    offered: list[int] = field(default_factory=list)  # ids of new tasks handed to it to claim
+
+    def can_run(self, group_id: int, tags: Iterable[str]) -> bool:
+        return self.worker.state == WorkerState.Normal and group_id in self.worker.serving_groups and set(tags) <= set(self.worker.tags)
+
+
 class Dispatcher:
     def __init__(self, context: Context, retire: Callable[[WorkerIdentity], Awaitable[None]]) -> None:
         """``retire`` removes a gracefully stopping worker once its last task is committed."""
         self.context = context
         self.retire = retire
         self.identities = WorkerIdentities(context)
-        self.waiting = 0  # workers long-polling this coordinator for tasks right now
+        self._waiters: list[_Waiter] = []  # longest waiting first
+        self._stop_listening = context.events.listen(TASKS_READY, self._on_ready)
         self._candidates: dict[int, sa.Select] = {}
         self._claim = _claim(for_update=not context.db.is_sqlite)
         # concurrent reports on one task (exec states racing an outcome) wait for each other
         self._reported = _REPORTED if context.db.is_sqlite else _REPORTED.with_for_update()
 
+    @property
+    def waiting(self) -> int:
+        """Workers long-polling this coordinator for tasks right now."""
+        return len(self._waiters)
+
     def close(self) -> None:
+        self._stop_listening()
         self.identities.close()
+
+    # --- waiting workers ------------------------------------------------------------------------
+
+    def _on_ready(self, event: Any) -> None:
+        """Tasks became Ready. New tasks that come offered go each to the longest-waiting worker
+        that can run them, which claims it by id; anything else wakes every waiting worker to
+        look (``announce_ready``)."""
+        offer = event.get("offer") if isinstance(event, dict) else None
+        if not offer:
+            self._wake_all()
+            return
+        idle = [waiter for waiter in self._waiters if not waiter.offered]
+        for task_id, group_id, tags in offer:
+            taker = next((waiter for waiter in idle if waiter.can_run(group_id, tags)), None)
+            if taker is not None:  # else no worker here can: another coordinator's may
+                idle.remove(taker)
+                taker.offered.append(task_id)
+                taker.wake.set()
+
+    def _wake_all(self) -> None:
+        for waiter in self._waiters:
+            waiter.wake.set()
 
     # --- one transaction: reports, then claims ----------------------------------------------------
 
@@ -339,20 +382,27 @@ class Dispatcher:
         task to take, wait up to ``wait`` seconds for one."""
         if request.reports or request.want == 0 or wait <= 0:
             return await self._unless_gone(worker, await self._exchange_once(worker, request), gone)
-        asking = [request]  # the first look also hands over what a lost answer took (``holding``)
-
-        async def claim_unless_gone() -> ExchangeResp | None:
-            if gone():
-                return None
-            current = asking.pop() if asking else ExchangeReq(want=request.want)
-            found = await self._unless_gone(worker, await self._exchange_once(worker, current), gone)
-            return found if found.tasks else None
-
-        self.waiting += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        waiter = _Waiter(worker)
+        self._waiters.append(waiter)  # before the first look: nothing announced meanwhile is missed
+        current = request  # the first look also hands over what a lost answer took (``holding``)
         try:
-            return await long_poll(self.context, claim_unless_gone, TASKS_READY, lambda _event: True, wait) or ExchangeResp()
+            while not self.context.closing and not gone():
+                offered, waiter.offered = waiter.offered, []
+                waiter.wake.clear()
+                answer = await self._unless_gone(worker, await self._exchange_once(worker, current, offered), gone)
+                remaining = deadline - loop.time()
+                if answer.tasks or remaining <= 0:
+                    return answer
+                current = ExchangeReq(want=request.want)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wake.wait(), min(remaining, RECHECK_SECONDS))
+            return ExchangeResp()
         finally:
-            self.waiting -= 1
+            self._waiters.remove(waiter)
+            if waiter.offered:  # offered as it left: the others look for them
+                self._wake_all()
 
     async def _unless_gone(self, worker: WorkerIdentity, answer: ExchangeResp, gone: Callable[[], bool]) -> ExchangeResp:
         """The worker hung up while we claimed: put the tasks back, they never reached it."""
@@ -361,7 +411,7 @@ class Dispatcher:
             answer.tasks = []
         return answer
 
-    async def _exchange_once(self, worker: WorkerIdentity, request: ExchangeReq) -> ExchangeResp:
+    async def _exchange_once(self, worker: WorkerIdentity, request: ExchangeReq, offered: list[int] | None = None) -> ExchangeResp:
         moment = now()
         events: list[tuple[TaskRow, dict[str, Any]]] = []
         answer = ExchangeResp()
@@ -374,7 +424,7 @@ class Dispatcher:
             if request.holding is not None:
                 answer.tasks = await self._undelivered(connection, worker, request.holding)
             if request.want > len(answer.tasks):
-                answer.tasks += await self._take(connection, worker, request.want - len(answer.tasks), moment, events)
+                answer.tasks += await self._take(connection, worker, request.want - len(answer.tasks), moment, events, offered)
             group_names = {row.group_id: await self.context.group_name(connection, row.group_id) for row, _ in events}  # type: ignore[arg-type]
         self._publish(events, group_names)
         if retiring:
@@ -453,28 +503,37 @@ class Dispatcher:
 
     async def _take(
         self, connection: Statements, worker: WorkerIdentity, want: int, moment: datetime,
-        events: list[tuple[TaskRow, dict[str, Any]]],
+        events: list[tuple[TaskRow, dict[str, Any]]], offered: list[int] | None = None,
     ) -> list[WorkerTaskResp]:
+        """Claim up to ``want`` tasks: those ``offered`` (new, handed to this worker) by id if it
+        still can; else the best it may run, read off the dispatch index."""
         if worker.state != WorkerState.Normal or not worker.serving_groups:
             return []
-        groups = len(worker.serving_groups)
-        if groups not in self._candidates:
-            self._candidates[groups] = _candidates(groups)
-        probe = min(MAX_PROBE, 2 * want * (self.waiting + 1))
-        found = (await connection.scalars(self._candidates[groups], {
-            "tags": list(worker.tags), "limit": probe, **{f"group_{i}": g for i, g in enumerate(worker.serving_groups)},
-        })).all()
-        if not found:
-            return []
-        rows = (await connection.execute(self._claim, {
-            "candidates": found, "take": self._share(len(found), want), "worker_pk": worker.id, "moment": moment,
-        })).all()
-        rows.sort(key=lambda row: (-row.priority, row.id))
+        rows: Sequence[Any] = []
+        if offered:
+            rows = await self._claim_among(connection, worker, offered, min(want, len(offered)), moment)
+        if not rows:  # nothing offered, or taken meanwhile by another worker
+            groups = len(worker.serving_groups)
+            if groups not in self._candidates:
+                self._candidates[groups] = _candidates(groups)
+            probe = min(MAX_PROBE, 2 * want * (self.waiting + 1))
+            found = (await connection.scalars(self._candidates[groups], {
+                "tags": list(worker.tags), "limit": probe, **{f"group_{i}": g for i, g in enumerate(worker.serving_groups)},
+            })).all()
+            if not found:
+                return []
+            rows = await self._claim_among(connection, worker, found, self._share(len(found), want), moment)
+        rows = sorted(rows, key=lambda row: (-row.priority, row.id))
         worker_uuid = str(worker.worker_id)
         for row in rows:
             task = TaskRow(**{f.name: getattr(row, f.name, None) for f in fields(TaskRow)})
             events.append((task, {**_event_fields(task), "worker": worker_uuid}))
         return [_delivery(row) for row in rows]
+
+    async def _claim_among(self, connection: Statements, worker: WorkerIdentity, candidates: Sequence[int], take: int, moment: datetime) -> Sequence[Any]:
+        return (await connection.execute(self._claim, {
+            "candidates": list(candidates), "take": take, "worker_pk": worker.id, "moment": moment,
+        })).all()
 
     async def release(self, worker: WorkerIdentity, ids: Iterable[int]) -> None:
         """Hand back tasks claimed for a worker that never received them."""

@@ -234,12 +234,13 @@ class NewTask:
     max_rss: int | None = None
     cores: float | None = None
     cached_from: uuid_module.UUID | None = None
+    tags: Sequence[str] = ()
 
     @classmethod
     def from_row(cls, row: dict[str, Any], row_id: int) -> NewTask:
         """The task as ``insert_tasks`` inserts its row."""
         return cls(row_id, row["uuid"], row["task_id"], row["group_id"], row["state"], exit_status=row.get("exit_status"),
-                   ended_at=row.get("ended_at"), archived_at=row.get("archived_at"), cached_from=row.get("cached_from"))
+                   ended_at=row.get("ended_at"), archived_at=row.get("archived_at"), cached_from=row.get("cached_from"), tags=row["tags"])
 
 
 _TASKS = Task.__table__
