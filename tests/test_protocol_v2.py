@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import sys
 import time
 import uuid
@@ -232,3 +233,47 @@ def test_a_task_handed_back_and_taken_again_before_the_release_is_answered_runs(
             session.close()
 
     assert asyncio.run(scenario()) == ([7], [7], [7], [7])
+
+
+def _waiting(platform: Platform, token: str, found: dict[str, Any], name: str) -> threading.Thread:
+    """A worker long-polling for one task (60 s: one that returns sooner got a task)."""
+    thread = threading.Thread(target=lambda: found.update({name: exchange(platform, token, wait=60, want=1)["tasks"]}))
+    thread.start()
+    return thread
+
+
+def test_a_new_task_goes_to_the_longest_waiting_worker_that_can_run_it(platform: Platform) -> None:
+    plain_first, gpu, plain_second = register(platform), register(platform, tags=["gpu"]), register(platform)
+    found: dict[str, Any] = {}
+    waiting = {}
+    for name, token in (("plain_first", plain_first), ("gpu", gpu), ("plain_second", plain_second)):
+        waiting[name] = _waiting(platform, token, found, name)
+        time.sleep(0.3)  # in this order
+    tagged = submit(platform, tags=["gpu"])
+    waiting["gpu"].join(timeout=30)
+    assert [t["uuid"] for t in found["gpu"]] == [tagged]
+    time.sleep(0.5)
+    assert waiting["plain_first"].is_alive() and waiting["plain_second"].is_alive()  # neither can run it
+    untagged = submit(platform)
+    waiting["plain_first"].join(timeout=30)
+    assert [t["uuid"] for t in found["plain_first"]] == [untagged]
+    assert waiting["plain_second"].is_alive()
+    last = submit(platform)
+    waiting["plain_second"].join(timeout=30)
+    assert [t["uuid"] for t in found["plain_second"]] == [last]
+
+
+def test_a_batch_wakes_every_waiting_worker_and_each_gets_a_task(platform: Platform) -> None:
+    """A batch of a few tasks is offered one to each waiting worker; a large one (more than an
+    announcement offers) wakes them all to look."""
+    for count in (3, 100):
+        tokens = [register(platform) for _ in range(3)]
+        found: dict[str, Any] = {}
+        threads = [_waiting(platform, token, found, str(index)) for index, token in enumerate(tokens)]
+        time.sleep(0.5)
+        submitted = set(submit_many(platform, count))
+        for thread in threads:
+            thread.join(timeout=30)
+        taken = [task["uuid"] for tasks in found.values() for task in tasks]
+        assert len(found) == 3 and len(taken) == 3 and set(taken) <= submitted, (count, found)
+        platform.api("POST", "/tasks/cancel", {"states": ["Ready"]})

@@ -35,7 +35,7 @@ _NUMBERED = re.compile(r"\$(\d+)")
 Processor = Callable[[Any], Any] | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Compiled:
     """A statement's SQL for asyncpg, and how its parameters and rows are converted."""
 
@@ -43,9 +43,12 @@ class _Compiled:
     sql: str
     names: tuple[str, ...]  # bound parameters in positional order ($1, $2, ...)
     binders: tuple[tuple[Processor, bool], ...]  # per position: the type's bind processor, whether a list
-    row: type | None  # the rows' class (named fields), None for a statement that returns none
-    results: tuple[Processor, ...]
     defaults: tuple[tuple[str, Any], ...]  # columns' Python-side defaults (an INSERT's, an UPDATE's onupdate)
+    # learned from the server at the first run (``DriverStatements.described``): some types'
+    # result processors depend on the column's type there (PostgreSQL's numeric types)
+    described: bool = False
+    row: type | None = None  # the rows' class (named fields), None for a statement that returns none
+    results: tuple[Processor, ...] = ()
 
     def arguments(self, parameters: dict[str, Any], extracted: Sequence[Any] | None) -> list[Any]:
         values = self.compiled.construct_params(parameters, extracted_parameters=extracted)
@@ -66,7 +69,7 @@ class _Compiled:
         row = self.row
         assert row is not None
         results = self.results
-        if not any(results):
+        if not any(results):  # none, or a textual statement's: as asyncpg reads them
             return [row(*record) for record in records]
         return [row(*[value if result is None or value is None else result(value) for result, value in zip(results, record)])
                 for record in records]
@@ -91,17 +94,13 @@ def _compile(statement: sa.Executable, dialect: sa.Dialect, cache_key: Any, colu
 
     names = (*positional, *expanding)
     binders = tuple((binds[name].type.dialect_impl(dialect).bind_processor(dialect), binds[name].expanding) for name in names)
-    columns = compiled._result_columns  # the columns a row holds, with their types, as SQLAlchemy reads them
-    row = namedtuple("Row", [column.keyname for column in columns], rename=True) if columns else None  # type: ignore[misc]
-    results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns)
-    # what SQLAlchemy's execution context computes before it runs an INSERT or UPDATE
     defaults: tuple[tuple[str, Any], ...] = ()
     if compiled.insert_prefetch or compiled.update_prefetch:
         key_of = compiled._within_exec_param_key_getter  # type: ignore[attr-defined]
         defaults = tuple((key_of(column), column.default) for column in compiled.insert_prefetch) + tuple(
             (key_of(column), column.onupdate) for column in compiled.update_prefetch
         )
-    return _Compiled(compiled, _EXPANDING.sub(as_array, compiled.string), names, binders, row, results, defaults)
+    return _Compiled(compiled, _EXPANDING.sub(as_array, compiled.string), names, binders, defaults)
 
 
 class DriverResult:
@@ -146,6 +145,8 @@ class DriverConnection:
 
     async def execute(self, statement: sa.Executable, parameters: dict[str, Any] | list[dict[str, Any]] | None = None) -> DriverResult:
         compiled, extracted = self._statements.compiled(statement, parameters[0] if isinstance(parameters, list) and parameters else parameters)
+        if not compiled.described:
+            await self._statements.describe(compiled, self._connection)
         if isinstance(parameters, list):  # executemany: a statement that returns nothing, once per item
             await self._connection.executemany(compiled.sql, [compiled.arguments(item, extracted) for item in parameters])
             return DriverResult([], len(parameters))
@@ -213,6 +214,20 @@ class DriverStatements:
         else:
             self._compiled.move_to_end(shape)
         return compiled, cache_key.bindparams
+
+    async def describe(self, compiled: _Compiled, connection: asyncpg.Connection) -> None:
+        """What the statement's rows hold, as the server says (once per shape and process): their
+        class, named as SQLAlchemy names the columns, and each column's result processor."""
+        attributes = (await connection.prepare(compiled.sql)).get_attributes()
+        if attributes:
+            columns = compiled.compiled._result_columns  # type: ignore[attr-defined]  # as SQLAlchemy reads them
+            names = [column.keyname for column in columns] if len(columns) == len(attributes) else [a.name for a in attributes]
+            compiled.row = namedtuple("Row", names, rename=True)  # type: ignore[misc]
+            compiled.results = tuple(
+                column.type.dialect_impl(self.dialect).result_processor(self.dialect, attribute.type.oid)
+                for column, attribute in zip(columns, attributes)
+            ) if len(columns) == len(attributes) else ()
+        compiled.described = True
 
     async def _opened(self) -> asyncpg.Pool:
         if self._pool is None:

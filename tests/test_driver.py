@@ -1,0 +1,172 @@
+"""PostgreSQL's hot paths on asyncpg's prepared statements (``db/driver.py``): the same Core
+statements must give what SQLAlchemy's engine gives, on a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+
+from mito_lab.server.db.engine import Database, after_commit
+from mito_lab.server.db.models import Group, GroupWorker, Task, TaskTag, User, Worker
+from mito_lab.server.errors import DatabaseConnectionLost
+from mito_lab.server.services.dispatch import _candidates, _claim
+from mito_lab.wire import Role, TaskState
+
+_tasks = Task.__table__
+
+
+def run(pg_url: str, scenario: Callable[[Database], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        db = Database(pg_url)
+        await db.migrate()
+        try:
+            return await scenario(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(main())
+
+
+async def seed(db: Database, count: int, tags: dict[int, list[str]] | None = None) -> tuple[int, list[int]]:
+    """A user, a group and ``count`` Ready tasks in it (tags by index); the group's id and the tasks'."""
+    async with db.transaction() as connection:
+        user = await connection.scalar(User.__table__.insert().values(username="ada", encrypted_password="x").returning(User.id))
+        group = await connection.scalar(Group.__table__.insert().values(group_name="lab", creator_id=user).returning(Group.id))
+        ids = []
+        for index in range(count):
+            ids.append(await connection.scalar(_tasks.insert().returning(_tasks.c.id), {
+                "uuid": uuid.uuid4(), "creator_id": user, "group_id": group, "task_id": index + 1, "state": TaskState.Ready,
+                "timeout": 60, "priority": index % 3, "spec": {"args": ["true"], "envs": {"N": str(index)}},
+                "tags": tags.get(index, []) if tags else [],
+            }))
+        for index, marks in (tags or {}).items():
+            for tag in marks:
+                await connection.execute(TaskTag.__table__.insert(), {"task_id": ids[index], "tag": tag})
+    return group, ids
+
+
+def test_statements_read_as_sqlalchemy_reads_them(pg_url: str) -> None:
+    """Lists bound to IN and NOT IN (empty ones too), enums, UUIDs, JSON and times."""
+
+    async def scenario(db: Database) -> None:
+        group, ids = await seed(db, 12, tags={0: ["gpu"], 5: ["gpu", "big"]})
+        candidates = _candidates(1)
+        for tags in ([], ["gpu"], ["gpu", "big", "x"]):
+            parameters = {"tags": tags, "limit": 8, "group_0": group}
+            async with db.statements() as connection:
+                driven = (await connection.scalars(candidates, parameters)).all()
+            async with db.engine.connect() as connection:
+                expected = (await connection.scalars(candidates, parameters)).all()
+            assert driven == expected and driven, tags
+        read = sa.select(_tasks).where(_tasks.c.id.in_(sa.bindparam("ids", expanding=True))).order_by(_tasks.c.id)
+        async with db.statements() as connection:
+            driven = (await connection.execute(read, {"ids": ids})).all()
+            assert (await connection.execute(read, {"ids": []})).all() == []
+        async with db.engine.connect() as connection:
+            expected = (await connection.execute(read, {"ids": ids})).all()
+        assert [row._asdict() for row in driven] == [row._asdict() for row in expected]
+        first = driven[0]
+        assert first.state is TaskState.Ready and isinstance(first.uuid, uuid.UUID)
+        assert first.spec == {"args": ["true"], "envs": {"N": "0"}} and first.tags == ["gpu"]
+        assert first.created_at.tzinfo is not None
+
+    run(pg_url, scenario)
+
+
+def test_a_claim_writes_what_it_returns_and_column_defaults_apply(pg_url: str) -> None:
+    async def scenario(db: Database) -> None:
+        group, ids = await seed(db, 4)
+        async with db.transaction() as connection:  # defaults of the columns not given: tags, state, times
+            creator = await connection.scalar(sa.select(User.id))
+            worker = await connection.scalar(Worker.__table__.insert().values(worker_id=uuid.uuid4(), creator_id=creator).returning(Worker.id))
+            await connection.execute(GroupWorker.__table__.insert().values(group_id=group, worker_id=worker, role=Role.Write))
+        moment = datetime.now(timezone.utc)
+        async with db.statements() as connection:
+            claimed = (await connection.execute(_claim(for_update=True), {"candidates": ids, "take": 2, "worker_pk": worker, "moment": moment})).all()
+            assert len(claimed) == 2 and all(row.state is TaskState.Running and row.attempts == 1 for row in claimed)
+            # an UPDATE that does not set updated_at gets the column's onupdate, as through SQLAlchemy
+            before = await connection.scalar(sa.select(Group.updated_at).where(Group.id == group))
+            result = await connection.execute(Group.__table__.update().where(Group.id == group).values(storage_used=5))
+            assert result.rowcount == 1
+            after = await connection.scalar(sa.select(Group.updated_at).where(Group.id == group))
+            assert after > before
+            # many parameter sets: one statement each
+            rename = _tasks.update().where(_tasks.c.id == sa.bindparam("row_id")).values(priority=sa.bindparam("new_priority"))
+            await connection.execute(rename, [{"row_id": row_id, "new_priority": 9} for row_id in ids])
+            assert set((await connection.scalars(sa.select(_tasks.c.priority))).all()) == {9}
+        async with db.engine.connect() as connection:
+            states = dict((await connection.execute(sa.select(_tasks.c.id, _tasks.c.state))).all())
+        assert sorted(row.id for row in claimed) == sorted(i for i, state in states.items() if state is TaskState.Running)
+
+    run(pg_url, scenario)
+
+
+def test_a_transaction_commits_only_at_its_end_and_rolls_back_on_error(pg_url: str) -> None:
+    async def scenario(db: Database) -> None:
+        group, ids = await seed(db, 1)
+        priority = sa.select(_tasks.c.priority).where(_tasks.c.id == ids[0])
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as connection:
+                await connection.execute(_tasks.update().where(_tasks.c.id == ids[0]).values(priority=7))
+                raise RuntimeError("the rule refused")
+        published: list[str] = []
+        async with db.transaction() as connection:
+            await connection.execute(_tasks.update().where(_tasks.c.id == ids[0]).values(priority=8))
+            after_commit(connection, lambda: published.append("after"))
+            async with db.lookup() as other:  # another connection does not see it yet
+                assert await other.scalar(priority) == 0
+            assert published == []
+        assert published == ["after"]
+        async with db.lookup() as connection:
+            assert await connection.scalar(priority) == 8
+
+    run(pg_url, scenario)
+
+
+def test_connections_the_server_ended_answer_lost_then_the_pool_is_renewed(pg_url: str) -> None:
+    async def scenario(db: Database) -> None:
+        await seed(db, 1)
+        count = sa.select(sa.func.count()).select_from(_tasks)
+        async with db.lookup() as first, db.lookup() as second:  # two pooled connections
+            assert await first.scalar(count) == await second.scalar(count) == 1
+        killer = await asyncpg.connect(pg_url)
+        try:
+            ended = await killer.fetch("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        finally:
+            await killer.close()
+        assert len(ended) >= 2
+        await asyncio.sleep(0.1)
+        answers = []
+        for _ in range(3):
+            try:
+                async with db.lookup() as connection:
+                    answers.append(await connection.scalar(count))
+            except DatabaseConnectionLost:
+                answers.append("lost")
+        assert answers[-1] == 1 and answers.count("lost") <= 1, answers  # one failure renews them all
+
+    run(pg_url, scenario)
+
+
+def test_shapes_are_compiled_once(pg_url: str) -> None:
+    """A statement built anew with other values (housekeeping's) reuses its shape's compiled SQL."""
+
+    async def scenario(db: Database) -> None:
+        await seed(db, 3)
+        shapes = db._driver._compiled  # noqa: SLF001 - what the test is about
+        compiled = []
+        async with db.lookup() as connection:
+            for days in (1, 2, 3):
+                since = datetime.now(timezone.utc) - timedelta(days=days)
+                assert await connection.scalar(sa.select(sa.func.count()).where(_tasks.c.created_at > since)) == 3
+                compiled.append(len(shapes))
+        assert compiled[0] == compiled[1] == compiled[2]
+
+    run(pg_url, scenario)
