@@ -115,7 +115,7 @@ class Coordinator:
         self.groups = GroupService(self.context, revoke_links=self.workers.revoke_links)
         self.attachments = AttachmentService(self.context)
         self.logs = LogService(self.context)
-        self.tasks = TaskService(self.context)
+        self.tasks = TaskService(self.context, hand_over=self.workers.dispatch.hand_over)
         self.streams = EventStreamService(self.context, self.users, self.groups)
         self.alerts = AlertService(self.context)
         self._server: HTTPServer | None = None

@@ -22,6 +22,7 @@ from mito_lab.server.db.driver import DriverConnection, DriverStatements
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK_ID = 0x6D69746F  # "mito": serialises migrations of coordinators starting together
 _AFTER_COMMIT = "mito_after_commit"
+_AFTER_ROLLBACK = "mito_after_rollback"
 # PostgreSQL's statistics of a table are refreshed after bulk loads at most this often
 STATISTICS_SECONDS = 5.0
 DRIVER_POOL_SIZE = 10  # PostgreSQL connections of the hot paths (``transaction``, ``statements``)
@@ -150,15 +151,23 @@ class Database:
         this process (the only one that opens the embedded database), and WAL readers never block
         a writer. On PostgreSQL the statements run as asyncpg's prepared statements, outside
         SQLAlchemy's engine (``driver.py``). Callbacks registered with ``after_commit`` run once
-        the commit succeeded."""
-        if self._write_lock is None:
-            async with self._driver.connection(transaction=True) as connection:
-                yield connection
-        else:
-            async with self._write_lock:
-                with self._loop_engine.begin() as sync_connection:
-                    connection = LoopConnection(sync_connection)
+        the commit succeeded, those registered with ``after_rollback`` if it did not."""
+        rolled_back: list[Callable[[], None]] = []
+        try:
+            if self._write_lock is None:
+                async with self._driver.connection(transaction=True) as connection:
+                    rolled_back = connection.info.setdefault(_AFTER_ROLLBACK, [])
                     yield connection
+            else:
+                async with self._write_lock:
+                    with self._loop_engine.begin() as sync_connection:
+                        connection = LoopConnection(sync_connection)
+                        rolled_back = connection.info.setdefault(_AFTER_ROLLBACK, [])
+                        yield connection
+        except BaseException:
+            for callback in rolled_back:
+                callback()
+            raise
         for callback in connection.info.pop(_AFTER_COMMIT, []):
             callback()
 
@@ -320,6 +329,11 @@ def after_commit(session: AsyncSession | Statements, callback: Callable[[], None
     """Run ``callback`` when the transaction of ``session`` (a session of ``write``, a connection
     of ``transaction``) has committed (e.g. to publish an event)."""
     session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+def after_rollback(connection: Statements, callback: Callable[[], None]) -> None:
+    """Run ``callback`` if the transaction of ``connection`` (of ``transaction``) does not commit."""
+    connection.info.setdefault(_AFTER_ROLLBACK, []).append(callback)
 
 
 def alembic_config() -> Config:

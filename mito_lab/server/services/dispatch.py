@@ -26,7 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from mito_lab.server.db.engine import Statements
+from mito_lab.server.db.engine import Statements, after_commit, after_rollback
 from mito_lab.server.db.models import ArtifactUpload, GroupWorker, Task, TaskTag, Worker
 from mito_lab.server.errors import WorkerGone
 from mito_lab.server.events import RECHECK
@@ -326,6 +326,8 @@ class _Waiter:
     worker: WorkerIdentity
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     offered: list[int] = field(default_factory=list)  # ids of new tasks handed to it to claim
+    delivered: list[WorkerTaskResp] = field(default_factory=list)  # tasks claimed for it (``hand_over``)
+    left: bool = False  # it answered its worker
 
     def can_run(self, group_id: int, tags: Iterable[str]) -> bool:
         return self.worker.state == WorkerState.Normal and group_id in self.worker.serving_groups and set(tags) <= set(self.worker.tags)
@@ -338,6 +340,7 @@ class Dispatcher:
         self.retire = retire
         self.identities = WorkerIdentities(context)
         self._waiters: list[_Waiter] = []  # longest waiting first
+        self._releasing: set[asyncio.Task[None]] = set()
         self._stop_listening = context.events.listen(TASKS_READY, self._on_ready)
         self._candidates: dict[int, sa.Select] = {}
         self._claim = _claim(for_update=not context.db.is_sqlite)
@@ -389,6 +392,9 @@ class Dispatcher:
         current = request  # the first look also hands over what a lost answer took (``holding``)
         try:
             while not self.context.closing and not gone():
+                if waiter.delivered:
+                    delivered, waiter.delivered = waiter.delivered, []
+                    return await self._unless_gone(worker, ExchangeResp(tasks=delivered), gone)
                 offered, waiter.offered = waiter.offered, []
                 waiter.wake.clear()
                 answer = await self._unless_gone(worker, await self._exchange_once(worker, current, offered), gone)
@@ -400,9 +406,51 @@ class Dispatcher:
                     await asyncio.wait_for(waiter.wake.wait(), min(remaining, RECHECK_SECONDS))
             return ExchangeResp()
         finally:
-            self._waiters.remove(waiter)
+            waiter.left = True
+            if waiter in self._waiters:  # (not while a submit hands it a task)
+                self._waiters.remove(waiter)
             if waiter.offered:  # offered as it left: the others look for them
                 self._wake_all()
+            if waiter.delivered:  # handed a task as it answered with others: it goes back
+                await self.release(worker, [task.id for task in waiter.delivered])
+
+    async def hand_over(self, connection: Statements, task_id: int, group_id: int, tags: Sequence[str]) -> bool:
+        """In the transaction of the submit that created this Ready task: claim it, with the claim's
+        own rules, for the longest-waiting worker here that can run it; it gets it once the
+        transaction commits, without a claim of its own. False if no worker here took it."""
+        waiter = next((waiter for waiter in self._waiters if not waiter.offered and waiter.can_run(group_id, tags)), None)
+        if waiter is None:
+            return False
+        self._waiters.remove(waiter)  # no other submit hands it a task meanwhile
+
+        def put_back() -> None:
+            if not waiter.left:
+                self._waiters.insert(0, waiter)  # it had waited longest
+                waiter.wake.set()  # to look again
+
+        events: list[tuple[TaskRow, dict[str, Any]]] = []
+        try:
+            rows = await self._claim_among(connection, waiter.worker, [task_id], 1, now())
+            group_names = {group_id: await self.context.group_name(connection, group_id)}
+        except BaseException:
+            put_back()
+            raise
+        if not rows:  # its grant or state changed since it began to wait
+            put_back()
+            return False
+        deliveries = self._taken(rows, waiter.worker, events)
+
+        def deliver() -> None:
+            self._publish(events, group_names)
+            if waiter.left:  # it answered meanwhile (a deadline, a hang-up): the task goes back
+                self._release_later(waiter.worker, [task.id for task in deliveries])
+            else:
+                waiter.delivered += deliveries
+                waiter.wake.set()
+
+        after_commit(connection, deliver)
+        after_rollback(connection, put_back)
+        return True
 
     async def _unless_gone(self, worker: WorkerIdentity, answer: ExchangeResp, gone: Callable[[], bool]) -> ExchangeResp:
         """The worker hung up while we claimed: put the tasks back, they never reached it."""
@@ -523,6 +571,11 @@ class Dispatcher:
             if not found:
                 return []
             rows = await self._claim_among(connection, worker, found, self._share(len(found), want), moment)
+        return self._taken(rows, worker, events)
+
+    @staticmethod
+    def _taken(rows: Sequence[Any], worker: WorkerIdentity, events: list[tuple[TaskRow, dict[str, Any]]]) -> list[WorkerTaskResp]:
+        """The claimed rows as the worker receives them, best first; their events."""
         rows = sorted(rows, key=lambda row: (-row.priority, row.id))
         worker_uuid = str(worker.worker_id)
         for row in rows:
@@ -534,6 +587,16 @@ class Dispatcher:
         return (await connection.execute(self._claim, {
             "candidates": list(candidates), "take": take, "worker_pk": worker.id, "moment": moment,
         })).all()
+
+    def _release_later(self, worker: WorkerIdentity, ids: list[int]) -> None:
+        def done(task: asyncio.Task[None]) -> None:
+            self._releasing.discard(task)
+            if not task.cancelled() and task.exception() is not None:  # the worker's next exchange hands them over again (``holding``)
+                log.error("handing back tasks %s of worker %s failed", ids, worker.worker_id, exc_info=task.exception())
+
+        releasing = asyncio.create_task(self.release(worker, ids))
+        self._releasing.add(releasing)
+        releasing.add_done_callback(done)
 
     async def release(self, worker: WorkerIdentity, ids: Iterable[int]) -> None:
         """Hand back tasks claimed for a worker that never received them."""

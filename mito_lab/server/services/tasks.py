@@ -7,7 +7,7 @@ import os
 import re
 import uuid as uuid_module
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -25,9 +25,10 @@ from mito_lab.server.db.models import (
     User,
     UserGroup,
     Worker,
+    detached,
 )
 from mito_lab.server.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
-from mito_lab.server.services.activity import cancel_requested, task_changed, tasks_created
+from mito_lab.server.services.activity import announce_ready, cancel_requested, task_changed, tasks_created
 from mito_lab.server.services.cache import Keyed, cache_keys, look_up, share_artifacts
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import (
@@ -257,6 +258,32 @@ _IDS_BY_TASK_ID = sa.select(_TASKS.c.task_id, _TASKS.c.id).where(
 )
 
 
+# A submit's group, if the caller may write in it, with its next task ids taken: one statement
+# (the submit's latency path), where reading the group and role and then taking the ids made two.
+_GROUP_TAKING_IDS = (
+    sa.update(_GROUPS)
+    .where(_GROUPS.c.group_name == sa.bindparam("name"), sa.exists().where(
+        UserGroup.group_id == _GROUPS.c.id, UserGroup.user_id == sa.bindparam("user_id"),
+        UserGroup.role.in_(sa.bindparam("roles", expanding=True)),
+    ))
+    .values(task_count=_GROUPS.c.task_count + sa.bindparam("count"))
+    .returning(*_GROUPS.c)
+)
+
+
+async def group_taking_ids(session: AsyncSession | Statements, user: User, name: str | None, count: int) -> tuple[Group, int]:
+    """The named group (the caller's personal group when no name is given) if the caller may
+    submit to it, with ``count`` task ids taken in it: the group, and the last id (see
+    ``insert_tasks``)."""
+    row = (await session.execute(_GROUP_TAKING_IDS, {
+        "name": name or user.username, "user_id": user.id, "roles": Role.Write.and_above(), "count": count,
+    })).first()
+    if row is None:  # no such group, or no role to write in it: says which
+        group = await group_with_role(session, user, name, Role.Write)
+        return group, await session.scalar(_TAKE_TASK_IDS, {"group_id": group.id, "count": count})
+    return detached(Group, row._asdict()), row.task_count
+
+
 def new_uuids(count: int) -> list[uuid_module.UUID]:
     """``count`` random (version 4) UUIDs from one read of the system's random source, not one
     each: a batch of 10,000 tasks spent 5% of its submit in ``uuid4``."""
@@ -271,17 +298,19 @@ async def insert_tasks(
     state: TaskState,
     upstream_task_uuid: uuid_module.UUID | None = None,
     keys: Sequence[Keyed | None] = (),
+    taken: dict[int, int] | None = None,
 ) -> list[NewTask]:
     """Create tasks in bulk, in order, in a handful of statements whatever their number: each
     group's ``task_id`` range is taken in one UPDATE; the rows go in one bulk insert without
     RETURNING (on SQLite, RETURNING in parameter order costs one statement per row) and their ids
     are read back by that range, which the UPDATE's lock keeps ours; tags and labels go in one
     bulk insert each. ``keys``: each task's cache key (``services/cache.py``), if any is keyed; a
-    task with a source is created as its cache hit, Finished with exit status 0."""
+    task with a source is created as its cache hit, Finished with exit status 0. ``taken``: the
+    last of the ids taken already for the items of a group (``group_taking_ids``), by its id."""
     counts = Counter(group.id for group, _ in items)
     ranges: dict[int, tuple[int, int]] = {}
     for group_id, count in counts.items():
-        last = await session.scalar(_TAKE_TASK_IDS, {"group_id": group_id, "count": count})
+        last = taken[group_id] if taken and group_id in taken else await session.scalar(_TAKE_TASK_IDS, {"group_id": group_id, "count": count})
         ranges[group_id] = ((last or count) - count + 1, last or count)
     next_ids = {group_id: first for group_id, (first, _) in ranges.items()}
     moment = now()
@@ -381,9 +410,15 @@ def user_cancellation() -> dict[str, object]:
 CANCELLABLE = (TaskState.Ready, TaskState.Pending)
 
 
+HandOver = Callable[[Statements, int, int, Sequence[str]], Awaitable[bool]]
+"""Claims a task just created Ready (its id, group id, tags) for a worker waiting for one, in the
+submit's transaction (``Dispatcher.hand_over``); False if none took it."""
+
+
 class TaskService:
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, hand_over: HandOver) -> None:
         self.context = context
+        self.hand_over = hand_over
 
 
     async def _task_with_role(self, session: AsyncSession, user: User | None, task_uuid: uuid_module.UUID, role: Role) -> Task:
@@ -396,11 +431,18 @@ class TaskService:
     async def submit(self, user: User, request: SubmitTaskReq) -> SubmitTaskResp:
         [keyed] = await cache_keys(self.context, user, [request])
         async with self.context.db.transaction() as session:
-            group = await group_with_role(session, user, request.group_name, Role.Write)
+            group, last_id = await group_taking_ids(session, user, request.group_name, 1)
             await require_readable_references(session, user, request.task_spec)
-            [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready, keys=await look_up(self.context, session, [(group.id, keyed)]))
+            keys = await look_up(self.context, session, [(group.id, keyed)])
+            [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready, keys=keys, taken={group.id: last_id})
             await share_artifacts(session, [(task.uuid, task.cached_from)] if task.cached_from else [])
-            await tasks_created(self.context, session, [task])
+            await tasks_created(self.context, session, [task], announce=False)
+            # an idle worker gets it as this commits: no wake-up, no claim of its own
+            handed = task.state == TaskState.Ready and await self.hand_over(session, task.id, task.group_id, request.tags)
+            if task.state == TaskState.Ready and not handed:
+                announce_ready(self.context, session, [task])
+        if handed:  # the worker's answer goes out first: the task starts, then its submitter hears
+            await asyncio.sleep(0)
         return SubmitTaskResp(task_id=task.task_id, uuid=task.uuid, cached_from=task.cached_from)
 
     async def submit_many(self, user: User, request: BatchSubmitReq) -> BatchSubmitResp:
