@@ -38,8 +38,9 @@ from mito_lab.server.services.activity import (
     task_payload,
 )
 from mito_lab.server.services.context import Context
+from mito_lab.server.services.groups import SERVING_ROLES, may_take
 from mito_lab.server.services.outputs import confirm_outputs
-from mito_lab.server.services.tasks import USAGE_COLUMNS, now
+from mito_lab.server.services.tasks import USAGE_COLUMNS, NewTask, now
 from mito_lab.wire import (
     CommitOp,
     ExchangeOp,
@@ -48,7 +49,7 @@ from mito_lab.wire import (
     ExecStateOp,
     ExecStatesOp,
     ReportRefusal,
-    Role,
+    SubmitTaskReq,
     TaskExecState,
     TaskReport,
     TaskResultMessage,
@@ -60,7 +61,6 @@ from mito_lab.wire import (
 
 log = logging.getLogger(__name__)
 
-SERVING_ROLES = Role.Write.and_above()
 IDENTITY_SECONDS = 5.0
 """How long a worker's identity is trusted without an event saying it changed: the bound on
 staleness of its tags and state when coordinators share a database without Redis (events do not
@@ -243,20 +243,12 @@ def _claim(for_update: bool) -> sa.Update:
         # evaluated once (a materialized CTE): a plan that re-ran a SKIP LOCKED subquery per row
         # would see other rows each time and take more than ``take``
         taken = sa.select(chosen.with_for_update(skip_locked=True).cte("chosen").prefix_with("MATERIALIZED").c.id)
-    serving = sa.exists().where(Worker.id == sa.bindparam("worker_pk"), Worker.state == WorkerState.Normal)
     # state and claimant checked again on the row the UPDATE writes: on PostgreSQL a row another
     # transaction claimed meanwhile is re-evaluated against them (and skipped)
     unclaimed = (state == TaskState.Ready, claimant.is_(None))
-    # The grant is checked as the task is taken, not read from the cached identity: a group taken
-    # off the worker (revocation) stops its claims at once on every coordinator. One probe of
-    # group_worker's unique (group_id, worker_id) index per task taken.
-    granted = sa.exists().where(
-        GroupWorker.worker_id == sa.bindparam("worker_pk"), GroupWorker.group_id == _tasks.c.group_id,
-        GroupWorker.role.in_(SERVING_ROLES),
-    )
     return (
         _tasks.update()
-        .where(_tasks.c.id.in_(taken), *unclaimed, serving, granted)
+        .where(_tasks.c.id.in_(taken), *unclaimed, may_take(sa.bindparam("worker_pk"), _tasks.c.group_id))
         .values(
             state=TaskState.Running, assigned_worker_id=sa.bindparam("worker_pk"), attempts=_tasks.c.attempts + 1,
             exec_state=None, ended_at=None, started_at=sa.bindparam("moment"), updated_at=sa.bindparam("moment"),
@@ -398,6 +390,8 @@ class Dispatcher:
                 offered, waiter.offered = waiter.offered, []
                 waiter.wake.clear()
                 answer = await self._unless_gone(worker, await self._exchange_once(worker, current, offered), gone)
+                if offered and not answer.tasks:  # it may no longer take them (a grant taken away): the others look
+                    self._wake_all()
                 remaining = deadline - loop.time()
                 if answer.tasks or remaining <= 0:
                     return answer
@@ -414,43 +408,47 @@ class Dispatcher:
             if waiter.delivered:  # handed a task as it answered with others: it goes back
                 await self.release(worker, [task.id for task in waiter.delivered])
 
-    async def hand_over(self, connection: Statements, task_id: int, group_id: int, tags: Sequence[str]) -> bool:
-        """In the transaction of the submit that created this Ready task: claim it, with the claim's
-        own rules, for the longest-waiting worker here that can run it; it gets it once the
-        transaction commits, without a claim of its own. False if no worker here took it."""
-        waiter = next((waiter for waiter in self._waiters if not waiter.offered and waiter.can_run(group_id, tags)), None)
+    async def hand_over(
+        self, connection: Statements, request: SubmitTaskReq, group_id: int, create: Callable[[int | None], Awaitable[NewTask]],
+    ) -> NewTask:
+        """In the transaction of a submit: ``create`` the task, for the longest-waiting worker here
+        that can run it to take (the claim's rules apply as it is created: ``insert_tasks``); the
+        worker gets it once the transaction commits, with no claim of its own. The worker is kept
+        for it meanwhile (no other task is handed or offered to it), and put back if the task is
+        not its or the transaction does not commit."""
+        waiter = next((waiter for waiter in self._waiters if not waiter.offered and waiter.can_run(group_id, request.tags)), None)
         if waiter is None:
-            return False
-        self._waiters.remove(waiter)  # no other submit hands it a task meanwhile
+            return await create(None)
+        self._waiters.remove(waiter)
 
         def put_back() -> None:
             if not waiter.left:
                 self._waiters.insert(0, waiter)  # it had waited longest
                 waiter.wake.set()  # to look again
 
-        events: list[tuple[TaskRow, dict[str, Any]]] = []
         try:
-            rows = await self._claim_among(connection, waiter.worker, [task_id], 1, now())
+            task = await create(waiter.worker.id)
             group_names = {group_id: await self.context.group_name(connection, group_id)}
         except BaseException:
             put_back()
             raise
-        if not rows:  # its grant or state changed since it began to wait
+        if task.assigned_worker_id != waiter.worker.id:  # its grant or state changed since it began to wait
             put_back()
-            return False
-        deliveries = self._taken(rows, waiter.worker, events)
+            return task
+        delivery = WorkerTaskResp(id=task.id, uuid=task.uuid, timeout=request.timeout, upstream_task_uuid=None, spec=request.task_spec)
+        taken = (task, {**_event_fields(task), "worker": str(waiter.worker.worker_id)})
 
         def deliver() -> None:
-            self._publish(events, group_names)
+            self._publish([taken], group_names)
             if waiter.left:  # it answered meanwhile (a deadline, a hang-up): the task goes back
-                self._release_later(waiter.worker, [task.id for task in deliveries])
+                self._release_later(waiter.worker, [delivery.id])
             else:
-                waiter.delivered += deliveries
+                waiter.delivered.append(delivery)
                 waiter.wake.set()
 
         after_commit(connection, deliver)
         after_rollback(connection, put_back)
-        return True
+        return task
 
     async def _unless_gone(self, worker: WorkerIdentity, answer: ExchangeResp, gone: Callable[[], bool]) -> ExchangeResp:
         """The worker hung up while we claimed: put the tasks back, they never reached it."""
@@ -605,7 +603,7 @@ class Dispatcher:
 
     # --- events --------------------------------------------------------------------------------
 
-    def _publish(self, events: list[tuple[TaskRow, dict[str, Any]]], group_names: dict[int, str]) -> None:
+    def _publish(self, events: Sequence[tuple[TaskRow | NewTask, dict[str, Any]]], group_names: dict[int, str]) -> None:
         """After the commit, in one batch: an event per state a task passed through (and the
         reference's ``task:<uuid>`` keys), and one wake-up for the waiting fetches if any task
         became Ready."""
@@ -621,7 +619,7 @@ class Dispatcher:
         if messages:
             self.context.events.publish_many(messages, raw)
 
-def _event_fields(task: TaskRow) -> dict[str, Any]:
+def _event_fields(task: TaskRow | NewTask) -> dict[str, Any]:
     """The task's event as of now (its group's name is filled in at publication)."""
     return task_payload(task, "")  # type: ignore[arg-type]
 

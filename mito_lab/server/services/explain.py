@@ -13,8 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mito_lab.server.db.models import Group, GroupWorker, Task, User, Worker
 from mito_lab.server.services.context import Context
-from mito_lab.server.services.dispatch import SERVING_ROLES
-from mito_lab.server.services.groups import require_role, role_in_group
+from mito_lab.server.services.groups import SERVING_ROLES, require_role, role_in_group
 from mito_lab.server.services.tasks import load_task, now
 from mito_lab.text import counted, readable_duration
 from mito_lab.wire import (

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mito_lab.config import parse_size
 from mito_lab.server.db.engine import Statements
-from mito_lab.server.db.models import Group, GroupWorker, User, UserGroup, detached
+from mito_lab.server.db.models import Group, GroupWorker, User, UserGroup, Worker, detached
 from mito_lab.server.errors import (
     AlreadyExists,
     InvalidRequest,
@@ -20,7 +20,7 @@ from mito_lab.server.errors import (
 )
 from mito_lab.server.services.activity import access_changed
 from mito_lab.server.services.context import Context
-from mito_lab.wire import INT32_MAX, MAX_SIZE, GroupQueryInfo, GroupState, Role
+from mito_lab.wire import INT32_MAX, MAX_SIZE, GroupQueryInfo, GroupState, Role, WorkerState
 
 
 def apply_adjustment(current: int, expression: str, parse: Callable[[str], int] = int, maximum: int = INT32_MAX) -> int:
@@ -92,6 +92,21 @@ async def group_with_role(session: AsyncSession | Statements, user: User, name: 
     group = detached(Group, {column.key: getattr(row, column.key) for column in _GROUP_COLUMNS})
     _sufficient(row.role, group, minimum)
     return group
+
+
+SERVING_ROLES = Role.Write.and_above()
+"""A worker's roles in a group that hand it the group's tasks."""
+
+
+def may_take(worker_pk: sa.ColumnElement[Any], group_id: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+    """The worker may take a task of the group now: it is Normal, and serves the group. Checked
+    in the statement that takes the task, never from what a coordinator holds in memory: a group
+    taken off the worker (revocation) stops its claims at once on every coordinator. One probe of
+    group_worker's unique (group_id, worker_id) index."""
+    return sa.and_(
+        sa.exists().where(Worker.id == worker_pk, Worker.state == WorkerState.Normal),
+        sa.exists().where(GroupWorker.worker_id == worker_pk, GroupWorker.group_id == group_id, GroupWorker.role.in_(SERVING_ROLES)),
+    )
 
 
 async def require_grant(session: AsyncSession, user: User | None, group: Group, role: Role) -> None:

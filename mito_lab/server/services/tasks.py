@@ -28,13 +28,14 @@ from mito_lab.server.db.models import (
     detached,
 )
 from mito_lab.server.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
-from mito_lab.server.services.activity import announce_ready, cancel_requested, task_changed, tasks_created
+from mito_lab.server.services.activity import cancel_requested, task_changed, tasks_created
 from mito_lab.server.services.cache import Keyed, cache_keys, look_up, share_artifacts
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import (
     charge_storage,
     group_with_role,
     locked_group,
+    may_take,
     require_role,
 )
 from mito_lab.server.services.uploads import (
@@ -236,12 +237,15 @@ class NewTask:
     cores: float | None = None
     cached_from: uuid_module.UUID | None = None
     tags: Sequence[str] = ()
+    assigned_worker_id: int | None = None  # a worker took it as it was created (``insert_tasks``)
 
     @classmethod
     def from_row(cls, row: dict[str, Any], row_id: int) -> NewTask:
         """The task as ``insert_tasks`` inserts its row."""
         return cls(row_id, row["uuid"], row["task_id"], row["group_id"], row["state"], exit_status=row.get("exit_status"),
-                   ended_at=row.get("ended_at"), archived_at=row.get("archived_at"), cached_from=row.get("cached_from"), tags=row["tags"])
+                   attempts=row["attempts"], started_at=row.get("started_at"), ended_at=row.get("ended_at"),
+                   archived_at=row.get("archived_at"), cached_from=row.get("cached_from"), tags=row["tags"],
+                   assigned_worker_id=row.get("assigned_worker_id"))
 
 
 _TASKS = Task.__table__
@@ -284,6 +288,24 @@ async def group_taking_ids(session: AsyncSession | Statements, user: User, name:
     return detached(Group, row._asdict()), row.task_count
 
 
+# A single task, taken by the worker ``claimant`` as it is created if that worker may take it
+# (the claim's rules, ``may_take``); else created as given (``unclaimed_state``): a submit to
+# an idle worker is one statement, not an INSERT and then a claim.
+_CLAIMANT = sa.bindparam("claimant", type_=sa.BigInteger)
+_CLAIM_TAKEN = may_take(_CLAIMANT, sa.bindparam("claim_group", type_=sa.BigInteger))
+_CLAIM_COLUMNS = ("state", "assigned_worker_id", "attempts", "started_at")
+_INSERT_ONE = (
+    _TASKS.insert()
+    .values(
+        state=sa.case((_CLAIM_TAKEN, TaskState.Running.value), else_=sa.bindparam("unclaimed_state", type_=_TASKS.c.state.type)),
+        assigned_worker_id=sa.case((_CLAIM_TAKEN, _CLAIMANT)),
+        attempts=sa.case((_CLAIM_TAKEN, 1), else_=0),
+        started_at=sa.case((_CLAIM_TAKEN, sa.bindparam("claim_moment", type_=_TASKS.c.started_at.type))),
+    )
+    .returning(_TASKS.c.id, *(_TASKS.c[name] for name in _CLAIM_COLUMNS))
+)
+
+
 def new_uuids(count: int) -> list[uuid_module.UUID]:
     """``count`` random (version 4) UUIDs from one read of the system's random source, not one
     each: a batch of 10,000 tasks spent 5% of its submit in ``uuid4``."""
@@ -299,6 +321,7 @@ async def insert_tasks(
     upstream_task_uuid: uuid_module.UUID | None = None,
     keys: Sequence[Keyed | None] = (),
     taken: dict[int, int] | None = None,
+    claimant: int | None = None,
 ) -> list[NewTask]:
     """Create tasks in bulk, in order, in a handful of statements whatever their number: each
     group's ``task_id`` range is taken in one UPDATE; the rows go in one bulk insert without
@@ -306,7 +329,9 @@ async def insert_tasks(
     are read back by that range, which the UPDATE's lock keeps ours; tags and labels go in one
     bulk insert each. ``keys``: each task's cache key (``services/cache.py``), if any is keyed; a
     task with a source is created as its cache hit, Finished with exit status 0. ``taken``: the
-    last of the ids taken already for the items of a group (``group_taking_ids``), by its id."""
+    last of the ids taken already for the items of a group (``group_taking_ids``), by its id.
+    ``claimant``: a waiting worker (its id) that takes a single new Ready task as it is created,
+    if it may (``Dispatcher.hand_over``)."""
     counts = Counter(group.id for group, _ in items)
     ranges: dict[int, tuple[int, int]] = {}
     for group_id, count in counts.items():
@@ -337,7 +362,13 @@ async def insert_tasks(
     if not rows:
         return []
     if len(rows) == 1:  # a single submit, the latency path: one INSERT ... RETURNING, no COPY, no read-back
-        ids = {(rows[0]["group_id"], rows[0]["task_id"]): await session.scalar(_TASKS.insert().returning(_TASKS.c.id), rows[0])}
+        [row] = rows
+        given = {name: value for name, value in row.items() if name not in _CLAIM_COLUMNS}
+        inserted = (await session.execute(_INSERT_ONE, {
+            **given, "unclaimed_state": row["state"], "claimant": claimant, "claim_group": row["group_id"], "claim_moment": moment,
+        })).one()
+        row.update(inserted._asdict())
+        ids = {(row["group_id"], row["task_id"]): row.pop("id")}
     else:
         await bulk_insert(session, _TASKS, rows)
         ids = {}
@@ -410,9 +441,9 @@ def user_cancellation() -> dict[str, object]:
 CANCELLABLE = (TaskState.Ready, TaskState.Pending)
 
 
-HandOver = Callable[[Statements, int, int, Sequence[str]], Awaitable[bool]]
-"""Claims a task just created Ready (its id, group id, tags) for a worker waiting for one, in the
-submit's transaction (``Dispatcher.hand_over``); False if none took it."""
+HandOver = Callable[[Statements, SubmitTaskReq, int, Callable[[int | None], Awaitable[NewTask]]], Awaitable[NewTask]]
+"""Creates a submitted task (request, group id, the function that creates it for a claimant or
+none) for a worker waiting for one, in the submit's transaction (``Dispatcher.hand_over``)."""
 
 
 class TaskService:
@@ -434,14 +465,16 @@ class TaskService:
             group, last_id = await group_taking_ids(session, user, request.group_name, 1)
             await require_readable_references(session, user, request.task_spec)
             keys = await look_up(self.context, session, [(group.id, keyed)])
-            [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready, keys=keys, taken={group.id: last_id})
-            await share_artifacts(session, [(task.uuid, task.cached_from)] if task.cached_from else [])
-            await tasks_created(self.context, session, [task], announce=False)
-            # an idle worker gets it as this commits: no wake-up, no claim of its own
-            handed = task.state == TaskState.Ready and await self.hand_over(session, task.id, task.group_id, request.tags)
-            if task.state == TaskState.Ready and not handed:
-                announce_ready(self.context, session, [task])
-        if handed:  # the worker's answer goes out first: the task starts, then its submitter hears
+
+            async def create(claimant: int | None) -> NewTask:
+                [task] = await insert_tasks(session, user.id, [(group, request)], TaskState.Ready, keys=keys, taken={group.id: last_id}, claimant=claimant)
+                await share_artifacts(session, [(task.uuid, task.cached_from)] if task.cached_from else [])
+                await tasks_created(self.context, session, [task])
+                return task
+
+            # an idle worker takes it as it is created: no wake-up, no claim of its own
+            task = await create(None) if keys[0] is not None and keys[0].source is not None else await self.hand_over(session, request, group.id, create)
+        if task.assigned_worker_id is not None:  # the worker's answer goes out first: the task starts, then its submitter hears
             await asyncio.sleep(0)
         return SubmitTaskResp(task_id=task.task_id, uuid=task.uuid, cached_from=task.cached_from)
 

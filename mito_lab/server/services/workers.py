@@ -44,8 +44,9 @@ from mito_lab.server.services.activity import (
     worker_changed,
 )
 from mito_lab.server.services.context import Context
-from mito_lab.server.services.dispatch import SERVING_ROLES, Dispatcher, WorkerIdentity
+from mito_lab.server.services.dispatch import Dispatcher, WorkerIdentity
 from mito_lab.server.services.groups import (
+    SERVING_ROLES,
     by_names,
     group_by_name,
     group_with_role,
