@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +22,7 @@ import pytest
 from conftest import Platform, http, start_platform
 from mito_lab import Client, MitoRateLimited
 from test_dispatch import fetch, register, report, submit
+from test_protocol_v2 import exchange
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 
@@ -344,3 +346,26 @@ def test_failed_logins_are_counted_across_coordinators_sharing_redis(tmp_path: P
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_task_for_a_waiting_worker_that_lost_the_group_goes_to_a_worker_waiting_behind_it(platform: Platform) -> None:
+    """A worker long-polling as its group is taken away still waits with what it was allowed when it
+    began: the task submitted then, handed to the longest-waiting worker that seems to serve the
+    group, is not its (the claim's rules apply as the task is created); the group's worker waiting
+    behind it gets it."""
+    lab(platform, alice="Write")
+    alices, bosss = register(platform, user="alice", groups=["lab"]), register(platform, user="boss", groups=["lab"])
+    found: dict[str, Any] = {}
+    waiting = {}
+    for name, token, wait in (("alice", alices, 8), ("boss", bosss, 60)):
+        waiting[name] = threading.Thread(target=lambda name=name, token=token, wait=wait: found.update({name: exchange(platform, token, wait=wait, want=1)["tasks"]}))
+        waiting[name].start()
+        time.sleep(0.3)  # in this order
+    assert platform.api("DELETE", "/groups/lab/users?users=alice", user="boss").status == 200
+    task = submit(platform, "boss", group_name="lab")
+    waiting["boss"].join(timeout=30)
+    assert [t["uuid"] for t in found["boss"]] == [task]
+    info = task_info(platform, task)
+    assert info["state"] == "Running" and info["attempts"] == 1
+    waiting["alice"].join(timeout=30)
+    assert found["alice"] == []  # her poll ran out with nothing
