@@ -44,7 +44,7 @@ class _Compiled:
     names: tuple[str, ...]  # bound parameters in positional order ($1, $2, ...)
     binders: tuple[tuple[Processor, bool], ...]  # per position: the type's bind processor, whether a list
     defaults: tuple[tuple[str, Any], ...]  # columns' Python-side defaults (an INSERT's, an UPDATE's onupdate)
-    # learned from the server at the first run (``DriverStatements.described``): some types'
+    # learned from the server at the first run (``DriverStatements.describe``): some types'
     # result processors depend on the column's type there (PostgreSQL's numeric types)
     described: bool = False
     row: type | None = None  # the rows' class (named fields), None for a statement that returns none
