@@ -62,9 +62,6 @@ class Database:
             event.listen(self._loop_engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_async_engine(self.url, pool_size=10, max_overflow=20, **JSON_CODEC)
-            # statements that stand alone need no BEGIN before and ROLLBACK or COMMIT after: two
-            # round trips to the server each, as many as the statement itself (see ``lookup``)
-            self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
             self._driver = DriverStatements(self.engine, size=DRIVER_POOL_SIZE)  # see ``transaction``
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -175,8 +172,8 @@ class Database:
     async def statements(self) -> AsyncIterator[Statements]:
         """A Core connection for statements that each stand alone (a read by key, a claim that
         checks its own conditions as it updates): on PostgreSQL each commits by itself, with no
-        round trips to begin and end a transaction. On SQLite it is ``transaction``, whose
-        BEGIN and COMMIT cost microseconds."""
+        BEGIN before and COMMIT after (two round trips to the server, as many as the statement
+        itself). On SQLite it is ``transaction``, whose BEGIN and COMMIT cost microseconds."""
         if self._write_lock is None:
             async with self._driver.connection(transaction=False) as connection:
                 yield connection

@@ -132,15 +132,15 @@ async def task_changed(context: Context, session: AsyncSession, task: Task, **de
         after_commit(session, lambda: context.events.publish_raw(key, code, ttl=EXEC_STATE_TTL_SECONDS))
 
 
-async def tasks_created(context: Context, session: AsyncSession | Statements, tasks: Sequence[NewTask], announce: bool = True) -> None:
+async def tasks_created(context: Context, session: AsyncSession | Statements, tasks: Sequence[NewTask]) -> None:
     """Publish the events of new tasks in one batch once the transaction commits (one Redis
-    pipeline for a batch of any size), and wake fetches if any is Ready (unless not to
-    ``announce``: the caller does, see ``TaskService.submit``)."""
+    pipeline for a batch of any size), and wake fetches if any is Ready (offering them:
+    ``announce_ready``)."""
     groups = {group_id: await context.group_name(session, group_id) for group_id in {task.group_id for task in tasks}}
     messages = [(EVENTS, task_payload(task, groups[task.group_id])) for task in tasks]
     after_commit(session, lambda: context.events.publish_many(messages))
     ready = [task for task in tasks if task.state == TaskState.Ready]
-    if ready and announce:
+    if ready:
         announce_ready(context, session, ready)
 
 
