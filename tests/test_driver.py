@@ -7,13 +7,14 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 import sqlalchemy as sa
 
-from mito_lab.server.db.engine import Database, after_commit
+from mito_lab.server.db.engine import Database, after_commit, after_rollback
 from mito_lab.server.db.models import Group, GroupWorker, Task, TaskTag, User, Worker
 from mito_lab.server.errors import DatabaseConnectionLost
 from mito_lab.server.services.dispatch import _candidates, _claim
@@ -108,26 +109,37 @@ def test_a_claim_writes_what_it_returns_and_column_defaults_apply(pg_url: str) -
     run(pg_url, scenario)
 
 
-def test_a_transaction_commits_only_at_its_end_and_rolls_back_on_error(pg_url: str) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_a_transaction_commits_only_at_its_end_and_rolls_back_on_error(database: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """``transaction()`` on either database: its callbacks run after the commit, or after the
+    rollback, never both (a submit hands a task over on the one and puts the worker back on the
+    other)."""
+    url = f"sqlite:///{tmp_path / 'mito.db'}" if database == "sqlite" else request.getfixturevalue("pg_url")
+
     async def scenario(db: Database) -> None:
         group, ids = await seed(db, 1)
         priority = sa.select(_tasks.c.priority).where(_tasks.c.id == ids[0])
+        called: list[str] = []
         with pytest.raises(RuntimeError):
             async with db.transaction() as connection:
                 await connection.execute(_tasks.update().where(_tasks.c.id == ids[0]).values(priority=7))
+                after_commit(connection, lambda: called.append("committed"))
+                after_rollback(connection, lambda: called.append("rolled back"))
                 raise RuntimeError("the rule refused")
-        published: list[str] = []
+        assert called == ["rolled back"]
+        called.clear()
         async with db.transaction() as connection:
             await connection.execute(_tasks.update().where(_tasks.c.id == ids[0]).values(priority=8))
-            after_commit(connection, lambda: published.append("after"))
+            after_commit(connection, lambda: called.append("committed"))
+            after_rollback(connection, lambda: called.append("rolled back"))
             async with db.lookup() as other:  # another connection does not see it yet
                 assert await other.scalar(priority) == 0
-            assert published == []
-        assert published == ["after"]
+            assert called == []
+        assert called == ["committed"]
         async with db.lookup() as connection:
             assert await connection.scalar(priority) == 8
 
-    run(pg_url, scenario)
+    run(url, scenario)
 
 
 def test_connections_the_server_ended_answer_lost_then_the_pool_is_renewed(pg_url: str) -> None:
