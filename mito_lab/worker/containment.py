@@ -283,7 +283,8 @@ class Containment:
         return cls(TaskCgroups.offered() if use_cgroups else None)
 
     async def started(self, slot: int, pid: int) -> None:
-        """A task's process started: into the slot's cgroup, off the loop (see ``TaskCgroups``)."""
+        """A task's process started: into the slot's cgroup, on the loop when the last move ended
+        moments ago, else in a thread (see ``TaskCgroups``)."""
         if self.cgroups is None:
             return
         if time.monotonic() - self._last_move < WARM_MOVE_SECONDS:

@@ -28,8 +28,8 @@ import traitlets as t
 from mito_lab.client.http import MitoError
 from mito_lab.client.views import FAILED_COLOR, STATE_COLORS, UNKNOWN_COLOR
 from mito_lab.magics.dashboard.snapshot import PROGRESS_COLORS, progress_line, snapshot_html
-from mito_lab.magics.live_output import display_live, snapshot_bundle, snapshot_id
 from mito_lab.magics.dashboard.store import ACTIVE, TaskStore, row_of_info, rows_of_columns
+from mito_lab.magics.live_output import display_live, snapshot_bundle, snapshot_id
 from mito_lab.wire import (
     ArtifactContentType,
     ArtifactsFilterReq,

@@ -358,13 +358,16 @@ class Dispatcher:
         if not offer:
             self._wake_all()
             return
-        idle = [waiter for waiter in self._waiters if not waiter.offered]
         for task_id, group_id, tags in offer:
-            taker = next((waiter for waiter in idle if waiter.can_run(group_id, tags)), None)
+            taker = self._longest_waiting(group_id, tags)
             if taker is not None:  # else no worker here can: another coordinator's may
-                idle.remove(taker)
                 taker.offered.append(task_id)
                 taker.wake.set()
+
+    def _longest_waiting(self, group_id: int, tags: Iterable[str]) -> _Waiter | None:
+        """The worker waiting longest, with no task offered yet, that can run a task of this group
+        and tags."""
+        return next((waiter for waiter in self._waiters if not waiter.offered and waiter.can_run(group_id, tags)), None)
 
     def _wake_all(self) -> None:
         for waiter in self._waiters:
@@ -416,7 +419,7 @@ class Dispatcher:
         worker gets it once the transaction commits, with no claim of its own. The worker is kept
         for it meanwhile (no other task is handed or offered to it), and put back if the task is
         not its or the transaction does not commit."""
-        waiter = next((waiter for waiter in self._waiters if not waiter.offered and waiter.can_run(group_id, request.tags)), None)
+        waiter = self._longest_waiting(group_id, request.tags)
         if waiter is None:
             return await create(None)
         self._waiters.remove(waiter)
@@ -569,11 +572,6 @@ class Dispatcher:
             if not found:
                 return []
             rows = await self._claim_among(connection, worker, found, self._share(len(found), want), moment)
-        return self._taken(rows, worker, events)
-
-    @staticmethod
-    def _taken(rows: Sequence[Any], worker: WorkerIdentity, events: list[tuple[TaskRow, dict[str, Any]]]) -> list[WorkerTaskResp]:
-        """The claimed rows as the worker receives them, best first; their events."""
         rows = sorted(rows, key=lambda row: (-row.priority, row.id))
         worker_uuid = str(worker.worker_id)
         for row in rows:
