@@ -322,10 +322,12 @@ def chunks(items: Sequence[T]) -> list[Sequence[T]]:
     return [items[at : at + CHUNK] for at in range(0, len(items), CHUNK)]
 
 
-def after_commit(session: AsyncSession | Statements, callback: Callable[[], None]) -> None:
+def after_commit(session: AsyncSession | Statements, callback: Callable[[], None], *, first: bool = False) -> None:
     """Run ``callback`` when the transaction of ``session`` (a session of ``write``, a connection
-    of ``transaction``) has committed (e.g. to publish an event)."""
-    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+    of ``transaction``) has committed (e.g. to publish an event); ``first``: before those
+    registered so far."""
+    callbacks = session.info.setdefault(_AFTER_COMMIT, [])
+    callbacks.insert(0, callback) if first else callbacks.append(callback)
 
 
 def after_rollback(connection: Statements, callback: Callable[[], None]) -> None:

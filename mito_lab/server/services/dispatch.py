@@ -399,8 +399,11 @@ class Dispatcher:
                 if answer.tasks or remaining <= 0:
                     return answer
                 current = ExchangeReq(want=request.want)
+                # (not ``wait_for``: its task around the wait costs two more turns of the loop
+                # before a handed-over task is answered, and the submitter's answer would go first)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(waiter.wake.wait(), min(remaining, RECHECK_SECONDS))
+                    async with asyncio.timeout(min(remaining, RECHECK_SECONDS)):
+                        await waiter.wake.wait()
             return ExchangeResp()
         finally:
             waiter.left = True
@@ -442,14 +445,16 @@ class Dispatcher:
         taken = (task, {**_event_fields(task), "worker": str(waiter.worker.worker_id)})
 
         def deliver() -> None:
-            self._publish([taken], group_names)
             if waiter.left:  # it answered meanwhile (a deadline, a hang-up): the task goes back
                 self._release_later(waiter.worker, [delivery.id])
             else:
                 waiter.delivered.append(delivery)
                 waiter.wake.set()
+            self._publish([taken], group_names)
 
-        after_commit(connection, deliver)
+        # first, and the worker woken before any event is published: its answer is written
+        # before the event streams' (the task starts sooner, and they show it the sooner too)
+        after_commit(connection, deliver, first=True)
         after_rollback(connection, put_back)
         return task
 
