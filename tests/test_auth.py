@@ -105,6 +105,26 @@ def test_locked_and_deleted_users(platform: Platform) -> None:
     assert platform.api("POST", "/admin/users", {"username": "lou", "password": "x"}).status == 409  # the name stays taken
 
 
+def test_a_submit_checks_the_token_in_the_statement_that_takes_its_ids(platform: Platform) -> None:
+    """A submit authenticates as it writes: a user the coordinator has seen submit (whose id it
+    keeps) is refused as soon as their access ends, with the error an authentication gives."""
+    token = platform.add_user("sam")
+    platform.add_user("tess")
+    submit = lambda group=None: http("POST", f"{platform.url}/tasks", {"task_spec": {"args": ["true"]}, "group_name": group}, token=token)  # noqa: E731
+    assert submit().status == 200
+    assert platform.api("POST", "/admin/users/sam/state", {"state": "Locked"}).status == 200
+    locked = submit()
+    assert locked.status == 403 and locked.json["msg"] == "Authentication error: Permission denied: user sam is Locked"
+    assert platform.api("POST", "/admin/users/sam/state", {"state": "Active"}).status == 200
+    assert submit().status == 200
+    assert submit("tess").status == 403  # a group to which sam may not write: the group's error, not the token's
+    assert submit("nobody").status == 404
+    fresh = http("POST", f"{platform.url}/login", {"username": "sam", "password": "sam-password"}).json["token"]  # ends the other sessions
+    ended = submit()
+    assert ended.status == 401 and ended.json == {"msg": "Authentication error: Wrong credentials"}
+    assert http("POST", f"{platform.url}/tasks/query", {"count": True}, token=fresh).json["count"] == 2  # nothing refused was written
+
+
 def test_a_password_change_ends_every_other_session(platform: Platform) -> None:
     first = platform.add_user("pia")
     second = http("POST", f"{platform.url}/login", {"username": "pia", "password": "pia-password", "retain": True}).json["token"]

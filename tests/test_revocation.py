@@ -166,8 +166,8 @@ def test_a_group_admin_can_always_detach_or_stop_a_worker_serving_the_group(plat
 
 
 def test_revocation_reaches_every_coordinator_at_once(tmp_path: Path, pg_url: str, redis_url: str) -> None:
-    """Workers' grants are cached by each coordinator: a change made through one must hold on the
-    others before the worker's next request."""
+    """Workers' grants are cached by each coordinator, and a user known to one submits with no
+    read of the user first: a change made through another must hold before the next request."""
     first = start_platform(tmp_path / "a", "--db", pg_url, "--redis", redis_url, "--redis-skip-acl-rules")
     keys = first.home / "coordinator-data"
     second = start_platform(tmp_path / "b", "--db", pg_url, "--redis", redis_url, "--redis-skip-acl-rules",
@@ -178,7 +178,11 @@ def test_revocation_reaches_every_coordinator_at_once(tmp_path: Path, pg_url: st
         seen = submit(first, "boss", group_name="lab")
         assert fetch(second, token)["uuid"] == seen  # the second coordinator knows the worker now
         assert http("GET", f"{second.url}/workers/tasks/{seen}", token=token).status == 200
+        alices = first.token("alice", "alice-password")
+        by_alice = lambda: http("POST", f"{second.url}/tasks", {"task_spec": {"args": ["true"]}, "group_name": "lab"}, token=alices)  # noqa: E731
+        assert by_alice().status == 200  # the second coordinator knows alice now
         assert first.api("DELETE", "/groups/lab/users?users=alice", user="boss").status == 200
+        assert by_alice().status == 403
         waiting = submit(first, "boss", group_name="lab")
         assert fetch(second, token) is None
         assert http("GET", f"{second.url}/workers/tasks/{waiting}", token=token).status == 403

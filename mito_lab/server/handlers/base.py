@@ -21,6 +21,7 @@ from mito_lab.server.db.models import User
 from mito_lab.server.errors import ApiError, DatabaseConnectionLost, InvalidRequest, InvalidToken, NotFound, PayloadTooLarge, ShuttingDown
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.dispatch import WorkerIdentity
+from mito_lab.server.services.users import Caller
 from mito_lab.server.storage import ARRIVAL, Arrival
 from mito_lab.wire import ARROW_STREAM, MAX_WAIT_SECONDS, describe_validation_error
 
@@ -190,6 +191,12 @@ class ApiHandler(RequestHandler):
     async def user(self) -> User:
         self._refuse_oversized()
         return await self.mito.users.authenticate(self._bearer())
+
+    async def caller(self) -> Caller:
+        """The user the token names, for a service that checks the token still holds in the
+        statement that acts (``services/users.py``)."""
+        self._refuse_oversized()
+        return await self.mito.users.caller(self._bearer())
 
     async def worker(self) -> WorkerIdentity:
         self._refuse_oversized()

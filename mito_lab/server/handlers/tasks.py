@@ -57,8 +57,8 @@ def content_type(value: str) -> ArtifactContentType:
 class TasksHandler(ApiHandler):
     @operation("Submit a task", SubmitTaskReq, SubmitTaskResp, max_body=TASK_JSON_BODY)
     async def post(self) -> None:
-        user = await self.user()
-        self.send(await self.mito.tasks.submit(user, self.body()))
+        caller = await self.caller()
+        self.send(await self.mito.tasks.submit(caller, self.body()))
 
 
 class BatchSubmitHandler(ApiHandler):

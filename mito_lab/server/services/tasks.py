@@ -46,6 +46,7 @@ from mito_lab.server.services.uploads import (
     settle_artifacts,
     shared_objects,
 )
+from mito_lab.server.services.users import CALLER_IS_CURRENT, Caller, current_user
 from mito_lab.server.storage import BATCH_DOWNLOAD_URL_LIFETIME, download_url_lifetime
 from mito_lab.wire import (
     COMPARISON_PATTERN,
@@ -262,12 +263,13 @@ _IDS_BY_TASK_ID = sa.select(_TASKS.c.task_id, _TASKS.c.id).where(
 )
 
 
-# A submit's group, if the caller may write in it, with its next task ids taken: one statement
-# (the submit's latency path), where reading the group and role and then taking the ids made two.
+# A submit's group, if its caller's token still holds and they may write in it, with its next
+# task ids taken: one statement (the submit's latency path), where authenticating, reading the
+# group and role, then taking the ids made three.
 _GROUP_TAKING_IDS = (
     sa.update(_GROUPS)
-    .where(_GROUPS.c.group_name == sa.bindparam("name"), sa.exists().where(
-        UserGroup.group_id == _GROUPS.c.id, UserGroup.user_id == sa.bindparam("user_id"),
+    .where(_GROUPS.c.group_name == sa.bindparam("name"), CALLER_IS_CURRENT, sa.exists().where(
+        UserGroup.group_id == _GROUPS.c.id, UserGroup.user_id == sa.bindparam("caller_id"),
         UserGroup.role.in_(sa.bindparam("roles", expanding=True)),
     ))
     .values(task_count=_GROUPS.c.task_count + sa.bindparam("count"))
@@ -275,15 +277,17 @@ _GROUP_TAKING_IDS = (
 )
 
 
-async def group_taking_ids(session: AsyncSession | Statements, user: User, name: str | None, count: int) -> tuple[Group, int]:
+async def group_taking_ids(session: AsyncSession | Statements, caller: Caller, name: str | None, count: int) -> tuple[Group, int]:
     """The named group (the caller's personal group when no name is given) if the caller may
     submit to it, with ``count`` task ids taken in it: the group, and the last id (see
     ``insert_tasks``)."""
+    user = caller.user
     row = (await session.execute(_GROUP_TAKING_IDS, {
-        "name": name or user.username, "user_id": user.id, "roles": Role.Write.and_above(), "count": count,
+        "name": name or user.username, "caller_id": user.id, "caller_signature": caller.signature,
+        "roles": Role.Write.and_above(), "count": count,
     })).first()
-    if row is None:  # no such group, or no role to write in it: says which
-        group = await group_with_role(session, user, name, Role.Write)
+    if row is None:  # the token no longer holds, no such group, or no role to write in it: says which
+        group = await group_with_role(session, await current_user(session, user.username, caller.signature), name, Role.Write)
         return group, await session.scalar(_TAKE_TASK_IDS, {"group_id": group.id, "count": count})
     return detached(Group, row._asdict()), row.task_count
 
@@ -459,10 +463,11 @@ class TaskService:
 
     # --- submitting and changing ----------------------------------------------------------------
 
-    async def submit(self, user: User, request: SubmitTaskReq) -> SubmitTaskResp:
+    async def submit(self, caller: Caller, request: SubmitTaskReq) -> SubmitTaskResp:
+        user = caller.user
         [keyed] = await cache_keys(self.context, user, [request])
         async with self.context.db.transaction() as session:
-            group, last_id = await group_taking_ids(session, user, request.group_name, 1)
+            group, last_id = await group_taking_ids(session, caller, request.group_name, 1)
             await require_readable_references(session, user, request.task_spec)
             keys = await look_up(self.context, session, [(group.id, keyed)])
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mito_lab.server.db.engine import Statements
 from mito_lab.server.db.models import User, detached
 from mito_lab.server.errors import (
     AlreadyExists,
@@ -27,8 +30,44 @@ from mito_lab.wire import UserState, md5_password
 log = logging.getLogger(__name__)
 
 
+_USERS = User.__table__
 # built once: every authenticated request reads its user
-_USER_BY_NAME = sa.select(*User.__table__.columns).where(User.__table__.c.username == sa.bindparam("name"))
+_USER_BY_NAME = sa.select(*_USERS.columns).where(_USERS.c.username == sa.bindparam("name"))
+
+CALLER_IDS_KEPT = 4096
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A user as their token names them, before the database said the token still holds: the
+    statement that acts for them checks that as it writes (``CALLER_IS_CURRENT``), which ends a
+    revoked access as surely as reading the user first would, for one round trip less on the
+    submit's latency path. If that statement finds nothing, ``current_user`` says why."""
+
+    user: User  # its id and name only, which never change: reading another column raises
+    signature: int
+
+
+# the check of ``authenticate`` (the user exists, is Active, and the token's signature is still
+# theirs), for the statement that acts for a ``Caller``: binds caller_id and caller_signature
+CALLER_IS_CURRENT = sa.exists().where(
+    _USERS.c.id == sa.bindparam("caller_id"), _USERS.c.auth_signature == sa.bindparam("caller_signature"),
+    _USERS.c.state == UserState.Active,
+)
+
+
+async def current_user(connection: Statements, username: str, signature: int) -> User:
+    """The user, if a token of ``signature`` still lets them in (reference 6.1: existence, state,
+    signature); else the error that says why not."""
+    row = (await connection.execute(_USER_BY_NAME, {"name": username})).first()
+    if row is None:
+        raise WrongCredentials()
+    user = detached(User, row._asdict())
+    if user.state != UserState.Active:
+        raise PermissionDenied(f"user {user.username} is {user.state.value}")
+    if user.auth_signature != signature:
+        raise WrongCredentials()
+    return user
 
 RetireWorkers = Callable[[AsyncSession, int], Awaitable[None]]
 """Shuts down every worker a user registered (the user's id), re-queueing their tasks."""
@@ -40,6 +79,7 @@ class UserService:
         self.context = context
         self.retire_workers = retire_workers
         self.backoff = LoginBackoff(context.events)
+        self._ids: OrderedDict[str, int] = OrderedDict()  # users' ids by name, for ``caller``
 
     async def ensure_admin(self) -> None:
         """Create the configured admin on first start; later config changes do not touch it.
@@ -93,15 +133,18 @@ class UserService:
         """The user behind a bearer token (reference 6.1: token, existence, state, signature)."""
         claims = self.context.tokens.verify(bearer, "user")
         async with self.context.db.lookup() as connection:
-            row = (await connection.execute(_USER_BY_NAME, {"name": claims.sub})).first()
-        if row is None:
-            raise WrongCredentials()
-        user = detached(User, row._asdict())
-        if user.state != UserState.Active:
-            raise PermissionDenied(f"user {user.username} is {user.state.value}")
-        if user.auth_signature != claims.sign:
-            raise WrongCredentials()
-        return user
+            return await current_user(connection, claims.sub, claims.sign)
+
+    async def caller(self, bearer: str) -> Caller:
+        """Who a bearer token names, for a statement that checks the rest as it acts. The first
+        request of a name is authenticated in full (and refused at once if it should be)."""
+        claims = self.context.tokens.verify(bearer, "user")
+        user_id = self._ids.get(claims.sub)
+        if user_id is None:
+            user_id = self._ids[claims.sub] = (await self.authenticate(bearer)).id
+            if len(self._ids) > CALLER_IDS_KEPT:
+                self._ids.popitem(last=False)
+        return Caller(detached(User, {"id": user_id, "username": claims.sub}), claims.sign)
 
     async def _token(self, username: str, signature: int) -> str:
         return self.context.tokens.issue(username, "user", self.context.config.access_token_expires_in, sign=signature)
