@@ -541,6 +541,8 @@ class Agent:
             finally:
                 self._asking = False
             self._receive(answer)
+            if answer.tasks:  # they start before the next long poll is sent
+                await asyncio.sleep(0)
 
     async def _release_stale(self) -> None:
         """Hand back the tasks taken ahead that wait behind long tasks (every slot busy for more
