@@ -15,10 +15,12 @@ import pytest
 import sqlalchemy as sa
 
 from mito_lab.server.db.engine import Database, after_commit, after_rollback
-from mito_lab.server.db.models import Group, GroupWorker, Task, TaskTag, User, Worker
+from mito_lab.server.db.models import Group, GroupWorker, Task, TaskLabel, TaskTag, User, UserGroup, Worker, detached
 from mito_lab.server.errors import DatabaseConnectionLost
 from mito_lab.server.services.dispatch import _candidates, _claim
-from mito_lab.wire import Role, TaskState
+from mito_lab.server.services.tasks import _SUBMIT_IN_ONE_STATEMENT, _one_statement_values
+from mito_lab.server.services.users import Caller
+from mito_lab.wire import Role, SubmitTaskReq, TaskState
 
 _tasks = Task.__table__
 
@@ -180,5 +182,43 @@ def test_shapes_are_compiled_once(pg_url: str) -> None:
                 assert await connection.scalar(sa.select(sa.func.count()).where(_tasks.c.created_at > since)) == 3
                 compiled.append(len(shapes))
         assert compiled[0] == compiled[1] == compiled[2]
+
+    run(pg_url, scenario)
+
+
+def test_a_plain_submit_is_one_statement_that_checks_the_caller_and_the_claimant(pg_url: str) -> None:
+    """PostgreSQL's submit in one statement: the caller's token and role checked, the task id
+    taken, the task created (taken by a waiting worker that may take it), its tags and labels."""
+
+    async def scenario(db: Database) -> None:
+        group, _ = await seed(db, 0)
+        async with db.transaction() as connection:
+            user = await connection.scalar(sa.select(User.id))
+            await connection.execute(User.__table__.update().values(auth_signature=7))
+            await connection.execute(UserGroup.__table__.insert().values(user_id=user, group_id=group, role=Role.Write))
+            serving, other = [
+                await connection.scalar(Worker.__table__.insert().values(worker_id=uuid.uuid4(), creator_id=user).returning(Worker.id))
+                for _ in range(2)
+            ]
+            await connection.execute(GroupWorker.__table__.insert().values(group_id=group, worker_id=serving, role=Role.Write))
+        request = SubmitTaskReq(task_spec={"args": ["true"]}, group_name="lab", tags=["gpu", "big"], labels=["sweep"])
+
+        async def submit(signature: int, claimant: int | None) -> Any:
+            caller = Caller(detached(User, {"id": user, "username": "ada"}), signature)
+            async with db.statements() as connection:
+                return (await connection.execute(_SUBMIT_IN_ONE_STATEMENT, _one_statement_values(caller, request, "lab", uuid.uuid4(), claimant))).first()
+
+        assert await submit(8, None) is None  # a signature no longer the user's: nothing is written
+        taken = await submit(7, serving)
+        assert (taken.task_id, taken.state, taken.assigned_worker_id, taken.attempts) == (1, TaskState.Running, serving, 1)
+        left = await submit(7, other)  # a worker that does not serve the group takes nothing
+        assert (left.task_id, left.state, left.assigned_worker_id, left.attempts, left.started_at) == (2, TaskState.Ready, None, 0, None)
+        async with db.statements() as connection:
+            assert await connection.scalar(sa.select(Group.task_count).where(Group.id == group)) == 2
+            tags = (await connection.execute(sa.select(TaskTag.task_id, TaskTag.tag).order_by(TaskTag.task_id, TaskTag.tag))).all()
+            assert [tuple(row) for row in tags] == [(taken.id, "big"), (taken.id, "gpu"), (left.id, "big"), (left.id, "gpu")]
+            assert (await connection.scalars(sa.select(TaskLabel.task_id).where(TaskLabel.label == "sweep"))).all() == [taken.id, left.id]
+            stored = (await connection.execute(sa.select(_tasks).where(_tasks.c.id == taken.id))).one()
+        assert stored.spec == request.task_spec.model_dump(mode="json") and stored.tags == ["gpu", "big"] and stored.creator_id == user
 
     run(pg_url, scenario)

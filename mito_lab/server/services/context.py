@@ -24,12 +24,22 @@ class Context:
     events: InProcessEvents
     closing: bool = False  # the coordinator is stopping: long polls answer now
     _group_names: dict[int, str] = field(default_factory=dict)
+    _group_ids: dict[str, int] = field(default_factory=dict)
 
     async def group_name(self, session: AsyncSession | Statements, group_id: int) -> str:
         """Group names never change, so they are cached for the events' sake."""
         if group_id not in self._group_names:
-            self._group_names[group_id] = await session.scalar(sa.select(Group.group_name).where(Group.id == group_id)) or ""
+            self.learn_group(group_id, await session.scalar(sa.select(Group.group_name).where(Group.id == group_id)) or "")
         return self._group_names[group_id]
+
+    def learn_group(self, group_id: int, name: str) -> None:
+        self._group_names[group_id] = name
+        if name:
+            self._group_ids[name] = group_id
+
+    def known_group_id(self, name: str) -> int | None:
+        """A group's id by its name, if this coordinator has met the group (``group_name``)."""
+        return self._group_ids.get(name)
 
     @property
     def artifacts_bucket(self) -> str:

@@ -415,13 +415,14 @@ class Dispatcher:
                 await self.release(worker, [task.id for task in waiter.delivered])
 
     async def hand_over(
-        self, connection: Statements, request: SubmitTaskReq, group_id: int, create: Callable[[int | None], Awaitable[NewTask]],
-    ) -> NewTask:
-        """In the transaction of a submit: ``create`` the task, for the longest-waiting worker here
-        that can run it to take (the claim's rules apply as it is created: ``insert_tasks``); the
-        worker gets it once the transaction commits, with no claim of its own. The worker is kept
-        for it meanwhile (no other task is handed or offered to it), and put back if the task is
-        not its or the transaction does not commit."""
+        self, connection: Statements, request: SubmitTaskReq, group_id: int, create: Callable[[int | None], Awaitable[NewTask | None]],
+    ) -> NewTask | None:
+        """In the transaction of a submit (or its one statement): ``create`` the task, for the
+        longest-waiting worker here that can run it to take (the claim's rules apply as it is
+        created: ``insert_tasks``); the worker gets it once the transaction commits, with no claim
+        of its own. The worker is kept for it meanwhile (no other task is handed or offered to
+        it), and put back if the task is not its (or none was created: ``create`` answered None)
+        or the transaction does not commit."""
         waiter = self._longest_waiting(group_id, request.tags)
         if waiter is None:
             return await create(None)
@@ -434,13 +435,13 @@ class Dispatcher:
 
         try:
             task = await create(waiter.worker.id)
+            if task is None or task.assigned_worker_id != waiter.worker.id:  # its grant or state changed since it began to wait
+                put_back()
+                return task
             group_names = {group_id: await self.context.group_name(connection, group_id)}
         except BaseException:
             put_back()
             raise
-        if task.assigned_worker_id != waiter.worker.id:  # its grant or state changed since it began to wait
-            put_back()
-            return task
         delivery = WorkerTaskResp(id=task.id, uuid=task.uuid, timeout=request.timeout, upstream_task_uuid=None, spec=request.task_spec)
         taken = (task, {**_event_fields(task), "worker": str(waiter.worker.worker_id)})
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mito_lab.server.db.engine import Statements, bulk_insert, chunks
@@ -266,12 +267,12 @@ _IDS_BY_TASK_ID = sa.select(_TASKS.c.task_id, _TASKS.c.id).where(
 # A submit's group, if its caller's token still holds and they may write in it, with its next
 # task ids taken: one statement (the submit's latency path), where authenticating, reading the
 # group and role, then taking the ids made three.
+_CALLER_MAY_WRITE = (_GROUPS.c.group_name == sa.bindparam("name"), CALLER_IS_CURRENT, sa.exists().where(
+    UserGroup.group_id == _GROUPS.c.id, UserGroup.user_id == sa.bindparam("caller_id"),
+    UserGroup.role.in_(sa.bindparam("roles", expanding=True)),
+))
 _GROUP_TAKING_IDS = (
-    sa.update(_GROUPS)
-    .where(_GROUPS.c.group_name == sa.bindparam("name"), CALLER_IS_CURRENT, sa.exists().where(
-        UserGroup.group_id == _GROUPS.c.id, UserGroup.user_id == sa.bindparam("caller_id"),
-        UserGroup.role.in_(sa.bindparam("roles", expanding=True)),
-    ))
+    sa.update(_GROUPS).where(*_CALLER_MAY_WRITE)
     .values(task_count=_GROUPS.c.task_count + sa.bindparam("count"))
     .returning(*_GROUPS.c)
 )
@@ -296,18 +297,69 @@ async def group_taking_ids(session: AsyncSession | Statements, caller: Caller, n
 # (the claim's rules, ``may_take``); else created as given (``unclaimed_state``): a submit to
 # an idle worker is one statement, not an INSERT and then a claim.
 _CLAIMANT = sa.bindparam("claimant", type_=sa.BigInteger)
-_CLAIM_TAKEN = may_take(_CLAIMANT, sa.bindparam("claim_group", type_=sa.BigInteger))
 _CLAIM_COLUMNS = ("state", "assigned_worker_id", "attempts", "started_at")
+
+
+def _claimed_values(group_id: sa.ColumnElement[Any]) -> dict[str, sa.ColumnElement[Any]]:
+    """The columns a claim sets, set as the task of ``group_id`` is created if ``claimant`` may take it."""
+    taken = may_take(_CLAIMANT, group_id)
+    return {
+        "state": sa.case((taken, TaskState.Running.value), else_=sa.bindparam("unclaimed_state", type_=_TASKS.c.state.type)),
+        "assigned_worker_id": sa.case((taken, _CLAIMANT)),
+        "attempts": sa.case((taken, 1), else_=0),
+        "started_at": sa.case((taken, sa.bindparam("claim_moment", type_=_TASKS.c.started_at.type))),
+    }
+
+
 _INSERT_ONE = (
-    _TASKS.insert()
-    .values(
-        state=sa.case((_CLAIM_TAKEN, TaskState.Running.value), else_=sa.bindparam("unclaimed_state", type_=_TASKS.c.state.type)),
-        assigned_worker_id=sa.case((_CLAIM_TAKEN, _CLAIMANT)),
-        attempts=sa.case((_CLAIM_TAKEN, 1), else_=0),
-        started_at=sa.case((_CLAIM_TAKEN, sa.bindparam("claim_moment", type_=_TASKS.c.started_at.type))),
-    )
+    _TASKS.insert().values(**_claimed_values(sa.bindparam("claim_group", type_=sa.BigInteger)))
     .returning(_TASKS.c.id, *(_TASKS.c[name] for name in _CLAIM_COLUMNS))
 )
+
+
+def _submit_in_one_statement() -> sa.Select[Any]:
+    """On PostgreSQL, a plain submit (no cache key, no other task to check) as one statement that
+    commits by itself, where a transaction took four round trips (BEGIN, the group's UPDATE, the
+    INSERT, COMMIT): the group's UPDATE of ``_GROUP_TAKING_IDS`` (the caller, their role, the
+    task id), then the task's INSERT (taken by ``claimant`` as it is created, as ``_INSERT_ONE``),
+    its tags and labels. No row if the UPDATE found nothing."""
+    # (the bound values are named new_<column>: SQLAlchemy keeps the columns' own names for itself)
+    values = {name: sa.bindparam(f"new_{name}", type_=_TASKS.c[name].type) for name in (
+        "uuid", "creator_id", "tags", "labels", "timeout", "priority", "spec", "upstream_task_uuid", "max_attempts",
+        "cancel_requested", "created_at", "updated_at",
+    )}
+    taking = sa.update(_GROUPS).where(*_CALLER_MAY_WRITE).values(
+        task_count=_GROUPS.c.task_count + 1, updated_at=values["updated_at"],
+    ).returning(_GROUPS.c.id, _GROUPS.c.task_count).cte("taking")
+    given = list(values)
+    claimed = _claimed_values(taking.c.id)
+    row = sa.select(taking.c.id, taking.c.task_count, *values.values(), *claimed.values()).select_from(taking)
+    inserted = _TASKS.insert().from_select(["group_id", "task_id", *given, *claimed], row, include_defaults=False).returning(
+        _TASKS.c.id, _TASKS.c.group_id, _TASKS.c.task_id, *(_TASKS.c[name] for name in _CLAIM_COLUMNS),
+    ).cte("inserted")
+    marks = [
+        model.__table__.insert().from_select(
+            ["task_id", mark], sa.select(inserted.c.id, sa.func.unnest(sa.bindparam(f"{mark}_list", type_=postgresql.ARRAY(sa.String)))),
+        ).cte(f"{mark}s")
+        for model, mark in ((TaskTag, "tag"), (TaskLabel, "label"))
+    ]
+    return sa.select(inserted).add_cte(*marks)
+
+
+_SUBMIT_IN_ONE_STATEMENT = _submit_in_one_statement()
+
+
+def _one_statement_values(caller: Caller, request: SubmitTaskReq, name: str, uuid: uuid_module.UUID, claimant: int | None) -> dict[str, Any]:
+    """The values of ``_SUBMIT_IN_ONE_STATEMENT`` for ``request`` to the group ``name``."""
+    moment = now()
+    return {
+        "name": name, "caller_id": caller.user.id, "caller_signature": caller.signature, "roles": Role.Write.and_above(),
+        "new_uuid": uuid, "new_creator_id": caller.user.id, "new_tags": request.tags, "new_labels": request.labels,
+        "new_timeout": int(request.timeout.total_seconds()), "new_priority": request.priority,
+        "new_spec": request.task_spec.model_dump(mode="json"), "new_upstream_task_uuid": None, "new_max_attempts": request.max_attempts,
+        "new_cancel_requested": False, "new_created_at": moment, "new_updated_at": moment,
+        "claimant": claimant, "unclaimed_state": TaskState.Ready, "claim_moment": moment, "tag_list": request.tags, "label_list": request.labels,
+    }
 
 
 def new_uuids(count: int) -> list[uuid_module.UUID]:
@@ -445,7 +497,7 @@ def user_cancellation() -> dict[str, object]:
 CANCELLABLE = (TaskState.Ready, TaskState.Pending)
 
 
-HandOver = Callable[[Statements, SubmitTaskReq, int, Callable[[int | None], Awaitable[NewTask]]], Awaitable[NewTask]]
+HandOver = Callable[[Statements, SubmitTaskReq, int, Callable[[int | None], Awaitable[NewTask | None]]], Awaitable[NewTask | None]]
 """Creates a submitted task (request, group id, the function that creates it for a claimant or
 none) for a worker waiting for one, in the submit's transaction (``Dispatcher.hand_over``)."""
 
@@ -466,6 +518,39 @@ class TaskService:
     async def submit(self, caller: Caller, request: SubmitTaskReq) -> SubmitTaskResp:
         user = caller.user
         [keyed] = await cache_keys(self.context, user, [request])
+        spec = request.task_spec
+        alone = None
+        if not self.context.db.is_sqlite and keyed is None and not spec.resources and spec.watch is None:
+            alone = await self._submit_in_one_statement(caller, request)
+        task = alone or await self._submit_in_transaction(caller, request, keyed)
+        if task.assigned_worker_id is not None:  # the worker's answer goes out first: the task starts, then its submitter hears
+            await asyncio.sleep(0)
+        return SubmitTaskResp(task_id=task.task_id, uuid=task.uuid, cached_from=task.cached_from)
+
+    async def _submit_in_one_statement(self, caller: Caller, request: SubmitTaskReq) -> NewTask | None:
+        """A plain submit on PostgreSQL (``_SUBMIT_IN_ONE_STATEMENT``); None if it found no group
+        the caller may write in (``_submit_in_transaction`` says why)."""
+        name = request.group_name or caller.user.username
+        async with self.context.db.statements() as connection:
+
+            async def create(claimant: int | None) -> NewTask | None:
+                uuid = new_uuids(1)[0]
+                row = (await connection.execute(_SUBMIT_IN_ONE_STATEMENT, _one_statement_values(caller, request, name, uuid, claimant))).first()
+                if row is None:
+                    return None
+                self.context.learn_group(row.group_id, name)
+                task = NewTask(row.id, uuid, row.task_id, row.group_id, row.state, attempts=row.attempts, started_at=row.started_at,
+                               tags=request.tags, assigned_worker_id=row.assigned_worker_id)
+                await tasks_created(self.context, connection, [task])
+                return task
+
+            # the waiting worker is chosen by the group's id, which this coordinator knows once
+            # it has met the group; the statement checks that the worker may take the task
+            group_id = self.context.known_group_id(name)
+            return await (create(None) if group_id is None else self.hand_over(connection, request, group_id, create))
+
+    async def _submit_in_transaction(self, caller: Caller, request: SubmitTaskReq, keyed: Keyed | None) -> NewTask:
+        user = caller.user
         async with self.context.db.transaction() as session:
             group, last_id = await group_taking_ids(session, caller, request.group_name, 1)
             await require_readable_references(session, user, request.task_spec)
@@ -478,10 +563,11 @@ class TaskService:
                 return task
 
             # an idle worker takes it as it is created: no wake-up, no claim of its own
-            task = await create(None) if keys[0] is not None and keys[0].source is not None else await self.hand_over(session, request, group.id, create)
-        if task.assigned_worker_id is not None:  # the worker's answer goes out first: the task starts, then its submitter hears
-            await asyncio.sleep(0)
-        return SubmitTaskResp(task_id=task.task_id, uuid=task.uuid, cached_from=task.cached_from)
+            if keys[0] is not None and keys[0].source is not None:
+                return await create(None)
+            created = await self.hand_over(session, request, group.id, create)
+            assert created is not None  # (``create`` always creates)
+            return created
 
     async def submit_many(self, user: User, request: BatchSubmitReq) -> BatchSubmitResp:
         """Submit in order; an item refused (group, role, references) does not stop the rest. Up
