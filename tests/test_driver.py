@@ -210,9 +210,9 @@ def test_a_plain_submit_is_one_statement_that_checks_the_caller_and_the_claimant
 
         assert await submit(8, None) is None  # a signature no longer the user's: nothing is written
         taken = await submit(7, serving)
-        assert (taken.task_id, taken.state, taken.assigned_worker_id, taken.attempts) == (1, TaskState.Running, serving, 1)
+        assert taken.state is TaskState.Running and (taken.task_id, taken.assigned_worker_id, taken.attempts) == (1, serving, 1)
         left = await submit(7, other)  # a worker that does not serve the group takes nothing
-        assert (left.task_id, left.state, left.assigned_worker_id, left.attempts, left.started_at) == (2, TaskState.Ready, None, 0, None)
+        assert left.state is TaskState.Ready and (left.task_id, left.assigned_worker_id, left.attempts, left.started_at) == (2, None, 0, None)
         async with db.statements() as connection:
             assert await connection.scalar(sa.select(Group.task_count).where(Group.id == group)) == 2
             tags = (await connection.execute(sa.select(TaskTag.task_id, TaskTag.tag).order_by(TaskTag.task_id, TaskTag.tag))).all()
