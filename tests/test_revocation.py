@@ -187,6 +187,10 @@ def test_revocation_reaches_every_coordinator_at_once(tmp_path: Path, pg_url: st
         assert fetch(second, token) is None
         assert http("GET", f"{second.url}/workers/tasks/{waiting}", token=token).status == 403
         assert task_info(second, seen)["state"] == "Ready"
+        own = lambda: http("POST", f"{second.url}/tasks", {"task_spec": {"args": ["true"]}}, token=alices)  # noqa: E731
+        assert own().status == 200
+        assert first.api("POST", "/admin/users/alice/state", {"state": "Locked"}).status == 200
+        assert own().json == {"msg": "Authentication error: Permission denied: user alice is Locked"}
     finally:
         first.stop()
         second.stop()

@@ -69,6 +69,7 @@ async def current_user(connection: Statements, username: str, signature: int) ->
         raise WrongCredentials()
     return user
 
+
 RetireWorkers = Callable[[AsyncSession, int], Awaitable[None]]
 """Shuts down every worker a user registered (the user's id), re-queueing their tasks."""
 
