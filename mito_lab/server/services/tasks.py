@@ -317,6 +317,21 @@ _INSERT_ONE = (
 )
 
 
+def _requested_columns(request: SubmitTaskReq, creator_id: int, uuid: uuid_module.UUID, upstream_task_uuid: uuid_module.UUID | None,
+                       moment: datetime) -> dict[str, Any]:
+    """The columns of a new task that its request and creation give, however it is inserted."""
+    return {
+        "uuid": uuid, "creator_id": creator_id, "tags": request.tags, "labels": request.labels,
+        "timeout": int(request.timeout.total_seconds()), "priority": request.priority,
+        "spec": request.task_spec.model_dump(mode="json"), "upstream_task_uuid": upstream_task_uuid,
+        "max_attempts": request.max_attempts, "cancel_requested": False, "created_at": moment, "updated_at": moment,
+    }
+
+
+_REQUESTED_COLUMNS = ("uuid", "creator_id", "tags", "labels", "timeout", "priority", "spec", "upstream_task_uuid", "max_attempts",
+                      "cancel_requested", "created_at", "updated_at")  # the keys of ``_requested_columns``
+
+
 def _submit_in_one_statement() -> sa.Select[Any]:
     """On PostgreSQL, a plain submit (no cache key, no other task to check) as one statement that
     commits by itself, where a transaction took four round trips (BEGIN, the group's UPDATE, the
@@ -324,10 +339,7 @@ def _submit_in_one_statement() -> sa.Select[Any]:
     task id), then the task's INSERT (taken by ``claimant`` as it is created, as ``_INSERT_ONE``),
     its tags and labels. No row if the UPDATE found nothing."""
     # (the bound values are named new_<column>: SQLAlchemy keeps the columns' own names for itself)
-    values = {name: sa.bindparam(f"new_{name}", type_=_TASKS.c[name].type) for name in (
-        "uuid", "creator_id", "tags", "labels", "timeout", "priority", "spec", "upstream_task_uuid", "max_attempts",
-        "cancel_requested", "created_at", "updated_at",
-    )}
+    values = {name: sa.bindparam(f"new_{name}", type_=_TASKS.c[name].type) for name in _REQUESTED_COLUMNS}
     taking = sa.update(_GROUPS).where(*_CALLER_MAY_WRITE).values(
         task_count=_GROUPS.c.task_count + 1, updated_at=values["updated_at"],
     ).returning(_GROUPS.c.id, _GROUPS.c.task_count).cte("taking")
@@ -354,10 +366,7 @@ def _one_statement_values(caller: Caller, request: SubmitTaskReq, name: str, uui
     moment = now()
     return {
         "name": name, "caller_id": caller.user.id, "caller_signature": caller.signature, "roles": Role.Write.and_above(),
-        "new_uuid": uuid, "new_creator_id": caller.user.id, "new_tags": request.tags, "new_labels": request.labels,
-        "new_timeout": int(request.timeout.total_seconds()), "new_priority": request.priority,
-        "new_spec": request.task_spec.model_dump(mode="json"), "new_upstream_task_uuid": None, "new_max_attempts": request.max_attempts,
-        "new_cancel_requested": False, "new_created_at": moment, "new_updated_at": moment,
+        **{f"new_{column}": value for column, value in _requested_columns(request, caller.user.id, uuid, None, moment).items()},
         "claimant": claimant, "unclaimed_state": TaskState.Ready, "claim_moment": moment, "tag_list": request.tags, "label_list": request.labels,
     }
 
@@ -398,12 +407,8 @@ async def insert_tasks(
     rows = []
     for (group, request), uuid in zip(items, new_uuids(len(items)), strict=True):
         rows.append({
-            "uuid": uuid, "creator_id": creator_id, "group_id": group.id, "task_id": next_ids[group.id],
-            "tags": request.tags, "labels": request.labels, "state": state,
-            "timeout": int(request.timeout.total_seconds()), "priority": request.priority,
-            "spec": request.task_spec.model_dump(mode="json"), "upstream_task_uuid": upstream_task_uuid,
-            "max_attempts": request.max_attempts, "attempts": 0, "cancel_requested": False,
-            "created_at": moment, "updated_at": moment,
+            **_requested_columns(request, creator_id, uuid, upstream_task_uuid, moment),
+            "group_id": group.id, "task_id": next_ids[group.id], "state": state, "attempts": 0,
         })
         next_ids[group.id] += 1
     if any(keys):  # the columns of every row alike (one bulk insert), only in batches that use the cache
