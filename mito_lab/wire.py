@@ -578,11 +578,11 @@ class TaskUsage(Request):
     """What a run cost, as its worker measured it over the task's whole process tree (mito_lab:
     the reference's workers send none)."""
 
-    wall_s: float = Field(ge=0, allow_inf_nan=False, description="seconds from the process's start to its end")
-    cpu_s: float = Field(ge=0, allow_inf_nan=False, description="user + system CPU seconds")
-    max_rss: int = Field(ge=0, le=2**62, description="peak resident memory, bytes")
-    cores: float = Field(gt=0, le=2**20, allow_inf_nan=False, description="CPUs the task could use: its worker's, shared among its slots")
-    gpu_max_memory: int | None = Field(None, ge=0, le=2**62, description="peak GPU memory, bytes, where the worker has nvidia-smi")
+    wall_s: Annotated[float, Strict()] = Field(ge=0, allow_inf_nan=False, description="seconds from the process's start to its end")
+    cpu_s: Annotated[float, Strict()] = Field(ge=0, allow_inf_nan=False, description="user + system CPU seconds")
+    max_rss: Annotated[int, Strict()] = Field(ge=0, le=2**62, description="peak resident memory, bytes")
+    cores: Annotated[float, Strict()] = Field(gt=0, le=2**20, allow_inf_nan=False, description="CPUs the task could use: its worker's, shared among its slots")
+    gpu_max_memory: Annotated[int, Strict()] | None = Field(None, ge=0, le=2**62, description="peak GPU memory, bytes, where the worker has nvidia-smi")
 
     @property
     def cpu_efficiency(self) -> float | None:

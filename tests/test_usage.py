@@ -63,9 +63,14 @@ def test_a_commit_with_impossible_usage_is_refused(platform: Platform) -> None:
     submit(platform)
     work = take(platform, token)
     assert http("POST", f"{platform.url}/workers/tasks", {"id": work["id"], "op": "Finish"}, token=token).status == 200
-    usage = {"wall_s": 1, "cpu_s": -1, "max_rss": 0, "cores": 1}
-    answer = http("POST", f"{platform.url}/workers/tasks", {"id": work["id"], "op": {"Commit": {"exit_status": 0, "usage": usage}}}, token=token)
+    commit = lambda usage: http("POST", f"{platform.url}/workers/tasks", {"id": work["id"], "op": {"Commit": {"exit_status": 0, "usage": usage}}}, token=token)  # noqa: E731
+    answer = commit({"wall_s": 1, "cpu_s": -1, "max_rss": 0, "cores": 1})
     assert answer.status == 400 and "cpu_s" in answer.json["msg"]
+    # numbers are strict, as in every request: ``true`` is not 1
+    for field in ("wall_s", "cpu_s", "max_rss", "cores", "gpu_max_memory"):
+        answer = commit({"wall_s": 1, "cpu_s": 1, "max_rss": 1, "cores": 1, field: True})
+        assert answer.status == 400 and field in answer.json["msg"], field
+    assert commit({"wall_s": 1, "cpu_s": 1, "max_rss": 1, "cores": 1, "gpu_max_memory": 1}).status == 200  # integers are numbers
 
 
 # nvidia-smi's answer for this host: 700 MiB for every process whose command line carries the marker
