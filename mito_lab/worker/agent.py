@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -294,6 +295,32 @@ class BatchedReports:
 Reports = ReferenceReports | BatchedReports
 
 
+class LiveOutput:
+    """A running task's output, shipped every LOG_SHIP_SECONDS from LOG_SHIP_SECONDS on, and what
+    is left once it ended. A short task's output goes in that one last pass, with no shipper task
+    of its own: a worker ends hundreds of them a second."""
+
+    def __init__(self, ship: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+        self._ship = ship  # ships until the event is set, then once more
+        self._finished = asyncio.Event()
+        self._shipping: asyncio.Future[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(LOG_SHIP_SECONDS, self._start)
+
+    def _start(self) -> None:
+        self._shipping = asyncio.ensure_future(self._ship(self._finished))
+
+    async def flush(self) -> None:
+        """Ship what is left, and stop."""
+        self._finished.set()
+        self._timer.cancel()
+        if self._shipping is None:  # it never started: the last pass runs here, once
+            self._shipping = asyncio.get_running_loop().create_future()
+            self._shipping.set_result(None)
+            await self._ship(self._finished)
+        else:
+            await asyncio.gather(self._shipping, return_exceptions=True)
+
+
 class Agent:
     def __init__(
         self, config: WorkerConfig, client: WorkerClient, root: Path, containment: Containment | None = None, account: identity.Account | None = None,
@@ -520,7 +547,8 @@ class Agent:
                 return
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
 
     async def _poll_for_tasks(self) -> None:
         """With room for tasks and nothing to report, wait for tasks in a long poll (answered the
@@ -533,7 +561,8 @@ class Agent:
             if want == 0 or self._asking or reports.waiting.is_set():
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), SHORT_TASK_SECONDS)
+                    async with asyncio.timeout(SHORT_TASK_SECONDS):
+                        await self._changed.wait()
                 continue
             self._asking = True
             try:
@@ -623,13 +652,11 @@ class Agent:
         self._started[task.id] = started
         folders: TaskFolders | None = None
         output: TaskOutput | None = None
-        finished = asyncio.Event()
-        shipping: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        shipping.set_result(None)
+        live: LiveOutput | None = None
 
         async def flush_output() -> None:  # before the outcome: the log is whole once the task ends
-            finished.set()
-            await asyncio.gather(shipping, return_exceptions=True)
+            if live is not None:
+                await live.flush()
 
         try:
             try:
@@ -639,12 +666,15 @@ class Agent:
                 log.error("task %s: its folders cannot be made: %s", task.uuid, exc)
                 result = await self._cancel(task, TaskResultMessage.WorkerError, None)
             else:
-                shipping = asyncio.ensure_future(self._ship_logs(task, output, finished))
+                live = LiveOutput(functools.partial(self._ship_logs, task, output))
                 result = await self._prepare(task, folders, output) or await self._run(task, slot, folders, output, flush_output)
             await flush_output()
             self._still_ours(task)
             await self.reports.commit(task, result)
-            log.info("task %s committed: exit status %s%s: %s", task.uuid, result.exit_status, f" ({result.msg.value})" if result.msg else "", shlex.join(task.spec.args)[:200])
+            # an ordinary end is routine (a busy worker ends hundreds a second): logged at DEBUG
+            level = logging.INFO if result.msg else logging.DEBUG
+            if log.isEnabledFor(level):
+                log.log(level, "task %s committed: exit status %s%s: %s", task.uuid, result.exit_status, f" ({result.msg.value})" if result.msg else "", shlex.join(task.spec.args)[:200])
         except TaskGone:
             log.warning("task %s is no longer assigned to this worker; dropping it", task.uuid)
             self.unsettled.discard(task.id)  # should it be handed to us again, that is a new claim
@@ -753,7 +783,8 @@ class Agent:
             if ended:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished.wait(), LOG_SHIP_SECONDS)
+                async with asyncio.timeout(LOG_SHIP_SECONDS):
+                    await finished.wait()
 
     async def _execute_process(self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput) -> tuple[runner.Outcome, TaskUsage | None]:
         """The process's outcome and what it cost (None if it never started)."""
@@ -767,7 +798,7 @@ class Agent:
             output.note(f"cannot start {task.spec.args[0]!r}: {getattr(exc, 'strerror', None) or exc}")
             return runner.Outcome(exit_status=127 if isinstance(exc, FileNotFoundError) else 126, timed_out=False), None
         self.processes[task.id] = child
-        moving = asyncio.ensure_future(self.containment.started(slot.index, child.pid))
+        moving = self.containment.started(slot.index, child.pid)
         if self._nvidia_smi is not None:
             self._gpu_peaks[task.id] = GpuPeak(self._nvidia_smi, lambda: self.containment.processes(slot.index, child.pid))
         self.reports.state(task, TaskExecState.ExecSpawned)
@@ -779,7 +810,8 @@ class Agent:
         finally:
             sampler = self._gpu_peaks.pop(task.id, None)
             gpu_peak = await sampler.stop() if sampler is not None else None  # no query of its left running
-            await moving
+            if moving is not None:
+                await moving
             del self.processes[task.id]
             others = {str(running.uuid) for running in self.running.values() if running.id != task.id}
             queries = [peak.pid for peak in self._gpu_peaks.values() if peak.pid is not None]  # the worker's own children

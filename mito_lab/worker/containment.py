@@ -276,26 +276,40 @@ class Containment:
     def __init__(self, cgroups: TaskCgroups | None = None) -> None:
         self.cgroups = cgroups
         self._last_move = -WARM_MOVE_SECONDS  # when the last move into a task cgroup ended (monotonic)
+        self._cpu: dict[int, float] = {}  # slot -> its cgroup's CPU time, as read since its last task started
 
     @classmethod
     def start(cls, use_cgroups: bool = True) -> Containment:
         become_subreaper()
         return cls(TaskCgroups.offered() if use_cgroups else None)
 
-    async def started(self, slot: int, pid: int) -> None:
-        """A task's process started: into the slot's cgroup, on the loop when the last move ended
-        moments ago, else in a thread (see ``TaskCgroups``)."""
+    def started(self, slot: int, pid: int) -> asyncio.Future[None] | None:
+        """A task's process started: into the slot's cgroup. On the loop when the last move ended
+        moments ago (then it is done: None), else in a thread (see ``TaskCgroups``): the move
+        under way, to be awaited before the task's ``end``."""
         if self.cgroups is None:
-            return
+            return None
+        self._cpu.pop(slot, None)
+        cgroup = self.cgroups.slot(slot)
         if time.monotonic() - self._last_move < WARM_MOVE_SECONDS:
-            self.cgroups.move(self.cgroups.slot(slot), pid)
-        else:
-            await asyncio.to_thread(self.cgroups.move, self.cgroups.slot(slot), pid)
+            self.cgroups.move(cgroup, pid)
+            self._moved()
+            return None
+        moving = asyncio.ensure_future(asyncio.to_thread(self.cgroups.move, cgroup, pid))
+        moving.add_done_callback(self._moved)
+        return moving
+
+    def _moved(self, _: object = None) -> None:
         self._last_move = time.monotonic()
 
     def cpu_seconds(self, slot: int) -> float | None:
-        """The CPU time of the slot's cgroup so far (every task it ran), if there is one."""
-        return self.cgroups.cpu_seconds(self.cgroups.slot(slot)) if self.cgroups is not None else None
+        """The CPU time of the slot's cgroup so far (every task it ran), if there is one. Between
+        two tasks nothing runs in it: the reading after one serves as the reading before the next."""
+        if self.cgroups is None:
+            return None
+        if slot not in self._cpu:
+            self._cpu[slot] = self.cgroups.cpu_seconds(self.cgroups.slot(slot))
+        return self._cpu[slot]
 
     def processes(self, slot: int, leader: int) -> set[int]:
         """The processes of the task in ``slot`` whose own process is ``leader``: the leader's

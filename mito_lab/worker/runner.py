@@ -101,7 +101,8 @@ def spawn(args: list[str], env: dict[str, str], cwd: Path, stdout: int, stderr: 
 
 async def wait(child: Child, timeout: float) -> Outcome:
     try:
-        code = await asyncio.wait_for(child.wait(), timeout)
+        async with asyncio.timeout(timeout):  # no task around the wait, as wait_for would make: it runs once per task
+            code = await child.wait()
         _signal_group(child.pid, signal.SIGKILL)  # leftovers of a finished task do not linger
         return Outcome(code, timed_out=False, usage=child.usage)
     except TimeoutError:
