@@ -586,8 +586,12 @@ class TaskUsage(Request):
 
     @property
     def cpu_efficiency(self) -> float | None:
-        """CPU seconds per second of the cores it had (1.0: every core busy the whole run)."""
-        return self.cpu_s / self.wall_s / self.cores if self.wall_s > 0 else None
+        return cpu_efficiency(self.cpu_s, self.wall_s, self.cores)
+
+
+def cpu_efficiency(cpu_s: float, wall_s: float, cores: float) -> float | None:
+    """CPU seconds per second of the cores a run had (1.0: every core busy the whole run)."""
+    return cpu_s / wall_s / cores if wall_s > 0 else None
 
 
 class TaskResultSpec(Request):

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid as uuid_module
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -18,7 +20,7 @@ from mito_lab.server.db.engine import Statements, after_commit
 from mito_lab.server.db.models import Task
 from mito_lab.server.events import RECHECK, RedisEvents
 from mito_lab.server.services.context import Context
-from mito_lab.wire import TaskState, TaskUsage
+from mito_lab.wire import TaskState, cpu_efficiency
 
 if TYPE_CHECKING:  # tasks.py imports this module
     from mito_lab.server.services.tasks import NewTask
@@ -80,7 +82,7 @@ async def watch_database(context: Context) -> None:
 def task_payload(task: Task | NewTask, group: str) -> dict[str, Any]:
     return {
         "kind": "task",
-        "uuid": str(task.uuid),
+        "uuid": _text(task.uuid),
         "group": group,
         "state": task.state.value,
         "exec_state": task.exec_state.value if task.exec_state else None,
@@ -89,18 +91,24 @@ def task_payload(task: Task | NewTask, group: str) -> dict[str, Any]:
         "msg": task.result_msg.value if task.result_msg else None,
         "attempts": task.attempts,
         "cancel_requested": task.cancel_requested,
-        "started_at": task.started_at.isoformat() if task.started_at else None,
-        "ended_at": task.ended_at.isoformat() if task.ended_at else None,
+        "started_at": _text(task.started_at) if task.started_at else None,
+        "ended_at": _text(task.ended_at) if task.ended_at else None,
         **usage_fields(task),
     }
+
+
+@functools.lru_cache(maxsize=4096)
+def _text(value: uuid_module.UUID | datetime) -> str:
+    """A task's uuid or moment as its events show it: formatted once for the several events a
+    task's run makes in a row (one per exec state)."""
+    return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
 def usage_fields(task: Task | NewTask) -> dict[str, Any]:
     """The run's cost, on the event of the commit that reported it."""
     if task.archived_at is None or task.cpu_seconds is None or task.wall_seconds is None or task.cores is None:
         return {}
-    usage = TaskUsage.model_construct(wall_s=task.wall_seconds, cpu_s=task.cpu_seconds, cores=task.cores)
-    return {"cpu_s": task.cpu_seconds, "max_rss": task.max_rss, "cpu_efficiency": usage.cpu_efficiency}
+    return {"cpu_s": task.cpu_seconds, "max_rss": task.max_rss, "cpu_efficiency": cpu_efficiency(task.cpu_seconds, task.wall_seconds, task.cores)}
 
 
 def announce_ready(context: Context, session: AsyncSession | Statements, new: Sequence[NewTask] = ()) -> None:

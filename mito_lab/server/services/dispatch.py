@@ -170,6 +170,7 @@ class TaskRow:
 
 _NOT_READ = ("reporter_uuid", "updated_at", "uploading", *USAGE_COLUMNS.values())
 _ROW_COLUMNS = [Task.__table__.c[f.name] for f in fields(TaskRow) if f.name not in _NOT_READ]
+_ROW_NAMES = tuple(column.name for column in _ROW_COLUMNS)  # a claim's row has more: a TaskRow takes these
 _WRITTEN = ("state", "exec_state", "exit_status", "result_msg", "attempts", "started_at", "ended_at", "archived_at",
             "assigned_worker_id", "reporter_uuid", "updated_at", *USAGE_COLUMNS.values())
 _tasks = Task.__table__
@@ -296,8 +297,8 @@ def apply_op(task: TaskRow, op: ExchangeOp, worker: WorkerIdentity, moment: date
             raise Refused(400, "Task can not be marked as done")
         task.exit_status, task.result_msg = op.Commit.exit_status, op.Commit.msg
         if op.Commit.usage is not None:
-            for field, column in USAGE_COLUMNS.items():
-                setattr(task, column, getattr(op.Commit.usage, field))
+            for name, column in USAGE_COLUMNS.items():
+                setattr(task, column, getattr(op.Commit.usage, name))
         task.reporter_uuid = worker.worker_id
         task.exec_state, task.archived_at = TaskExecState.TaskCommitted, moment
         changed(task)
@@ -581,7 +582,7 @@ class Dispatcher:
         rows = sorted(rows, key=lambda row: (-row.priority, row.id))
         worker_uuid = str(worker.worker_id)
         for row in rows:
-            task = TaskRow(**{f.name: getattr(row, f.name, None) for f in fields(TaskRow)})
+            task = TaskRow(**{name: getattr(row, name) for name in _ROW_NAMES})
             events.append((task, {**_event_fields(task), "worker": worker_uuid}))
         return [_delivery(row) for row in rows]
 
