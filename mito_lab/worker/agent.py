@@ -349,16 +349,17 @@ class Agent:
         self.executions: set[asyncio.Task[None]] = set()
         self._started: dict[int, float] = {}  # running tasks: when they started
         self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._base_environment = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
+        environment = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENVIRONMENT}
         # Python buffers a task's output in 8 KiB blocks when it goes to a file: the live output
         # (`h.logs()`, the log view) would stay empty until the task ends. A task may set it to "".
-        if not self._base_environment.get("PYTHONUNBUFFERED"):
-            self._base_environment["PYTHONUNBUFFERED"] = "1"
+        if not environment.get("PYTHONUNBUFFERED"):
+            environment["PYTHONUNBUFFERED"] = "1"
         if account is not None:
-            self._base_environment.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
+            environment.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
             log.info("tasks run as %s (uid %d)", account.name, account.uid)
         elif os.geteuid() == 0:
             log.warning("tasks run as root: they can read this worker's memory and do anything on this host (see --task-user)")
+        self._base_environment = _encoded(environment)
         self.retiring = False
         self.heartbeat_interval = heartbeat_seconds(config)  # lowered by ``agree``
         self._cores = len(os.sched_getaffinity(0)) / self.slots  # what each task may use, as reported with its cost
@@ -744,18 +745,19 @@ class Agent:
         await self.reports.outcome(task, "Cancel")
         return TaskResultSpec(exit_status=0, msg=message)
 
-    def _environment(self, task: WorkerTaskResp, folders: TaskFolders) -> dict[str, str]:
-        env = {**self._base_environment, **task.spec.envs}
-        env[TASK_ENVIRONMENT_MARK] = str(task.uuid)  # MITO_TASK_UUID: also how its orphans are told apart
-        env.update(
-            MITO_RESULT_DIR=str(folders.result),
-            MITO_EXEC_DIR=str(folders.exec),
-            MITO_RESOURCE_DIR=str(folders.resource),
-            MITO_NEW_TASK=str(folders.new_task),
-        )
+    def _environment(self, task: WorkerTaskResp, folders: TaskFolders) -> dict[bytes, bytes]:
+        """The task's environment, encoded: ``Popen`` would encode each of the worker's own
+        variables again for every task."""
+        ours = {
+            TASK_ENVIRONMENT_MARK: str(task.uuid),  # MITO_TASK_UUID: also how its orphans are told apart
+            "MITO_RESULT_DIR": str(folders.result),
+            "MITO_EXEC_DIR": str(folders.exec),
+            "MITO_RESOURCE_DIR": str(folders.resource),
+            "MITO_NEW_TASK": str(folders.new_task),
+        }
         if task.upstream_task_uuid:
-            env["MITO_UPSTREAM_TASK_UUID"] = str(task.upstream_task_uuid)
-        return env
+            ours["MITO_UPSTREAM_TASK_UUID"] = str(task.upstream_task_uuid)
+        return {**self._base_environment, **_encoded(task.spec.envs), **_encoded(ours)}
 
     async def _ship_logs(self, task: WorkerTaskResp, output: TaskOutput, finished: asyncio.Event) -> None:
         """Send new output while the task runs (and what is left once it ended). At most one
@@ -933,6 +935,10 @@ class Agent:
     async def kill_all(self) -> None:
         await asyncio.gather(*(self.kill(task_id) for task_id in list(self.processes)))
 
+
+
+def _encoded(variables: dict[str, str]) -> dict[bytes, bytes]:
+    return {os.fsencode(name): os.fsencode(value) for name, value in variables.items()}
 
 
 def heartbeat_seconds(config: WorkerConfig) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import resource
 import signal
@@ -90,13 +91,19 @@ async def stop_group(child: Child, grace: float = KILL_GRACE_SECONDS) -> None:
     await child.wait()
 
 
-def spawn(args: list[str], env: dict[str, str], cwd: Path, stdout: int, stderr: int, account: Account | None = None) -> Child:
+def spawn(args: list[str], env: dict[bytes, bytes], cwd: Path, stdout: int, stderr: int, account: Account | None = None) -> Child:
     """Start ``args`` (``args[0]`` found through the task's PATH) in a new session, its output
     written straight to the descriptors ``stdout`` and ``stderr`` by the child itself (the worker
     never holds it in memory); as ``account`` (its groups only) when one is given."""
     # (switching the account costs a fork instead of a vfork: CPython does not vfork to set ids)
     as_account = {} if account is None else {"user": account.uid, "group": account.gid, "extra_groups": account.groups}
-    return Child(subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, env=env, cwd=cwd, start_new_session=True, **as_account))
+    return Child(subprocess.Popen(args, stdin=_devnull(), stdout=stdout, stderr=stderr, env=env, cwd=cwd, start_new_session=True, **as_account))
+
+
+@functools.cache
+def _devnull() -> int:
+    """``/dev/null``, open once for every task's stdin (``subprocess.DEVNULL`` opens it for each)."""
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
 
 async def wait(child: Child, timeout: float) -> Outcome:

@@ -110,13 +110,13 @@ class TaskOutput:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.descriptors = {stream: _anonymous_file(folder) for stream in STREAMS}
-        self._decoders = {stream: _decoder() for stream in STREAMS}
+        self._decoders: dict[str, codecs.IncrementalDecoder] = {}  # made at a stream's first read: most tasks have none
 
     def reset(self) -> None:
         """Empty for the next task (the last one's processes are gone: see ``Containment.end``)."""
-        for stream, descriptor in self.descriptors.items():
+        for descriptor in self.descriptors.values():
             os.ftruncate(descriptor, 0)
-            self._decoders[stream] = _decoder()
+        self._decoders = {}
 
     def size(self, stream: str) -> int:
         return os.fstat(self.descriptors[stream]).st_size
@@ -128,8 +128,8 @@ class TaskOutput:
         """``data`` read from ``stream`` as text for the log view: invalid UTF-8 and NUL replaced
         by U+FFFD, a character cut by the end of ``data`` kept for the next read (unless
         ``final``), the state dropped when the read ``skipped`` ahead of the last one."""
-        if skipped:
-            self._decoders[stream] = _decoder()
+        if skipped or stream not in self._decoders:
+            self._decoders[stream] = codecs.getincrementaldecoder("utf-8")(errors="replace")
         return self._decoders[stream].decode(data, final).replace("\x00", "\ufffd")
 
     def note(self, line: str) -> None:
@@ -151,10 +151,6 @@ def _anonymous_file(folder: Path) -> int:
     os.unlink(path)
     fcntl.fcntl(descriptor, fcntl.F_SETFL, os.O_APPEND)  # a task's two streams never overwrite each other
     return descriptor
-
-
-def _decoder() -> codecs.IncrementalDecoder:
-    return codecs.getincrementaldecoder("utf-8")(errors="replace")
 
 
 class Slot:
