@@ -277,18 +277,8 @@ class Refused(Exception):
 def apply_op(task: TaskRow, op: ExchangeOp, worker: WorkerIdentity, moment: datetime, changed: Callable[[TaskRow], None]) -> None:
     """One report op on a task (reference 2.6), calling ``changed`` after each state it passes
     through (an event per exec state). Raises ``Refused`` if the op does not fit the task."""
-    if op == "Finish" or op == "Cancel":
-        if task.state == TaskState.Running:  # a repeated Finish/Cancel changes nothing
-            task.state = TaskState.Finished if op == "Finish" else TaskState.Cancelled
-            task.ended_at = moment
-            changed(task)
-    elif op == "Release":
-        if task.state != TaskState.Running or task.exec_state is not None:
-            raise Refused(400, "Task has started: it cannot be released")
-        task.state, task.assigned_worker_id, task.started_at = TaskState.Ready, None, None
-        task.attempts -= 1  # it never ran: the attempt does not count
-        changed(task)
-    elif isinstance(op, ExecStateOp | ExecStatesOp):
+    # the models first: comparing one of them with a string goes through pydantic's __eq__
+    if isinstance(op, ExecStateOp | ExecStatesOp):
         for state in op.ExecStates if isinstance(op, ExecStatesOp) else [op.ExecState]:
             task.exec_state = state
             changed(task)
@@ -301,6 +291,17 @@ def apply_op(task: TaskRow, op: ExchangeOp, worker: WorkerIdentity, moment: date
                 setattr(task, column, getattr(op.Commit.usage, name))
         task.reporter_uuid = worker.worker_id
         task.exec_state, task.archived_at = TaskExecState.TaskCommitted, moment
+        changed(task)
+    elif op == "Finish" or op == "Cancel":
+        if task.state == TaskState.Running:  # a repeated Finish/Cancel changes nothing
+            task.state = TaskState.Finished if op == "Finish" else TaskState.Cancelled
+            task.ended_at = moment
+            changed(task)
+    elif op == "Release":
+        if task.state != TaskState.Running or task.exec_state is not None:
+            raise Refused(400, "Task has started: it cannot be released")
+        task.state, task.assigned_worker_id, task.started_at = TaskState.Ready, None, None
+        task.attempts -= 1  # it never ran: the attempt does not count
         changed(task)
 
 
@@ -618,11 +619,14 @@ class Dispatcher:
             payload["group"] = group_names[task.group_id]
             messages.append((EVENTS, payload))
             if payload["exec_state"] is not None:
-                raw.append((f"task:{task.uuid}", TaskExecState(payload["exec_state"]).code, EXEC_STATE_TTL_SECONDS))
+                raw.append((f"task:{task.uuid}", _EXEC_STATE_CODES[payload["exec_state"]], EXEC_STATE_TTL_SECONDS))
         if any(payload["state"] == TaskState.Ready.value and not payload["archived"] for _, payload in events):
             messages.append((TASKS_READY, {}))
         if messages:
             self.context.events.publish_many(messages, raw)
+
+_EXEC_STATE_CODES = {state.value: state.code for state in TaskExecState}  # an event's exec_state -> the reference's key
+
 
 def _event_fields(task: TaskRow | NewTask) -> dict[str, Any]:
     """The task's event as of now (its group's name is filled in at publication)."""
