@@ -607,15 +607,23 @@ class Agent:
             self._in_background(self._execute_in(task, slot))
 
     async def _execute_in(self, task: WorkerTaskResp, slot: Slot) -> None:
+        freed = False
+
+        def free() -> None:  # the slot may run its next task: this one has no process left, or ended
+            nonlocal freed
+            if not freed:
+                freed = True
+                self._free_slots.append(slot)
+                self._start_held()
+                self._changed.set()
+
         try:
-            await self.execute(task, slot)
+            await self.execute(task, slot, free)
         except Exception as exc:  # eviction, or a failure of the worker itself: it ends the worker
             if not self._failed.done():
                 self._failed.set_exception(exc)
         finally:
-            self._free_slots.append(slot)
-            self._start_held()
-            self._changed.set()
+            free()
 
     def _in_background(self, work: Awaitable[None]) -> None:
         """Run ``work`` beside the loops; it is cancelled with the executions when the worker stops."""
@@ -647,17 +655,27 @@ class Agent:
         for slot in self._free_slots:
             slot.close()
 
-    async def execute(self, task: WorkerTaskResp, slot: Slot) -> None:
+    async def execute(self, task: WorkerTaskResp, slot: Slot, free: Callable[[], None] = lambda: None) -> None:
+        """Run ``task`` in ``slot``. Once its processes are gone, ``free`` lets the slot run its
+        next task while this one finishes (its outputs packed, its reports made): one task at a
+        time finishes in a slot, so a short task's bookkeeping overlaps the next one's process."""
         log.debug("task %s: %s", task.uuid, " ".join(task.spec.args))
         started = time.monotonic()
         self._started[task.id] = started
         folders: TaskFolders | None = None
         output: TaskOutput | None = None
         live: LiveOutput | None = None
+        finishing = False
 
         async def flush_output() -> None:  # before the outcome: the log is whole once the task ends
             if live is not None:
                 await live.flush()
+
+        async def finish_beside_next() -> None:
+            nonlocal finishing
+            await slot.finishing.acquire()
+            finishing = True
+            free()
 
         try:
             try:
@@ -668,7 +686,7 @@ class Agent:
                 result = await self._cancel(task, TaskResultMessage.WorkerError, None)
             else:
                 live = LiveOutput(functools.partial(self._ship_logs, task, output))
-                result = await self._prepare(task, folders, output) or await self._run(task, slot, folders, output, flush_output)
+                result = await self._prepare(task, folders, output) or await self._run(task, slot, folders, output, flush_output, finish_beside_next)
             await flush_output()
             self._still_ours(task)
             await self.reports.commit(task, result)
@@ -686,6 +704,10 @@ class Agent:
             await flush_output()
             if folders is not None:
                 self.folders.give_back(folders)  # outputs do not linger on disk
+            if output is not None:
+                slot.give_back(output)
+            if finishing:
+                slot.finishing.release()
             del self._started[task.id]
             self._longest_recent = time.monotonic() - started
             self._taken_off(task)
@@ -815,7 +837,7 @@ class Agent:
             if moving is not None:
                 await moving
             del self.processes[task.id]
-            others = {str(running.uuid) for running in self.running.values() if running.id != task.id}
+            others = {str(self.running[other].uuid) for other in self.processes}  # tasks that still have a process
             queries = [peak.pid for peak in self._gpu_peaks.values() if peak.pid is not None]  # the worker's own children
             self.containment.end(slot.index, [other.pid for other in self.processes.values()] + queries, others)
         return outcome, self._usage(outcome, wall, cgroup_cpu, self.containment.cpu_seconds(slot.index), gpu_peak)
@@ -841,11 +863,13 @@ class Agent:
             self.account.own(folders.root)
 
     async def _run(
-        self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput, flush_output: Callable[[], Awaitable[None]],
+        self, task: WorkerTaskResp, slot: Slot, folders: TaskFolders, output: TaskOutput,
+        flush_output: Callable[[], Awaitable[None]], finish_beside_next: Callable[[], Awaitable[None]],
     ) -> TaskResultSpec:
         self.reports.state(task, TaskExecState.ExecPending)
         try:
             outcome, usage = await self._execute_process(task, slot, folders, output)
+            await finish_beside_next()
         finally:
             await flush_output()  # the shipper sends what is left and stops
         if self.stopping.is_set():  # killed by our own shutdown: unregistering re-queues it

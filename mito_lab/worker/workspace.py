@@ -10,6 +10,7 @@ path at all: the worker holds them open and reads them through its own descripto
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import contextlib
 import fcntl
@@ -154,26 +155,36 @@ def _anonymous_file(folder: Path) -> int:
 
 
 class Slot:
-    """One of the tasks a worker runs at once: the worker's own files for the task in it."""
+    """One of the tasks a worker runs at once: the worker's own files for the task in it. Once a
+    task has no process left, the slot may run its next task while it finishes (see
+    ``Agent.execute``); one task at a time finishes in a slot (``finishing``), so a slot has
+    output files for two tasks at most, and its archives serve the finishing one."""
 
     def __init__(self, index: int, root: Path) -> None:
         self.index = index
         self.root = root / f"slot-{index}"
         self.archives = self.root / "archives"
-        self._output: TaskOutput | None = None
+        self.finishing = asyncio.Lock()
+        self._outputs: list[TaskOutput] = []  # every one made
+        self._spare: list[TaskOutput] = []  # those no task holds
 
     def output(self) -> TaskOutput:
-        """The output files, emptied for a new task."""
-        if self._output is None:
-            self._output = TaskOutput(self.root)
-        else:
-            self._output.reset()
-        return self._output
+        """Output files for a new task, empty."""
+        if self._spare:
+            output = self._spare.pop()
+            output.reset()
+            return output
+        output = TaskOutput(self.root)
+        self._outputs.append(output)
+        return output
+
+    def give_back(self, output: TaskOutput) -> None:
+        self._spare.append(output)
 
     def close(self) -> None:
-        if self._output is not None:
-            self._output.close()
-            self._output = None
+        for output in self._outputs:
+            output.close()
+        self._outputs, self._spare = [], []
 
     def archive(self, name: str) -> Path:
         self.archives.mkdir(mode=0o700, parents=True, exist_ok=True)  # again: a task may have removed it
