@@ -10,6 +10,7 @@ import threading
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,24 @@ def test_a_worker_takes_short_tasks_ahead_and_a_cancelled_one_never_runs(platfor
         platform.wait_task(uuid, timeout=60)
     assert f"start {last}" not in ledger.read_text()
     assert ledger.read_text().count("end ") == 29
+
+
+def test_a_slot_runs_its_next_task_while_the_last_one_packs_its_outputs(platform: Platform, tmp_path: Path) -> None:
+    """One slot: the second task starts while the first one's 30 MB of results are still being
+    packed, and each task's output stays its own though both were in the slot at once."""
+    started = tmp_path / "started"
+    platform.start_worker()
+    noisy = {"args": ["sh", "-c", 'echo first; head -c 30000000 /dev/urandom > "$MITO_RESULT_DIR/noise"'], "terminal_output": True}
+    quick = {"args": ["sh", "-c", f"echo second; date +%s.%N > {started}"], "terminal_output": True}
+    answer = platform.api("POST", "/tasks/submit", {"tasks": [{"task_spec": noisy}, {"task_spec": quick}]})
+    first, second = (item["Ok"]["uuid"] for item in answer.json["results"])
+    committed = datetime.fromisoformat(platform.wait_task(first, timeout=120)["updated_at"]).timestamp()
+    assert platform.wait_task(second)["result"] == {"exit_status": 0, "msg": None}
+    # packing 30 MB that do not compress takes a second or more: the second task ran meanwhile
+    assert float(started.read_text()) < committed - 0.3
+    assert platform.mito("get", "logs", first).stdout == "first\n"
+    assert platform.mito("get", "logs", second).stdout == "second\n"
+    assert [a["content_type"] for a in platform.api("GET", f"/tasks/{first}").json["artifacts"]].count("result") == 1
 
 
 # --- across releases ------------------------------------------------------------------------------
