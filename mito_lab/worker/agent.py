@@ -241,17 +241,17 @@ class BatchedReports:
         self.waiting = asyncio.Event()  # the outbox has something
 
     def _add(self, task: WorkerTaskResp, op: ExchangeOp) -> None:
-        ops = self._outbox.setdefault(task.id, [])
-        if isinstance(op, ExecStateOp) and ops and isinstance(ops[-1], ExecStatesOp):
-            ops[-1].ExecStates.append(op.ExecState)
-        elif isinstance(op, ExecStateOp):
-            ops.append(ExecStatesOp(ExecStates=[op.ExecState]))
-        else:
-            ops.append(op)
+        self._outbox.setdefault(task.id, []).append(op)
         self.waiting.set()
 
     def state(self, task: WorkerTaskResp, state: TaskExecState) -> None:
-        self._add(task, ExecStateOp(ExecState=state))
+        """Consecutive states of a task go as one ``ExecStates`` op."""
+        ops = self._outbox.get(task.id)
+        if ops and isinstance(ops[-1], ExecStatesOp):
+            ops[-1].ExecStates.append(state)
+            self.waiting.set()
+        else:
+            self._add(task, ExecStatesOp(ExecStates=[state]))
 
     async def outcome(self, task: WorkerTaskResp, op: Literal["Finish", "Cancel"]) -> None:
         self._add(task, op)
