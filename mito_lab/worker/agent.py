@@ -837,7 +837,7 @@ class Agent:
             if moving is not None:
                 await moving
             del self.processes[task.id]
-            others = {str(self.running[other].uuid) for other in self.processes}  # tasks that still have a process
+            others = {str(other.uuid) for other_id, other in self.running.items() if other_id in self.processes}  # those with a process
             queries = [peak.pid for peak in self._gpu_peaks.values() if peak.pid is not None]  # the worker's own children
             self.containment.end(slot.index, [other.pid for other in self.processes.values()] + queries, others)
         return outcome, self._usage(outcome, wall, cgroup_cpu, self.containment.cpu_seconds(slot.index), gpu_peak)
