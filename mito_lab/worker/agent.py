@@ -881,7 +881,8 @@ class Agent:
         await self.reports.outcome(task, "Cancel" if stopped else "Finish")
         self.reports.state(task, TaskExecState.UploadResult)
         try:
-            await asyncio.wait_for(self._upload_outputs(task, slot, folders, output), UPLOAD_SECONDS)
+            async with asyncio.timeout(UPLOAD_SECONDS):
+                await self._upload_outputs(task, slot, folders, output)
         except TimeoutError:
             log.warning("task %s: its outputs were not uploaded within %d s", task.uuid, UPLOAD_SECONDS)
             self.reports.state(task, TaskExecState.UploadResultTimeout)
