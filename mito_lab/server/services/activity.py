@@ -100,7 +100,8 @@ def task_payload(task: Task | NewTask, group: str) -> dict[str, Any]:
 @functools.lru_cache(maxsize=4096)
 def _text(value: uuid_module.UUID | datetime) -> str:
     """A task's uuid or moment as its events show it: formatted once for the several events a
-    task's run makes in a row (one per exec state)."""
+    task's run makes in a row (one per exec state). Moments here are all UTC, so equal moments
+    (the cache's keys) format alike."""
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 

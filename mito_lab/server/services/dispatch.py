@@ -171,6 +171,7 @@ class TaskRow:
 _NOT_READ = ("reporter_uuid", "updated_at", "uploading", *USAGE_COLUMNS.values())
 _ROW_COLUMNS = [Task.__table__.c[f.name] for f in fields(TaskRow) if f.name not in _NOT_READ]
 _ROW_NAMES = tuple(column.name for column in _ROW_COLUMNS)  # a claim's row has more: a TaskRow takes these
+_EXEC_STATE_CODES = {state.value: state.code for state in TaskExecState}  # an event's exec_state -> the reference's key
 _WRITTEN = ("state", "exec_state", "exit_status", "result_msg", "attempts", "started_at", "ended_at", "archived_at",
             "assigned_worker_id", "reporter_uuid", "updated_at", *USAGE_COLUMNS.values())
 _tasks = Task.__table__
@@ -624,8 +625,6 @@ class Dispatcher:
             messages.append((TASKS_READY, {}))
         if messages:
             self.context.events.publish_many(messages, raw)
-
-_EXEC_STATE_CODES = {state.value: state.code for state in TaskExecState}  # an event's exec_state -> the reference's key
 
 
 def _event_fields(task: TaskRow | NewTask) -> dict[str, Any]:
