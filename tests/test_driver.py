@@ -4,6 +4,8 @@ statements must give what SQLAlchemy's engine gives, on a real server."""
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
@@ -13,11 +15,13 @@ from typing import Any
 import asyncpg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import dialect as postgresql_dialect
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from mito_lab.server.db.engine import Database, after_commit, after_rollback
 from mito_lab.server.db.models import Group, GroupWorker, Task, TaskLabel, TaskTag, User, UserGroup, Worker, detached
 from mito_lab.server.errors import DatabaseConnectionLost
-from mito_lab.server.services.dispatch import _candidates, _claim
+from mito_lab.server.services.dispatch import _REPORTED, _STILL_HOLDING, _candidates, _claim
 from mito_lab.server.services.tasks import _SUBMIT_IN_ONE_STATEMENT, _one_statement_values
 from mito_lab.server.services.users import Caller
 from mito_lab.wire import Role, SubmitTaskReq, TaskState
@@ -222,3 +226,57 @@ def test_a_plain_submit_is_one_statement_that_checks_the_caller_and_the_claimant
         assert stored.spec == request.task_spec.model_dump(mode="json") and stored.tags == ["gpu", "big"] and stored.creator_id == user
 
     run(pg_url, scenario)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_a_workers_held_tasks_are_found_without_reading_its_history(database: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Every report reads the tasks its worker holds (its unarchived ones): a worker that has run
+    thousands of tasks must not have each of them read again for each report. The statistics are
+    those of a bulk submit (the coordinator analyzes the table after one): no task assigned yet."""
+    history = 2000
+    url = f"sqlite:///{tmp_path / 'mito.db'}" if database == "sqlite" else request.getfixturevalue("pg_url")
+
+    async def scenario(db: Database) -> tuple[int, int]:
+        group, ids = await seed(db, history + 1)
+        async with db.transaction() as connection:
+            await connection.execute(sa.text("ANALYZE"))
+        async with db.transaction() as connection:
+            user = await connection.scalar(sa.select(User.id))
+            worker = await connection.scalar(Worker.__table__.insert().values(worker_id=uuid.uuid4(), creator_id=user).returning(Worker.id))
+            await connection.execute(_tasks.update().values(state=TaskState.Finished, assigned_worker_id=worker, archived_at=sa.func.now()))
+            await connection.execute(_tasks.update().where(_tasks.c.id == ids[-1]).values(state=TaskState.Running, archived_at=None))
+        return worker, ids[-1]
+
+    worker, held = run(url, scenario)
+    dialect = sqlite_dialect() if database == "sqlite" else postgresql_dialect()
+    statements = [
+        _STILL_HOLDING.params(worker_pk=worker),
+        _REPORTED.params(ids=[held], worker_pk=worker),
+    ]
+    sql = [str(statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True})) for statement in statements]
+    if database == "sqlite":
+        with sqlite3.connect(tmp_path / "mito.db") as connection:
+            plans = [" ".join(row[-1] for row in connection.execute(f"EXPLAIN QUERY PLAN {text}")) for text in sql]
+        # each reads the one task off an index that holds the archive moment, or by its id
+        assert "ix_tasks_held (assigned_worker_id=? AND archived_at=?)" in plans[0], plans[0]
+        assert "INTEGER PRIMARY KEY (rowid=?)" in plans[1] or "archived_at=?" in plans[1], plans[1]
+        return
+
+    async def rows_read() -> list[int]:
+        connection = await asyncpg.connect(url)
+        try:
+            counts = []
+            for text in sql:
+                [plan] = json.loads(await connection.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {text}"))
+                nodes, read = [plan["Plan"]], 0
+                while nodes:
+                    node = nodes.pop()
+                    if "Scan" in node["Node Type"]:
+                        read += node["Actual Rows"] * node["Actual Loops"] + node.get("Rows Removed by Filter", 0)
+                    nodes += node.get("Plans", [])
+                counts.append(read)
+            return counts
+        finally:
+            await connection.close()
+
+    assert all(read <= 2 for read in asyncio.run(rows_read())), "a worker's history was read"

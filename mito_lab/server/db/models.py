@@ -230,6 +230,8 @@ class Task(Timestamps, Base):
         sa.Index("ix_tasks_dispatch", "state", "group_id", sa.text("priority DESC"), "id"),
         sa.Index("ix_tasks_group_listing", "group_id", "id"),
         sa.Index("ix_tasks_updated_at", "updated_at"),  # coordinators notice each other's changes by it
+        # the tasks a worker holds (its unarchived ones), read on every report without its history
+        sa.Index("ix_tasks_held", "assigned_worker_id", "archived_at"),
         # result caching: a group's runs by the key of what they ran, newest last; only the tasks
         # submitted with cache or force have a key, so the index costs the other submits nothing
         sa.Index("ix_tasks_cache", "group_id", "cache_key", "id",
@@ -244,7 +246,7 @@ class Task(Timestamps, Base):
     labels: Mapped[list[str]] = mapped_column(default=list)
     state: Mapped[TaskState] = mapped_column(_enum(TaskState, "task_state"))
     assigned_worker_id: Mapped[int | None] = mapped_column(
-        sa.ForeignKey("workers.id", ondelete="SET NULL"), index=True
+        sa.ForeignKey("workers.id", ondelete="SET NULL")
     )
     timeout: Mapped[int] = mapped_column(comment="seconds")
     priority: Mapped[int] = mapped_column(default=0)
