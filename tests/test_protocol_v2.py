@@ -190,6 +190,23 @@ def test_a_slot_runs_its_next_task_while_the_last_one_packs_its_outputs(platform
     assert [a["content_type"] for a in platform.api("GET", f"/tasks/{first}").json["artifacts"]].count("result") == 1
 
 
+
+def test_after_a_long_task_the_slot_takes_its_next_task_while_the_last_one_uploads(platform: Platform, tmp_path: Path) -> None:
+    """Long tasks are not taken ahead, so the next one is asked for once the last one's process
+    has ended, not once its outputs are uploaded: it runs while they are."""
+    started = tmp_path / "started"
+    platform.start_worker()
+    [warm_up] = submit_many(platform, 1, task_spec={"args": ["sleep", "1.2"]})  # the worker now takes long tasks one by one
+    platform.wait_task(warm_up, timeout=60)
+    noisy = {"args": ["sh", "-c", 'head -c 30000000 /dev/urandom > "$MITO_RESULT_DIR/noise"']}
+    quick = {"args": ["sh", "-c", f"date +%s.%N > {started}"]}
+    answer = platform.api("POST", "/tasks/submit", {"tasks": [{"task_spec": noisy}, {"task_spec": quick}]})
+    first, second = (item["Ok"]["uuid"] for item in answer.json["results"])
+    committed = datetime.fromisoformat(platform.wait_task(first, timeout=120)["updated_at"]).timestamp()
+    assert platform.wait_task(second)["result"] == {"exit_status": 0, "msg": None}
+    assert float(started.read_text()) < committed - 0.3
+
+
 # --- across releases ------------------------------------------------------------------------------
 
 

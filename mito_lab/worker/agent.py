@@ -466,7 +466,8 @@ class Agent:
 
     def _capacity(self) -> int:
         """How many more tasks to ask for: free slots, plus a prefetch while tasks are short (a
-        long task must not keep others waiting behind it)."""
+        long task must not keep others waiting behind it). A slot whose task has no process left
+        is free: that task packs and uploads its outputs beside the next one (``execute``)."""
         if self.retiring or self.stopping.is_set():
             return 0
         now = time.monotonic()
@@ -474,7 +475,7 @@ class Agent:
             now - started < SHORT_TASK_SECONDS for started in self._started.values()
         )
         prefetch = min(PREFETCH_PER_SLOT * self.slots, MAX_EXCHANGE_TASKS) if short else 0
-        return max(0, min(MAX_EXCHANGE_TASKS, self.slots + prefetch - len(self.running) - len(self.held)))
+        return max(0, min(MAX_EXCHANGE_TASKS, len(self._free_slots) + prefetch - len(self.held)))
 
     def _holding(self) -> list[int]:
         return sorted(self.unsettled)
