@@ -305,20 +305,23 @@ class LiveOutput:
         self._finished = asyncio.Event()
         self._shipping: asyncio.Future[None] | None = None
         self._timer = asyncio.get_running_loop().call_later(LOG_SHIP_SECONDS, self._start)
+        self._flushed = False
 
     def _start(self) -> None:
         self._shipping = asyncio.ensure_future(self._ship(self._finished))
 
     async def flush(self) -> None:
-        """Ship what is left, and stop."""
+        """Ship what is left, and stop. A task flushes at each step of its end: once it has, there is
+        nothing left to do."""
+        if self._flushed:
+            return
         self._finished.set()
         self._timer.cancel()
-        if self._shipping is None:  # it never started: the last pass runs here, once
-            self._shipping = asyncio.get_running_loop().create_future()
-            self._shipping.set_result(None)
+        if self._shipping is None:  # it never started: the last pass runs here
             await self._ship(self._finished)
         else:
             await asyncio.gather(self._shipping, return_exceptions=True)
+        self._flushed = True
 
 
 class Agent:
