@@ -925,6 +925,7 @@ class RegisterWorkerResp(Response):
         default=None, description="a worker that does not heartbeat for this long is removed and its tasks re-queued"
     )
     keeps_usage: bool = Field(default=False, description="the coordinator keeps what each run cost: send TaskResultSpec.usage")
+    exchanges_logs: bool = Field(default=False, description="the coordinator takes live output (Log ops) in the reports of /workers/exchange")
 
 
 class WorkerInfo(Response):
@@ -1134,13 +1135,14 @@ class WatchResp(Response):
 MAX_EXCHANGE_TASKS = 256
 """The most tasks one exchange reports on, and the most a worker may ask for at once."""
 
-ExchangeOp = Union[Literal["Finish", "Cancel", "Release"], CommitOp, ExecStateOp, ExecStatesOp]
+ExchangeOp = Union[Literal["Finish", "Cancel", "Release"], CommitOp, ExecStateOp, ExecStatesOp, LogOp]
 
 
 class TaskReport(Request):
     """What became of one of the worker's tasks since its last exchange, in the order it happened:
-    the reference's report ops ``Finish``, ``Cancel``, ``ExecState(s)`` and ``Commit``, plus
-    ``Release`` (hand back a task the worker took but will not start; its attempt does not count)."""
+    the reference's report ops ``Finish``, ``Cancel``, ``ExecState(s)``, ``Commit`` and ``Log``,
+    plus ``Release`` (hand back a task the worker took but will not start; its attempt does not
+    count)."""
 
     id: Int32
     ops: list[ExchangeOp] = Field(min_length=1, max_length=2 * len(TaskExecState))
@@ -1148,7 +1150,7 @@ class TaskReport(Request):
 
 class ExchangeReq(Request):
     """``POST /workers/exchange``: one request reports on any number of the worker's tasks and
-    takes new ones. Uploads, downstream submissions and live output keep their own report route
+    takes new ones. Uploads and downstream submissions keep their own report route
     (``POST /workers/tasks``)."""
 
     reports: list[TaskReport] = Field(default=[], max_length=MAX_EXCHANGE_TASKS)

@@ -57,6 +57,28 @@ def test_one_exchange_takes_a_batch_in_order_and_reports_it_back(platform: Platf
         assert (finished["state"], finished["exec_state"], finished["result"]) == ("Finished", "TaskCommitted", {"exit_status": 0, "msg": None})
 
 
+def test_live_output_rides_in_the_exchange_ahead_of_the_outcome(platform: Platform) -> None:
+    """A chunk of output alone leaves the task as it was; a retried chunk (an exchange sent again
+    after a lost answer) is kept once; the last chunks go in the report that ends the task."""
+    token = register(platform)
+    [uuid] = submit_many(platform, 1)
+    [task] = exchange(platform, token, want=1)["tasks"]
+    first = {"Log": {"stream": "stdout", "offset": 0, "length": 6, "data": "hello\n"}}
+    before = info(platform, uuid)
+    assert exchange(platform, token, reports=[{"id": task["id"], "ops": [first]}])["refused"] == []
+    assert info(platform, uuid) == before
+    assert platform.api("GET", f"/tasks/{uuid}/logs").json["data"] == "hello\n"
+    last = [{"Log": {"stream": "stdout", "offset": 6, "length": 6, "data": "world\n"}},
+            {"Log": {"stream": "stderr", "offset": 0, "length": 5, "data": "oops\n"}}]
+    assert exchange(platform, token, reports=[{"id": task["id"], "ops": [first, *last, *DONE]}])["refused"] == []
+    assert info(platform, uuid)["state"] == "Finished"
+    assert platform.api("GET", f"/tasks/{uuid}/logs").json["data"] == "hello\nworld\n"
+    assert platform.api("GET", f"/tasks/{uuid}/logs?stream=stderr").json["data"] == "oops\n"
+    # the reference's report route takes a chunk by the same rules: on an ended task, none
+    late = http("POST", f"{platform.url}/workers/tasks", {"id": task["id"], "op": last[0]}, token=token)
+    assert late.status == 404, late.body
+
+
 def test_a_short_queue_is_handed_out_one_task_at_a_time(platform: Platform) -> None:
     token = register(platform)
     submit_many(platform, 3)
@@ -269,6 +291,37 @@ def test_a_task_handed_back_and_taken_again_before_the_release_is_answered_runs(
             session.close()
 
     assert asyncio.run(scenario()) == ([7], [7], [7], [7])
+
+
+def test_an_exchange_carries_a_bounded_share_of_live_output_and_the_rest_follows_in_order(tmp_path: Path) -> None:
+    from mito_lab.client.http import HttpSession
+    from mito_lab.wire import CommitOp, LogChunk, LogOp, TaskResultSpec, TaskSpec, WorkerTaskResp
+    from mito_lab.worker.agent import MAX_EXCHANGE_LOG_OPS, BatchedReports, WorkerClient
+
+    async def scenario() -> list[list[tuple[int, list[str]]]]:
+        session = HttpSession("http://127.0.0.1:9")  # never called
+        reports = BatchedReports(WorkerClient(session, asyncio.Event()))
+        reports.logs_in_exchange = True
+        try:
+            for task_id in (1, 2):
+                task = WorkerTaskResp(id=task_id, uuid=uuid.uuid4(), timeout="1h", spec=TaskSpec(args=["true"]))
+                for index in range(MAX_EXCHANGE_LOG_OPS):
+                    await reports.log(task, LogChunk(stream="stdout", offset=index, length=1, data="x"), last=True)
+                await reports.outcome(task, "Finish")
+                await reports.commit(task, TaskResultSpec(exit_status=0))
+            exchanges = []
+            while reports.waiting.is_set():
+                exchanges.append([
+                    (report.id, ["Log" if isinstance(op, LogOp) else "Commit" if isinstance(op, CommitOp) else op for op in report.ops])
+                    for report in reports.take()
+                ])
+            return exchanges
+        finally:
+            session.close()
+
+    chunks = ["Log"] * MAX_EXCHANGE_LOG_OPS
+    # the first task's output fills the first exchange; the second's waits, with its outcome behind it
+    assert asyncio.run(scenario()) == [[(1, [*chunks, "Finish", "Commit"])], [(2, [*chunks, "Finish", "Commit"])]]
 
 
 def _waiting(platform: Platform, token: str, found: dict[str, Any], name: str) -> threading.Thread:

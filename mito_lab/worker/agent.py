@@ -87,6 +87,7 @@ UPLOAD_URL_ATTEMPTS = 3
 UPLOAD_SECONDS = 600  # packing and uploading a task's outputs, as the reference
 MAX_NEW_TASK_BYTES = 1 << 20  # the most of $MITO_NEW_TASK the worker reads
 PREFETCH_PER_SLOT = 32  # tasks taken ahead per slot while tasks are short
+MAX_EXCHANGE_LOG_OPS = 16  # chunks of live output per exchange: at most 16 x 64 KiB of output
 SHORT_TASK_SECONDS = 1.0  # a task that runs longer stops the prefetch
 HOLD_SECONDS = 2.0  # a task taken ahead and stuck behind long tasks this long is handed back
 LINGER_SECONDS = 0.005  # reports wait this long for more to go with them...
@@ -212,6 +213,9 @@ class ReferenceReports:
         await self.settle(task)  # every exec state is recorded before the commit
         await self.client.report(task, CommitOp(Commit=result))
 
+    async def log(self, task: WorkerTaskResp, chunk: LogChunk, last: bool) -> None:
+        await self.client.report(task, LogOp(Log=chunk))
+
     async def settle(self, task: WorkerTaskResp) -> None:
         await self._states.join()
 
@@ -233,9 +237,12 @@ class ReferenceReports:
 
 class BatchedReports:
     """Progress through protocol v2: every op waits in an outbox that the next exchange empties,
-    so a busy worker's reports batch themselves (one request carries what happened meanwhile)."""
+    so a busy worker's reports batch themselves (one request carries what happened meanwhile).
+    Live output goes the same way where the coordinator takes it (``logs_in_exchange``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: WorkerClient) -> None:
+        self.client = client
+        self.logs_in_exchange = False  # set from the registration's answer
         self._outbox: dict[int, list[ExchangeOp]] = {}
         self._settling: dict[int, asyncio.Future[None]] = {}
         self.waiting = asyncio.Event()  # the outbox has something
@@ -259,6 +266,16 @@ class BatchedReports:
     async def commit(self, task: WorkerTaskResp, result: TaskResultSpec) -> None:
         self._add(task, CommitOp(Commit=result))
 
+    async def log(self, task: WorkerTaskResp, chunk: LogChunk, last: bool) -> None:
+        """A chunk of live output. While the task runs, the next chunk is read only once the
+        coordinator has this one (backpressure); a task's last chunks go ahead of its outcome."""
+        if not self.logs_in_exchange:  # an earlier coordinator of protocol v2: the report route
+            await self.client.report(task, LogOp(Log=chunk))
+            return
+        self._add(task, LogOp(Log=chunk))
+        if not last:
+            await self.settle(task)
+
     def release(self, task: WorkerTaskResp) -> None:
         self._add(task, "Release")
 
@@ -276,9 +293,26 @@ class BatchedReports:
             await asyncio.shield(self._settling.setdefault(task.id, asyncio.get_running_loop().create_future()))
 
     def take(self) -> list[TaskReport]:
-        reports = [TaskReport(id=task_id, ops=ops) for task_id, ops in self._outbox.items()]
-        self._outbox = {}
-        self.waiting.clear()
+        """The reports for the next exchange: everything waiting, but at most MAX_EXCHANGE_LOG_OPS
+        chunks of live output (a task's ops after the last chunk that fits wait for the next one,
+        in order), so that an exchange stays well within the coordinator's bound on a request."""
+        reports, chunks = [], 0
+        for task_id, ops in list(self._outbox.items()):
+            fitting = len(ops)
+            for index, op in enumerate(ops):
+                if isinstance(op, LogOp):
+                    if chunks == MAX_EXCHANGE_LOG_OPS:
+                        fitting = index
+                        break
+                    chunks += 1
+            if fitting:
+                reports.append(TaskReport(id=task_id, ops=ops[:fitting]))
+            if fitting == len(ops):
+                del self._outbox[task_id]
+            else:
+                self._outbox[task_id] = ops[fitting:]
+        if not self._outbox:
+            self.waiting.clear()
         return reports
 
     def recorded(self, reports: list[TaskReport], refused: dict[int, str]) -> None:
@@ -335,7 +369,7 @@ class Agent:
         self.containment = containment or Containment()
         self.stopping = client.stopping
         self.slots = config.slots
-        self.reports: Reports = BatchedReports()
+        self.reports: Reports = BatchedReports(client)
         self.held: collections.deque[tuple[WorkerTaskResp, float]] = collections.deque()  # taken, not started; since when
         self.running: dict[int, WorkerTaskResp] = {}
         self.processes: dict[int, runner.Child] = {}
@@ -375,6 +409,8 @@ class Agent:
         interval would get the worker removed while it runs, and its tasks run twice). Returns the
         worker's lifetime in seconds from now."""
         self._report_usage = registration.keeps_usage
+        if isinstance(self.reports, BatchedReports):
+            self.reports.logs_in_exchange = registration.exchanges_logs
         timeout = registration.heartbeat_timeout
         if timeout is not None and self.heartbeat_interval > timeout.total_seconds() / HEARTBEATS_PER_TIMEOUT:
             self.heartbeat_interval = timeout.total_seconds() / HEARTBEATS_PER_TIMEOUT
@@ -804,7 +840,7 @@ class Agent:
                 text = output.text(stream, data, final=ended and offsets[stream] + len(data) >= size, skipped=skipped)
                 chunk = LogChunk(stream=stream, offset=offsets[stream], length=len(data), data=text)
                 try:
-                    await self.client.report(task, LogOp(Log=chunk))
+                    await self.reports.log(task, chunk, last=ended)
                 except (TaskGone, MitoError) as exc:
                     log.debug("task %s: live output not shipped: %s", task.uuid, exc)
                     return

@@ -39,6 +39,7 @@ from mito_lab.server.services.activity import (
 )
 from mito_lab.server.services.context import Context
 from mito_lab.server.services.groups import SERVING_ROLES, may_take
+from mito_lab.server.services.logs import append as append_logs
 from mito_lab.server.services.outputs import confirm_outputs
 from mito_lab.server.services.tasks import USAGE_COLUMNS, NewTask, now
 from mito_lab.wire import (
@@ -48,6 +49,8 @@ from mito_lab.wire import (
     ExchangeResp,
     ExecStateOp,
     ExecStatesOp,
+    LogChunk,
+    LogOp,
     ReportRefusal,
     SubmitTaskReq,
     TaskExecState,
@@ -277,8 +280,11 @@ class Refused(Exception):
 
 def apply_op(task: TaskRow, op: ExchangeOp, worker: WorkerIdentity, moment: datetime, changed: Callable[[TaskRow], None]) -> None:
     """One report op on a task (reference 2.6), calling ``changed`` after each state it passes
-    through (an event per exec state). Raises ``Refused`` if the op does not fit the task."""
+    through (an event per exec state). Raises ``Refused`` if the op does not fit the task. A
+    ``Log`` changes nothing of the task: its chunk is kept apart (``logs.append``)."""
     # the models first: comparing one of them with a string goes through pydantic's __eq__
+    if isinstance(op, LogOp):
+        return
     if isinstance(op, ExecStateOp | ExecStatesOp):
         for state in op.ExecStates if isinstance(op, ExecStatesOp) else [op.ExecState]:
             task.exec_state = state
@@ -498,10 +504,15 @@ class Dispatcher:
         rows = await connection.execute(self._reported, {"ids": [r.id for r in reports], "worker_pk": worker.id})
         tasks = {row.id: TaskRow(**row._asdict()) for row in rows}
         refused, written, committed = [], [], []
+        output: list[tuple[TaskRow, LogChunk]] = []
         for report in reports:
             task = tasks.get(report.id)
             if task is None:
                 refused.append(ReportRefusal(id=report.id, status=404, msg=f"Task {report.id} not found"))
+                continue
+            chunks = [(task, op.Log) for op in report.ops if isinstance(op, LogOp)]
+            if len(chunks) == len(report.ops):  # live output alone: the task itself is as it was
+                output += chunks
                 continue
             updated = TaskRow(**task.__dict__)
             seen: list[tuple[TaskRow, dict[str, Any]]] = []
@@ -516,6 +527,8 @@ class Dispatcher:
                 log.warning("task %s ends: worker %s reported %s, refused: %s", task.uuid, worker.worker_id, op, refusal.msg)
                 updated, seen = TaskRow(**task.__dict__), []  # none of the report's ops apply
                 end_refused(updated, moment, lambda t: seen.append((t, _event_fields(t))))
+            else:
+                output += chunks
             updated.updated_at = moment
             tasks[report.id] = updated  # a second report on the same task builds on the first
             written.append(updated)
@@ -531,6 +544,7 @@ class Dispatcher:
             for task, payload in events:
                 if task.uuid in lost and payload["archived"]:
                     payload["msg"] = task.result_msg.value if task.result_msg else None
+        await append_logs(self.context, connection, output)
         if written:
             latest = {task.id: task for task in written}
             await connection.execute(

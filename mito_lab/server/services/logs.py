@@ -5,12 +5,13 @@ The complete output stays what it always was: the ``std-log`` artifact of a ``--
 from __future__ import annotations
 
 import uuid as uuid_module
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from mito_lab.server.db.engine import after_commit
+from mito_lab.server.db.engine import Statements, after_commit
 from mito_lab.server.db.models import Group, Task, TaskLog, User
 from mito_lab.server.services.activity import EVENTS, long_poll
 from mito_lab.server.services.context import Context
@@ -23,24 +24,51 @@ RETENTION = timedelta(hours=1)  # after the task ends
 MAX_ANSWER_CHUNKS = 16  # up to 1 MiB per answer
 
 
-async def append(context: Context, session: AsyncSession, task: Task, chunk: LogChunk) -> None:
-    """Keep a chunk a worker shipped (a retried one we already have is ignored), drop what falls
-    out of the window, and tell followers."""
-    end = await session.scalar(
-        sa.select(sa.func.max(TaskLog.offset + TaskLog.length)).where(TaskLog.task_id == task.id, TaskLog.stream == chunk.stream)
-    ) or 0
-    if chunk.offset < end or not chunk.length:
+class LoggedTask(Protocol):
+    id: int
+    uuid: uuid_module.UUID
+    group_id: int
+
+
+_logs = TaskLog.__table__
+_ENDS = (
+    sa.select(_logs.c.task_id, _logs.c.stream, sa.func.max(_logs.c.offset + _logs.c.length).label("end"))
+    .where(_logs.c.task_id.in_(sa.bindparam("task_ids", expanding=True)))
+    .group_by(_logs.c.task_id, _logs.c.stream)
+)
+_KEEP = _logs.insert()
+_OUT_OF_WINDOW = _logs.delete().where(
+    _logs.c.task_id == sa.bindparam("of_task"), _logs.c.stream == sa.bindparam("of_stream"),
+    _logs.c.offset + _logs.c.length <= sa.bindparam("below"),
+)
+
+
+async def append(context: Context, connection: Statements, chunks: Sequence[tuple[LoggedTask, LogChunk]]) -> None:
+    """Keep the chunks workers shipped, in order (a retried one we already have is ignored), drop
+    what falls out of each stream's window, and tell followers once the transaction commits: the
+    chunks of any number of tasks in three statements."""
+    if not chunks:
         return
-    session.add(TaskLog(task_id=task.id, stream=chunk.stream, offset=chunk.offset, length=chunk.length, data=chunk.data))
-    new_end = chunk.offset + chunk.length
-    await session.execute(
-        sa.delete(TaskLog).where(
-            TaskLog.task_id == task.id, TaskLog.stream == chunk.stream, TaskLog.offset + TaskLog.length <= new_end - WINDOW_BYTES
-        )
-    )
-    event = {"kind": "log", "uuid": str(task.uuid), "group": await context.group_name(session, task.group_id),
-             "stream": chunk.stream, "next": new_end}
-    after_commit(session, lambda: context.events.publish(EVENTS, event))
+    found = await connection.execute(_ENDS, {"task_ids": sorted({task.id for task, _ in chunks})})
+    ends = {(row.task_id, row.stream): row.end for row in found}
+    kept: list[dict[str, Any]] = []
+    trimmed: list[dict[str, Any]] = []
+    events: list[tuple[str, Any]] = []
+    for task, chunk in chunks:
+        if chunk.offset < ends.get((task.id, chunk.stream), 0) or not chunk.length:
+            continue
+        new_end = ends[(task.id, chunk.stream)] = chunk.offset + chunk.length
+        kept.append({"task_id": task.id, "stream": chunk.stream, "offset": chunk.offset, "length": chunk.length, "data": chunk.data})
+        if new_end > WINDOW_BYTES:
+            trimmed.append({"of_task": task.id, "of_stream": chunk.stream, "below": new_end - WINDOW_BYTES})
+        group = await context.group_name(connection, task.group_id)
+        events.append((EVENTS, {"kind": "log", "uuid": str(task.uuid), "group": group, "stream": chunk.stream, "next": new_end}))
+    if kept:
+        await connection.execute(_KEEP, kept)
+    if trimmed:
+        await connection.execute(_OUT_OF_WINDOW, trimmed)
+    if events:
+        after_commit(connection, lambda: context.events.publish_many(events))
 
 
 class LogService:

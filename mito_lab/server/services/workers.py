@@ -53,7 +53,6 @@ from mito_lab.server.services.groups import (
     require_grant,
     require_role,
 )
-from mito_lab.server.services.logs import append as append_log
 from mito_lab.server.services.outputs import confirm_outputs, reserve_output
 from mito_lab.server.services.uploads import attachment_object, settle_artifacts, settle_attachments
 from mito_lab.server.services.tasks import (
@@ -71,7 +70,6 @@ from mito_lab.wire import (
     DownloadResp,
     ExchangeReq,
     ExchangeResp,
-    LogOp,
     RegisterWorkerReq,
     RegisterWorkerResp,
     ReportTaskReq,
@@ -169,7 +167,7 @@ class WorkerService:
         log.info("worker %s registered by %s for %s", worker_uuid, user.username, sorted(roles))
         return RegisterWorkerResp(
             worker_id=worker_uuid, token=token, redis_url=None,  # see events.REFERENCE_ACL_USERS
-            lifetime=lifetime, heartbeat_timeout=self.context.config.heartbeat_timeout, keeps_usage=True,
+            lifetime=lifetime, heartbeat_timeout=self.context.config.heartbeat_timeout, keeps_usage=True, exchanges_logs=True,
         )
 
     async def authenticate(self, bearer: str) -> WorkerIdentity:
@@ -235,10 +233,10 @@ class WorkerService:
         return await long_poll(self.context, cancellations, CANCEL, relevant, wait) or WorkerSignal()
 
     async def report(self, worker: WorkerIdentity, request: ReportTaskReq) -> ReportTaskResp:
-        """The reference's report on one task: outcomes and exec states go through the same rules
-        as a batched exchange; uploads, downstream submissions and live output are handled here."""
+        """The reference's report on one task: outcomes, exec states and live output go through the
+        same rules as a batched exchange; uploads and downstream submissions are handled here."""
         op = request.op
-        if not isinstance(op, UploadOp | SubmitOp | LogOp):
+        if not isinstance(op, UploadOp | SubmitOp):
             answer = await self.dispatch.exchange(worker, ExchangeReq(reports=[TaskReport(id=request.id, ops=[op])]))
             for refusal in answer.refused:
                 raise NotFound(f"Task {request.id}") if refusal.status == 404 else InvalidRequest(refusal.msg)
@@ -247,9 +245,7 @@ class WorkerService:
             task = await session.scalar(_ASSIGNED_TASK, {"task_pk": request.id, "worker_pk": worker.id})
             if task is None:
                 raise NotFound(f"Task {request.id}")
-            if isinstance(op, LogOp):
-                await append_log(self.context, session, task, op.Log)
-            elif isinstance(op, UploadOp):
+            if isinstance(op, UploadOp):
                 upload = await reserve_output(self.context, session, task, op.Upload.content_type, op.Upload.content_length)
                 task.updated_at = now()
                 return ReportTaskResp(url=upload.url)
