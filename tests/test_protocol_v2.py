@@ -79,6 +79,31 @@ def test_live_output_rides_in_the_exchange_ahead_of_the_outcome(platform: Platfo
     assert late.status == 404, late.body
 
 
+def test_live_output_takes_the_report_route_where_the_coordinator_does_not_exchange_it(platform: Platform) -> None:
+    """A coordinator of protocol v2 from before live output rode in the exchange answers a
+    registration without ``exchanges_logs``: the worker sends each chunk on its own, as before."""
+    from mito_lab.client.http import HttpSession
+    from mito_lab.wire import LogChunk, WorkerTaskResp
+    from mito_lab.worker.agent import BatchedReports, WorkerClient
+
+    token = register(platform)
+    [uuid] = submit_many(platform, 1)
+    [task] = exchange(platform, token, want=1)["tasks"]
+
+    async def ship() -> bool:
+        session = HttpSession(platform.url, token=token)
+        reports = BatchedReports(WorkerClient(session, asyncio.Event()))  # as registered: logs_in_exchange off
+        try:
+            chunk = LogChunk(stream="stdout", offset=0, length=6, data="hello\n")
+            await reports.log(WorkerTaskResp.model_validate(task), chunk, last=True)  # (last: never waits on an exchange)
+            return reports.waiting.is_set()
+        finally:
+            session.close()
+
+    assert asyncio.run(ship()) is False  # nothing left for an exchange
+    assert platform.api("GET", f"/tasks/{uuid}/logs").json["data"] == "hello\n"
+
+
 def test_a_short_queue_is_handed_out_one_task_at_a_time(platform: Platform) -> None:
     token = register(platform)
     submit_many(platform, 3)
