@@ -618,10 +618,12 @@ def idle_workers(database: str, sizes: Sizes) -> dict[str, Any]:
         time.sleep(sizes.idle_seconds)
         alone = cpu_seconds(platform.process.pid) - before
         spec = json.dumps({"url": platform.url, "home": str(platform.home), "count": sizes.idle_workers})
-        fleet = subprocess.Popen([sys.executable, __file__, "--fleet-child", spec], stdout=subprocess.PIPE, text=True,
-                                 env=isolated_env(platform.home), start_new_session=True)
+        with (platform.home / "fleet.log").open("wb") as fleet_log:  # each agent's start-up warnings, 200 of them
+            fleet = subprocess.Popen([sys.executable, __file__, "--fleet-child", spec], stdout=subprocess.PIPE, stderr=fleet_log,
+                                     text=True, env=isolated_env(platform.home), start_new_session=True)
         try:
-            assert fleet.stdout is not None and fleet.stdout.readline().strip() == "ready", "the fleet did not start"
+            if fleet.stdout is None or fleet.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the fleet did not start: {(platform.home / 'fleet.log').read_text()[-2000:]}")
             time.sleep(2)  # registration is over; measure the steady state
             before = cpu_seconds(platform.process.pid)
             time.sleep(sizes.idle_seconds)
